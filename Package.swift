@@ -1,0 +1,45 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+/// Every target gets the same strictness: Swift 6 language mode (strict
+/// concurrency) and warnings treated as errors, so "no warnings" is enforced
+/// by the build rather than by review.
+let strict: [SwiftSetting] = [
+    .unsafeFlags(["-warnings-as-errors"]),
+]
+
+let package = Package(
+    name: "pvectl",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "pvectl", targets: ["pvectl"]),
+        .library(name: "Resources", targets: ["Resources"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        .target(
+            name: "Resources",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "Reconciler",
+            dependencies: ["Resources"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "pvectl",
+            dependencies: [
+                "Resources", "Reconciler",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
+        .testTarget(name: "ReconcilerTests", dependencies: ["Reconciler", "Resources"], swiftSettings: strict),
+    ],
+    swiftLanguageModes: [.v6]
+)

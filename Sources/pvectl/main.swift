@@ -1,0 +1,2 @@
+import Resources
+print("x")
