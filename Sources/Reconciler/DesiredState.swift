@@ -1,1 +1,194 @@
+import Crypto
+import Foundation
 import Resources
+
+/// Identifies one reconciled resource: `network/vmbr0`, `qemu/100`, `storage/local`.
+public struct ResourceID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var kind: String
+    public var name: String
+
+    public init(kind: String, name: String) {
+        self.kind = kind
+        self.name = name
+    }
+
+    public var description: String { "\(kind)/\(name)" }
+
+    public static func < (lhs: ResourceID, rhs: ResourceID) -> Bool { (lhs.kind, lhs.name) < (rhs.kind, rhs.name) }
+}
+
+/// Everything an operator declared for one node: the cluster files under the
+/// config root (default `/etc/pve`, or any directory such as a git checkout)
+/// plus the node's `/etc/network/interfaces`.
+///
+/// A file that cannot be read or parsed is reported and its resources are
+/// *frozen*: they are never treated as absent, so nothing gets deleted
+/// because of a typo.
+public struct DesiredState: Sendable {
+    public struct Guest: Sendable {
+        public var vmid: Int
+        public var node: String
+        public var config: GuestConfig
+        public var path: String
+        public var kind: GuestConfig.Kind { config.kind }
+    }
+
+    public var root: String
+    public var node: String
+    public var storage: SectionConfigFile?
+    public var datacenter: DatacenterConfig?
+    public var corosync: CorosyncConfig?
+    public var users: UserConfig?
+    public var sectionConfigs: [String: SectionConfigFile] = [:]
+    public var guests: [Guest] = []
+    public var clusterFirewall: FirewallConfig?
+    public var hostFirewall: FirewallConfig?
+    public var guestFirewalls: [Int: FirewallConfig] = [:]
+    public var interfaces: InterfacesFile?
+    /// The path the interfaces were read from (`interfaces.new` when staged).
+    public var interfacesPath: String?
+    /// SDN vnets declared in `sdn/vnets.cfg`; guests may attach to them.
+    public var sdnVnets: Set<String> = []
+    /// Parse problems, in file order.
+    public var diagnostics: [Diagnostic] = []
+    /// Resources whose file could not be parsed; they must not be changed.
+    public var frozen: Set<ResourceID> = []
+    /// Path → SHA-256 of every input read, so a saved plan can detect edits.
+    public var digests: [String: String] = [:]
+
+    public var localGuests: [Guest] { guests.filter { $0.node == node } }
+
+    /// Files at the root that hold SectionConfig data besides storage.cfg.
+    static let sectionConfigFiles = ["ha/resources.cfg", "ha/groups.cfg", "ha/rules.cfg", "domains.cfg",
+                                     "sdn/vnets.cfg", "sdn/zones.cfg", "sdn/subnets.cfg", "jobs.cfg", "replication.cfg"]
+
+    /// Loads the tree. Missing files are fine (a network-only root needs
+    /// nothing); unreadable ones are reported.
+    public static func load(root: String, interfaces interfacesPath: String?, node: String) -> DesiredState {
+        var state = DesiredState(root: root, node: node)
+        let fm = FileManager.default
+        func path(_ relative: String) -> String { root.hasSuffix("/") ? root + relative : root + "/" + relative }
+        func read(_ file: String) -> String? {
+            guard fm.fileExists(atPath: file) else { return nil }
+            guard let data = fm.contents(atPath: file) else {
+                state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "cannot read file"))
+                return nil
+            }
+            state.digests[file] = Digest.sha256Hex(data)
+            guard let text = String(data: data, encoding: .utf8) else {
+                state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "file is not valid UTF-8"))
+                return nil
+            }
+            return text
+        }
+        func record(_ diagnostics: [Diagnostic], freezing ids: [ResourceID]) {
+            state.diagnostics += diagnostics
+            if diagnostics.hasErrors { state.frozen.formUnion(ids) }
+        }
+
+        if let text = read(path("storage.cfg")) {
+            let (file, diagnostics) = SectionConfigFile.parse(text, file: path("storage.cfg")) { Specs.storage.sectionLayout(forType: $0) }
+            state.storage = file
+            record(diagnostics, freezing: [ResourceID(kind: "storage", name: "*")])
+        }
+        if let text = read(path("datacenter.cfg")) {
+            let (file, diagnostics) = DatacenterConfig.parse(text, file: path("datacenter.cfg"))
+            state.datacenter = file
+            record(diagnostics, freezing: [])
+        }
+        if let text = read(path("corosync.conf")) {
+            let (file, diagnostics) = CorosyncConfig.parse(text, file: path("corosync.conf"))
+            state.corosync = file
+            record(diagnostics, freezing: [])
+        }
+        if let text = read(path("user.cfg")) {
+            let (file, diagnostics) = UserConfig.parse(text, file: path("user.cfg"))
+            state.users = file
+            record(diagnostics, freezing: [])
+        }
+        for relative in sectionConfigFiles {
+            if let text = read(path(relative)) {
+                let (file, diagnostics) = SectionConfigFile.parse(text, file: path(relative))
+                state.sectionConfigs[relative] = file
+                record(diagnostics, freezing: [])
+            }
+        }
+        state.sdnVnets = Set(state.sectionConfigs["sdn/vnets.cfg"]?.sections.map(\.id) ?? [])
+
+        // Guests: nodes/<node>/{qemu-server,lxc}/<vmid>.conf. The top-level
+        // qemu-server/ and lxc/ (links to the local node in pmxcfs) count as
+        // the local node's when they are real directories.
+        var guestDirectories: [(node: String, kind: GuestConfig.Kind, directory: String)] = []
+        let nodesDirectory = path("nodes")
+        for nodeName in ((try? fm.contentsOfDirectory(atPath: nodesDirectory)) ?? []).sorted() {
+            for kind in GuestConfig.Kind.allCases {
+                guestDirectories.append((nodeName, kind, nodesDirectory + "/" + nodeName + "/" + (kind == .qemu ? "qemu-server" : "lxc")))
+            }
+        }
+        for kind in GuestConfig.Kind.allCases {
+            let directory = path(kind == .qemu ? "qemu-server" : "lxc")
+            let isLink = (try? fm.destinationOfSymbolicLink(atPath: directory)) != nil
+            if !isLink { guestDirectories.append((node, kind, directory)) }
+        }
+        for (nodeName, kind, directory) in guestDirectories {
+            guard let names = try? fm.contentsOfDirectory(atPath: directory) else { continue }
+            for name in names.sorted() where name.hasSuffix(".conf") {
+                let file = directory + "/" + name
+                guard let vmid = GuestConfig.vmid(forPath: name) else {
+                    state.diagnostics.append(.warning(SourceLocation(file: file, line: 1), "ignored: guest config names must be <vmid>.conf"))
+                    continue
+                }
+                guard let text = read(file) else { continue }
+                let (config, diagnostics) = GuestConfig.parse(text, file: file, kind: kind)
+                state.guests.append(Guest(vmid: vmid, node: nodeName, config: config, path: file))
+                record(diagnostics, freezing: [ResourceID(kind: kind.rawValue, name: String(vmid))])
+            }
+        }
+
+        if let text = read(path("firewall/cluster.fw")) {
+            let (file, diagnostics) = FirewallConfig.parse(text, file: path("firewall/cluster.fw"), scope: .cluster)
+            state.clusterFirewall = file
+            record(diagnostics, freezing: [ResourceID(kind: "firewall", name: "cluster")])
+        }
+        if let text = read(path("nodes/\(node)/host.fw")) {
+            let (file, diagnostics) = FirewallConfig.parse(text, file: path("nodes/\(node)/host.fw"), scope: .host)
+            state.hostFirewall = file
+            record(diagnostics, freezing: [ResourceID(kind: "firewall", name: "host")])
+        }
+        for name in ((try? fm.contentsOfDirectory(atPath: path("firewall"))) ?? []).sorted() where name.hasSuffix(".fw") && name != "cluster.fw" {
+            let file = path("firewall/" + name)
+            guard let vmid = Int(name.dropLast(3)) else {
+                state.diagnostics.append(.warning(SourceLocation(file: file, line: 1), "ignored: guest firewall files are named <vmid>.fw"))
+                continue
+            }
+            if let text = read(file) {
+                let (config, diagnostics) = FirewallConfig.parse(text, file: file, scope: .guest)
+                state.guestFirewalls[vmid] = config
+                record(diagnostics, freezing: [ResourceID(kind: "firewall", name: String(vmid))])
+            }
+        }
+
+        if let interfacesPath {
+            // A staged interfaces.new is what apply would install: it is the desired state.
+            let staged = interfacesPath + ".new"
+            let source = fm.fileExists(atPath: staged) ? staged : interfacesPath
+            if let text = read(source) {
+                let (file, diagnostics) = InterfacesFile.parse(text, file: source)
+                state.interfaces = file
+                state.interfacesPath = source
+                record(diagnostics, freezing: [ResourceID(kind: "network", name: "*")])
+            }
+        }
+        return state
+    }
+}
+
+/// Content digests of inputs, so a saved plan can detect edits.
+public enum Digest {
+    public static func sha256Hex(_ data: Data) -> String {
+        SHA256.hash(data: data).map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
+    }
+}

@@ -82,7 +82,7 @@ public struct PVENetworkConfig: Hashable, Sendable {
     ]
 
     /// Names Proxmox treats as physical NICs when no link information is known.
-    static func looksPhysical(_ name: String) -> Bool {
+    public static func looksPhysical(_ name: String) -> Bool {
         func digits(_ s: Substring) -> Bool { !s.isEmpty && s.allSatisfy(\.isASCII) && s.allSatisfy(\.isNumber) }
         if name.hasPrefix("eth") { return digits(name.dropFirst(3)) }
         if name.hasPrefix("nic") || name.hasPrefix("if") { return digits(name.dropFirst(name.hasPrefix("nic") ? 3 : 2)) }

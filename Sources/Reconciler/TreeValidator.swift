@@ -1,0 +1,193 @@
+import Foundation
+import Resources
+
+/// Validates a whole desired state: every file against its spec, then the
+/// references between files (guest disks → storage, NICs → bridges, VMIDs
+/// unique across nodes, firewall groups). Never stops at the first problem.
+public enum TreeValidator {
+    public static func validate(_ state: DesiredState) -> [Diagnostic] {
+        var diagnostics = state.diagnostics
+        if let storage = state.storage { diagnostics += StorageValidator.validate(storage) }
+        if let datacenter = state.datacenter { diagnostics += DatacenterValidator.validate(datacenter) }
+        if let corosync = state.corosync { diagnostics += CorosyncValidator.validate(corosync) }
+        if let users = state.users { diagnostics += UserConfigValidator.validate(users) }
+        if let interfaces = state.interfaces { diagnostics += InterfacesValidator.validate(interfaces) + checkInterfaceReferences(interfaces) }
+
+        // Guest files are independent: validate them on all cores.
+        let guests = state.guests
+        let perGuest = UnsafeResultSlots<[Diagnostic]>(count: guests.count)
+        let bridges = bridgeNames(state)
+        DispatchQueue.concurrentPerform(iterations: guests.count) { index in
+            let guest = guests[index]
+            var found = GuestValidator.validate(guest.config, spec: Specs.guest(guest.kind))
+            found += checkVolumes(guest, state: state)
+            if guest.node == state.node, let bridges { found += checkBridges(guest, bridges: bridges) }
+            perGuest.set(index, found)
+        }
+        for found in perGuest.values { diagnostics += found }
+        diagnostics += checkUniqueVMIDs(state.guests)
+
+        let groups = Set(state.clusterFirewall?.groups.keys.map { $0 } ?? [])
+        if let cluster = state.clusterFirewall { diagnostics += FirewallValidator.validate(cluster) }
+        if let host = state.hostFirewall { diagnostics += FirewallValidator.validate(host, groups: groups) }
+        let vmids = Set(state.guests.map(\.vmid))
+        for (vmid, file) in state.guestFirewalls.sorted(by: { $0.key < $1.key }) {
+            diagnostics += FirewallValidator.validate(file, groups: groups)
+            if !vmids.contains(vmid) {
+                diagnostics.append(.warning(SourceLocation(file: file.file, line: 1), "firewall rules for VMID \(vmid), which has no guest config"))
+            }
+        }
+        return diagnostics.sorted()
+    }
+
+    /// Bridges a guest NIC may use: bridges of the interfaces file and SDN
+    /// vnets. nil when no interfaces file was given (nothing to check against).
+    static func bridgeNames(_ state: DesiredState) -> Set<String>? {
+        guard let interfaces = state.interfaces else { return nil }
+        var names = state.sdnVnets
+        for (name, stanzas) in interfaces.ifaceStanzas {
+            let isBridge = stanzas.contains { stanza in
+                stanza.option("bridge-ports") != nil || stanza["ovs_type"] == "OVSBridge"
+            }
+            if isBridge { names.insert(name) }
+        }
+        return names
+    }
+
+    static func checkBridges(_ guest: DesiredState.Guest, bridges: Set<String>) -> [Diagnostic] {
+        var diagnostics: [Diagnostic] = []
+        for section in guest.config.sections where section.role == .main || section.role == .pending {
+            for entry in section.entries where entry.key.hasPrefix("net") && Int(entry.key.dropFirst(3)) != nil {
+                guard let bridge = PropertyString(parsing: entry.value)["bridge"] else { continue }
+                if !bridges.contains(bridge) {
+                    diagnostics.append(.error(entry.valueLocation,
+                                              "\(entry.key): bridge '\(bridge)' is not defined in the interfaces file (bridges: \(bridges.sorted().joined(separator: ", ")))"))
+                }
+            }
+        }
+        return diagnostics
+    }
+
+    /// Which storage content a volume needs.
+    static func contentType(key: String, kind: GuestConfig.Kind, value: PropertyString) -> String {
+        if kind == .lxc { return "rootdir" }
+        if value["media"] == "cdrom" { return "iso" }
+        return "images"
+    }
+
+    static func checkVolumes(_ guest: DesiredState.Guest, state: DesiredState) -> [Diagnostic] {
+        guard let storage = state.storage else { return [] }
+        var diagnostics: [Diagnostic] = []
+        for section in guest.config.sections where section.role == .main || section.role == .pending {
+            for entry in section.entries where GuestConfig.isDriveKey(entry.key) {
+                let parsed = PropertyString(parsing: entry.value)
+                guard let volume = parsed.bareValue ?? parsed["file"] ?? parsed["volume"] else { continue }
+                // Not storage volumes: empty drives, host devices and bind mounts.
+                if volume == "none" || volume == "cdrom" || volume.hasPrefix("/") { continue }
+                guard let colon = volume.firstIndex(of: ":") else {
+                    diagnostics.append(.error(entry.valueLocation, "\(entry.key): volume '\(volume)' is not STORAGE:VOLUME"))
+                    continue
+                }
+                let storageID = String(volume[..<colon])
+                guard let definition = storage[storageID] else {
+                    diagnostics.append(.error(entry.valueLocation,
+                                              "\(entry.key): storage '\(storageID)' does not exist in storage.cfg (defined: \(storage.sections.map(\.id).joined(separator: ", ")))"))
+                    continue
+                }
+                let needed = contentType(key: entry.key, kind: guest.kind, value: parsed)
+                let content = Set((definition["content"] ?? defaultContent(definition.type)).split(separator: ",").map(String.init))
+                if !content.contains(needed) {
+                    diagnostics.append(.error(entry.valueLocation,
+                                              "\(entry.key): storage '\(storageID)' does not allow content '\(needed)' (content: \(content.sorted().joined(separator: ",")))"))
+                }
+                if let nodes = definition["nodes"] {
+                    let allowed = Set(nodes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+                    if !allowed.contains(guest.node) {
+                        diagnostics.append(.error(entry.valueLocation, "\(entry.key): storage '\(storageID)' is not available on node '\(guest.node)' (nodes: \(nodes))"))
+                    }
+                }
+            }
+        }
+        return diagnostics
+    }
+
+    /// Proxmox's default content when `content` is not set.
+    static func defaultContent(_ type: String) -> String {
+        switch type {
+        case "dir", "nfs", "cifs", "btrfs", "glusterfs", "cephfs": type == "cephfs" ? "vztmpl,iso,backup" : "images,rootdir"
+        case "pbs": "backup"
+        case "iscsi", "iscsidirect": "images"
+        case "lvm", "lvmthin", "zfspool", "zfs", "rbd": "images,rootdir"
+        default: "images"
+        }
+    }
+
+    static func checkUniqueVMIDs(_ guests: [DesiredState.Guest]) -> [Diagnostic] {
+        var first: [Int: DesiredState.Guest] = [:]
+        var diagnostics: [Diagnostic] = []
+        for guest in guests {
+            if let previous = first[guest.vmid] {
+                diagnostics.append(.error(SourceLocation(file: guest.path, line: 1),
+                                          "duplicate VMID \(guest.vmid): also \(previous.path) (node \(previous.node))"))
+            } else {
+                first[guest.vmid] = guest
+            }
+            if guest.vmid < 100 || guest.vmid > 999_999_999 {
+                diagnostics.append(.error(SourceLocation(file: guest.path, line: 1), "VMID \(guest.vmid) is out of range (100 to 999999999)"))
+            }
+        }
+        return diagnostics
+    }
+
+    /// Bridge ports, bond slaves and VLAN raw devices must be declared or be NICs.
+    static func checkInterfaceReferences(_ file: InterfacesFile) -> [Diagnostic] {
+        let declared = Set(file.ifaceStanzas.keys)
+        var diagnostics: [Diagnostic] = []
+        var portOwner: [String: String] = [:]
+        func known(_ name: String) -> Bool {
+            declared.contains(name) || PVENetworkConfig.looksPhysical(name) || name.contains(".")
+        }
+        for stanza in file.stanzas {
+            guard case .iface(let name, _, _) = stanza.kind else { continue }
+            for key in ["bridge-ports", "bond-slaves"] {
+                guard let option = stanza.option(key) else { continue }
+                for port in option.value.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init) where port != "none" {
+                    if !known(port) {
+                        diagnostics.append(.warning(option.valueLocation, "\(option.key): '\(port)' is neither declared in this file nor a NIC name"))
+                    }
+                    if let owner = portOwner[port], owner != name {
+                        diagnostics.append(.error(option.valueLocation, "\(option.key): '\(port)' is already used by '\(owner)'"))
+                    }
+                    portOwner[port] = name
+                }
+            }
+            if let raw = stanza.option("vlan-raw-device"), !known(raw.value) {
+                diagnostics.append(.warning(raw.valueLocation, "vlan-raw-device: '\(raw.value)' is neither declared in this file nor a NIC name"))
+            }
+        }
+        return diagnostics
+    }
+}
+
+/// Slots written once each from concurrent iterations (distinct indices),
+/// read after all of them finished.
+final class UnsafeResultSlots<Value>: @unchecked Sendable {
+    // Safe because every index is written by exactly one iteration of
+    // concurrentPerform and read only after it returns; the buffer itself is
+    // never reallocated, so there is no shared mutable array header.
+    private let buffer: UnsafeMutableBufferPointer<Value?>
+
+    init(count: Int) {
+        buffer = .allocate(capacity: count)
+        buffer.initialize(repeating: nil)
+    }
+
+    deinit {
+        buffer.deinitialize()
+        buffer.deallocate()
+    }
+
+    func set(_ index: Int, _ value: Value) { buffer[index] = value }
+
+    var values: [Value] { buffer.compactMap { $0 } }
+}

@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import Reconciler
+import Resources
+
+@main
+struct PVECtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pvectl",
+        abstract: "Declarative reconciler for Proxmox VE-style hosts.",
+        discussion: """
+        Desired state lives in /etc/pve (storage.cfg, guest .conf files, firewall
+        .fw files) and /etc/network/interfaces, in Proxmox VE's own formats.
+        """,
+        subcommands: [Validate.self, Format.self]
+    )
+}
+
+/// Options every command that reads a desired-state tree shares.
+struct TreeOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Desired-state root: a plain directory or a mounted cluster file system.", valueName: "DIR"))
+    var root: String = "/etc/pve"
+
+    @Option(name: .long, help: ArgumentHelp("The node's network configuration (interfaces.new beside it is used when present).", valueName: "FILE"))
+    var interfaces: String = "/etc/network/interfaces"
+
+    @Option(name: .long, help: ArgumentHelp("Node name (default: short host name).", valueName: "NAME"))
+    var node: String?
+
+    var nodeName: String {
+        if let node { return node }
+        let host = ProcessInfo.processInfo.hostName
+        return String(host.split(separator: ".").first ?? Substring(host))
+    }
+
+    func load() throws -> DesiredState {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ValidationError("--root \(root) is not a directory")
+        }
+        return DesiredState.load(root: root, interfaces: interfaces, node: nodeName)
+    }
+}
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check a whole desired-state tree and print every problem.",
+        discussion: """
+        Prints one line per problem as `path:line:column: error: message` and
+        exits 0 when there is no error, 1 otherwise (warnings do not fail).
+
+        Examples:
+          pvectl validate
+          pvectl validate --root examples/homelab --interfaces examples/homelab/network/interfaces --node pve1
+        """
+    )
+
+    @OptionGroup var tree: TreeOptions
+
+    @Flag(name: .long, help: "Print only errors, not warnings.")
+    var quiet = false
+
+    func run() throws {
+        let state = try tree.load()
+        let diagnostics = TreeValidator.validate(state)
+        var output = ""
+        for diagnostic in diagnostics where !(quiet && diagnostic.severity == .warning) {
+            output += diagnostic.description + "\n"
+        }
+        FileHandle.standardOutput.write(Data(output.utf8))
+        let errors = diagnostics.filter { $0.severity == .error }.count
+        let warnings = diagnostics.count - errors
+        let files = state.digests.count
+        FileHandle.standardError.write(Data("\(errors) error\(errors == 1 ? "" : "s"), \(warnings) warning\(warnings == 1 ? "" : "s") in \(files) file\(files == 1 ? "" : "s")\n".utf8))
+        if errors > 0 { throw ExitCode(1) }
+    }
+}

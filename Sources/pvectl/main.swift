@@ -1,2 +1,0 @@
-import Resources
-print("x")
