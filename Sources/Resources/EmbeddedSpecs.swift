@@ -89,6 +89,9 @@ scopes:
     dhcp: {type: boolean, default: "0", class: live, description: Enable DHCP.}
     enable: {type: boolean, default: "0", class: live, description: Enable the guest firewall.}
     ipfilter: {type: boolean, class: live, description: Default IP filters (ipfilter-netX ipsets).}
+    ips: {type: boolean, class: live, description: Send traffic through an intrusion prevention system (NFQUEUE).}
+    ips_queues: {type: string, pattern: "^\\d+(:\\d+)?$", class: live, description: NFQUEUE queue or range for IPS.}
+    layer2_protocols: {type: string, class: none, description: Obsolete layer-2 protocol filter; Proxmox VE ignores it.}
     log_level_in: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live, description: Log level for incoming traffic.}
     log_level_out: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live, description: Log level for outgoing traffic.}
     macfilter: {type: boolean, default: "1", class: live, description: MAC address filter.}
@@ -254,6 +257,7 @@ options:
   bridge-portprio: {type: string, class: live, description: Port priority.}
   bridge-pathcost: {type: string, class: live, description: Port path cost.}
   bond-slaves: {type: string, class: live, description: "Members of the bond, or 'none'."}
+  slaves: {type: string, class: live, description: "Members of the bond (ifupdown1 spelling of bond-slaves)."}
   bond-mode: {type: enum, values: [balance-rr, active-backup, balance-xor, broadcast, 802.3ad, balance-tlb, balance-alb, "0", "1", "2", "3", "4", "5", "6"], default: balance-rr, class: replace, description: Bonding mode.}
   bond-miimon: {type: integer, min: 0, default: "100", class: live, description: Link monitoring interval in ms.}
   bond-xmit-hash-policy: {type: enum, values: [layer2, layer2+3, layer3+4, encap2+3, encap3+4, vlan+srcmac], class: live, description: Transmit hash policy.}
@@ -403,6 +407,7 @@ formats:
     default_key: enabled
     keys:
       enabled: {type: boolean, default: "0"}
+      freeze-fs: {type: boolean, default: "1"}
       freeze-fs-on-backup: {type: boolean, default: "1"}
       fstrim_cloned_disks: {type: boolean, default: "0"}
       type: {type: enum, values: [virtio, isa], default: virtio}
@@ -436,6 +441,8 @@ formats:
     keys:
       cputype: {type: string, default: kvm64}
       flags: {type: string, pattern: "^[+-][a-zA-Z0-9\\-_\\.]+(;[+-][a-zA-Z0-9\\-_\\.]+)*$"}
+      guest-phys-bits: {type: integer, min: 32, max: 64}
+      level: {type: integer, min: 0}
       hidden: {type: boolean, default: "0"}
       hv-vendor-id: {type: string, pattern: "^[a-zA-Z0-9]{1,12}$"}
       phys-bits: {type: string, pattern: "^(host|\\d+)$"}
@@ -482,6 +489,7 @@ formats:
       replicate: {type: boolean, default: "1"}
       rerror: {type: enum, values: [ignore, report, stop]}
       ro: {type: boolean}
+      scsiblock: {type: boolean, default: "0"}
       secs: {type: integer, min: 0}
       serial: {type: string}
       shared: {type: boolean, default: "0"}
@@ -518,6 +526,7 @@ formats:
     keys:
       host: {type: string}
       device-id: {type: string, pattern: "^0x[0-9a-fA-F]{4}$"}
+      driver: {type: enum, values: [keep, vfio]}
       legacy-igd: {type: boolean, default: "0"}
       mapping: {type: string}
       mdev: {type: string}
@@ -632,20 +641,20 @@ formats:
 # properties it takes; `required` ones are written first by Proxmox.
 kind: storage
 types:
-  dir: {required: [path], optional: [content, content-dirs, shared, disable, nodes, prune-backups, maxfiles, format, preallocation, mkdir, create-base-path, create-subdirs, is_mountpoint, bwlimit, snapshot-as-volume-chain, comment]}
-  nfs: {required: [server, export, path], optional: [content, content-dirs, disable, nodes, prune-backups, maxfiles, format, preallocation, options, mkdir, create-base-path, create-subdirs, bwlimit, snapshot-as-volume-chain, comment]}
-  cifs: {required: [server, share, path], optional: [content, content-dirs, disable, nodes, prune-backups, maxfiles, format, preallocation, username, domain, smbversion, subdir, options, mkdir, create-base-path, create-subdirs, bwlimit, snapshot-as-volume-chain, comment]}
+  dir: {required: [path], optional: [content, content-dirs, shared, disable, nodes, prune-backups, max-protected-backups, maxfiles, format, preallocation, mkdir, create-base-path, create-subdirs, is_mountpoint, bwlimit, snapshot-as-volume-chain, comment]}
+  nfs: {required: [server, export, path], optional: [content, content-dirs, disable, nodes, prune-backups, max-protected-backups, maxfiles, format, preallocation, options, mkdir, create-base-path, create-subdirs, bwlimit, snapshot-as-volume-chain, comment]}
+  cifs: {required: [server, share, path], optional: [content, content-dirs, disable, nodes, prune-backups, max-protected-backups, maxfiles, format, preallocation, username, domain, smbversion, subdir, options, mkdir, create-base-path, create-subdirs, bwlimit, snapshot-as-volume-chain, comment]}
   lvm: {required: [vgname], optional: [base, content, disable, nodes, shared, saferemove, saferemove-stepsize, saferemove_throughput, tagged_only, bwlimit, snapshot-as-volume-chain, comment]}
   lvmthin: {required: [vgname, thinpool], optional: [content, disable, nodes, bwlimit, comment]}
-  btrfs: {required: [path], optional: [content, disable, nodes, shared, prune-backups, maxfiles, format, preallocation, is_mountpoint, mkdir, create-base-path, create-subdirs, bwlimit, comment]}
+  btrfs: {required: [path], optional: [content, disable, nodes, shared, prune-backups, max-protected-backups, maxfiles, format, preallocation, is_mountpoint, mkdir, create-base-path, create-subdirs, bwlimit, comment]}
   zfspool: {required: [pool], optional: [blocksize, sparse, mountpoint, content, disable, nodes, bwlimit, comment]}
   zfs: {required: [portal, target, pool, blocksize, iscsiprovider], optional: [sparse, comstar_hg, comstar_tg, lio_tpg, nowritecache, zfs-base-path, content, disable, nodes, bwlimit, comment]}
   iscsi: {required: [portal, target], optional: [content, disable, nodes, bwlimit, comment]}
   iscsidirect: {required: [portal, target], optional: [disable, nodes, bwlimit, comment]}
   rbd: {required: [pool], optional: [monhost, username, krbd, namespace, data-pool, content, disable, nodes, bwlimit, keyring, comment]}
-  cephfs: {required: [], optional: [path, monhost, username, subdir, fs-name, fuse, content, disable, nodes, prune-backups, maxfiles, bwlimit, keyring, comment]}
-  pbs: {required: [server, datastore], optional: [port, username, fingerprint, namespace, content, disable, nodes, prune-backups, maxfiles, encryption-key, master-pubkey, bwlimit, comment]}
-  glusterfs: {required: [server, volume], optional: [server2, transport, path, content, disable, nodes, prune-backups, maxfiles, format, bwlimit, comment]}
+  cephfs: {required: [], optional: [path, monhost, username, subdir, fs-name, fuse, content, disable, nodes, prune-backups, max-protected-backups, maxfiles, bwlimit, keyring, comment]}
+  pbs: {required: [server, datastore], optional: [port, username, fingerprint, namespace, content, disable, nodes, prune-backups, max-protected-backups, maxfiles, encryption-key, master-pubkey, bwlimit, comment]}
+  glusterfs: {required: [server, volume], optional: [server2, transport, path, content, disable, nodes, prune-backups, max-protected-backups, maxfiles, format, bwlimit, comment]}
   esxi: {required: [server, username], optional: [skip-cert-verification, content, disable, nodes, comment]}
 properties:
   path: {type: string, pattern: "^/.*$", class: replace, description: File system path.}
@@ -655,6 +664,7 @@ properties:
   disable: {type: boolean, default: "0", class: reload, description: Storage is disabled.}
   nodes: {type: list, class: reload, description: Nodes the storage is available on.}
   prune-backups: {type: property, format: prune, class: reload, description: Backup retention.}
+  max-protected-backups: {type: integer, min: -1, class: reload, description: "Maximal number of protected backups per guest; -1 is unlimited."}
   maxfiles: {type: integer, min: 0, class: reload, description: Maximal number of backups per guest (deprecated).}
   format: {type: enum, values: [raw, qcow2, subvol, vmdk], class: reload, description: Default image format.}
   preallocation: {type: enum, values: ["off", metadata, falloc, full], default: metadata, class: reload, description: Preallocation for raw and qcow2 images.}

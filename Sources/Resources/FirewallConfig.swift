@@ -282,7 +282,9 @@ public struct FirewallConfig: Hashable, Sendable {
         }
     }
 
-    static let validOptions: Set<String> = ["i", "source", "dest", "p", "dport", "sport", "icmp-type", "log", "iface"]
+    static let validOptions: Set<String> = ["i", "source", "dest", "p", "dport", "sport", "icmp-type", "log", "iface", "proto"]
+    /// Long spellings proxmox-firewall accepts, stored under the short name.
+    static let optionAliases = ["iface": "i", "proto": "p"]
 
     static func parseRule(_ content: String, location: SourceLocation) -> Result<Rule, Diagnostic> {
         let (body, comment) = splitComment(content)
@@ -315,14 +317,15 @@ public struct FirewallConfig: Hashable, Sendable {
             guard word.hasPrefix("-"), word.count > 1 else {
                 return .failure(.error(location, "unexpected '\(word)' in rule (options start with '-')"))
             }
-            let key = String(word.dropFirst())
+            // pve-firewall writes -dport; proxmox-firewall also reads --dport.
+            let key = String(word.hasPrefix("--") ? word.dropFirst(2) : word.dropFirst())
             guard validOptions.contains(key) else {
                 return .failure(.error(location, "unknown rule option '-\(key)'"))
             }
             guard let value = words.popFirst() else {
                 return .failure(.error(location, "option '-\(key)' needs a value"))
             }
-            options.append((key == "iface" ? "i" : key, value))
+            options.append((optionAliases[key] ?? key, value))
         }
         return .success(Rule(enabled: enabled, direction: direction, action: action, macro: macro,
                              options: options, comment: comment, location: location))

@@ -228,7 +228,8 @@ public struct GuestConfig: Hashable, Sendable {
                 continue
             }
             if value.isEmpty && !key.hasPrefix("lxc.") {
-                diagnostics.append(.error(location(index), "missing value for '\(key)'"))
+                // Proxmox ignores such a line (with a warning); it never reaches the guest.
+                diagnostics.append(.warning(location(index), "'\(key)' has no value; Proxmox ignores this line"))
                 continue
             }
             if key == "delete" && current.role != .pending {

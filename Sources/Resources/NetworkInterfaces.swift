@@ -163,7 +163,19 @@ public struct InterfacesFile: Hashable, Sendable {
             if case .allow = stanza.kind {} else if case .source = stanza.kind {} else if case .sourceDirectory = stanza.kind {} else {
                 while index < lines.count {
                     let body = lines[index].withoutCarriageReturn
-                    if body.isBlank || isStanzaStart(body) { break }
+                    if isStanzaStart(body) { break }
+                    if body.isBlank {
+                        // ifupdown keeps reading options after blank lines until the
+                        // next stanza; an indented option line continues this one.
+                        var next = index
+                        while next < lines.count, lines[next].withoutCarriageReturn.isBlank { next += 1 }
+                        guard next < lines.count else { break }
+                        let following = lines[next].withoutCarriageReturn
+                        let indented = following.first == " " || following.first == "\t"
+                        if !indented || isStanzaStart(following) || following.trimmed.hasPrefix("#") { break }
+                        index = next
+                        continue
+                    }
                     let keyStart = body.firstNonBlankIndex
                     if body[keyStart] == "#" {
                         stanza.comments.append(String(body[body.index(after: keyStart)...]).trimmedTrailing)

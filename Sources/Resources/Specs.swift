@@ -274,6 +274,7 @@ public enum IPAddress {
             if body.hasSuffix(":") && !body.hasSuffix("::") { body = body.dropLast() }
             groupsAvailable = 6
         }
+        if body.contains(":::") { return false }
         let doubleColons = body.components(separatedBy: "::").count - 1
         guard doubleColons <= 1 else { return false }
         let groups = body.split(separator: ":", omittingEmptySubsequences: true)

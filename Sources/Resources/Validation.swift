@@ -209,7 +209,10 @@ public enum FirewallValidator {
         let proto = rule["p"]
         for portOption in ["dport", "sport"] where rule[portOption] != nil && rule.macro == nil {
             if let proto {
-                if !protocolsWithPorts.contains(proto.lowercased()) {
+                if ["icmp", "icmpv6", "ipv6-icmp"].contains(proto.lowercased()) && portOption == "dport" {
+                    // pve-firewall's historic spelling of an ICMP type.
+                    diagnostics.append(.warning(rule.location, "-dport with -p \(proto) is read as -icmp-type; write -icmp-type instead"))
+                } else if !protocolsWithPorts.contains(proto.lowercased()) {
                     diagnostics.append(.error(rule.location, "-\(portOption) needs a protocol with ports (tcp, udp, sctp ...), not '\(proto)'"))
                 }
             } else {
