@@ -77,7 +77,7 @@ public struct CorosyncConfig: Hashable, Sendable {
     public static func parse(_ text: String, file: String) -> (CorosyncConfig, [Diagnostic]) {
         var diagnostics: [Diagnostic] = []
         var stack: [Section] = [Section(name: "", location: SourceLocation(file: file, line: 1))]
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let lines = splitLines(text)
         for (index, raw) in lines.enumerated() {
             let line = raw.withoutCarriageReturn
             let content = line.trimmed

@@ -53,27 +53,24 @@ extension Array where Element == Diagnostic {
     public var hasErrors: Bool { contains { $0.severity == .error } }
 }
 
-/// The text of a file split into lines so that joining them with "\n" gives
-/// the original bytes back. A file ending in a newline yields a last, empty
-/// element; a carriage return stays part of its line's raw text.
-public struct SourceLines: Sendable {
-    public let file: String
-    public let lines: [Substring]
-
-    public init(file: String, text: String) {
-        self.file = file
-        self.lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+/// Splits text at every "\n" byte. Splitting by Character would not work:
+/// Swift treats "\r\n" as one Character, so CRLF files would read as a single
+/// line. A carriage return stays at the end of its line, so joining the
+/// pieces with "\n" gives back the exact text.
+func splitLines(_ text: String) -> [Substring] {
+    let scalars = text.unicodeScalars
+    var result: [Substring] = []
+    var start = scalars.startIndex
+    var index = scalars.startIndex
+    while index != scalars.endIndex {
+        if scalars[index] == "\n" {
+            result.append(Substring(scalars[start..<index]))
+            start = scalars.index(after: index)
+        }
+        index = scalars.index(after: index)
     }
-
-    /// Line number (1-based) of index `index` in `lines`.
-    public func location(_ index: Int, column: Int = 1) -> SourceLocation {
-        SourceLocation(file: file, line: index + 1, column: column)
-    }
-
-    /// Whether `index` is the empty remainder after a final newline (not a real line).
-    public func isTrailingRemainder(_ index: Int) -> Bool {
-        index == lines.count - 1 && lines[index].isEmpty
-    }
+    result.append(Substring(scalars[start...]))
+    return result
 }
 
 extension Substring {

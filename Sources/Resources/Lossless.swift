@@ -65,9 +65,10 @@ func renderLossless<Block: LosslessBlock>(_ elements: [DocumentElement<Block>], 
 /// Splits text into lines, and tells whether it ended with a newline, so the
 /// line list plus that flag reproduce the text exactly.
 func splitKeepingTrailingNewline(_ text: String) -> (lines: [Substring], trailingNewline: Bool) {
-    var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+    var lines = splitLines(text)
     let trailing = lines.count > 1 && lines.last == ""
     if trailing { lines.removeLast() }
-    if lines.count == 1 && lines[0].isEmpty { lines = [] }
+    // The empty file has no lines ("\n" has one, empty).
+    if !trailing && lines.count == 1 && lines[0].isEmpty { lines = [] }
     return (lines, trailing)
 }

@@ -100,8 +100,8 @@ public struct PVENetworkConfig: Hashable, Sendable {
         var interfaces: [String: Interface] = [:]
         var extra: [(Int, String)] = []
         var priority = 2
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false)[...]
-        if text.hasSuffix("\n") { lines = lines.dropLast() }
+        var lines = splitLines(text)[...]
+        if text.unicodeScalars.last == "\n" { lines = lines.dropLast() }
 
         func words(_ s: Substring) -> [String] { s.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init) }
 
@@ -748,9 +748,10 @@ public struct PVENetworkConfig: Hashable, Sendable {
         }
         func addOptionsAndComments(_ sfx: String) {
             for option in sfx == "6" ? d.options6 : d.options { raw += "\t\(option)\n" }
-            for comment in (d["comments" + sfx] ?? "").split(separator: "\n", omittingEmptySubsequences: false).dropLast(((d["comments" + sfx] ?? "").hasSuffix("\n") || (d["comments" + sfx] ?? "").isEmpty) ? 1 : 0) {
-                raw += "#\(comment)\n"
-            }
+            // Like Perl's split: empty trailing fields are dropped.
+            var comments = splitLines(d["comments" + sfx] ?? "")
+            while comments.last?.isEmpty == true { comments.removeLast() }
+            for comment in comments { raw += "#\(comment)\n" }
         }
         if let suffix { addOptionsAndComments(suffix) } else { addOptionsAndComments(""); addOptionsAndComments("6") }
         raw += "\n"

@@ -89,6 +89,9 @@ public struct UserConfig: Hashable, Sendable {
         public func hash(into hasher: inout Hasher) { hasher.combine(kind); hasher.combine(fields) }
 
         public func canonicalLines() -> [String] { [([kind] + fields).joined(separator: ":") + ":"] }
+
+        /// The entry's name (user id, group, role ...); empty on a malformed line.
+        public var name: String { fields.first ?? "" }
     }
 
     /// Field counts: the number of colon-separated fields after the kind.
@@ -143,9 +146,10 @@ public struct UserConfig: Hashable, Sendable {
             var group = lines.filter { $0.kind == kind || (kind == "user" && $0.kind == "token") }
             if kind != "acl" {
                 group.sort { a, b in
-                    let ka = a.kind == "token" ? String(a.fields[0].split(separator: "!").first ?? "") : a.fields[0]
-                    let kb = b.kind == "token" ? String(b.fields[0].split(separator: "!").first ?? "") : b.fields[0]
-                    return (ka, a.kind == "token" ? 1 : 0, a.fields[0]) < (kb, b.kind == "token" ? 1 : 0, b.fields[0])
+                    // A token sorts right after its user (user@realm!tokenname).
+                    let ka = a.kind == "token" ? String(a.name.split(separator: "!").first ?? "") : a.name
+                    let kb = b.kind == "token" ? String(b.name.split(separator: "!").first ?? "") : b.name
+                    return (ka, a.kind == "token" ? 1 : 0, a.name) < (kb, b.kind == "token" ? 1 : 0, b.name)
                 }
             }
             guard !group.isEmpty else { continue }

@@ -297,11 +297,11 @@ public enum UserConfigValidator {
         for line in config.lines {
             switch line.kind {
             case "user":
-                let id = line.fields[0]
+                let id = line.name
                 if !id.contains("@") { diagnostics.append(.error(line.location, "user id '\(id)' has no realm (user@realm)")) }
                 users.insert(id)
-            case "group": groups.insert(line.fields[0])
-            case "role": roles.insert(line.fields[0])
+            case "group": groups.insert(line.name)
+            case "role": roles.insert(line.name)
             default: break
             }
         }

@@ -98,4 +98,19 @@ struct RoundTripTests {
 
         """)
     }
+
+    @Test("Windows line endings are lines too, and survive the round trip")
+    func carriageReturns() throws {
+        let text = "dir: local\r\n\tpath /var/lib/vz\r\n\tcontent iso\r\n\r\nnfs: nas\r\n\tserver 192.0.2.5\r\n"
+        let (file, diagnostics) = SectionConfigFile.parse(text, file: "storage.cfg")
+        #expect(diagnostics.isEmpty)
+        #expect(file.sections.map(\.id) == ["local", "nas"])
+        #expect(file["local"]?["content"] == "iso")
+        #expect(file.losslessText() == text)
+        let guest = "cores: 2\r\nmemory: 512\r\n"
+        let (config, guestDiagnostics) = GuestConfig.parse(guest, file: "qemu-server/100.conf", kind: .qemu)
+        #expect(guestDiagnostics.isEmpty)
+        #expect(config.main["memory"] == "512")
+        #expect(config.losslessText() == guest)
+    }
 }

@@ -1,0 +1,22 @@
+// swift-tools-version: 6.0
+// libFuzzer targets for every parser. Built apart from the main package
+// because they link libFuzzer's main instead of their own:
+//   swift build --package-path fuzz -c release -Xswiftc -sanitize=fuzzer,address
+// scripts/fuzz builds and runs them.
+import PackageDescription
+
+let formats = ["storage", "sectionconfig", "qemu", "lxc", "interfaces", "firewall", "corosync", "datacenter", "user"]
+
+let package = Package(
+    name: "pvectl-fuzz",
+    platforms: [.macOS(.v15)],
+    dependencies: [.package(name: "pvectl", path: "..")],
+    targets: [
+        .target(name: "FuzzSupport", dependencies: [.product(name: "Resources", package: "pvectl")], path: "Sources/FuzzSupport"),
+    ] + formats.map { format in
+        // gold fails on libFuzzer's objects (internal error in format_file_lineno); lld links them.
+        .executableTarget(name: "fuzz-\(format)", dependencies: ["FuzzSupport"], path: "Sources/\(format)",
+                          linkerSettings: [.unsafeFlags(["-use-ld=lld"])])
+    },
+    swiftLanguageModes: [.v6]
+)
