@@ -130,6 +130,7 @@ public struct DesiredState: Sendable {
             let isLink = (try? fm.destinationOfSymbolicLink(atPath: directory)) != nil
             if !isLink { guestDirectories.append((node, kind, directory)) }
         }
+        var guestFiles: [(node: String, kind: GuestConfig.Kind, path: String, vmid: Int)] = []
         for (nodeName, kind, directory) in guestDirectories {
             guard let names = try? fm.contentsOfDirectory(atPath: directory) else { continue }
             for name in names.sorted() where name.hasSuffix(".conf") {
@@ -138,11 +139,38 @@ public struct DesiredState: Sendable {
                     state.diagnostics.append(.warning(SourceLocation(file: file, line: 1), "ignored: guest config names must be <vmid>.conf"))
                     continue
                 }
-                guard let text = read(file) else { continue }
-                let (config, diagnostics) = GuestConfig.parse(text, file: file, kind: kind)
-                state.guests.append(Guest(vmid: vmid, node: nodeName, config: config, path: file))
-                record(diagnostics, freezing: [ResourceID(kind: kind.rawValue, name: String(vmid))])
+                guestFiles.append((nodeName, kind, file, vmid))
             }
+        }
+        // Guest files are independent and the bulk of a large tree: read and
+        // parse them on all cores, then merge in a stable order.
+        struct LoadedGuest {
+            var guest: Guest?
+            var digest: String?
+            var diagnostics: [Diagnostic]
+        }
+        let files = guestFiles
+        let slots = UnsafeResultSlots<LoadedGuest>(count: files.count)
+        DispatchQueue.concurrentPerform(iterations: files.count) { index in
+            let entry = files[index]
+            guard let data = FileManager.default.contents(atPath: entry.path) else {
+                slots.set(index, LoadedGuest(diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "cannot read file")]))
+                return
+            }
+            let digest = Digest.sha256Hex(data)
+            guard let text = String(data: data, encoding: .utf8) else {
+                slots.set(index, LoadedGuest(digest: digest, diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "file is not valid UTF-8")]))
+                return
+            }
+            let (config, diagnostics) = GuestConfig.parse(text, file: entry.path, kind: entry.kind)
+            slots.set(index, LoadedGuest(guest: Guest(vmid: entry.vmid, node: entry.node, config: config, path: entry.path),
+                                         digest: digest, diagnostics: diagnostics))
+        }
+        for (index, loaded) in slots.values.enumerated() {
+            let entry = files[index]
+            if let digest = loaded.digest { state.digests[entry.path] = digest }
+            if let guest = loaded.guest { state.guests.append(guest) }
+            record(loaded.diagnostics, freezing: [ResourceID(kind: entry.kind.rawValue, name: String(entry.vmid))])
         }
 
         if let text = read(path("firewall/cluster.fw")) {

@@ -17,10 +17,11 @@ public enum TreeValidator {
         let guests = state.guests
         let perGuest = UnsafeResultSlots<[Diagnostic]>(count: guests.count)
         let bridges = bridgeNames(state)
+        let storages = state.storage.map { StorageIndex($0) }
         DispatchQueue.concurrentPerform(iterations: guests.count) { index in
             let guest = guests[index]
             var found = GuestValidator.validate(guest.config, spec: Specs.guest(guest.kind))
-            found += checkVolumes(guest, state: state)
+            if let storages { found += checkVolumes(guest, storages: storages) }
             if guest.node == state.node, let bridges { found += checkBridges(guest, bridges: bridges) }
             perGuest.set(index, found)
         }
@@ -75,8 +76,24 @@ public enum TreeValidator {
         return "images"
     }
 
-    static func checkVolumes(_ guest: DesiredState.Guest, state: DesiredState) -> [Diagnostic] {
-        guard let storage = state.storage else { return [] }
+    /// What volume checks need from storage.cfg, computed once per run.
+    struct StorageIndex: Sendable {
+        var byID: [String: SectionConfigFile.Section]
+        var ids: String
+        var content: [String: Set<String>]
+        var nodes: [String: Set<String>]
+
+        init(_ file: SectionConfigFile) {
+            byID = file.sectionsByID
+            ids = file.sections.map(\.id).joined(separator: ", ")
+            content = byID.mapValues { Set(($0["content"] ?? TreeValidator.defaultContent($0.type)).split(separator: ",").map(String.init)) }
+            nodes = byID.compactMapValues { section in
+                section["nodes"].map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
+            }
+        }
+    }
+
+    static func checkVolumes(_ guest: DesiredState.Guest, storages: StorageIndex) -> [Diagnostic] {
         var diagnostics: [Diagnostic] = []
         for section in guest.config.sections where section.role == .main || section.role == .pending {
             for entry in section.entries where GuestConfig.isDriveKey(entry.key) {
@@ -89,22 +106,20 @@ public enum TreeValidator {
                     continue
                 }
                 let storageID = String(volume[..<colon])
-                guard let definition = storage[storageID] else {
+                guard storages.byID[storageID] != nil else {
                     diagnostics.append(.error(entry.valueLocation,
-                                              "\(entry.key): storage '\(storageID)' does not exist in storage.cfg (defined: \(storage.sections.map(\.id).joined(separator: ", ")))"))
+                                              "\(entry.key): storage '\(storageID)' does not exist in storage.cfg (defined: \(storages.ids))"))
                     continue
                 }
                 let needed = contentType(key: entry.key, kind: guest.kind, value: parsed)
-                let content = Set((definition["content"] ?? defaultContent(definition.type)).split(separator: ",").map(String.init))
+                let content = storages.content[storageID] ?? []
                 if !content.contains(needed) {
                     diagnostics.append(.error(entry.valueLocation,
                                               "\(entry.key): storage '\(storageID)' does not allow content '\(needed)' (content: \(content.sorted().joined(separator: ",")))"))
                 }
-                if let nodes = definition["nodes"] {
-                    let allowed = Set(nodes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
-                    if !allowed.contains(guest.node) {
-                        diagnostics.append(.error(entry.valueLocation, "\(entry.key): storage '\(storageID)' is not available on node '\(guest.node)' (nodes: \(nodes))"))
-                    }
+                if let allowed = storages.nodes[storageID], !allowed.contains(guest.node) {
+                    diagnostics.append(.error(entry.valueLocation,
+                                              "\(entry.key): storage '\(storageID)' is not available on node '\(guest.node)' (nodes: \(allowed.sorted().joined(separator: ",")))"))
                 }
             }
         }
@@ -189,5 +204,6 @@ final class UnsafeResultSlots<Value>: @unchecked Sendable {
 
     func set(_ index: Int, _ value: Value) { buffer[index] = value }
 
-    var values: [Value] { buffer.compactMap { $0 } }
+    /// Every slot's value, in index order; all slots must have been set.
+    var values: [Value] { buffer.map { $0! } }
 }

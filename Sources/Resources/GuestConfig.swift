@@ -262,25 +262,29 @@ public struct GuestConfig: Hashable, Sendable {
     }
 
     /// Finds `key:` (or `lxc.key =`) at the start of a line.
+    /// Finds `key:` (or `lxc.key =`) at the start of a line. Works on
+    /// Unicode scalars: keys are ASCII, and Character properties are slow.
     private static func keyEnd(of line: Substring, kind: Kind) -> (keyEnd: Substring.Index, valueStart: Substring.Index)? {
-        var i = line.startIndex
-        guard i < line.endIndex, line[i].isASCII, line[i].isLetter, line[i].isLowercase else { return nil }
+        let scalars = line.unicodeScalars
+        var i = scalars.startIndex
+        guard i < scalars.endIndex, ("a"..."z").contains(scalars[i]) else { return nil }
         let isLXCKey = kind == .lxc && line.hasPrefix("lxc.")
-        while i < line.endIndex {
-            let c = line[i]
-            let allowed = (c.isASCII && (c.isLetter || c.isNumber)) || c == "_" || c == "-" || (isLXCKey && c == ".")
+        while i < scalars.endIndex {
+            let c = scalars[i]
+            let allowed = ("a"..."z").contains(c) || ("A"..."Z").contains(c) || ("0"..."9").contains(c)
+                || c == "_" || c == "-" || (isLXCKey && c == ".")
             if !allowed { break }
-            i = line.index(after: i)
+            i = scalars.index(after: i)
         }
         let keyEnd = i
         if isLXCKey {
             var j = i
-            while j < line.endIndex, line[j] == " " || line[j] == "\t" { j = line.index(after: j) }
-            if j < line.endIndex, line[j] == ":" || line[j] == "=" { return (keyEnd, line.index(after: j)) }
+            while j < scalars.endIndex, scalars[j] == " " || scalars[j] == "\t" { j = scalars.index(after: j) }
+            if j < scalars.endIndex, scalars[j] == ":" || scalars[j] == "=" { return (keyEnd, scalars.index(after: j)) }
             return nil
         }
-        guard i < line.endIndex, line[i] == ":" else { return nil }
-        return (keyEnd, line.index(after: i))
+        guard i < scalars.endIndex, scalars[i] == ":" else { return nil }
+        return (keyEnd, scalars.index(after: i))
     }
 
     /// Byte-identical to the input when nothing was edited.

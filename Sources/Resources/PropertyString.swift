@@ -17,34 +17,38 @@ public struct PropertyString: Hashable, Sendable, CustomStringConvertible {
     /// Splits on commas that are not inside double quotes. Never fails: a
     /// malformed pair becomes a bare value that validation reports.
     public init(parsing raw: String) {
+        // Scalars, not Characters: only ',', '"' and '=' matter, and grapheme
+        // breaking would cost more than the rest of the parse.
         var entries: [Entry] = []
-        var current = ""
-        var start = 0
-        var position = 0
+        let scalars = raw.unicodeScalars
+        var start = scalars.startIndex
+        var offset = 0
+        var startOffset = 0
+        var equals: String.UnicodeScalarView.Index?
         var inQuotes = false
-        func flush() {
-            if !current.isEmpty {
-                if let eq = current.firstIndex(of: "="), eq != current.startIndex {
-                    entries.append(Entry(key: String(current[..<eq]),
-                                         value: String(current[current.index(after: eq)...]),
-                                         offset: start))
-                } else {
-                    entries.append(Entry(key: nil, value: current, offset: start))
-                }
-            }
-            current = ""
-        }
-        for ch in raw {
-            if ch == "\"" { inQuotes.toggle() }
-            if ch == "," && !inQuotes {
-                flush()
-                start = position + 1
+        func flush(upTo end: String.UnicodeScalarView.Index) {
+            guard start < end else { return }
+            if let eq = equals, eq != start {
+                entries.append(Entry(key: String(scalars[start..<eq]), value: String(scalars[scalars.index(after: eq)..<end]), offset: startOffset))
             } else {
-                current.append(ch)
+                entries.append(Entry(key: nil, value: String(scalars[start..<end]), offset: startOffset))
             }
-            position += 1
         }
-        flush()
+        var index = scalars.startIndex
+        while index < scalars.endIndex {
+            let scalar = scalars[index]
+            if scalar == "\"" { inQuotes.toggle() }
+            if scalar == "=" && equals == nil && !inQuotes { equals = index }
+            if scalar == "," && !inQuotes {
+                flush(upTo: index)
+                start = scalars.index(after: index)
+                startOffset = offset + 1
+                equals = nil
+            }
+            index = scalars.index(after: index)
+            offset += 1
+        }
+        flush(upTo: scalars.endIndex)
         self.entries = entries
     }
 

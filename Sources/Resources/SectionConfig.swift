@@ -137,7 +137,15 @@ public struct SectionConfigFile: Hashable, Sendable {
     }
 
     public subscript(id: String) -> Section? {
-        sections.first { $0.id == id }
+        for case .block(let section) in elements where section.id == id { return section }
+        return nil
+    }
+
+    /// Sections by id (the first one when an id repeats), for repeated lookups.
+    public var sectionsByID: [String: Section] {
+        var result: [String: Section] = [:]
+        for section in sections where result[section.id] == nil { result[section.id] = section }
+        return result
     }
 
     /// Replaces the section with the same id, or appends it.
