@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
     ],
     targets: [
         .target(
@@ -31,16 +32,22 @@ let package = Package(
             dependencies: ["Resources", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
+        .target(
+            name: "Drivers",
+            dependencies: ["Reconciler", "Resources", .product(name: "Subprocess", package: "swift-subprocess")],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "pvectl",
             dependencies: [
-                "Resources", "Reconciler",
+                "Resources", "Reconciler", "Drivers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
         ),
         .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
         .testTarget(name: "ReconcilerTests", dependencies: ["Reconciler", "Resources"], swiftSettings: strict),
+        .testTarget(name: "DriversTests", dependencies: ["Drivers", "Reconciler", "Resources"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

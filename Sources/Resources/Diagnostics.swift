@@ -1,5 +1,5 @@
 /// A position in a source file, 1-based, the way editors and compilers print it.
-public struct SourceLocation: Hashable, Sendable, Comparable, CustomStringConvertible {
+public struct SourceLocation: Hashable, Sendable, Comparable, Codable, CustomStringConvertible {
     public var file: String
     public var line: Int
     public var column: Int

@@ -4,7 +4,7 @@ import Reconciler
 import Resources
 
 @main
-struct PVECtl: ParsableCommand {
+struct PVECtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pvectl",
         abstract: "Declarative reconciler for Proxmox VE-style hosts.",
@@ -12,7 +12,7 @@ struct PVECtl: ParsableCommand {
         Desired state lives in /etc/pve (storage.cfg, guest .conf files, firewall
         .fw files) and /etc/network/interfaces, in Proxmox VE's own formats.
         """,
-        subcommands: [Validate.self, Format.self]
+        subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, StatusCommand.self]
     )
 }
 

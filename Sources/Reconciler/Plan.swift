@@ -1,0 +1,166 @@
+import Foundation
+import Resources
+
+/// A file position as it appears in plans (`path:line`).
+public struct SourceReference: Codable, Hashable, Sendable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+
+    public init(_ location: SourceLocation) {
+        file = location.file
+        line = location.line
+    }
+
+    public var description: String { "\(file):\(line)" }
+}
+
+/// One attribute that changes: `mtu 1500 → 9000 (live)`.
+public struct PlannedChange: Codable, Hashable, Sendable {
+    public var field: String
+    public var old: String?
+    public var new: String?
+    public var changeClass: ChangeClass
+    public var source: SourceReference?
+
+    public init(field: String, old: String?, new: String?, changeClass: ChangeClass, source: SourceLocation? = nil) {
+        self.field = field
+        self.old = old
+        self.new = new
+        self.changeClass = changeClass
+        self.source = source.map(SourceReference.init)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case field, old, new, source
+        case changeClass = "class"
+    }
+}
+
+/// What happens to one resource.
+public struct ResourcePlan: Codable, Hashable, Sendable {
+    public enum Action: String, Codable, Hashable, Sendable {
+        case create, update, replace, delete
+        /// Cannot be applied (a missing device, a frozen file); the reason is in `message`.
+        case blocked
+    }
+
+    public var id: String
+    public var kind: String
+    public var name: String
+    public var action: Action
+    public var source: SourceReference?
+    public var changes: [PlannedChange]
+    /// The operations apply will run, in order, for people to read.
+    public var operations: [String]
+    public var message: String?
+
+    public init(kind: String, name: String, action: Action, source: SourceLocation?, changes: [PlannedChange],
+                operations: [String] = [], message: String? = nil) {
+        self.id = "\(kind)/\(name)"
+        self.kind = kind
+        self.name = name
+        self.action = action
+        self.source = source.map(SourceReference.init)
+        self.changes = changes
+        self.operations = operations
+        self.message = message
+    }
+}
+
+/// A deterministic, reviewable artifact: what `apply` would do, and a digest
+/// of every input it was computed from.
+///
+/// JSON schema (`format_version` 1): `{format_version, node, inputs: {path:
+/// sha256}, resources: [{id, kind, name, action, source: {file, line}?,
+/// changes: [{field, old?, new?, class, source?}], operations: [string],
+/// message?}], summary: {create, update, replace, delete, blocked}}`.
+/// Resources are sorted by id; keys are sorted.
+public struct Plan: Codable, Hashable, Sendable {
+    public struct Summary: Codable, Hashable, Sendable {
+        public var create = 0
+        public var update = 0
+        public var replace = 0
+        public var delete = 0
+        public var blocked = 0
+    }
+
+    public var formatVersion = 1
+    public var node: String
+    public var inputs: [String: String]
+    public var resources: [ResourcePlan]
+    public var summary: Summary
+
+    enum CodingKeys: String, CodingKey {
+        case node, inputs, resources, summary
+        case formatVersion = "format_version"
+    }
+
+    public init(node: String, inputs: [String: String], resources: [ResourcePlan]) {
+        self.node = node
+        self.inputs = inputs
+        self.resources = resources.sorted { $0.id < $1.id }
+        var summary = Summary()
+        for resource in resources {
+            switch resource.action {
+            case .create: summary.create += 1
+            case .update: summary.update += 1
+            case .replace: summary.replace += 1
+            case .delete: summary.delete += 1
+            case .blocked: summary.blocked += 1
+            }
+        }
+        self.summary = summary
+    }
+
+    public var hasChanges: Bool { resources.contains { $0.action != .blocked } }
+
+    public func jsonData() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(self)
+    }
+
+    public static func load(_ data: Data) throws -> Plan {
+        try JSONDecoder().decode(Plan.self, from: data)
+    }
+
+    /// The text a person reads: one block per resource, `+` create, `~`
+    /// change, `-` delete, each change with its class and source line.
+    public func render(colors: Bool) -> String {
+        func paint(_ text: String, _ code: String) -> String { colors ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text }
+        var out = ""
+        if resources.isEmpty {
+            return "No changes. The system matches the desired state.\n"
+        }
+        for resource in resources {
+            let (symbol, color): (String, String) = switch resource.action {
+            case .create: ("+", "32")
+            case .update: ("~", "33")
+            case .replace: ("-/+", "35")
+            case .delete: ("-", "31")
+            case .blocked: ("!", "31;1")
+            }
+            var header = "\(paint(symbol, color)) \(paint(resource.id, "1"))"
+            header += " (\(resource.action.rawValue))"
+            if let source = resource.source { header += "  " + paint(source.description, "36") }
+            out += header + "\n"
+            if let message = resource.message { out += "    " + paint(message, color) + "\n" }
+            for change in resource.changes {
+                let line: String
+                switch (change.old, change.new) {
+                case (nil, let new?): line = "\(paint("+", "32")) \(change.field): \(new)"
+                case (let old?, nil): line = "\(paint("-", "31")) \(change.field): \(old)"
+                case (let old?, let new?): line = "\(paint("~", "33")) \(change.field): \(old) → \(new)"
+                case (nil, nil): line = "\(paint("~", "33")) \(change.field)"
+                }
+                var suffix = "  [\(change.changeClass.rawValue)]"
+                if let source = change.source { suffix += "  " + paint("line \(source.line)", "36") }
+                out += "    \(line)\(suffix)\n"
+            }
+        }
+        out += "\nPlan: \(summary.create) to create, \(summary.update) to change, \(summary.replace) to replace, \(summary.delete) to delete"
+        if summary.blocked > 0 { out += ", " + paint("\(summary.blocked) blocked", "31;1") }
+        out += ".\n"
+        return out
+    }
+}

@@ -1,0 +1,282 @@
+import ArgumentParser
+import Drivers
+import Foundation
+import Reconciler
+import Resources
+
+/// The contract every kind shares: `--root`, `--interfaces`, `--node`,
+/// `--state-dir`, `--only`, `--json`.
+struct ReconcileOptions: ParsableArguments {
+    @OptionGroup var tree: TreeOptions
+
+    @Option(name: .long, help: ArgumentHelp("Where the reconciler keeps its last-applied records.", valueName: "DIR"))
+    var stateDir: String = "/var/lib/pvectl"
+
+    @Option(name: .long, help: ArgumentHelp("Limit to a kind or one resource: network, storage, qemu, lxc, firewall (repeatable), e.g. network/vmbr0.", valueName: "KIND[/ID]"))
+    var only: [String] = []
+
+    @Flag(name: .long, help: "Machine-readable JSON output.")
+    var json = false
+
+    var selectors: [ResourceSelector] {
+        get throws {
+            try only.map { text in
+                guard let selector = ResourceSelector(text) else {
+                    throw ValidationError("--only \(text): expected KIND[/ID] with KIND one of \(ResourceSelector.kinds.joined(separator: ", "))")
+                }
+                return selector
+            }
+        }
+    }
+
+    /// The root may be missing for a network-only run: nothing under it is needed.
+    func load() throws -> DesiredState {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: tree.root, isDirectory: &isDirectory), !isDirectory.boolValue {
+            throw ValidationError("--root \(tree.root) is not a directory")
+        }
+        return DesiredState.load(root: tree.root, interfaces: tree.interfaces, node: tree.nodeName)
+    }
+
+    var reconciler: NetworkReconciler {
+        NetworkReconciler(driver: KernelNetworkDriver(), store: StateStore(directory: stateDir))
+    }
+
+    /// Computes the plan of every selected kind.
+    func computePlan() async throws -> (Plan, NetworkReconciler.Computed, DesiredState) {
+        let state = try load()
+        let selectors = try selectors
+        var network = NetworkReconciler.Computed()
+        if ResourceSelector.wants(selectors, kind: "network") {
+            network = try await reconciler.compute(state, only: selectors)
+        }
+        for problem in network.problems { printError(problem.description) }
+        let plan = Plan(node: tree.nodeName, inputs: state.digests, resources: network.resources)
+        return (plan, network, state)
+    }
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+func printOut(_ text: String) {
+    FileHandle.standardOutput.write(Data(text.utf8))
+}
+
+var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil }
+
+struct PlanCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plan",
+        abstract: "Show what apply would change, without changing anything.",
+        discussion: """
+        One block per resource (network/vmbr0): + create, ~ change (old → new with
+        its change class: live, reload, restart, replace), - delete, each with the
+        file line it comes from. A staged interfaces.new is planned when present.
+
+        Exit codes with --detailed-exitcode: 0 no changes, 2 changes, 1 error.
+
+        Examples:
+          pvectl plan
+          pvectl plan --only network/vmbr0 --json
+          pvectl plan --out /tmp/net.plan --detailed-exitcode
+        """
+    )
+
+    @OptionGroup var options: ReconcileOptions
+
+    @Option(name: .long, help: ArgumentHelp("Save the plan (JSON, with input digests) for a later `pvectl apply PLANFILE`.", valueName: "PLANFILE"))
+    var out: String?
+
+    @Flag(name: .long, help: "Exit 2 when there are changes, 0 when there are none, 1 on error.")
+    var detailedExitcode = false
+
+    func run() async throws {
+        let (plan, network, _) = try await options.computePlan()
+        if let out { try plan.jsonData().write(to: URL(fileURLWithPath: out), options: .atomic) }
+        if options.json {
+            printOut(String(decoding: try plan.jsonData(), as: UTF8.self) + "\n")
+        } else {
+            printOut(plan.render(colors: stdoutIsTerminal))
+            if let out { printOut("Saved the plan to \(out); apply it with: pvectl apply \(out)\n") }
+        }
+        if !network.problems.isEmpty || plan.summary.blocked > 0 { throw ExitCode(1) }
+        if detailedExitcode && plan.hasChanges { throw ExitCode(2) }
+    }
+}
+
+struct ApplyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "apply",
+        abstract: "Make the system match the desired state.",
+        discussion: """
+        Performs the plan with idempotent actions in dependency order, then plans
+        again to confirm convergence. On a terminal it shows the plan and asks;
+        elsewhere it needs --auto-approve. With a PLANFILE from `pvectl plan --out`,
+        it refuses when any input or the system changed since the plan was made.
+        A staged interfaces.new is moved into place after a successful apply.
+
+        Examples:
+          pvectl apply
+          pvectl apply --auto-approve --only network
+          pvectl apply /tmp/net.plan
+        """
+    )
+
+    @OptionGroup var options: ReconcileOptions
+
+    @Flag(name: .long, help: "Do not ask for confirmation.")
+    var autoApprove = false
+
+    @Argument(help: ArgumentHelp("A plan saved by `pvectl plan --out`.", valueName: "PLANFILE"))
+    var planFile: String?
+
+    func run() async throws {
+        let (plan, network, state) = try await options.computePlan()
+        if let planFile {
+            guard let data = FileManager.default.contents(atPath: planFile) else { throw ValidationError("cannot read \(planFile)") }
+            let saved = try Plan.load(data)
+            if let reason = staleness(saved: saved, current: plan) {
+                printError("error: the saved plan is out of date: \(reason). Run `pvectl plan` again.")
+                throw ExitCode(1)
+            }
+        }
+        if !network.problems.isEmpty || plan.summary.blocked > 0 {
+            printOut(plan.render(colors: stdoutIsTerminal))
+            printError("error: nothing applied: fix the errors above first")
+            throw ExitCode(1)
+        }
+        let stagedInterfaces = state.interfacesPath.flatMap { $0.hasSuffix(".new") ? $0 : nil }
+        if !plan.hasChanges {
+            printOut(plan.render(colors: stdoutIsTerminal))
+            try installStaged(stagedInterfaces)
+            return
+        }
+        printOut(plan.render(colors: stdoutIsTerminal))
+        if !autoApprove && planFile == nil {
+            guard isatty(STDIN_FILENO) == 1 else {
+                printError("error: not on a terminal: pass --auto-approve (or apply a saved PLANFILE)")
+                throw ExitCode(1)
+            }
+            printOut("\nApply these changes? Only 'yes' is accepted: ")
+            guard readLine()?.trimmingCharacters(in: .whitespaces) == "yes" else {
+                printOut("Apply cancelled.\n")
+                throw ExitCode(1)
+            }
+        }
+        let outcome = try await options.reconciler.apply(network) { line in printOut(line + "\n") }
+        for failure in outcome.failed { printError("error: network/\(failure.name): \(failure.message)") }
+        if !outcome.failed.isEmpty { throw ExitCode(1) }
+        try installStaged(stagedInterfaces)
+        // Level-triggered check: a fresh plan must be empty.
+        let (after, _, _) = try await options.computePlan()
+        if after.hasChanges {
+            printError("error: applied, but the system does not match yet:")
+            printError(after.render(colors: false))
+            throw ExitCode(1)
+        }
+        printOut("Apply complete: \(outcome.applied.count) resource\(outcome.applied.count == 1 ? "" : "s") converged.\n")
+    }
+
+    /// Why a saved plan no longer holds, or nil.
+    func staleness(saved: Plan, current: Plan) -> String? {
+        if saved.node != current.node { return "it was made for node \(saved.node)" }
+        for path in Set(saved.inputs.keys).union(current.inputs.keys).sorted() where saved.inputs[path] != current.inputs[path] {
+            return "\(path) changed"
+        }
+        if saved.resources != current.resources { return "the system changed" }
+        return nil
+    }
+
+    func installStaged(_ staged: String?) throws {
+        guard let staged else { return }
+        let target = String(staged.dropLast(4))
+        if rename(staged, target) != 0 {
+            throw ValidationError("cannot move \(staged) to \(target): \(String(cString: strerror(errno)))")
+        }
+        printOut("Installed \(staged) as \(target).\n")
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show each managed resource's condition.",
+        discussion: """
+        Ready: applied and the system matches. Pending: the desired state or the
+        system differs (see `pvectl plan`). Progressing: an apply started and did not
+        finish. Degraded: the last apply failed. Blocked: the desired state has errors.
+
+        Examples:
+          pvectl status
+          pvectl status --only network --json
+        """
+    )
+
+    @OptionGroup var options: ReconcileOptions
+
+    struct Row: Codable {
+        var id: String
+        var condition: String
+        var generation: String?
+        var updatedAt: Date?
+        var message: String?
+        var pendingChanges: [String]
+
+        enum CodingKeys: String, CodingKey {
+            case id, condition, generation, message
+            case updatedAt = "updated_at"
+            case pendingChanges = "pending_changes"
+        }
+    }
+
+    func run() async throws {
+        let (plan, network, _) = try await options.computePlan()
+        let pending = Dictionary(plan.resources.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var names = Set(network.desired.map(\.name)).union(network.records.interfaces.keys)
+        names.formUnion(plan.resources.map(\.name))
+        var rows: [Row] = []
+        for name in names.sorted() {
+            let record = network.records.interfaces[name]
+            let change = pending[name]
+            let condition: String
+            var message = record?.message
+            switch (record?.status, change) {
+            case (_, let change?) where change.action == .blocked:
+                condition = "Blocked"
+                message = change.message
+            case (.inFlight?, _): condition = "Progressing"
+            case (.failed?, _): condition = "Degraded"
+            case (_, _?): condition = "Pending"
+            case (.applied?, nil): condition = "Ready"
+            case (nil, nil): condition = "Ready"
+            }
+            rows.append(Row(id: "network/\(name)", condition: condition, generation: record?.generation, updatedAt: record?.updatedAt,
+                            message: message, pendingChanges: change?.changes.map(\.field) ?? []))
+        }
+        if options.json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            encoder.dateEncodingStrategy = .iso8601
+            printOut(String(decoding: try encoder.encode(rows), as: UTF8.self) + "\n")
+            return
+        }
+        if rows.isEmpty {
+            printOut("No managed resources.\n")
+            return
+        }
+        let formatter = ISO8601DateFormatter()
+        let idWidth = max(8, rows.map(\.id.count).max() ?? 0)
+        printOut("RESOURCE".padding(toLength: idWidth + 2, withPad: " ", startingAt: 0) + "CONDITION    GENERATION        UPDATED               DETAIL\n")
+        for row in rows {
+            var detail = row.message ?? ""
+            if !row.pendingChanges.isEmpty { detail = "changes: " + Array(Set(row.pendingChanges)).sorted().joined(separator: ", ") }
+            printOut(row.id.padding(toLength: idWidth + 2, withPad: " ", startingAt: 0)
+                     + row.condition.padding(toLength: 13, withPad: " ", startingAt: 0)
+                     + (row.generation ?? "-").padding(toLength: 18, withPad: " ", startingAt: 0)
+                     + (row.updatedAt.map { formatter.string(from: $0) } ?? "-").padding(toLength: 22, withPad: " ", startingAt: 0)
+                     + detail + "\n")
+        }
+    }
+}
