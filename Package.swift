@@ -45,9 +45,11 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .testTarget(name: "ResourcesTests", dependencies: ["Resources"], swiftSettings: strict),
-        .testTarget(name: "ReconcilerTests", dependencies: ["Reconciler", "Resources"], swiftSettings: strict),
-        .testTarget(name: "DriversTests", dependencies: ["Drivers", "Reconciler", "Resources"], swiftSettings: strict),
+        // Shared by the test targets: locating ../shared, network namespaces.
+        .target(name: "TestSupport", dependencies: ["Drivers"], path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "ResourcesTests", dependencies: ["Resources", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "ReconcilerTests", dependencies: ["Reconciler", "Resources", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "DriversTests", dependencies: ["Drivers", "Reconciler", "Resources", "TestSupport"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

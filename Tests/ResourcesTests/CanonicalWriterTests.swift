@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Resources
 
 /// The canonical writers reproduce what Proxmox itself writes, checked against

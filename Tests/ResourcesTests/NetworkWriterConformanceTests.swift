@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Resources
 
 /// Replays pve-common's /etc/network/interfaces reader/writer scenarios

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Resources
 
 /// Parse then write of an unedited file must give back the same bytes.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Resources
 
 /// Guest configs upstream accepts must validate against our specs: this is

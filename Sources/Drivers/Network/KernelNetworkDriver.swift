@@ -120,7 +120,8 @@ public struct KernelNetworkDriver: NetworkDriver {
         case .addAddress(let name, let cidr): ["address add \(cidr) dev \(name)"]
         case .deleteAddress(let name, let cidr): ["address del \(cidr) dev \(name)"]
         // Batch lines take no options; ip infers the family from the gateway.
-        case .replaceDefaultRoute(let gateway, let device, _): ["route replace default via \(gateway) dev \(device)"]
+        // `onlink`, as ifupdown2 does: the route is accepted while the link has no carrier yet.
+        case .replaceDefaultRoute(let gateway, let device, _): ["route replace default via \(gateway) dev \(device) onlink"]
         case .deleteDefaultRoute(let gateway, let device, _): ["route del default via \(gateway) dev \(device)"]
         case .setBridgeVLANs, .runHook, .promoteSecondaries: []
         }

@@ -62,7 +62,16 @@ public struct NetworkDiffer: Sendable {
         var steps: [String: [NetworkStep]] = [:]
         let declared = Dictionary(desired.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
 
-        for interface in desired {
+        // As `ifreload -a`: interfaces brought up at boot and what they need are
+        // configured; a declared interface outside that set is left alone.
+        var active: Set<String> = []
+        func activate(_ name: String) {
+            guard active.insert(name).inserted, let interface = declared[name] else { return }
+            interface.dependencies.forEach(activate)
+        }
+        desired.filter(\.autostart).map(\.name).forEach(activate)
+
+        for interface in desired where active.contains(interface.name) {
             let (plan, interfaceSteps) = diff(interface, declared: declared)
             if let plan { resources.append(plan) }
             if !interfaceSteps.isEmpty { steps[interface.name] = interfaceSteps }

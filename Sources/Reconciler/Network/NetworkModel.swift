@@ -268,7 +268,7 @@ public enum NetworkStep: Hashable, Sendable, Codable {
         case .addAddress(let name, let cidr): "ip addr add \(cidr) dev \(name)"
         case .promoteSecondaries(let name): "sysctl -w net/ipv4/conf/\(name)/promote_secondaries=1"
         case .deleteAddress(let name, let cidr): "ip addr del \(cidr) dev \(name)"
-        case .replaceDefaultRoute(let gw, let dev, let family): "ip -\(family) route replace default via \(gw) dev \(dev)"
+        case .replaceDefaultRoute(let gw, let dev, let family): "ip -\(family) route replace default via \(gw) dev \(dev) onlink"
         case .deleteDefaultRoute(let gw, let dev, let family): "ip -\(family) route del default via \(gw) dev \(dev)"
         case .runHook(let name, let phase, let command): "\(phase) (\(name)): \(command)"
         }

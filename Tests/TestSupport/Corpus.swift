@@ -2,22 +2,24 @@ import Foundation
 
 /// Locates the read-only shared folder (`../shared` beside the checkout, or
 /// `$PVECTL_SHARED`) whose conformance data is read at test time, never copied.
-enum Corpus {
-    static let shared: URL = {
+public enum Corpus {
+    public static let shared: URL = {
         if let env = ProcessInfo.processInfo.environment["PVECTL_SHARED"] {
             return URL(fileURLWithPath: env)
         }
-        let packageRoot = URL(fileURLWithPath: #filePath)
-            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         return packageRoot.deletingLastPathComponent().appendingPathComponent("shared")
     }()
 
-    static var conformance: URL { shared.appendingPathComponent("conformance") }
-    static var seeds: URL { shared.appendingPathComponent("seeds") }
-    static var isAvailable: Bool { FileManager.default.fileExists(atPath: conformance.path) }
+    /// The checkout this test code belongs to.
+    public static let packageRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    public static var conformance: URL { shared.appendingPathComponent("conformance") }
+    public static var seeds: URL { shared.appendingPathComponent("seeds") }
+    public static var isAvailable: Bool { FileManager.default.fileExists(atPath: conformance.path) }
 
     /// Every regular file below `directory`, as paths relative to the conformance root.
-    static func files(under directory: String, where include: (String) -> Bool) -> [String] {
+    public static func files(under directory: String, where include: (String) -> Bool) -> [String] {
         let root = conformance.appendingPathComponent(directory)
         guard let enumerator = FileManager.default.enumerator(at: root, includingPropertiesForKeys: [.isRegularFileKey]) else { return [] }
         var result: [String] = []
@@ -29,16 +31,16 @@ enum Corpus {
         return result.sorted()
     }
 
-    static func text(_ relative: String) throws -> String {
+    public static func text(_ relative: String) throws -> String {
         try String(contentsOf: conformance.appendingPathComponent(relative), encoding: .utf8)
     }
 
-    static func data(_ relative: String) throws -> Data {
+    public static func data(_ relative: String) throws -> Data {
         try Data(contentsOf: conformance.appendingPathComponent(relative))
     }
 
     /// One line per corpus in the test log, e.g. "conformance qemu round-trip: 312/312".
-    static func report(_ corpus: String, passed: Int, total: Int) {
+    public static func report(_ corpus: String, passed: Int, total: Int) {
         print("conformance \(corpus): \(passed)/\(total)")
     }
 }
