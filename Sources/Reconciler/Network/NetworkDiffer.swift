@@ -296,7 +296,9 @@ public struct NetworkDiffer: Sendable {
                                         vlanFiltering: touchesFiltering ? bridge.vlanAware : nil))
             }
             for portName in bridge.ports {
-                guard let port = observed.links[portName] ?? (declared[portName].map { ObservedLink(name: $0.name, ifindex: 0) }) else {
+                // A port this apply creates (a bond, a VLAN) counts as there; a missing NIC does not.
+                let created = declared[portName].flatMap { $0.kind == .physical || $0.kind == .loopback ? nil : ObservedLink(name: $0.name, ifindex: 0) }
+                guard let port = observed.links[portName] ?? created else {
                     changes.append(PlannedChange(field: "bridge-ports", old: nil, new: "\(portName) (missing device, skipped)", changeClass: .live, source: source("bridge-ports")))
                     continue
                 }
