@@ -1,0 +1,120 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// The pvectl binary as an operator runs it, inside a fresh namespace.
+@Suite("pvectl plan/apply/status end to end",
+       .enabled(if: NetworkNamespace.isAvailable, Comment(rawValue: NetworkNamespace.unavailableReason ?? "")))
+struct CommandLineTests {
+    static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
+
+    static let interfaces = """
+    auto lo
+    iface lo inet loopback
+
+    iface eno1 inet manual
+
+    auto vmbr0
+    iface vmbr0 inet static
+    \taddress 192.0.2.10/24
+    \tgateway 192.0.2.1
+    \tbridge-ports eno1
+    \tbridge-stp off
+    \tbridge-fd 0
+
+    """
+
+    struct Setup {
+        let namespace: NetworkNamespace
+        let directory: TemporaryDirectory
+
+        init() throws {
+            namespace = try NetworkNamespace()
+            directory = try TemporaryDirectory()
+            try namespace.addNIC("eno1")
+            try directory.write("interfaces", CommandLineTests.interfaces)
+            try FileManager.default.createDirectory(atPath: directory.path + "/root", withIntermediateDirectories: true)
+        }
+
+        /// Runs pvectl in the namespace with the shared options.
+        func pvectl(_ command: String, _ arguments: [String] = []) throws -> (status: Int32, output: String, error: String) {
+            try namespace.exec([CommandLineTests.binary, command, "--root", directory.path + "/root",
+                                "--interfaces", directory.path + "/interfaces", "--state-dir", directory.path + "/state",
+                                "--node", "pve1"] + arguments, environment: ["NO_COLOR": "1"])
+        }
+    }
+
+    @Test("plan → apply → converged, with Terraform's exit codes")
+    func lifecycle() throws {
+        #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build pvectl first (swift build)")
+        let setup = try Setup()
+        let plan = try setup.pvectl("plan", ["--detailed-exitcode"])
+        #expect(plan.status == 2, "\(plan)")
+        #expect(plan.output.contains("+ network/vmbr0 (create)"))
+        #expect(plan.output.contains("+ address: 192.0.2.10/24  [live]  line 8"))
+
+        // Not a terminal and no --auto-approve: refuse, change nothing.
+        let refused = try setup.pvectl("apply")
+        #expect(refused.status == 1)
+        #expect(refused.error.contains("--auto-approve"))
+        #expect(try setup.namespace.link("vmbr0") == nil)
+
+        let apply = try setup.pvectl("apply", ["--auto-approve"])
+        #expect(apply.status == 0, "\(apply)")
+        #expect(apply.output.contains("Apply complete"))
+        let again = try setup.pvectl("plan", ["--detailed-exitcode"])
+        #expect(again.status == 0, "\(again)")
+        #expect(again.output.contains("No changes."))
+
+        let status = try setup.pvectl("status", ["--json"])
+        #expect(status.status == 0)
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(status.output.utf8)) as? [[String: Any]])
+        #expect(rows.first { $0["id"] as? String == "network/vmbr0" }?["condition"] as? String == "Ready")
+    }
+
+    @Test("a saved plan is refused once an input changed")
+    func stalePlan() throws {
+        let setup = try Setup()
+        let planFile = setup.directory.path + "/net.plan"
+        #expect(try setup.pvectl("plan", ["--out", planFile]).status == 0)
+        let saved = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: planFile))) as? [String: Any])
+        #expect((saved["inputs"] as? [String: String])?.keys.contains(setup.directory.path + "/interfaces") == true)
+        try setup.directory.write("interfaces", Self.interfaces.replacingOccurrences(of: "192.0.2.10", with: "192.0.2.11"))
+        let apply = try setup.pvectl("apply", [planFile])
+        #expect(apply.status == 1)
+        #expect(apply.error.contains("out of date"))
+        #expect(try setup.namespace.link("vmbr0") == nil)
+
+        // A fresh plan applies.
+        #expect(try setup.pvectl("plan", ["--out", planFile]).status == 0)
+        let ok = try setup.pvectl("apply", [planFile])
+        #expect(ok.status == 0, "\(ok)")
+        #expect(try setup.namespace.link("vmbr0") != nil)
+    }
+
+    @Test("interfaces.new is planned when staged and moved into place by apply")
+    func stagedFile() throws {
+        let setup = try Setup()
+        #expect(try setup.pvectl("apply", ["--auto-approve"]).status == 0)
+        try setup.directory.write("interfaces.new", Self.interfaces.replacingOccurrences(of: "\tbridge-fd 0\n", with: "\tbridge-fd 0\n\tmtu 1400\n"))
+        let plan = try setup.pvectl("plan")
+        #expect(plan.output.contains("~ mtu: 1500 → 1400  [live]"))
+        let apply = try setup.pvectl("apply", ["--auto-approve"])
+        #expect(apply.status == 0, "\(apply)")
+        #expect(!FileManager.default.fileExists(atPath: setup.directory.path + "/interfaces.new"))
+        #expect(setup.directory.read("interfaces")?.contains("mtu 1400") == true)
+        #expect(try setup.namespace.link("vmbr0")?["mtu"] as? Int == 1400)
+    }
+
+    @Test("an interfaces file with errors freezes the network and exits 1")
+    func brokenFile() throws {
+        let setup = try Setup()
+        try setup.directory.write("interfaces", "auto vmbr0\niface vmbr0 inet static\n\tbridge-ports eno1\n\tmtu big\n")
+        let plan = try setup.pvectl("plan")
+        #expect(plan.status == 1)
+        #expect(plan.error.contains("interfaces:4:6: error: mtu: type check ('integer') failed - got 'big'"))
+        let apply = try setup.pvectl("apply", ["--auto-approve"])
+        #expect(apply.status == 1)
+        #expect(try setup.namespace.link("vmbr0") == nil)
+    }
+}
