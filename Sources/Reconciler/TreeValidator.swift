@@ -164,7 +164,7 @@ public enum TreeValidator {
         }
         for stanza in file.stanzas {
             guard case .iface(let name, _, _) = stanza.kind else { continue }
-            for key in ["bridge-ports", "bond-slaves"] {
+            for key in ["bridge-ports", "bond-slaves", "slaves"] {
                 guard let option = stanza.option(key) else { continue }
                 for port in option.value.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init) where port != "none" {
                     if !known(port) {

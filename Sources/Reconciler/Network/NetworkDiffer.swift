@@ -71,7 +71,10 @@ public struct NetworkDiffer: Sendable {
         }
         desired.filter(\.autostart).map(\.name).forEach(activate)
 
-        for interface in desired where active.contains(interface.name) {
+        for var interface in desired where active.contains(interface.name) {
+            // What an interface brought up at boot needs (ports, slaves, a VLAN's
+            // raw device) comes up with it: a VLAN cannot go up on a down device.
+            interface.autostart = true
             let (plan, interfaceSteps) = diff(interface, declared: declared)
             if let plan { resources.append(plan) }
             if !interfaceSteps.isEmpty { steps[interface.name] = interfaceSteps }
@@ -259,9 +262,6 @@ public struct NetworkDiffer: Sendable {
                 if port.master != name || creating {
                     changes.append(PlannedChange(field: "bond-slaves", old: nil, new: slave, changeClass: Self.changeClass("bond-slaves"), source: source("bond-slaves")))
                     steps.append(.setBondSlave(port: slave, bond: name))
-                } else if want.autostart && !port.up {
-                    changes.append(PlannedChange(field: "slave \(slave)", old: "down", new: "up", changeClass: .live, source: source("bond-slaves")))
-                    steps.append(.setUp(name: slave))
                 }
             }
         }
@@ -306,10 +306,6 @@ public struct NetworkDiffer: Sendable {
                     changes.append(PlannedChange(field: "bridge-ports", old: nil, new: portName, changeClass: Self.changeClass("bridge-ports"), source: source("bridge-ports")))
                     steps.append(.setMaster(port: portName, master: name))
                     steps.append(.setUp(name: portName))
-                } else if want.autostart && !port.up {
-                    // Bringing a bridge up brings its ports up (as ifupdown2 does).
-                    changes.append(PlannedChange(field: "port \(portName)", old: "down", new: "up", changeClass: .live, source: source("bridge-ports")))
-                    steps.append(.setUp(name: portName))
                 }
                 if bridge.disableMACLearning && (port.learning != false || port.master != name) {
                     changes.append(PlannedChange(field: "bridge-disable-mac-learning", old: nil, new: portName, changeClass: Self.changeClass("bridge-disable-mac-learning"),
@@ -320,6 +316,16 @@ public struct NetworkDiffer: Sendable {
                     changes.append(PlannedChange(field: "bridge-vids", old: observed.vlans[portName], new: "\(portName): \(vids)",
                                                  changeClass: Self.changeClass("bridge-vids"), source: source("bridge-vids")))
                     steps.append(.setBridgeVLANs(port: portName, vids: vids, isBridge: false))
+                }
+            }
+            // A VLAN interface on a VLAN-aware bridge (vmbr0.30) only receives its
+            // traffic when the bridge itself is a member of that VLAN.
+            if bridge.vlanAware {
+                let childIDs = declared.values.compactMap { $0.vlan?.rawDevice == name ? $0.vlan?.id : nil }.sorted()
+                for id in childIDs where creating || !VLANRanges.contains(observed.vlans[name] ?? "", String(id)) {
+                    changes.append(PlannedChange(field: "bridge vlan (self)", old: nil, new: String(id), changeClass: Self.changeClass("bridge-vids"),
+                                                 source: declared.values.first { $0.vlan?.rawDevice == name && $0.vlan?.id == id }?.source))
+                    steps.append(.setBridgeVLANs(port: name, vids: String(id), isBridge: true))
                 }
             }
             // Detach only ports the reconciler attached before and the file dropped.
