@@ -55,6 +55,21 @@ struct GuestKernelNetworkTests {
 
     """
 
+    /// One bond per mode the kernel supports, each on its own pair of NICs.
+    static let everyBondMode: String = {
+        let modes = ["balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb", "balance-alb"]
+        var text = "auto lo\niface lo inet loopback\n\n"
+        for (index, mode) in modes.enumerated() {
+            let a = "eth\(index * 2 + 1)", b = "eth\(index * 2 + 2)"
+            text += "iface \(a) inet manual\n\niface \(b) inet manual\n\n"
+            text += "auto bond\(index)\niface bond\(index) inet static\n\taddress 198.51.100.\(index + 10)/32\n"
+            text += "\tbond-slaves \(a) \(b)\n\tbond-miimon \(100 + index)\n\tbond-mode \(mode)\n"
+            if mode == "balance-xor" || mode == "802.3ad" { text += "\tbond-xmit-hash-policy layer3+4\n" }
+            text += "\n"
+        }
+        return text
+    }()
+
     static var cases: [String] {
         var files = (try? SeedExamples.interfaces().map(documentationAddresses).filter(needsGuestKernel)) ?? []
         files = files.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
@@ -64,6 +79,7 @@ struct GuestKernelNetworkTests {
             files.append(homelab)
         }
         files.append(vlanAwareBridge)
+        files.append(everyBondMode)
         return files
     }
 

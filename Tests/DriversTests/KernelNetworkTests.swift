@@ -102,6 +102,7 @@ struct KernelNetworkTests {
     \tbridge-stp on
     \tbridge-fd 4
     \tpost-up echo "$IFACE is up" > /tmp/pvectl-hook-$IFACE-NAMESPACE
+    \tpost-down echo "$IFACE is gone" > /tmp/pvectl-hook-$IFACE-NAMESPACE
 
     iface vmbr1 inet6 static
     \taddress 2001:db8:0:0::1/64
@@ -162,6 +163,9 @@ struct KernelNetworkTests {
         #expect(computed.resources.first?.action == .delete)
         _ = try await reconciler.apply(computed) { _ in }
         #expect(try namespace.link("vmbr1") == nil)
+        let hookFile = "/tmp/pvectl-hook-vmbr1-\(namespace.name)"
+        defer { try? FileManager.default.removeItem(atPath: hookFile) }
+        #expect(FileManager.default.contents(atPath: hookFile).map { String(decoding: $0, as: UTF8.self) } == "vmbr1 is gone\n", "post-down did not run")
         #expect(try namespace.link("docker0") != nil)
         #expect(try namespace.link("veth0stray") != nil)
         #expect(try namespace.exec(["ip", "-br", "address", "show", "docker0"]).output.contains("203.0.113.1/24"))
