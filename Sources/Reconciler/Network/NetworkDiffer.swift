@@ -241,7 +241,14 @@ public struct NetworkDiffer: Sendable {
             if creating || current?.miimon != bond.miimon || (bond.xmitHashPolicy != nil && current?.xmitHashPolicy != bond.xmitHashPolicy)
                 || (bond.lacpRate != nil && current?.lacpRate != bond.lacpRate) || (bond.minLinks != nil && current?.minLinks != bond.minLinks)
                 || (bond.primary != nil && current?.primary != bond.primary) {
-                if !creating {
+                if creating {
+                    changes.append(PlannedChange(field: "bond-mode", old: nil, new: bond.mode, changeClass: Self.changeClass("bond-mode"), source: source("bond-mode")))
+                    changes.append(PlannedChange(field: "bond-miimon", old: nil, new: String(bond.miimon), changeClass: Self.changeClass("bond-miimon"), source: source("bond-miimon")))
+                    if let policy = bond.xmitHashPolicy {
+                        changes.append(PlannedChange(field: "bond-xmit-hash-policy", old: nil, new: policy,
+                                                     changeClass: Self.changeClass("bond-xmit-hash-policy"), source: source("bond-xmit-hash-policy")))
+                    }
+                } else {
                     if current?.miimon != bond.miimon {
                         changes.append(PlannedChange(field: "bond-miimon", old: current.map { String($0.miimon) }, new: String(bond.miimon),
                                                      changeClass: Self.changeClass("bond-miimon"), source: source("bond-miimon")))
