@@ -13,6 +13,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "pvectl", targets: ["pvectl"]),
+        .executable(name: "pmxcfs", targets: ["pmxcfs"]),
         .library(name: "Resources", targets: ["Resources"]),
     ],
     dependencies: [
@@ -37,6 +38,19 @@ let package = Package(
             dependencies: ["Reconciler", "Resources", .product(name: "Subprocess", package: "swift-subprocess")],
             swiftSettings: strict
         ),
+        // Thin system-library targets: module maps only, no logic in C.
+        .systemLibrary(name: "CFuse3", providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        .target(
+            name: "ClusterFS",
+            dependencies: ["CFuse3", "CSQLite"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "pmxcfs",
+            dependencies: ["ClusterFS", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "pvectl",
             dependencies: [
@@ -50,6 +64,7 @@ let package = Package(
         .testTarget(name: "ResourcesTests", dependencies: ["Resources", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "ReconcilerTests", dependencies: ["Reconciler", "Resources", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "DriversTests", dependencies: ["Drivers", "Reconciler", "Resources", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "ClusterFSTests", dependencies: ["ClusterFS", "TestSupport"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,501 @@
+import Foundation
+
+public enum EntryType: UInt8, Sendable {
+    case directory = 4
+    case file = 8
+}
+
+/// One file or directory of the tree, as the original keeps it.
+final class Entry {
+    var inode: UInt64
+    var parent: UInt64
+    var version: UInt64
+    var writer: UInt32
+    var mtime: UInt32
+    var type: EntryType
+    var name: String
+    var data: [UInt8]
+    var children: [String: UInt64] = [:]
+
+    init(inode: UInt64, parent: UInt64, version: UInt64, writer: UInt32, mtime: UInt32, type: EntryType, name: String, data: [UInt8] = []) {
+        self.inode = inode
+        self.parent = parent
+        self.version = version
+        self.writer = writer
+        self.mtime = mtime
+        self.type = type
+        self.name = name
+        self.data = data
+    }
+
+    var row: Database.Row {
+        Database.Row(inode: inode, parent: parent, version: version, writer: writer, mtime: mtime, type: type.rawValue, name: name, data: data)
+    }
+}
+
+/// What `stat` shows.
+public struct Attributes: Equatable, Sendable {
+    public enum Kind: Sendable { case file, directory, symlink }
+    public var inode: UInt64
+    public var kind: Kind
+    public var mode: UInt32
+    public var size: Int
+    public var mtime: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var links: Int
+}
+
+/// The cluster file system's semantics in local mode: an in-memory tree under
+/// one lock, every change persisted in SQLite before it is acknowledged, and
+/// the rules of the original pmxcfs (ownership and modes, `priv/`, the 1 MiB
+/// limit, locks under `priv/lock`, unique VMIDs, virtual status files and
+/// symlinks). Methods return 0 or a negative errno, like FUSE.
+public final class ClusterFileSystem: @unchecked Sendable {
+    // @unchecked: every access to the mutable state holds `lock` (as the
+    // original holds one global mutex).
+    private let lock = NSLock()
+    private var entries: [UInt64: Entry] = [:]
+    private var version: UInt64 = 1
+    private var versionMTime: UInt32 = 0
+    private let database: Database
+    public let node: String
+    public let wwwDataGID: UInt32
+    public let startTime: UInt32
+    private var debugLevel = 0
+
+    public static let maxFileSize = 1 << 20
+    public static let lockExpiry: UInt32 = 120
+    static let rootInode: UInt64 = 0
+    static let statusFiles = [".version", ".members", ".vmlist", ".clusterlog", ".debug", ".rrd"]
+    static let guestDirectories = ["qemu-server": "qemu", "lxc": "lxc", "openvz": "openvz"]
+
+    public struct StartupError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Opens the database and loads the tree; a tree with duplicate names or
+    /// missing parents is refused, as upstream refuses it.
+    public init(databasePath: String, node: String) throws {
+        database = try Database(path: databasePath)
+        self.node = node
+        wwwDataGID = UInt32(getgrnam("www-data")?.pointee.gr_gid ?? 33)
+        startTime = UInt32(time(nil))
+        let root = Entry(inode: Self.rootInode, parent: Self.rootInode, version: 0, writer: 0, mtime: startTime, type: .directory, name: "")
+        entries[Self.rootInode] = root
+        let rows = try database.loadAll()
+        for row in rows where row.inode == Self.rootInode {
+            version = row.version
+            versionMTime = row.mtime
+            root.mtime = row.mtime
+        }
+        for row in rows where row.inode != Self.rootInode {
+            guard let type = EntryType(rawValue: row.type) else { throw StartupError(description: "inode \(row.inode): unknown type \(row.type)") }
+            entries[row.inode] = Entry(inode: row.inode, parent: row.parent, version: row.version, writer: row.writer,
+                                       mtime: row.mtime, type: type, name: row.name, data: row.data)
+        }
+        for entry in entries.values where entry.inode != Self.rootInode {
+            guard let parent = entries[entry.parent], parent.type == .directory else {
+                throw StartupError(description: "inode \(entry.inode) (\(entry.name)): missing parent \(entry.parent)")
+            }
+            if parent.children[entry.name] != nil {
+                throw StartupError(description: "duplicate name '\(entry.name)' in directory inode \(entry.parent)")
+            }
+            parent.children[entry.name] = entry.inode
+        }
+        // The directories every node has.
+        for path in ["nodes", "nodes/\(node)", "nodes/\(node)/qemu-server", "nodes/\(node)/lxc", "nodes/\(node)/openvz",
+                     "nodes/\(node)/priv", "priv", "priv/lock"] where resolve(components(path)) == nil {
+            let result = mkdir("/" + path)
+            if result != 0 { throw StartupError(description: "cannot create /\(path): errno \(-result)") }
+        }
+    }
+
+    // MARK: paths
+
+    func components(_ path: String) -> [String] {
+        path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+    }
+
+    private func resolve(_ parts: [String]) -> Entry? {
+        var current = entries[Self.rootInode]!
+        for part in parts {
+            guard current.type == .directory, let child = current.children[part], let next = entries[child] else { return nil }
+            current = next
+        }
+        return current
+    }
+
+    private func isPrivate(_ parts: [String]) -> Bool {
+        parts.first == "priv" || (parts.count >= 3 && parts[0] == "nodes" && parts[2] == "priv")
+    }
+
+    private func isLockDirectory(_ parts: [String]) -> Bool {
+        parts.count == 3 && parts[0] == "priv" && parts[1] == "lock"
+    }
+
+    private func symlinkTarget(_ parts: [String]) -> String? {
+        guard parts.count == 1 else { return nil }
+        switch parts[0] {
+        case "local": return "nodes/\(node)"
+        case "qemu-server", "lxc", "openvz": return "nodes/\(node)/\(parts[0])"
+        default: return nil
+        }
+    }
+
+    private func isSpecial(_ parts: [String]) -> Bool {
+        parts.count == 1 && (Self.statusFiles.contains(parts[0]) || symlinkTarget(parts) != nil)
+    }
+
+    /// VMID and type of a guest config path: nodes/N/qemu-server/100.conf.
+    private func guestConfig(_ parts: [String]) -> (node: String, type: String, vmid: Int)? {
+        guard parts.count == 4, parts[0] == "nodes", let type = Self.guestDirectories[parts[2]],
+              parts[3].hasSuffix(".conf"), let vmid = Int(parts[3].dropLast(5)), String(vmid) + ".conf" == parts[3] else { return nil }
+        return (parts[1], type, vmid)
+    }
+
+    private func guests() -> [Int: (node: String, type: String, version: UInt64)] {
+        var result: [Int: (String, String, UInt64)] = [:]
+        guard let nodes = resolve(["nodes"]) else { return [:] }
+        for (nodeName, nodeInode) in nodes.children {
+            guard let nodeEntry = entries[nodeInode] else { continue }
+            for (directory, type) in Self.guestDirectories {
+                guard let dirInode = nodeEntry.children[directory], let dir = entries[dirInode] else { continue }
+                for (name, inode) in dir.children {
+                    guard name.hasSuffix(".conf"), let vmid = Int(name.dropLast(5)), let entry = entries[inode] else { continue }
+                    result[vmid] = (nodeName, type, entry.version)
+                }
+            }
+        }
+        return result
+    }
+
+    /// EEXIST when a guest config would give a VMID a second home.
+    private func checkVMID(_ parts: [String], movingFrom source: [String]? = nil) -> Int32 {
+        guard let target = guestConfig(parts) else { return 0 }
+        guard let existing = guests()[target.vmid] else { return 0 }
+        if existing.node == target.node && existing.type == target.type { return 0 }
+        // Migration: the same VMID moved between nodes (same type).
+        if let source, let from = guestConfig(source), from.vmid == target.vmid, from.node == existing.node, from.type == existing.type, from.type == target.type {
+            return 0
+        }
+        return -EEXIST
+    }
+
+    // MARK: persistence
+
+    private func now() -> UInt32 { UInt32(time(nil)) }
+
+    /// Bumps the global version and persists the change; nothing in memory
+    /// changes unless the transaction committed.
+    private func persist(replace: [Entry], delete: [UInt64] = [], mtime: UInt32) -> Bool {
+        let versionRow = Database.Row(inode: Self.rootInode, parent: Self.rootInode, version: version, writer: 0, mtime: mtime,
+                                      type: EntryType.directory.rawValue, name: "__version__", data: [])
+        do {
+            try database.apply(replace: replace.map(\.row), delete: delete, version: versionRow)
+            versionMTime = mtime
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    // MARK: operations (FUSE semantics)
+
+    public func getattr(_ path: String) -> (Int32, Attributes?) {
+        let parts = components(path)
+        lock.lock()
+        defer { lock.unlock() }
+        if let target = symlinkTarget(parts) {
+            return (0, Attributes(inode: UInt64(1 << 62) + UInt64(parts[0].hashValue & 0xffff), kind: .symlink, mode: 0o777,
+                                  size: target.utf8.count, mtime: startTime, uid: 0, gid: wwwDataGID, links: 1))
+        }
+        if parts.count == 1, Self.statusFiles.contains(parts[0]) {
+            let mode: UInt32 = parts[0] == ".debug" ? 0o640 : 0o440
+            return (0, Attributes(inode: UInt64(1 << 61) + UInt64(Self.statusFiles.firstIndex(of: parts[0])!), kind: .file, mode: mode,
+                                  size: statusContent(parts[0]).count, mtime: startTime, uid: 0, gid: wwwDataGID, links: 1))
+        }
+        guard let entry = resolve(parts) else { return (-ENOENT, nil) }
+        return (0, attributes(entry, parts: parts))
+    }
+
+    private func attributes(_ entry: Entry, parts: [String]) -> Attributes {
+        let privateEntry = isPrivate(parts)
+        if entry.type == .directory {
+            return Attributes(inode: entry.inode == Self.rootInode ? 1 : entry.inode, kind: .directory, mode: privateEntry ? 0o700 : 0o755,
+                              size: 0, mtime: entry.inode == Self.rootInode ? versionMTime : entry.mtime, uid: 0, gid: wwwDataGID,
+                              links: 2 + entry.children.values.filter { entries[$0]?.type == .directory }.count)
+        }
+        return Attributes(inode: entry.inode, kind: .file, mode: privateEntry ? 0o600 : 0o640, size: entry.data.count,
+                          mtime: entry.mtime, uid: 0, gid: wwwDataGID, links: 1)
+    }
+
+    public func readdir(_ path: String) -> (Int32, [String]) {
+        let parts = components(path)
+        lock.lock()
+        defer { lock.unlock() }
+        guard let entry = resolve(parts) else { return (-ENOENT, []) }
+        guard entry.type == .directory else { return (-ENOTDIR, []) }
+        var names = entry.children.keys.sorted()
+        if parts.isEmpty { names += Self.statusFiles + ["local", "qemu-server", "lxc", "openvz"] }
+        return (0, names)
+    }
+
+    public func readlink(_ path: String) -> (Int32, String?) {
+        guard let target = symlinkTarget(components(path)) else { return (-EINVAL, nil) }
+        return (0, target)
+    }
+
+    public func read(_ path: String, size: Int, offset: Int) -> (Int32, [UInt8]) {
+        let parts = components(path)
+        lock.lock()
+        defer { lock.unlock() }
+        let data: [UInt8]
+        if parts.count == 1, Self.statusFiles.contains(parts[0]) {
+            data = statusContent(parts[0])
+        } else {
+            guard let entry = resolve(parts) else { return (-ENOENT, []) }
+            guard entry.type == .file else { return (-EISDIR, []) }
+            data = entry.data
+        }
+        guard offset < data.count else { return (0, []) }
+        return (0, Array(data[offset..<min(data.count, offset + size)]))
+    }
+
+    /// Creates an empty file (O_CREAT).
+    public func create(_ path: String) -> Int32 {
+        let parts = components(path)
+        guard let name = parts.last else { return -EACCES }
+        lock.lock()
+        defer { lock.unlock() }
+        if isSpecial(parts) { return -EACCES }
+        guard let parent = resolve(Array(parts.dropLast())) else { return -ENOENT }
+        guard parent.type == .directory else { return -ENOTDIR }
+        if parent.children[name] != nil { return -EEXIST }
+        if isLockDirectory(Array(parts.dropLast())) || (parts.count == 2 && parts[0] == "priv" && parts[1] == "lock") { return -EACCES }
+        let vmidCheck = checkVMID(parts)
+        if vmidCheck != 0 { return vmidCheck }
+        return insert(name: name, parent: parent, type: .file)
+    }
+
+    public func mkdir(_ path: String) -> Int32 {
+        let parts = components(path)
+        guard let name = parts.last else { return -EEXIST }
+        lock.lock()
+        defer { lock.unlock() }
+        if isSpecial(parts) { return -EACCES }
+        guard let parent = resolve(Array(parts.dropLast())) else { return -ENOENT }
+        guard parent.type == .directory else { return -ENOTDIR }
+        if parent.children[name] != nil { return -EEXIST }
+        return insert(name: name, parent: parent, type: .directory)
+    }
+
+    private func insert(name: String, parent: Entry, type: EntryType) -> Int32 {
+        let mtime = now()
+        version += 1
+        let entry = Entry(inode: version, parent: parent.inode, version: version, writer: 0, mtime: mtime, type: type, name: name)
+        guard persist(replace: [entry], mtime: mtime) else {
+            version -= 1
+            return -EIO
+        }
+        entries[entry.inode] = entry
+        parent.children[name] = entry.inode
+        return 0
+    }
+
+    public func write(_ path: String, bytes: UnsafeRawBufferPointer, offset: Int) -> Int32 {
+        let parts = components(path)
+        lock.lock()
+        defer { lock.unlock() }
+        if parts == [".debug"] {
+            debugLevel = Int(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? debugLevel
+            return Int32(bytes.count)
+        }
+        if isSpecial(parts) { return -EACCES }
+        guard let entry = resolve(parts) else { return -ENOENT }
+        guard entry.type == .file else { return -EISDIR }
+        let end = offset + bytes.count
+        if end > Self.maxFileSize { return -EFBIG }
+        var data = entry.data
+        if data.count < end { data += [UInt8](repeating: 0, count: end - data.count) }
+        data.withUnsafeMutableBytes { target in
+            target.baseAddress!.advanced(by: offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        }
+        let result = update(entry, data: data)
+        return result == 0 ? Int32(bytes.count) : result
+    }
+
+    public func truncate(_ path: String, size: Int) -> Int32 {
+        let parts = components(path)
+        lock.lock()
+        defer { lock.unlock() }
+        if parts == [".debug"] { return 0 }
+        if isSpecial(parts) { return -EACCES }
+        guard let entry = resolve(parts) else { return -ENOENT }
+        guard entry.type == .file else { return -EISDIR }
+        if size > Self.maxFileSize { return -EFBIG }
+        var data = entry.data
+        if size < data.count { data.removeSubrange(size...) } else { data += [UInt8](repeating: 0, count: size - data.count) }
+        return update(entry, data: data)
+    }
+
+    private func update(_ entry: Entry, data: [UInt8], mtime: UInt32? = nil) -> Int32 {
+        let stamp = mtime ?? now()
+        version += 1
+        let previous = (entry.data, entry.version, entry.mtime, entry.writer)
+        entry.data = data
+        entry.version = version
+        entry.mtime = stamp
+        entry.writer = 0
+        guard persist(replace: [entry], mtime: stamp) else {
+            (entry.data, entry.version, entry.mtime, entry.writer) = previous
+            version -= 1
+            return -EIO
+        }
+        return 0
+    }
+
+    public func unlink(_ path: String) -> Int32 { remove(path, directory: false) }
+    public func rmdir(_ path: String) -> Int32 { remove(path, directory: true) }
+
+    private func remove(_ path: String, directory: Bool) -> Int32 {
+        let parts = components(path)
+        guard !parts.isEmpty else { return -EBUSY }
+        lock.lock()
+        defer { lock.unlock() }
+        if isSpecial(parts) { return -EACCES }
+        guard let entry = resolve(parts), let parent = entries[entry.parent] else { return -ENOENT }
+        if directory && entry.type != .directory { return -ENOTDIR }
+        if !directory && entry.type == .directory { return -EISDIR }
+        if directory && !entry.children.isEmpty { return -ENOTEMPTY }
+        let mtime = now()
+        version += 1
+        guard persist(replace: [], delete: [entry.inode], mtime: mtime) else {
+            version -= 1
+            return -EIO
+        }
+        parent.children[entry.name] = nil
+        entries[entry.inode] = nil
+        return 0
+    }
+
+    public func rename(_ from: String, _ to: String) -> Int32 {
+        let source = components(from)
+        let target = components(to)
+        guard !source.isEmpty, !target.isEmpty, let targetName = target.last else { return -EACCES }
+        lock.lock()
+        defer { lock.unlock() }
+        if isSpecial(source) || isSpecial(target) { return -EACCES }
+        if isLockDirectory(source) || isLockDirectory(target) { return -EACCES }
+        guard let entry = resolve(source), let oldParent = entries[entry.parent] else { return -ENOENT }
+        guard let newParent = resolve(Array(target.dropLast())) else { return -ENOENT }
+        guard newParent.type == .directory else { return -ENOTDIR }
+        if entry.type == .directory && !entry.children.isEmpty { return -EACCES }
+        if target.starts(with: source) && target.count > source.count { return -EINVAL }
+        var deleted: [UInt64] = []
+        if let existingInode = newParent.children[targetName], let existing = entries[existingInode] {
+            if existing.inode == entry.inode { return 0 }
+            if existing.type == .directory && entry.type != .directory { return -EISDIR }
+            if existing.type != .directory && entry.type == .directory { return -ENOTDIR }
+            if existing.type == .directory && !existing.children.isEmpty { return -ENOTEMPTY }
+            deleted.append(existing.inode)
+        }
+        let vmidCheck = checkVMID(target, movingFrom: source)
+        if vmidCheck != 0 { return vmidCheck }
+        let mtime = now()
+        version += 1
+        let previous = (entry.parent, entry.name, entry.version, entry.mtime)
+        entry.parent = newParent.inode
+        entry.name = targetName
+        entry.version = version
+        entry.mtime = mtime
+        guard persist(replace: [entry], delete: deleted, mtime: mtime) else {
+            (entry.parent, entry.name, entry.version, entry.mtime) = previous
+            version -= 1
+            return -EIO
+        }
+        for inode in deleted { entries[inode] = nil }
+        oldParent.children[source.last!] = nil
+        newParent.children[targetName] = entry.inode
+        return 0
+    }
+
+    /// Only the modification time is kept. On a lock directory, mtime 0 asks
+    /// for the lock to go (granted once it is older than 120 s); a newer mtime
+    /// refreshes it.
+    public func utimens(_ path: String, mtime: UInt32?) -> Int32 {
+        let parts = components(path)
+        lock.lock()
+        defer { lock.unlock() }
+        if isSpecial(parts) { return -EACCES }
+        guard let entry = resolve(parts) else { return -ENOENT }
+        let stamp = mtime ?? now()
+        if isLockDirectory(parts) && stamp == 0 {
+            guard now() >= entry.mtime &+ Self.lockExpiry, entry.children.isEmpty, let parent = entries[entry.parent] else { return 0 }
+            version += 1
+            guard persist(replace: [], delete: [entry.inode], mtime: now()) else {
+                version -= 1
+                return -EIO
+            }
+            parent.children[entry.name] = nil
+            entries[entry.inode] = nil
+            return 0
+        }
+        if isLockDirectory(parts) && stamp < entry.mtime { return -EACCES }
+        return update(entry, data: entry.data, mtime: stamp)
+    }
+
+    /// Only the mode the entry already has is accepted.
+    public func chmod(_ path: String, mode: UInt32) -> Int32 {
+        let (result, attributes) = getattr(path)
+        guard result == 0, let attributes else { return result }
+        return (mode & 0o777) == attributes.mode ? 0 : -EPERM
+    }
+
+    /// Only root as owner and www-data as group (or unchanged, -1).
+    public func chown(_ path: String, uid: UInt32, gid: UInt32) -> Int32 {
+        let (result, _) = getattr(path)
+        guard result == 0 else { return result }
+        let keep = UInt32.max
+        return (uid == keep || uid == 0) && (gid == keep || gid == wwwDataGID) ? 0 : -EPERM
+    }
+
+    // MARK: status files
+
+    func statusContent(_ name: String) -> [UInt8] {
+        func json(_ object: Any) -> [UInt8] {
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
+            return Array(data) + [0x0A]
+        }
+        switch name {
+        case ".version":
+            var object: [String: Any] = ["starttime": startTime, "clinfo": 0, "vmlist": guests().values.map(\.version).max() ?? 0, "kvstore": [String: Any]()]
+            for file in ["corosync.conf", "storage.cfg", "user.cfg", "domains.cfg", "datacenter.cfg", "priv/shadow.cfg",
+                         "priv/tfa.cfg", "ha/resources.cfg", "ha/groups.cfg", "sdn/vnets.cfg", "firewall/cluster.fw"] {
+                if let entry = resolve(components(file)) { object[file] = entry.version }
+            }
+            return json(object)
+        case ".members":
+            return json(["nodename": node, "version": 0])
+        case ".vmlist":
+            var ids: [String: Any] = [:]
+            for (vmid, guest) in guests() { ids[String(vmid)] = ["node": guest.node, "type": guest.type, "version": guest.version] }
+            return json(["version": version, "ids": ids])
+        case ".clusterlog":
+            return json(["data": [Any]()])
+        case ".debug":
+            return Array("\(debugLevel)\n".utf8)
+        case ".rrd":
+            return [0]
+        default:
+            return []
+        }
+    }
+
+    /// The global version (root's), which every change increments.
+    public var currentVersion: UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return version
+    }
+}

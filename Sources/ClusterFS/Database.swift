@@ -1,0 +1,147 @@
+import CSQLite
+import Foundation
+
+/// The `tree` table of the original (one row per file or directory, plus row
+/// 0 `__version__` carrying the global version), in WAL mode. Every change is
+/// one transaction committed before the file system call returns.
+final class Database {
+    struct Row {
+        var inode: UInt64
+        var parent: UInt64
+        var version: UInt64
+        var writer: UInt32
+        var mtime: UInt32
+        var type: UInt8
+        var name: String
+        var data: [UInt8]
+    }
+
+    struct SQLiteError: Error, CustomStringConvertible {
+        var code: Int32
+        var message: String
+        var description: String { "sqlite error \(code): \(message)" }
+    }
+
+    private var handle: OpaquePointer?
+    private var replaceStatement: OpaquePointer?
+    private var deleteStatement: OpaquePointer?
+    private var begin: OpaquePointer?
+    private var commit: OpaquePointer?
+    private var rollback: OpaquePointer?
+
+    /// Opens (creating if needed) the database; the file is made 0600.
+    init(path: String) throws {
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let fd = open(path, O_CREAT | O_RDWR, 0o600)
+        if fd >= 0 { close(fd) }
+        chmod(path, 0o600)
+        try check(sqlite3_open_v2(path, &handle, flags, nil))
+        sqlite3_busy_timeout(handle, 10_000)
+        try execute("PRAGMA journal_mode=WAL")
+        try execute("PRAGMA synchronous=NORMAL")
+        try execute("""
+            CREATE TABLE IF NOT EXISTS tree (
+              inode INTEGER PRIMARY KEY NOT NULL,
+              parent INTEGER NOT NULL CHECK(typeof(parent)=='integer'),
+              version INTEGER NOT NULL CHECK(typeof(version)=='integer'),
+              writer INTEGER NOT NULL CHECK(typeof(writer)=='integer'),
+              mtime INTEGER NOT NULL CHECK(typeof(mtime)=='integer'),
+              type INTEGER NOT NULL CHECK(typeof(type)=='integer'),
+              name TEXT NOT NULL,
+              data BLOB)
+            """)
+        replaceStatement = try prepare("REPLACE INTO tree (inode, parent, version, writer, mtime, type, name, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        deleteStatement = try prepare("DELETE FROM tree WHERE inode = ?")
+        begin = try prepare("BEGIN IMMEDIATE")
+        commit = try prepare("COMMIT")
+        rollback = try prepare("ROLLBACK")
+    }
+
+    deinit {
+        for statement in [replaceStatement, deleteStatement, begin, commit, rollback] { sqlite3_finalize(statement) }
+        sqlite3_close_v2(handle)
+    }
+
+    private func check(_ code: Int32) throws {
+        guard code == SQLITE_OK || code == SQLITE_DONE || code == SQLITE_ROW else {
+            throw SQLiteError(code: code, message: String(cString: sqlite3_errmsg(handle)))
+        }
+    }
+
+    private func execute(_ sql: String) throws {
+        try check(sqlite3_exec(handle, sql, nil, nil, nil))
+    }
+
+    private func prepare(_ sql: String) throws -> OpaquePointer? {
+        var statement: OpaquePointer?
+        try check(sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil))
+        return statement
+    }
+
+    private func step(_ statement: OpaquePointer?) throws {
+        defer { sqlite3_reset(statement) }
+        try check(sqlite3_step(statement))
+    }
+
+    /// Every row, for startup.
+    func loadAll() throws -> [Row] {
+        let statement = try prepare("SELECT inode, parent, version, writer, mtime, type, name, data FROM tree")
+        defer { sqlite3_finalize(statement) }
+        var rows: [Row] = []
+        while true {
+            let code = sqlite3_step(statement)
+            if code == SQLITE_DONE { break }
+            try check(code)
+            let length = Int(sqlite3_column_bytes(statement, 7))
+            var data = [UInt8](repeating: 0, count: length)
+            if length > 0, let blob = sqlite3_column_blob(statement, 7) {
+                data.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: blob, count: length)) }
+            }
+            rows.append(Row(inode: UInt64(sqlite3_column_int64(statement, 0)), parent: UInt64(sqlite3_column_int64(statement, 1)),
+                            version: UInt64(sqlite3_column_int64(statement, 2)), writer: UInt32(sqlite3_column_int64(statement, 3)),
+                            mtime: UInt32(sqlite3_column_int64(statement, 4)), type: UInt8(sqlite3_column_int(statement, 5)),
+                            name: String(cString: sqlite3_column_text(statement, 6)), data: data))
+        }
+        return rows
+    }
+
+    private func bind(_ row: Row) {
+        let s = replaceStatement
+        sqlite3_bind_int64(s, 1, Int64(bitPattern: row.inode))
+        sqlite3_bind_int64(s, 2, Int64(bitPattern: row.parent))
+        sqlite3_bind_int64(s, 3, Int64(bitPattern: row.version))
+        sqlite3_bind_int64(s, 4, Int64(row.writer))
+        sqlite3_bind_int64(s, 5, Int64(row.mtime))
+        sqlite3_bind_int(s, 6, Int32(row.type))
+        // SQLITE_TRANSIENT: SQLite copies the bytes before this returns.
+        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+        sqlite3_bind_text(s, 7, row.name, -1, transient)
+        if row.type == EntryType.directory.rawValue {
+            sqlite3_bind_null(s, 8)
+        } else {
+            row.data.withUnsafeBytes { bytes in
+                _ = sqlite3_bind_blob(s, 8, bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(bytes.count), transient)
+            }
+        }
+    }
+
+    /// One durable change: the rows to replace, the inodes to delete, and the
+    /// new global version, in a single transaction.
+    func apply(replace rows: [Row], delete inodes: [UInt64], version: Row) throws {
+        try step(begin)
+        do {
+            for inode in inodes {
+                sqlite3_bind_int64(deleteStatement, 1, Int64(bitPattern: inode))
+                try step(deleteStatement)
+            }
+            for row in rows + [version] {
+                bind(row)
+                try step(replaceStatement)
+            }
+            try step(commit)
+        } catch {
+            try? step(rollback)
+            throw error
+        }
+    }
+}

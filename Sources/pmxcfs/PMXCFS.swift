@@ -1,0 +1,74 @@
+import ArgumentParser
+import ClusterFS
+import Foundation
+
+@main
+struct PMXCFS: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pmxcfs",
+        abstract: "The cluster file system: /etc/pve served from memory, persisted in SQLite.",
+        discussion: """
+        Local mode (one node, no corosync) is what runs today. Every change is
+        committed to the database before the file system call returns.
+
+        Examples:
+          pmxcfs --local
+          pmxcfs --local --foreground --mount /tmp/pve --db /tmp/config.db --run-dir /tmp/run --node pve1
+        """
+    )
+
+    @Flag(name: [.short, .long], help: "Local mode: no corosync, always quorate.")
+    var local = false
+
+    @Flag(name: [.short, .long], help: "Stay in the foreground.")
+    var foreground = false
+
+    @Option(name: .long, help: ArgumentHelp("Mount point.", valueName: "DIR"))
+    var mount: String = "/etc/pve"
+
+    @Option(name: .long, help: ArgumentHelp("The SQLite database.", valueName: "FILE"))
+    var db: String = "/var/lib/pve-cluster/config.db"
+
+    @Option(name: .long, help: ArgumentHelp("Runtime directory (pid file).", valueName: "DIR"))
+    var runDir: String = "/run/pve-cluster"
+
+    @Option(name: .long, help: ArgumentHelp("This node's name (default: short host name).", valueName: "NAME"))
+    var node: String?
+
+    @Flag(name: [.short, .long], help: "FUSE debug output.")
+    var debug = false
+
+    func run() throws {
+        if !local {
+            throw ValidationError("cluster mode (corosync) is not available yet; run with --local")
+        }
+        let nodeName = node ?? String(ProcessInfo.processInfo.hostName.split(separator: ".").first ?? "localhost")
+        try FileManager.default.createDirectory(atPath: URL(fileURLWithPath: db).deletingLastPathComponent().path, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
+        // One daemon per database: an exclusive lock held for the process's life.
+        let lockPath = db + ".lock"
+        let lockFD = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+        guard lockFD >= 0, flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+            FileHandle.standardError.write(Data("pmxcfs: another instance is using \(db) (lock \(lockPath) is held)\n".utf8))
+            throw ExitCode(1)
+        }
+        let fileSystem: ClusterFileSystem
+        do {
+            fileSystem = try ClusterFileSystem(databasePath: db, node: nodeName)
+        } catch {
+            FileHandle.standardError.write(Data("pmxcfs: cannot load \(db): \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let pidFile = runDir + "/pmxcfs.pid"
+        try? Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: pidFile))
+        defer { try? FileManager.default.removeItem(atPath: pidFile) }
+        do {
+            try FUSEMount.serve(fileSystem, at: mount, daemonize: !foreground, debug: debug)
+        } catch {
+            FileHandle.standardError.write(Data("pmxcfs: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        close(lockFD)
+    }
+}
