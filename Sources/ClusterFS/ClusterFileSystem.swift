@@ -63,6 +63,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     public let wwwDataGID: UInt32
     public let startTime: UInt32
     private var debugLevel = 0
+    private let clock: @Sendable () -> UInt32
 
     public static let maxFileSize = 1 << 20
     public static let lockExpiry: UInt32 = 120
@@ -76,11 +77,13 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// Opens the database and loads the tree; a tree with duplicate names or
     /// missing parents is refused, as upstream refuses it.
-    public init(databasePath: String, node: String) throws {
+    /// - Parameter clock: seconds since the epoch; tests pass their own to age locks.
+    public init(databasePath: String, node: String, clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }) throws {
         database = try Database(path: databasePath)
         self.node = node
+        self.clock = clock
         wwwDataGID = UInt32(getgrnam("www-data")?.pointee.gr_gid ?? 33)
-        startTime = UInt32(time(nil))
+        startTime = clock()
         let root = Entry(inode: Self.rootInode, parent: Self.rootInode, version: 0, writer: 0, mtime: startTime, type: .directory, name: "")
         entries[Self.rootInode] = root
         let rows = try database.loadAll()
@@ -184,7 +187,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     // MARK: persistence
 
-    private func now() -> UInt32 { UInt32(time(nil)) }
+    private func now() -> UInt32 { clock() }
 
     /// Bumps the global version and persists the change; nothing in memory
     /// changes unless the transaction committed.

@@ -39,6 +39,11 @@ struct PMXCFS: ParsableCommand {
     var debug = false
 
     func run() throws {
+        // A blocked SIGTERM inherited from the parent would make the daemon unstoppable.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&stopSignals, signal) }
+        pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
         if !local {
             throw ValidationError("cluster mode (corosync) is not available yet; run with --local")
         }

@@ -1,0 +1,184 @@
+import CSQLite
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+@testable import ClusterFS
+
+/// A clock tests can move.
+final class TestClock: Sendable {
+    let seconds = Mutex<UInt32>(1_700_000_000)
+    func advance(_ by: UInt32) { seconds.withLock { $0 += by } }
+    var now: @Sendable () -> UInt32 { { self.seconds.withLock { $0 } } }
+}
+
+func write(_ fs: ClusterFileSystem, _ path: String, _ text: String) -> Int32 {
+    let created = fs.create(path)
+    if created != 0 && created != -EEXIST { return created }
+    _ = fs.truncate(path, size: 0)
+    let bytes = Array(text.utf8)
+    return bytes.withUnsafeBytes { fs.write(path, bytes: $0, offset: 0) } == Int32(bytes.count) ? 0 : -EIO
+}
+
+func content(_ fs: ClusterFileSystem, _ path: String) -> String? {
+    let (result, bytes) = fs.read(path, size: 1 << 21, offset: 0)
+    return result == 0 ? String(decoding: bytes, as: UTF8.self) : nil
+}
+
+@Suite("ClusterFS semantics on a real SQLite database (no mount)")
+struct ClusterFileSystemTests {
+    @Test("a new database starts at version 1; inodes are the version at creation; every change persists")
+    func versionsAndPersistence() throws {
+        let directory = try TemporaryDirectory()
+        let db = directory.path + "/config.db"
+        do {
+            let fs = try ClusterFileSystem(databasePath: db, node: "pve1")
+            // nodes, nodes/pve1, its 4 subdirectories, priv, priv/lock: 8 entries.
+            #expect(fs.currentVersion == 9)
+            #expect(fs.getattr("/nodes").1?.inode == 2)
+            #expect(write(fs, "/storage.cfg", "dir: local\n\tpath /var/lib/vz\n") == 0)
+            #expect(fs.mkdir("/firewall") == 0)
+            #expect(fs.rename("/storage.cfg", "/firewall/moved.cfg") == 0)
+        }
+        let reopened = try ClusterFileSystem(databasePath: db, node: "pve1")
+        #expect(content(reopened, "/firewall/moved.cfg") == "dir: local\n\tpath /var/lib/vz\n")
+        #expect(reopened.getattr("/storage.cfg").0 == -ENOENT)
+        var info = stat()
+        #expect(stat(db, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+    }
+
+    @Test("a corrupt tree (missing parent) is refused at startup")
+    func corruptTree() throws {
+        let directory = try TemporaryDirectory()
+        let db = directory.path + "/config.db"
+        _ = try ClusterFileSystem(databasePath: db, node: "pve1")
+        var handle: OpaquePointer?
+        #expect(sqlite3_open(db, &handle) == SQLITE_OK)
+        #expect(sqlite3_exec(handle, "INSERT INTO tree VALUES (999, 12345, 999, 0, 0, 8, 'orphan', x'00')", nil, nil, nil) == SQLITE_OK)
+        sqlite3_close(handle)
+        #expect(throws: ClusterFileSystem.StartupError.self) { try ClusterFileSystem(databasePath: db, node: "pve1") }
+    }
+
+    @Test("ownership root:www-data; priv/ is private; chmod and chown only to what is implied")
+    func ownershipAndModes() throws {
+        let directory = try TemporaryDirectory()
+        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1")
+        #expect(write(fs, "/user.cfg", "user:root@pam:1:0:::::\n") == 0)
+        #expect(write(fs, "/priv/shadow.cfg", "secret\n") == 0)
+        #expect(fs.getattr("/user.cfg").1?.mode == 0o640)
+        #expect(fs.getattr("/user.cfg").1?.uid == 0)
+        #expect(fs.getattr("/user.cfg").1?.gid == fs.wwwDataGID)
+        #expect(fs.getattr("/priv").1?.mode == 0o700)
+        #expect(fs.getattr("/priv/shadow.cfg").1?.mode == 0o600)
+        #expect(fs.getattr("/nodes/pve1/priv").1?.mode == 0o700)
+        #expect(fs.getattr("/nodes").1?.mode == 0o755)
+        #expect(fs.chmod("/user.cfg", mode: 0o640) == 0)
+        #expect(fs.chmod("/user.cfg", mode: 0o644) == -EPERM)
+        #expect(fs.chown("/user.cfg", uid: 0, gid: fs.wwwDataGID) == 0)
+        #expect(fs.chown("/user.cfg", uid: 1000, gid: UInt32.max) == -EPERM)
+        #expect(fs.chown("/user.cfg", uid: UInt32.max, gid: 0) == -EPERM)
+    }
+
+    @Test("files are limited to 1 MiB")
+    func sizeLimit() throws {
+        let directory = try TemporaryDirectory()
+        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1")
+        #expect(fs.create("/big") == 0)
+        let chunk = [UInt8](repeating: 0x41, count: 4096)
+        let ok = chunk.withUnsafeBytes { fs.write("/big", bytes: $0, offset: ClusterFileSystem.maxFileSize - 4096) }
+        #expect(ok == 4096)
+        let tooBig = chunk.withUnsafeBytes { fs.write("/big", bytes: $0, offset: ClusterFileSystem.maxFileSize - 4095) }
+        #expect(tooBig == -EFBIG)
+        #expect(fs.truncate("/big", size: ClusterFileSystem.maxFileSize + 1) == -EFBIG)
+    }
+
+    @Test("rename: keeps the inode; refuses root, specials, lock directories, non-empty directories")
+    func renameRules() throws {
+        let directory = try TemporaryDirectory()
+        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1")
+        #expect(write(fs, "/a.tmp.123", "x") == 0)
+        let inode = fs.getattr("/a.tmp.123").1?.inode
+        #expect(write(fs, "/a", "old") == 0)
+        #expect(fs.rename("/a.tmp.123", "/a") == 0)
+        #expect(fs.getattr("/a").1?.inode == inode)
+        #expect(content(fs, "/a") == "x")
+        #expect(fs.rename("/a", "/.version") == -EACCES)
+        #expect(fs.rename("/local", "/x") == -EACCES)
+        #expect(fs.mkdir("/priv/lock/file-storage_cfg") == 0)
+        #expect(fs.rename("/priv/lock/file-storage_cfg", "/priv/lock/other") == -EACCES)
+        #expect(fs.rename("/nodes", "/elsewhere") == -EACCES)
+        #expect(fs.mkdir("/empty") == 0)
+        #expect(fs.mkdir("/full") == 0)
+        #expect(write(fs, "/full/f", "x") == 0)
+        #expect(fs.rename("/empty", "/full") == -ENOTEMPTY)
+        #expect(fs.rename("/a", "/full") == -EISDIR)
+    }
+
+    @Test("locks are directories under priv/lock, released on request only after 120 s")
+    func locks() throws {
+        let directory = try TemporaryDirectory()
+        let clock = TestClock()
+        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1", clock: clock.now)
+        #expect(fs.mkdir("/priv/lock/ha_agent_pve1_lock") == 0)
+        #expect(fs.mkdir("/priv/lock/ha_agent_pve1_lock") == -EEXIST)
+        clock.advance(100)
+        #expect(fs.utimens("/priv/lock/ha_agent_pve1_lock", mtime: 0) == 0)
+        #expect(fs.getattr("/priv/lock/ha_agent_pve1_lock").0 == 0, "a fresh lock must stay")
+        // A refresh moves the expiry.
+        #expect(fs.utimens("/priv/lock/ha_agent_pve1_lock", mtime: nil) == 0)
+        clock.advance(119)
+        #expect(fs.utimens("/priv/lock/ha_agent_pve1_lock", mtime: 0) == 0)
+        #expect(fs.getattr("/priv/lock/ha_agent_pve1_lock").0 == 0)
+        clock.advance(2)
+        #expect(fs.utimens("/priv/lock/ha_agent_pve1_lock", mtime: 0) == 0)
+        #expect(fs.getattr("/priv/lock/ha_agent_pve1_lock").0 == -ENOENT, "an expired lock goes on request")
+        #expect(fs.mkdir("/priv/lock/ha_agent_pve1_lock") == 0)
+    }
+
+    @Test("VMIDs are unique across nodes and types; moving a guest between nodes is allowed")
+    func uniqueVMIDs() throws {
+        let directory = try TemporaryDirectory()
+        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1")
+        #expect(fs.mkdir("/nodes/pve2") == 0)
+        #expect(fs.mkdir("/nodes/pve2/qemu-server") == 0)
+        #expect(fs.mkdir("/nodes/pve2/lxc") == 0)
+        #expect(write(fs, "/nodes/pve1/qemu-server/100.conf", "cores: 1\n") == 0)
+        #expect(fs.create("/nodes/pve2/qemu-server/100.conf") == -EEXIST)
+        #expect(fs.create("/nodes/pve1/lxc/100.conf") == -EEXIST)
+        #expect(write(fs, "/nodes/pve1/qemu-server/100.conf", "cores: 2\n") == 0)
+        #expect(fs.rename("/nodes/pve1/qemu-server/100.conf", "/nodes/pve2/qemu-server/100.conf") == 0)
+        #expect(fs.rename("/nodes/pve2/qemu-server/100.conf", "/nodes/pve2/lxc/100.conf") == -EEXIST)
+        #expect(write(fs, "/nodes/pve1/qemu-server/100.conf.tmp.42", "ok") == 0, "non-config names are not guests")
+    }
+
+    @Test("status files: .vmlist, .version, .members, .clusterlog, .debug in their JSON shapes")
+    func statusFiles() throws {
+        let directory = try TemporaryDirectory()
+        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1")
+        #expect(write(fs, "/nodes/pve1/qemu-server/100.conf", "cores: 1\n") == 0)
+        #expect(write(fs, "/nodes/pve1/lxc/200.conf", "hostname: ct\n") == 0)
+        #expect(write(fs, "/storage.cfg", "dir: local\n") == 0)
+        func json(_ name: String) throws -> [String: Any] {
+            try #require(try JSONSerialization.jsonObject(with: Data(content(fs, name)!.utf8)) as? [String: Any])
+        }
+        let vmlist = try json("/.vmlist")
+        let ids = try #require(vmlist["ids"] as? [String: [String: Any]])
+        #expect(ids["100"]?["node"] as? String == "pve1")
+        #expect(ids["100"]?["type"] as? String == "qemu")
+        #expect(ids["200"]?["type"] as? String == "lxc")
+        #expect(vmlist["version"] as? UInt64 == fs.currentVersion)
+        let version = try json("/.version")
+        #expect(version["starttime"] as? UInt32 == fs.startTime)
+        #expect(version["storage.cfg"] != nil)
+        #expect(try json("/.members")["nodename"] as? String == "pve1")
+        #expect(try json("/.clusterlog")["data"] is [Any])
+        #expect(content(fs, "/.debug") == "0\n")
+        let one = Array("1\n".utf8)
+        #expect(one.withUnsafeBytes { fs.write("/.debug", bytes: $0, offset: 0) } == 2)
+        #expect(content(fs, "/.debug") == "1\n")
+        #expect(fs.create("/.vmlist") == -EACCES)
+        #expect(fs.readlink("/qemu-server").1 == "nodes/pve1/qemu-server")
+        #expect(fs.readdir("/").1.contains(".vmlist"))
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// setxattr(2) from <sys/xattr.h>, which Glibc's module does not export.
+@_silgen_name("setxattr")
+func c_setxattr(_ path: UnsafePointer<CChar>, _ name: UnsafePointer<CChar>, _ value: UnsafeRawPointer, _ size: Int, _ flags: Int32) -> Int32
+
+func writeFile(_ path: String, _ text: String) -> Int32 {
+    let fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0o640)
+    guard fd >= 0 else { return errno }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    return bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } == bytes.count ? 0 : errno
+}
+
+func readFile(_ path: String) -> String? {
+    FileManager.default.contents(atPath: path).map { String(decoding: $0, as: UTF8.self) }
+}
+
+@Suite("pmxcfs mounted with real FUSE", .enabled(if: PMXCFSProcess.unavailableReason == nil, Comment(rawValue: PMXCFSProcess.unavailableReason ?? "")))
+struct MountTests {
+    @Test("the tree through the kernel: ownership, modes, symlinks, refused operations, errno values")
+    func posixSemantics() throws {
+        #expect(FileManager.default.isExecutableFile(atPath: PMXCFSProcess.binary), "build pmxcfs first (swift build)")
+        let daemon = try PMXCFSProcess()
+        try daemon.start()
+        #expect(writeFile(daemon.path("storage.cfg"), "dir: local\n\tpath /var/lib/vz\n") == 0)
+        #expect(readFile(daemon.path("storage.cfg")) == "dir: local\n\tpath /var/lib/vz\n")
+        var info = stat()
+        #expect(stat(daemon.path("storage.cfg"), &info) == 0)
+        #expect(info.st_uid == 0)
+        #expect(info.st_gid == (getgrnam("www-data")?.pointee.gr_gid ?? 33))
+        #expect(info.st_mode & 0o777 == 0o640)
+        #expect(stat(daemon.path("priv"), &info) == 0 && info.st_mode & 0o777 == 0o700)
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: daemon.path("local"))) == "nodes/pve1")
+        #expect(writeFile(daemon.path("qemu-server/100.conf"), "cores: 2\n") == 0)
+        #expect(readFile(daemon.path("nodes/pve1/qemu-server/100.conf")) == "cores: 2\n")
+
+        #expect(symlink("x", daemon.path("link")) == -1 && errno == ENOSYS)
+        #expect(link(daemon.path("storage.cfg"), daemon.path("hard")) == -1 && errno == EPERM)
+        #expect(c_setxattr(daemon.path("storage.cfg"), "user.x", "1", 1, 0) == -1 && (errno == ENOTSUP || errno == EOPNOTSUPP))
+        #expect(chmod(daemon.path("storage.cfg"), 0o644) == -1 && errno == EPERM)
+        #expect(chmod(daemon.path("storage.cfg"), 0o640) == 0)
+        #expect(mkdir(daemon.path("nodes/pve2"), 0o755) == 0)
+        #expect(mkdir(daemon.path("nodes/pve2/qemu-server"), 0o755) == 0)
+        #expect(open(daemon.path("nodes/pve2/qemu-server/100.conf"), O_CREAT | O_WRONLY, 0o640) == -1 && errno == EEXIST)
+        #expect(rename(daemon.path("nodes/pve1/qemu-server/100.conf"), daemon.path("nodes/pve2/qemu-server/100.conf")) == 0)
+        #expect(mkdir(daemon.path("priv/lock/storage-local"), 0o755) == 0)
+        #expect(mkdir(daemon.path("priv/lock/storage-local"), 0o755) == -1 && errno == EEXIST)
+        #expect(rename(daemon.path("priv/lock/storage-local"), daemon.path("priv/lock/x")) == -1 && errno == EACCES)
+
+        // The tools' atomic write: NAME.tmp.PID, then rename onto NAME.
+        #expect(writeFile(daemon.path("user.cfg.tmp.42"), "user:root@pam:1:0:::::\n") == 0)
+        #expect(rename(daemon.path("user.cfg.tmp.42"), daemon.path("user.cfg")) == 0)
+        #expect(readFile(daemon.path("user.cfg")) == "user:root@pam:1:0:::::\n")
+
+        // A rewrite is seen at once, though the page cache is kept.
+        #expect(writeFile(daemon.path("storage.cfg"), "dir: other\n") == 0)
+        #expect(readFile(daemon.path("storage.cfg")) == "dir: other\n")
+
+        let big = [UInt8](repeating: 0x41, count: (1 << 20) + 1)
+        let fd = open(daemon.path("big"), O_CREAT | O_WRONLY, 0o640)
+        #expect(fd >= 0)
+        let written = big.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let writeErrno = errno
+        close(fd)
+        #expect(written == -1 && writeErrno == EFBIG || written == 1 << 20)
+
+        let vmlist = try #require(readFile(daemon.path(".vmlist")))
+        #expect(vmlist.contains("\"pve2\""))
+        #expect(writeFile(daemon.path(".vmlist"), "x") != 0)
+    }
+
+    @Test("SIGTERM unmounts cleanly; the data is there after a restart; a second instance refuses the same database")
+    func lifecycle() throws {
+        let daemon = try PMXCFSProcess()
+        try daemon.start()
+        #expect(writeFile(daemon.path("datacenter.cfg"), "keyboard: de\n") == 0)
+        let second = try spawn(PMXCFSProcess.binary, daemon.arguments.map { $0 == daemon.mountPoint ? daemon.mountPoint + "2" : $0 })
+        #expect(reap(second) == 1)
+        daemon.stop()
+        #expect(!daemon.isMounted)
+        #expect(!daemon.isRunning)
+        let again = try PMXCFSProcess(directory: daemon.directory)
+        try again.start()
+        #expect(readFile(again.path("datacenter.cfg")) == "keyboard: de\n")
+    }
+
+    @Test("kill -9 during a write storm loses no acknowledged write")
+    func durability() throws {
+        let daemon = try PMXCFSProcess()
+        try daemon.start()
+        // The writer records a file as acknowledged once close() returned.
+        var acknowledged: [String: String] = [:]
+        let deadline = Date().addingTimeInterval(1.0)
+        var index = 0
+        while Date() < deadline {
+            let name = "storm-\(index).cfg"
+            let text = String(repeating: "line \(index)\n", count: 1 + index % 50)
+            if writeFile(daemon.path(name), text) == 0 { acknowledged[name] = text }
+            index += 1
+        }
+        // Keep writing in the background while the daemon is killed.
+        let storm = try spawn("/bin/sh", ["-c", "i=0; while :; do echo $i > \(daemon.path("bg-$i.cfg")) || exit 0; i=$((i+1)); done"])
+        usleep(200_000)
+        daemon.crash()
+        _ = reap(storm)
+        #expect(acknowledged.count > 50, "only \(acknowledged.count) writes went through")
+
+        let restarted = try PMXCFSProcess(directory: daemon.directory)
+        try restarted.start()
+        var lost: [String] = []
+        for (name, text) in acknowledged where readFile(restarted.path(name)) != text { lost.append(name) }
+        #expect(lost.isEmpty, "lost acknowledged writes: \(lost.sorted().prefix(10))")
+        // The database is consistent: every entry loads and the tree lists.
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: restarted.mountPoint).count) ?? 0 > acknowledged.count)
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+
+/// A pmxcfs daemon in the foreground on private paths, for tests that mount
+/// the real FUSE file system. Stopped (and the mount cleared) when released.
+public final class PMXCFSProcess: @unchecked Sendable {
+    // @unchecked: the process handle is only touched by the owning test.
+    public let directory: TemporaryDirectory
+    public let mountPoint: String
+    public let database: String
+    public let node: String
+    private var pid: pid_t = 0
+
+    public static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pmxcfs").path
+
+    /// FUSE needs root and /dev/fuse.
+    public static let unavailableReason: String? = {
+        if getuid() != 0 { return "FUSE mounts need root" }
+        if access("/dev/fuse", R_OK | W_OK) != 0 { return "/dev/fuse is missing" }
+        return nil
+    }()
+
+    public init(node: String = "pve1", directory: TemporaryDirectory? = nil) throws {
+        self.directory = try directory ?? TemporaryDirectory(prefix: "pmxcfs")
+        mountPoint = self.directory.path + "/mnt"
+        database = self.directory.path + "/config.db"
+        self.node = node
+    }
+
+    public var arguments: [String] {
+        ["--local", "--foreground", "--mount", mountPoint, "--db", database, "--run-dir", directory.path + "/run", "--node", node]
+    }
+
+    /// Starts the daemon and waits (bounded) until the mount is there.
+    public func start() throws {
+        pid = try spawn(Self.binary, arguments)
+        guard waitFor(seconds: 15, { self.isMounted }) else {
+            kill(pid, SIGKILL)
+            _ = reap(pid)
+            throw Failure(description: "pmxcfs did not mount \(mountPoint) within 15 s")
+        }
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public var processIdentifier: pid_t { pid }
+    public var isRunning: Bool { pid != 0 && kill(pid, 0) == 0 }
+
+    /// Whether a FUSE file system is mounted exactly at `mountPoint`.
+    public var isMounted: Bool {
+        guard let table = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
+        return table.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 4 && fields[4] == Substring(mountPoint) && line.contains("fuse")
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit and the mount to go.
+    public func stop() {
+        guard pid != 0 else { return }
+        kill(pid, SIGTERM)
+        _ = reap(pid)
+        pid = 0
+        _ = waitFor(seconds: 10) { !self.isMounted }
+    }
+
+    /// kill -9: the mount is left dead; clear it as an operator would.
+    public func crash() {
+        guard pid != 0 else { return }
+        kill(pid, SIGKILL)
+        _ = reap(pid)
+        pid = 0
+        clearMount()
+    }
+
+    func clearMount() {
+        if isMounted { _ = NetworkNamespace.run(["umount", "-l", mountPoint]) }
+    }
+
+    deinit {
+        stop()
+        clearMount()
+    }
+
+    /// Path inside the mount.
+    public func path(_ relative: String) -> String { mountPoint + "/" + relative }
+}
+
+/// Polls `condition` every 20 ms until it holds or `seconds` pass.
+public func waitFor(seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
+/// Starts a program with posix_spawn (stdout and stderr to /dev/null);
+/// waits are explicit with `reap`, so nothing depends on a run loop.
+public func spawn(_ path: String, _ arguments: [String]) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    // The child starts with no blocked signals and default handlers: the test
+    // runner's threads block some, and a mask is inherited across exec.
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    var all = sigset_t()
+    sigfillset(&all)
+    posix_spawnattr_setsigmask(&attributes, &empty)
+    posix_spawnattr_setsigdefault(&attributes, &all)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, path, &actions, &attributes, &argv, environ)
+    guard result == 0 else { throw PMXCFSProcess.Failure(description: "cannot start \(path): \(String(cString: strerror(result)))") }
+    return pid
+}
+
+/// Waits for a child to exit and returns its exit status (128+signal when killed).
+public func reap(_ pid: pid_t) -> Int32 {
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+    if status & 0x7f == 0 { return (status >> 8) & 0xff }
+    return 128 + (status & 0x7f)
+}
