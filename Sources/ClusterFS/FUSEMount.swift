@@ -144,9 +144,13 @@ public enum FUSEMount {
         }
         operations.`init` = { _, config in
             config?.pointee.use_ino = 1
-            config?.pointee.attr_timeout = 1
-            config?.pointee.entry_timeout = 1
-            config?.pointee.negative_timeout = 0
+            // In local mode every change goes through this mount, so the kernel's
+            // dentries, attributes and page cache stay right; cache them (and
+            // missing names) instead of asking on every lookup and open.
+            config?.pointee.attr_timeout = 60
+            config?.pointee.entry_timeout = 60
+            config?.pointee.negative_timeout = 60
+            config?.pointee.kernel_cache = 1
             return fuse_get_context()?.pointee.private_data
         }
         return operations
@@ -157,8 +161,11 @@ public enum FUSEMount {
     }
 
     /// Mounts and serves until unmounted or SIGTERM/SIGINT/SIGHUP; then unmounts.
-    /// - Parameter daemonize: detach from the terminal once mounted.
-    public static func serve(_ fileSystem: ClusterFileSystem, at mountPoint: String, daemonize: Bool, debug: Bool = false) throws {
+    /// - Parameters:
+    ///   - daemonize: detach from the terminal once mounted.
+    ///   - ready: runs once mounted (and detached): the process id is final then.
+    public static func serve(_ fileSystem: ClusterFileSystem, at mountPoint: String, daemonize: Bool, debug: Bool = false,
+                             ready: () -> Void = {}) throws {
         var arguments = ["pmxcfs", "-o", "default_permissions,allow_other,fsname=pmxcfs,subtype=pmxcfs"]
         if debug { arguments.append("-d") }
         var cArguments = arguments.map { strdup($0) }
@@ -176,6 +183,7 @@ public enum FUSEMount {
             guard fuse_set_signal_handlers(session) == 0 else { return -3 }
             defer { fuse_remove_signal_handlers(session) }
             if daemonize { _ = fuse_daemonize(0) }
+            ready()
             var config = fuse_loop_config(clone_fd: 0, max_idle_threads: 10)
             return fuse_loop_mt_32(fuse, &config)
         }

@@ -66,10 +66,12 @@ struct PMXCFS: ParsableCommand {
             throw ExitCode(1)
         }
         let pidFile = runDir + "/pmxcfs.pid"
-        try? Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: pidFile))
         defer { try? FileManager.default.removeItem(atPath: pidFile) }
         do {
-            try FUSEMount.serve(fileSystem, at: mount, daemonize: !foreground, debug: debug)
+            // The pid file is written once mounted, after detaching, so it names the daemon.
+            try FUSEMount.serve(fileSystem, at: mount, daemonize: !foreground, debug: debug) {
+                try? Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: pidFile))
+            }
         } catch {
             FileHandle.standardError.write(Data("pmxcfs: \(error)\n".utf8))
             throw ExitCode(1)
