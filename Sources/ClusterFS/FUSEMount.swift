@@ -119,10 +119,13 @@ public enum FUSEMount {
             return 0
         }
         operations.fsync = { _, _, _ in 0 }
-        operations.setxattr = { _, _, _, _, _ in -ENOTSUP }
-        operations.getxattr = { _, _, _, _ in -ENOTSUP }
-        operations.listxattr = { _, _, _ in -ENOTSUP }
-        operations.removexattr = { _, _ in -ENOTSUP }
+        // ENOSYS tells the kernel there are no xattrs at all: it stops asking
+        // (for security.capability on every write) and applications get
+        // EOPNOTSUPP (== ENOTSUP), as from the original.
+        operations.setxattr = { _, _, _, _, _ in -ENOSYS }
+        operations.getxattr = { _, _, _, _ in -ENOSYS }
+        operations.listxattr = { _, _, _ in -ENOSYS }
+        operations.removexattr = { _, _ in -ENOSYS }
         operations.readdir = { cPath, buffer, filler, _, _, _ in
             let (result, names) = FUSEMount.fileSystem().readdir(FUSEMount.path(cPath))
             guard result == 0, let filler else { return result }
