@@ -76,7 +76,7 @@ public struct KernelNetworkDriver: NetworkDriver {
                     throw NetworkApplyError(step: index, message: "\(phase) hook of \(name) exited with status \(result.status): \(command)")
                 }
             default:
-                batch.append((index, ipLines(step)))
+                batch.append((index, step.ipBatchLines ?? []))
             }
         }
         try await flush()
@@ -96,35 +96,6 @@ public struct KernelNetworkDriver: NetworkDriver {
 
     func vidArguments(_ vids: String) -> [String] {
         vids.split(whereSeparator: { $0 == " " || $0 == "," || $0 == ";" }).map(String.init)
-    }
-
-    /// The `ip -batch` lines (without the leading "ip") for one step.
-    func ipLines(_ step: NetworkStep) -> [String] {
-        switch step {
-        case .createBridge(let name): ["link add \(name) type bridge"]
-        case .createBond(let name, let mode): ["link add \(name) type bond mode \(mode)"]
-        case .createVLAN(let name, let raw, let id, let proto): ["link add link \(raw) name \(name) type vlan id \(id) protocol \(proto)"]
-        case .deleteLink(let name): ["link del \(name)"]
-        case .setMaster(let port, let master): ["link set \(port) master \(master)"]
-        case .setBondSlave(let port, let bond): ["link set \(port) down", "link set \(port) master \(bond)", "link set \(port) up"]
-        case .clearMaster(let port): ["link set \(port) nomaster"]
-        case .setMTU(let name, let mtu): ["link set \(name) mtu \(mtu)"]
-        case .setUp(let name): ["link set \(name) up"]
-        case .setDown(let name): ["link set \(name) down"]
-        case .setBridge(let name, let stp, let fd, let vlanFiltering):
-            ["link set \(name) type bridge stp_state \(stp ? 1 : 0) forward_delay \(fd * 100)" + (vlanFiltering.map { " vlan_filtering \($0 ? 1 : 0)" } ?? "")]
-        case .setBond(let name, let miimon, let policy, let rate, let minLinks, let primary):
-            ["link set \(name) type bond miimon \(miimon)" + (policy.map { " xmit_hash_policy \($0)" } ?? "")
-                + (rate.map { " lacp_rate \($0)" } ?? "") + (minLinks.map { " min_links \($0)" } ?? "") + (primary.map { " primary \($0)" } ?? "")]
-        case .setLearning(let port, let learning): ["link set \(port) type bridge_slave learning \(learning ? "on" : "off")"]
-        case .addAddress(let name, let cidr): ["address add \(cidr) dev \(name)"]
-        case .deleteAddress(let name, let cidr): ["address del \(cidr) dev \(name)"]
-        // Batch lines take no options; ip infers the family from the gateway.
-        // `onlink`, as ifupdown2 does: the route is accepted while the link has no carrier yet.
-        case .replaceDefaultRoute(let gateway, let device, _): ["route replace default via \(gateway) dev \(device) onlink"]
-        case .deleteDefaultRoute(let gateway, let device, _): ["route del default via \(gateway) dev \(device)"]
-        case .setBridgeVLANs, .runHook, .promoteSecondaries: []
-        }
     }
 }
 

@@ -246,31 +246,44 @@ public enum NetworkStep: Hashable, Sendable, Codable {
         }
     }
 
+    /// What the step runs, for people: the `ip` command lines, or the hook.
     public var description: String {
+        if let lines = ipBatchLines { return lines.map { "ip " + $0 }.joined(separator: "; ") }
         switch self {
-        case .createBridge(let name): "ip link add \(name) type bridge"
-        case .createBond(let name, let mode): "ip link add \(name) type bond mode \(mode)"
-        case .createVLAN(let name, let raw, let id, let proto): "ip link add link \(raw) name \(name) type vlan id \(id) protocol \(proto)"
-        case .deleteLink(let name): "ip link del \(name)"
-        case .setMaster(let port, let master): "ip link set \(port) master \(master)"
-        case .setBondSlave(let port, let bond): "ip link set \(port) down master \(bond) up"
-        case .clearMaster(let port): "ip link set \(port) nomaster"
-        case .setMTU(let name, let mtu): "ip link set \(name) mtu \(mtu)"
-        case .setUp(let name): "ip link set \(name) up"
-        case .setDown(let name): "ip link set \(name) down"
-        case .setBridge(let name, let stp, let fd, let vf):
-            "ip link set \(name) type bridge stp_state \(stp ? 1 : 0) forward_delay \(fd * 100)" + (vf.map { " vlan_filtering \($0 ? 1 : 0)" } ?? "")
+        case .setBridgeVLANs(let port, let vids, let isBridge): return "bridge vlan add vid \(vids) dev \(port)\(isBridge ? " self" : "")"
+        case .promoteSecondaries(let name): return "sysctl -w net/ipv4/conf/\(name)/promote_secondaries=1"
+        case .runHook(let name, let phase, let command): return "\(phase) (\(name)): \(command)"
+        default: return ""
+        }
+    }
+
+    /// The `ip -batch` lines (without "ip") that perform this step; nil for
+    /// steps that are not `ip` commands. The plan shows exactly what runs.
+    public var ipBatchLines: [String]? {
+        switch self {
+        case .createBridge(let name): ["link add \(name) type bridge"]
+        case .createBond(let name, let mode): ["link add \(name) type bond mode \(mode)"]
+        case .createVLAN(let name, let raw, let id, let proto): ["link add link \(raw) name \(name) type vlan id \(id) protocol \(proto)"]
+        case .deleteLink(let name): ["link del \(name)"]
+        case .setMaster(let port, let master): ["link set \(port) master \(master)"]
+        case .setBondSlave(let port, let bond): ["link set \(port) down", "link set \(port) master \(bond)", "link set \(port) up"]
+        case .clearMaster(let port): ["link set \(port) nomaster"]
+        case .setMTU(let name, let mtu): ["link set \(name) mtu \(mtu)"]
+        case .setUp(let name): ["link set \(name) up"]
+        case .setDown(let name): ["link set \(name) down"]
+        case .setBridge(let name, let stp, let fd, let vlanFiltering):
+            ["link set \(name) type bridge stp_state \(stp ? 1 : 0) forward_delay \(fd * 100)" + (vlanFiltering.map { " vlan_filtering \($0 ? 1 : 0)" } ?? "")]
         case .setBond(let name, let miimon, let policy, let rate, let minLinks, let primary):
-            "ip link set \(name) type bond miimon \(miimon)" + (policy.map { " xmit_hash_policy \($0)" } ?? "")
-                + (rate.map { " lacp_rate \($0)" } ?? "") + (minLinks.map { " min_links \($0)" } ?? "") + (primary.map { " primary \($0)" } ?? "")
-        case .setLearning(let port, let learning): "ip link set \(port) type bridge_slave learning \(learning ? "on" : "off")"
-        case .setBridgeVLANs(let port, let vids, let isBridge): "bridge vlan add vid \(vids) dev \(port)\(isBridge ? " self" : "")"
-        case .addAddress(let name, let cidr): "ip addr add \(cidr) dev \(name)"
-        case .promoteSecondaries(let name): "sysctl -w net/ipv4/conf/\(name)/promote_secondaries=1"
-        case .deleteAddress(let name, let cidr): "ip addr del \(cidr) dev \(name)"
-        case .replaceDefaultRoute(let gw, let dev, let family): "ip -\(family) route replace default via \(gw) dev \(dev) onlink"
-        case .deleteDefaultRoute(let gw, let dev, let family): "ip -\(family) route del default via \(gw) dev \(dev)"
-        case .runHook(let name, let phase, let command): "\(phase) (\(name)): \(command)"
+            ["link set \(name) type bond miimon \(miimon)" + (policy.map { " xmit_hash_policy \($0)" } ?? "")
+                + (rate.map { " lacp_rate \($0)" } ?? "") + (minLinks.map { " min_links \($0)" } ?? "") + (primary.map { " primary \($0)" } ?? "")]
+        case .setLearning(let port, let learning): ["link set \(port) type bridge_slave learning \(learning ? "on" : "off")"]
+        case .addAddress(let name, let cidr): ["address add \(cidr) dev \(name)"]
+        case .deleteAddress(let name, let cidr): ["address del \(cidr) dev \(name)"]
+        // Batch lines take no options; ip infers the family from the gateway.
+        // `onlink`, as ifupdown2 does: the route is accepted while the link has no carrier yet.
+        case .replaceDefaultRoute(let gateway, let device, _): ["route replace default via \(gateway) dev \(device) onlink"]
+        case .deleteDefaultRoute(let gateway, let device, _): ["route del default via \(gateway) dev \(device)"]
+        case .setBridgeVLANs, .runHook, .promoteSecondaries: nil
         }
     }
 }
