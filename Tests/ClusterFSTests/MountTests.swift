@@ -117,3 +117,34 @@ struct MountTests {
         #expect((try? FileManager.default.contentsOfDirectory(atPath: restarted.mountPoint).count) ?? 0 > acknowledged.count)
     }
 }
+
+@Suite("pvectl reads its desired state from a pmxcfs mount",
+       .enabled(if: PMXCFSProcess.unavailableReason == nil, Comment(rawValue: PMXCFSProcess.unavailableReason ?? "")))
+struct DesiredStateThroughMountTests {
+    @Test("the homelab tree copied into /etc/pve validates the same as from a plain directory")
+    func homelabThroughMount() throws {
+        let daemon = try PMXCFSProcess()
+        try daemon.start()
+        let example = Corpus.packageRoot.appendingPathComponent("examples/homelab").path
+        let copies = [("storage.cfg", "storage.cfg"), ("datacenter.cfg", "datacenter.cfg"), ("user.cfg", "user.cfg"),
+                      ("firewall/cluster.fw", "firewall/cluster.fw"), ("firewall/100.fw", "firewall/100.fw"),
+                      ("nodes/pve1/host.fw", "nodes/pve1/host.fw"),
+                      ("nodes/pve1/qemu-server/100.conf", "qemu-server/100.conf"),
+                      ("nodes/pve1/qemu-server/101.conf", "qemu-server/101.conf"), ("nodes/pve1/lxc/200.conf", "lxc/200.conf")]
+        #expect(mkdir(daemon.path("firewall"), 0o755) == 0)
+        for (source, target) in copies {
+            let text = try #require(readFile(example + "/" + source))
+            #expect(writeFile(daemon.path(target), text) == 0, "\(target)")
+        }
+        let pvectl = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
+        let result = NetworkNamespace.capture([pvectl, "validate", "--root", daemon.mountPoint,
+                                               "--interfaces", example + "/network/interfaces", "--node", "pve1"])
+        #expect(result.status == 0, "\(result.output)\(result.error)")
+        #expect(result.error.contains("0 errors, 0 warnings in 10 files"))
+        // A broken guest config in the mount is reported with its mount path.
+        #expect(writeFile(daemon.path("qemu-server/102.conf"), "cores: many\n") == 0)
+        let broken = NetworkNamespace.capture([pvectl, "validate", "--root", daemon.mountPoint, "--node", "pve1"])
+        #expect(broken.status == 1)
+        #expect(broken.output.contains(daemon.mountPoint + "/nodes/pve1/qemu-server/102.conf:1:8: error: cores"))
+    }
+}
