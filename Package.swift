@@ -41,9 +41,10 @@ let package = Package(
         // Thin system-library targets: module maps only, no logic in C.
         .systemLibrary(name: "CFuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CQB", providers: [.apt(["libqb-dev"])]),
         .target(
             name: "ClusterFS",
-            dependencies: ["CFuse3", "CSQLite"],
+            dependencies: ["CFuse3", "CSQLite", "CQB"],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -54,7 +55,7 @@ let package = Package(
         .executableTarget(
             name: "pvectl",
             dependencies: [
-                "Resources", "Reconciler", "Drivers",
+                "Resources", "Reconciler", "Drivers", "ClusterFS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -63,6 +63,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
     public let wwwDataGID: UInt32
     public let startTime: UInt32
     private var debugLevel = 0
+    /// The status key/value store (SET_STATUS/GET_STATUS), per node; memory only.
+    private var statusStore: [String: [String: [UInt8]]] = [:]
+    /// The cluster log, oldest first; bounded.
+    private var clusterLogEntries: [ClusterLogEntry] = []
+    private var nextLogUID: UInt32 = 1
+    static let clusterLogCapacity = 4096
     private let clock: @Sendable () -> UInt32
 
     public static let maxFileSize = 1 << 20
@@ -485,7 +491,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             for (vmid, guest) in guests() { ids[String(vmid)] = ["node": guest.node, "type": guest.type, "version": guest.version] }
             return json(["version": version, "ids": ids])
         case ".clusterlog":
-            return json(["data": [Any]()])
+            return json(["data": clusterLogEntries.suffix(50).reversed().map(\.json)])
         case ".debug":
             return Array("\(debugLevel)\n".utf8)
         case ".rrd":
@@ -495,10 +501,90 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
     }
 
+    // MARK: the IPC service's data
+
+    /// Whether a path is private (priv/, nodes/*/priv/): not for read-only clients.
+    public func isPrivate(path: String) -> Bool { isPrivate(components(path)) }
+
+    public func statusFile(_ name: String) -> [UInt8] {
+        lock.lock()
+        defer { lock.unlock() }
+        return statusContent(name)
+    }
+
+    public func setStatus(name: String, value: [UInt8]) {
+        lock.lock()
+        defer { lock.unlock() }
+        statusStore[node, default: [:]][name] = value
+    }
+
+    public func status(name: String, node: String) -> [UInt8]? {
+        lock.lock()
+        defer { lock.unlock() }
+        return statusStore[node]?[name]
+    }
+
+    public func log(priority: UInt8, ident: String, tag: String, pid: Int32, message: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        clusterLogEntries.append(ClusterLogEntry(uid: nextLogUID, time: now(), priority: priority, tag: tag, pid: pid,
+                                                 node: node, user: ident, message: message))
+        nextLogUID += 1
+        if clusterLogEntries.count > Self.clusterLogCapacity { clusterLogEntries.removeFirst(clusterLogEntries.count - Self.clusterLogCapacity) }
+    }
+
+    /// `{"data": [...]}`, newest first.
+    public func clusterLog(maximum: Int) -> [UInt8] {
+        lock.lock()
+        defer { lock.unlock() }
+        let object: [String: Any] = ["data": clusterLogEntries.suffix(maximum).reversed().map(\.json)]
+        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()) + [0x0A]
+    }
+
+    /// Values of the given keys in the main section of each guest's config:
+    /// `{"100": {"lock": "backup"}, ...}`; vmid 0 asks for every guest.
+    public func guestConfigProperties(vmid: Int, properties: [String]) -> (Int32, [UInt8]) {
+        lock.lock()
+        defer { lock.unlock() }
+        let all = guests()
+        let selected = vmid == 0 ? all.keys.sorted() : [vmid]
+        if vmid != 0 && all[vmid] == nil { return (-ENOENT, []) }
+        var result: [String: [String: String]] = [:]
+        for id in selected {
+            guard let guest = all[id], let directory = Self.guestDirectories.first(where: { $0.value == guest.type })?.key,
+                  let entry = resolve(["nodes", guest.node, directory, "\(id).conf"]) else { continue }
+            var values: [String: String] = [:]
+            for line in String(decoding: entry.data, as: UTF8.self).split(separator: "\n") {
+                if line.hasPrefix("[") { break }  // snapshots and pending come after the main section
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                let key = String(line[..<colon])
+                if properties.contains(key) { values[key] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces) }
+            }
+            result[String(id)] = values
+        }
+        return (0, Array((try? JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])) ?? Data()) + [0x0A])
+    }
+
     /// The global version (root's), which every change increments.
     public var currentVersion: UInt64 {
         lock.lock()
         defer { lock.unlock() }
         return version
+    }
+}
+
+/// One cluster log entry, in the JSON shape of `.clusterlog`.
+struct ClusterLogEntry {
+    var uid: UInt32
+    var time: UInt32
+    var priority: UInt8
+    var tag: String
+    var pid: Int32
+    var node: String
+    var user: String
+    var message: String
+
+    var json: [String: Any] {
+        ["uid": uid, "time": time, "pri": priority, "tag": tag, "pid": pid, "node": node, "user": user, "msg": message]
     }
 }

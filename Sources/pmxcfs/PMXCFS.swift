@@ -38,6 +38,9 @@ struct PMXCFS: ParsableCommand {
     @Flag(name: [.short, .long], help: "FUSE debug output.")
     var debug = false
 
+    @Option(name: .long, help: ArgumentHelp("Name of the libqb IPC service (upstream: pve2).", valueName: "NAME"))
+    var ipcName: String = "pve2"
+
     func run() throws {
         // A blocked SIGTERM inherited from the parent would make the daemon unstoppable.
         var stopSignals = sigset_t()
@@ -65,11 +68,18 @@ struct PMXCFS: ParsableCommand {
             FileHandle.standardError.write(Data("pmxcfs: cannot load \(db): \(error)\n".utf8))
             throw ExitCode(1)
         }
+        defer { IPCServer.stop() }
         let pidFile = runDir + "/pmxcfs.pid"
         defer { try? FileManager.default.removeItem(atPath: pidFile) }
         do {
             // The pid file is written once mounted, after detaching, so it names the daemon.
+            // Threads do not survive daemonizing (a fork): the IPC loop starts after it.
             try FUSEMount.serve(fileSystem, at: mount, daemonize: !foreground, debug: debug) {
+                do {
+                    try IPCServer.start(name: ipcName, fileSystem: fileSystem)
+                } catch {
+                    FileHandle.standardError.write(Data("pmxcfs: IPC service not available: \(error)\n".utf8))
+                }
                 try? Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: pidFile))
             }
         } catch {

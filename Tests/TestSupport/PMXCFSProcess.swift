@@ -8,6 +8,8 @@ public final class PMXCFSProcess: @unchecked Sendable {
     public let mountPoint: String
     public let database: String
     public let node: String
+    /// A service name of its own, so daemons of parallel tests do not meet.
+    public let ipcName = "pvt-\(UUID().uuidString.prefix(8).lowercased())"
     private var pid: pid_t = 0
 
     public static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pmxcfs").path
@@ -27,7 +29,8 @@ public final class PMXCFSProcess: @unchecked Sendable {
     }
 
     public var arguments: [String] {
-        ["--local", "--foreground", "--mount", mountPoint, "--db", database, "--run-dir", directory.path + "/run", "--node", node]
+        ["--local", "--foreground", "--mount", mountPoint, "--db", database, "--run-dir", directory.path + "/run", "--node", node,
+         "--ipc-name", ipcName]
     }
 
     /// Starts the daemon and waits (bounded) until the mount is there.
