@@ -206,8 +206,10 @@ public enum IPCServer {
 }
 
 /// A `pve2` client: what pvectl and the tests use to talk to a running pmxcfs.
-public final class IPCClient {
+public final class IPCClient: @unchecked Sendable {
+    // @unchecked: the libqb connection is used under `lock` only.
     private let connection: OpaquePointer
+    private let lock = NSLock()
 
     public struct ConnectError: Error, CustomStringConvertible {
         public var description: String
@@ -224,6 +226,8 @@ public final class IPCClient {
 
     /// Sends a request and returns (error, payload); error is 0 or -errno.
     public func request(_ id: IPCRequest, body: [UInt8] = []) -> (Int32, [UInt8]) {
+        lock.lock()
+        defer { lock.unlock() }
         var header = qb_ipc_request_header()
         header.id = id.rawValue
         header.size = Int32(Wire.requestHeader + body.count)

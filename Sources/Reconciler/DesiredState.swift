@@ -64,9 +64,12 @@ public struct DesiredState: Sendable {
 
     /// Loads the tree. Missing files are fine (a network-only root needs
     /// nothing); unreadable ones are reported.
-    public static func load(root: String, interfaces interfacesPath: String?, node: String) -> DesiredState {
+    /// - Parameter source: where files come from: plain files by default, or a
+    ///   running pmxcfs's IPC service (pvectl passes one when --root is its mount).
+    public static func load(root: String, interfaces interfacesPath: String?, node: String,
+                            source: any TreeSource = FileTreeSource()) -> DesiredState {
         var state = DesiredState(root: root, node: node)
-        let fm = FileManager.default
+        let fm = source
         func path(_ relative: String) -> String { root.hasSuffix("/") ? root + relative : root + "/" + relative }
         func read(_ file: String) -> String? {
             guard fm.fileExists(atPath: file) else { return nil }
@@ -120,19 +123,19 @@ public struct DesiredState: Sendable {
         // the local node's when they are real directories.
         var guestDirectories: [(node: String, kind: GuestConfig.Kind, directory: String)] = []
         let nodesDirectory = path("nodes")
-        for nodeName in ((try? fm.contentsOfDirectory(atPath: nodesDirectory)) ?? []).sorted() {
+        for nodeName in (fm.contentsOfDirectory(atPath: nodesDirectory) ?? []).sorted() {
             for kind in GuestConfig.Kind.allCases {
                 guestDirectories.append((nodeName, kind, nodesDirectory + "/" + nodeName + "/" + (kind == .qemu ? "qemu-server" : "lxc")))
             }
         }
         for kind in GuestConfig.Kind.allCases {
             let directory = path(kind == .qemu ? "qemu-server" : "lxc")
-            let isLink = (try? fm.destinationOfSymbolicLink(atPath: directory)) != nil
+            let isLink = fm.isSymbolicLink(atPath: directory)
             if !isLink { guestDirectories.append((node, kind, directory)) }
         }
         var guestFiles: [(node: String, kind: GuestConfig.Kind, path: String, vmid: Int)] = []
         for (nodeName, kind, directory) in guestDirectories {
-            guard let names = try? fm.contentsOfDirectory(atPath: directory) else { continue }
+            guard let names = fm.contentsOfDirectory(atPath: directory) else { continue }
             for name in names.sorted() where name.hasSuffix(".conf") {
                 let file = directory + "/" + name
                 guard let vmid = GuestConfig.vmid(forPath: name) else {
@@ -153,7 +156,7 @@ public struct DesiredState: Sendable {
         let slots = UnsafeResultSlots<LoadedGuest>(count: files.count)
         DispatchQueue.concurrentPerform(iterations: files.count) { index in
             let entry = files[index]
-            guard let data = FileManager.default.contents(atPath: entry.path) else {
+            guard let data = fm.contents(atPath: entry.path) else {
                 slots.set(index, LoadedGuest(diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "cannot read file")]))
                 return
             }
@@ -183,7 +186,7 @@ public struct DesiredState: Sendable {
             state.hostFirewall = file
             record(diagnostics, freezing: [ResourceID(kind: "firewall", name: "host")])
         }
-        for name in ((try? fm.contentsOfDirectory(atPath: path("firewall"))) ?? []).sorted() where name.hasSuffix(".fw") && name != "cluster.fw" {
+        for name in (fm.contentsOfDirectory(atPath: path("firewall")) ?? []).sorted() where name.hasSuffix(".fw") && name != "cluster.fw" {
             let file = path("firewall/" + name)
             guard let vmid = Int(name.dropLast(3)) else {
                 state.diagnostics.append(.warning(SourceLocation(file: file, line: 1), "ignored: guest firewall files are named <vmid>.fw"))
@@ -209,6 +212,23 @@ public struct DesiredState: Sendable {
         }
         return state
     }
+}
+
+/// Where the desired state's files are read from.
+public protocol TreeSource: Sendable {
+    func fileExists(atPath path: String) -> Bool
+    func contents(atPath path: String) -> Data?
+    func contentsOfDirectory(atPath path: String) -> [String]?
+    func isSymbolicLink(atPath path: String) -> Bool
+}
+
+/// Plain files (a directory, a git checkout, or a mounted /etc/pve).
+public struct FileTreeSource: TreeSource {
+    public init() {}
+    public func fileExists(atPath path: String) -> Bool { FileManager.default.fileExists(atPath: path) }
+    public func contents(atPath path: String) -> Data? { FileManager.default.contents(atPath: path) }
+    public func contentsOfDirectory(atPath path: String) -> [String]? { try? FileManager.default.contentsOfDirectory(atPath: path) }
+    public func isSymbolicLink(atPath path: String) -> Bool { (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) != nil }
 }
 
 /// Content digests of inputs, so a saved plan can detect edits.

@@ -27,6 +27,18 @@ struct TreeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Node name (default: short host name).", valueName: "NAME"))
     var node: String?
 
+    @Option(name: .long, help: ArgumentHelp("When --root is a pmxcfs mount, read it through this IPC service.", valueName: "NAME"))
+    var ipcService: String = "pve2"
+
+    /// Plain files, or the pmxcfs IPC service when the root is its mount and it answers.
+    var source: any TreeSource {
+        if let ipc = IPCTreeSource(root: root, service: ipcService, node: nodeName) {
+            FileHandle.standardError.write(Data("reading \(root) through the pmxcfs IPC service \(ipcService)\n".utf8))
+            return ipc
+        }
+        return FileTreeSource()
+    }
+
     var nodeName: String {
         if let node { return node }
         let host = ProcessInfo.processInfo.hostName
@@ -38,7 +50,7 @@ struct TreeOptions: ParsableArguments {
         guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw ValidationError("--root \(root) is not a directory")
         }
-        return DesiredState.load(root: root, interfaces: interfaces, node: nodeName)
+        return DesiredState.load(root: root, interfaces: interfaces, node: nodeName, source: source)
     }
 }
 

@@ -35,7 +35,7 @@ struct ReconcileOptions: ParsableArguments {
         if FileManager.default.fileExists(atPath: tree.root, isDirectory: &isDirectory), !isDirectory.boolValue {
             throw ValidationError("--root \(tree.root) is not a directory")
         }
-        return DesiredState.load(root: tree.root, interfaces: tree.interfaces, node: tree.nodeName)
+        return DesiredState.load(root: tree.root, interfaces: tree.interfaces, node: tree.nodeName, source: tree.source)
     }
 
     var reconciler: NetworkReconciler {

@@ -137,13 +137,17 @@ struct DesiredStateThroughMountTests {
             #expect(writeFile(daemon.path(target), text) == 0, "\(target)")
         }
         let pvectl = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
-        let result = NetworkNamespace.capture([pvectl, "validate", "--root", daemon.mountPoint,
-                                               "--interfaces", example + "/network/interfaces", "--node", "pve1"])
-        #expect(result.status == 0, "\(result.output)\(result.error)")
-        #expect(result.error.contains("0 errors, 0 warnings in 10 files"))
+        // Through the IPC service (the daemon's own), and through the mount as plain files.
+        for service in [daemon.ipcName, "pvt-not-running"] {
+            let result = NetworkNamespace.capture([pvectl, "validate", "--root", daemon.mountPoint, "--ipc-service", service,
+                                                   "--interfaces", example + "/network/interfaces", "--node", "pve1"])
+            #expect(result.status == 0, "\(result.output)\(result.error)")
+            #expect(result.error.contains("0 errors, 0 warnings in 10 files"), "\(result.error)")
+            #expect(result.error.contains("through the pmxcfs IPC service") == (service == daemon.ipcName))
+        }
         // A broken guest config in the mount is reported with its mount path.
         #expect(writeFile(daemon.path("qemu-server/102.conf"), "cores: many\n") == 0)
-        let broken = NetworkNamespace.capture([pvectl, "validate", "--root", daemon.mountPoint, "--node", "pve1"])
+        let broken = NetworkNamespace.capture([pvectl, "validate", "--root", daemon.mountPoint, "--ipc-service", daemon.ipcName, "--node", "pve1"])
         #expect(broken.status == 1)
         #expect(broken.output.contains(daemon.mountPoint + "/nodes/pve1/qemu-server/102.conf:1:8: error: cores"))
     }
