@@ -272,31 +272,26 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     /// Creates an empty file (O_CREAT).
-    public func create(_ path: String) -> Int32 {
-        let parts = components(path)
-        guard let name = parts.last else { return -EACCES }
-        lock.lock()
-        defer { lock.unlock() }
-        if isSpecial(parts) { return -EACCES }
-        guard let parent = resolve(Array(parts.dropLast())) else { return -ENOENT }
-        guard parent.type == .directory else { return -ENOTDIR }
-        if parent.children[name] != nil { return -EEXIST }
-        if isLockDirectory(Array(parts.dropLast())) || (parts.count == 2 && parts[0] == "priv" && parts[1] == "lock") { return -EACCES }
-        let vmidCheck = checkVMID(parts)
-        if vmidCheck != 0 { return vmidCheck }
-        return insert(name: name, parent: parent, type: .file)
-    }
+    public func create(_ path: String) -> Int32 { createEntry(path, type: .file) }
 
-    public func mkdir(_ path: String) -> Int32 {
+    public func mkdir(_ path: String) -> Int32 { createEntry(path, type: .directory) }
+
+    private func createEntry(_ path: String, type: EntryType) -> Int32 {
         let parts = components(path)
-        guard let name = parts.last else { return -EEXIST }
+        guard let name = parts.last else { return type == .file ? -EACCES : -EEXIST }
         lock.lock()
         defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let parent = resolve(Array(parts.dropLast())) else { return -ENOENT }
         guard parent.type == .directory else { return -ENOTDIR }
         if parent.children[name] != nil { return -EEXIST }
-        return insert(name: name, parent: parent, type: .directory)
+        if type == .file {
+            // Locks are directories; priv/lock holds nothing else.
+            if isLockDirectory(Array(parts.dropLast())) || parts.dropLast() == ["priv", "lock"] { return -EACCES }
+            let vmidCheck = checkVMID(parts)
+            if vmidCheck != 0 { return vmidCheck }
+        }
+        return insert(name: name, parent: parent, type: type)
     }
 
     private func insert(name: String, parent: Entry, type: EntryType) -> Int32 {

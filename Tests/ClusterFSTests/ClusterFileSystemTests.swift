@@ -122,6 +122,7 @@ struct ClusterFileSystemTests {
         let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1", clock: clock.now)
         #expect(fs.mkdir("/priv/lock/ha_agent_pve1_lock") == 0)
         #expect(fs.mkdir("/priv/lock/ha_agent_pve1_lock") == -EEXIST)
+        #expect(fs.create("/priv/lock/plain-file") == -EACCES, "priv/lock holds lock directories only")
         clock.advance(100)
         #expect(fs.utimens("/priv/lock/ha_agent_pve1_lock", mtime: 0) == 0)
         #expect(fs.getattr("/priv/lock/ha_agent_pve1_lock").0 == 0, "a fresh lock must stay")
