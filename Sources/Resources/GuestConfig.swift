@@ -306,8 +306,7 @@ public struct GuestConfig: Hashable, Sendable {
             section.entries = section.effectiveEntries.filter { entry in
                 if entry.key == "delete" { return section.role == .pending }
                 if isCloudinitSpecial || entry.isRawLXC { return true }
-                if entry.key == "snaptime" || entry.key == "vmstate" || entry.key == "runningmachine"
-                    || entry.key == "runningcpu" || entry.key == "snapstate" { return true }
+                if GuestValidator.snapshotKeys.contains(entry.key) { return true }
                 guard let spec else { return true }
                 if section.role == .special("fleecing") { return entry.key == "fleecing-images" }
                 return spec.check(key: entry.key, value: entry.value) == nil

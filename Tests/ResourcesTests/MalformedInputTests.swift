@@ -14,16 +14,8 @@ struct MalformedInputTests {
         for input in Self.inputs {
             let result = format.canonicalize(input, file: "edge")
             _ = result.diagnostics
-            let lossless: String = switch format {
-            case .storage, .sectionconfig: SectionConfigFile.parse(input, file: "edge").0.losslessText()
-            case .qemu: GuestConfig.parse(input, file: "edge", kind: .qemu).0.losslessText()
-            case .lxc: GuestConfig.parse(input, file: "edge", kind: .lxc).0.losslessText()
-            case .interfaces: InterfacesFile.parse(input, file: "edge").0.losslessText()
-            case .firewall: FirewallConfig.parse(input, file: "edge").0.losslessText()
-            case .corosync: CorosyncConfig.parse(input, file: "edge").0.losslessText()
-            case .datacenter: DatacenterConfig.parse(input, file: "edge").0.losslessText()
-            case .user: UserConfig.parse(input, file: "edge").0.losslessText()
-            }
+            let lossless = format.losslessRoundTrip(input, file: "edge")
+            _ = format.validate(input, file: "edge")
             #expect(lossless == input, "\(format) changed \(input.debugDescription)")
         }
         _ = UserConfigValidator.validate(UserConfig.parse("role:\ngroup:\nuser:\n", file: "edge").0)

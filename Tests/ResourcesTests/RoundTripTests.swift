@@ -40,17 +40,7 @@ struct RoundTripTests {
     }()
 
     static func losslessText(_ format: String, _ text: String, file: String) -> String {
-        switch format {
-        case "qemu": GuestConfig.parse(text, file: file, kind: .qemu).0.losslessText()
-        case "lxc": GuestConfig.parse(text, file: file, kind: .lxc).0.losslessText()
-        case "storage": SectionConfigFile.parse(text, file: file) { Specs.storage.sectionLayout(forType: $0) }.0.losslessText()
-        case "sectionconfig": SectionConfigFile.parse(text, file: file).0.losslessText()
-        case "interfaces": InterfacesFile.parse(text, file: file).0.losslessText()
-        case "firewall": FirewallConfig.parse(text, file: file).0.losslessText()
-        case "corosync": CorosyncConfig.parse(text, file: file).0.losslessText()
-        case "user": UserConfig.parse(text, file: file).0.losslessText()
-        default: ""
-        }
+        ConfigFormat(rawValue: format)!.losslessRoundTrip(text, file: file)
     }
 
     @Test("unedited files are written back byte-identical", arguments: cases)

@@ -17,9 +17,12 @@ public struct KernelNetworkDriver: NetworkDriver {
         ["ip"] + (namespace.map { ["-n", $0] } ?? []) + arguments
     }
 
-    func bridgeCommand(_ arguments: [String]) -> [String] {
-        (namespace.map { ["ip", "netns", "exec", $0] } ?? []) + ["bridge"] + arguments
+    /// A command run inside the namespace (when there is one).
+    func inNamespace(_ command: [String]) -> [String] {
+        (namespace.map { ["ip", "netns", "exec", $0] } ?? []) + command
     }
+
+    func bridgeCommand(_ arguments: [String]) -> [String] { inNamespace(["bridge"] + arguments) }
 
     public func observe() async throws -> ObservedNetwork {
         async let linksJSON = Command.check(ip(["-json", "-details", "link", "show"]))
@@ -59,14 +62,14 @@ public struct KernelNetworkDriver: NetworkDriver {
                 }
             case .promoteSecondaries(let name):
                 try await flush()
-                let command = (namespace.map { ["ip", "netns", "exec", $0] } ?? []) + ["sysctl", "-q", "-w", "net/ipv4/conf/\(name)/promote_secondaries=1"]
+                let command = inNamespace(["sysctl", "-q", "-w", "net/ipv4/conf/\(name)/promote_secondaries=1"])
                 let result = try await Command.run(command)
                 if !result.succeeded {
                     throw NetworkApplyError(step: index, message: "\(command.joined(separator: " ")): \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
                 }
             case .runHook(let name, let phase, let command):
                 try await flush()
-                let shell = (namespace.map { ["ip", "netns", "exec", $0] } ?? []) + ["/bin/sh", "-c", command]
+                let shell = inNamespace(["/bin/sh", "-c", command])
                 // The same environment ifupdown gives its hooks.
                 let result = try await Command.run(shell, environment: ["IFACE": name, "LOGICAL": name, "PHASE": phase,
                                                                          "MODE": phase.contains("down") ? "stop" : "start", "ADDRFAM": "inet", "METHOD": "static"])
