@@ -1,3 +1,3 @@
-// libfuse3's high-level API at the version this project targets.
+// libfuse3's low-level (inode-based) API at the version this project targets.
 #define FUSE_USE_VERSION 35
-#include <fuse3/fuse.h>
+#include <fuse3/fuse_lowlevel.h>

@@ -44,6 +44,13 @@ public struct Attributes: Equatable, Sendable {
     public var uid: UInt32
     public var gid: UInt32
     public var links: Int
+    /// The node id the kernel knows this entry by (low-level FUSE): 1 for
+    /// the root, the tree inode + 1 otherwise, fixed ids for virtual entries.
+    public var nodeID: UInt64
+    /// Whether the kernel may cache the attributes and the name. Status files
+    /// and lock directories change without a file system call (generated
+    /// content, lock expiry), so they are asked for every time.
+    public var cacheable: Bool
 }
 
 /// The cluster file system's semantics in local mode: an in-memory tree under
@@ -75,6 +82,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
     public static let lockExpiry: UInt32 = 120
     static let rootInode: UInt64 = 0
     static let statusFiles = [".version", ".members", ".vmlist", ".clusterlog", ".debug", ".rrd"]
+    static let symlinkNames = ["local", "qemu-server", "lxc", "openvz"]
+    public static let rootNodeID: UInt64 = 1
+    static let statusNodeBase: UInt64 = 1 << 61
+    static let symlinkNodeBase: UInt64 = 1 << 62
     static let guestDirectories = ["qemu-server": "qemu", "lxc": "lxc", "openvz": "openvz"]
 
     public struct StartupError: Error, CustomStringConvertible {
@@ -215,14 +226,20 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let parts = components(path)
         lock.lock()
         defer { lock.unlock() }
+        return attributes(parts)
+    }
+
+    private func attributes(_ parts: [String]) -> (Int32, Attributes?) {
         if let target = symlinkTarget(parts) {
-            return (0, Attributes(inode: UInt64(1 << 62) + UInt64(parts[0].hashValue & 0xffff), kind: .symlink, mode: 0o777,
-                                  size: target.utf8.count, mtime: startTime, uid: 0, gid: wwwDataGID, links: 1))
+            let node = Self.symlinkNodeBase + UInt64(Self.symlinkNames.firstIndex(of: parts[0])!)
+            return (0, Attributes(inode: node, kind: .symlink, mode: 0o777, size: target.utf8.count, mtime: startTime,
+                                  uid: 0, gid: wwwDataGID, links: 1, nodeID: node, cacheable: true))
         }
-        if parts.count == 1, Self.statusFiles.contains(parts[0]) {
-            let mode: UInt32 = parts[0] == ".debug" ? 0o640 : 0o440
-            return (0, Attributes(inode: UInt64(1 << 61) + UInt64(Self.statusFiles.firstIndex(of: parts[0])!), kind: .file, mode: mode,
-                                  size: statusContent(parts[0]).count, mtime: startTime, uid: 0, gid: wwwDataGID, links: 1))
+        if parts.count == 1, let index = Self.statusFiles.firstIndex(of: parts[0]) {
+            let node = Self.statusNodeBase + UInt64(index)
+            return (0, Attributes(inode: node, kind: .file, mode: parts[0] == ".debug" ? 0o640 : 0o440,
+                                  size: statusContent(parts[0]).count, mtime: startTime, uid: 0, gid: wwwDataGID, links: 1,
+                                  nodeID: node, cacheable: false))
         }
         guard let entry = resolve(parts) else { return (-ENOENT, nil) }
         return (0, attributes(entry, parts: parts))
@@ -230,13 +247,57 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     private func attributes(_ entry: Entry, parts: [String]) -> Attributes {
         let privateEntry = isPrivate(parts)
+        let cacheable = !(parts.count >= 2 && parts[0] == "priv" && parts[1] == "lock")
         if entry.type == .directory {
-            return Attributes(inode: entry.inode == Self.rootInode ? 1 : entry.inode, kind: .directory, mode: privateEntry ? 0o700 : 0o755,
-                              size: 0, mtime: entry.inode == Self.rootInode ? versionMTime : entry.mtime, uid: 0, gid: wwwDataGID,
-                              links: 2 + entry.children.values.filter { entries[$0]?.type == .directory }.count)
+            let root = entry.inode == Self.rootInode
+            return Attributes(inode: root ? 1 : entry.inode, kind: .directory, mode: privateEntry ? 0o700 : 0o755,
+                              size: 0, mtime: root ? versionMTime : entry.mtime, uid: 0, gid: wwwDataGID,
+                              links: 2 + entry.children.values.filter { entries[$0]?.type == .directory }.count,
+                              nodeID: entry.inode + 1, cacheable: cacheable)
         }
         return Attributes(inode: entry.inode, kind: .file, mode: privateEntry ? 0o600 : 0o640, size: entry.data.count,
-                          mtime: entry.mtime, uid: 0, gid: wwwDataGID, links: 1)
+                          mtime: entry.mtime, uid: 0, gid: wwwDataGID, links: 1, nodeID: entry.inode + 1, cacheable: cacheable)
+    }
+
+    /// The path of a node id the kernel holds, or nil when it is gone.
+    public func path(ofNode node: UInt64) -> String? {
+        if node == Self.rootNodeID { return "/" }
+        if node >= Self.symlinkNodeBase {
+            let index = Int(node - Self.symlinkNodeBase)
+            return index < Self.symlinkNames.count ? "/" + Self.symlinkNames[index] : nil
+        }
+        if node >= Self.statusNodeBase {
+            let index = Int(node - Self.statusNodeBase)
+            return index < Self.statusFiles.count ? "/" + Self.statusFiles[index] : nil
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        var names: [String] = []
+        guard var entry = entries[node - 1] else { return nil }
+        while entry.inode != Self.rootInode {
+            names.append(entry.name)
+            guard let parent = entries[entry.parent] else { return nil }
+            entry = parent
+        }
+        return "/" + names.reversed().joined(separator: "/")
+    }
+
+    /// Whether the kernel may remember that a name does not exist in this
+    /// directory: not in priv/lock, where locks expire without a call.
+    public func cachesMissingNames(in directory: String) -> Bool {
+        components(directory) != ["priv", "lock"]
+    }
+
+    /// A directory's entries with their attributes, for READDIR.
+    public func readdirAttributes(_ path: String) -> (Int32, [(name: String, attributes: Attributes)]) {
+        let parts = components(path)
+        lock.lock()
+        defer { lock.unlock() }
+        guard let entry = resolve(parts) else { return (-ENOENT, []) }
+        guard entry.type == .directory else { return (-ENOTDIR, []) }
+        var names = entry.children.keys.sorted()
+        if parts.isEmpty { names += Self.statusFiles + Self.symlinkNames }
+        return (0, names.compactMap { name in attributes(parts + [name]).1.map { (name, $0) } })
     }
 
     public func readdir(_ path: String) -> (Int32, [String]) {
@@ -246,7 +307,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard let entry = resolve(parts) else { return (-ENOENT, []) }
         guard entry.type == .directory else { return (-ENOTDIR, []) }
         var names = entry.children.keys.sorted()
-        if parts.isEmpty { names += Self.statusFiles + ["local", "qemu-server", "lxc", "openvz"] }
+        if parts.isEmpty { names += Self.statusFiles + Self.symlinkNames }
         return (0, names)
     }
 

@@ -1,160 +1,274 @@
 import CFuse3
 import Foundation
 
-/// Serves a `ClusterFileSystem` through libfuse3's path-based API.
+/// Serves a `ClusterFileSystem` through libfuse3's low-level (inode-based) API.
 ///
-/// Regular files keep the kernel page cache (every write goes through this
-/// mount, so the kernel's copy stays right); status files are generated per
-/// read and use direct I/O. `default_permissions` lets the kernel enforce the
-/// modes (priv/ is root only), `allow_other` lets www-data read.
+/// The kernel keeps names, attributes and file pages in its caches: in local
+/// mode every change comes through this mount, so the kernel's copies stay
+/// right and most calls never reach the daemon. What changes behind the
+/// kernel's back is never cached: status files (generated per read, direct
+/// I/O, attributes asked every time) and lock directories (they expire).
+/// `default_permissions` lets the kernel enforce the modes (priv/ is root
+/// only), `allow_other` lets www-data read.
 public enum FUSEMount {
-    private static func fileSystem() -> ClusterFileSystem {
-        Unmanaged<ClusterFileSystem>.fromOpaque(fuse_get_context()!.pointee.private_data).takeUnretainedValue()
+    /// How long the kernel may trust cached names and attributes (seconds).
+    static let cacheTimeout = 86_400.0
+
+    private static func fileSystem(_ request: fuse_req_t?) -> ClusterFileSystem {
+        Unmanaged<ClusterFileSystem>.fromOpaque(fuse_req_userdata(request)!).takeUnretainedValue()
     }
 
-    private static func path(_ cPath: UnsafePointer<CChar>?) -> String {
-        cPath.map { String(cString: $0) } ?? "/"
-    }
-
-    static func fill(_ stat: UnsafeMutablePointer<stat>, _ attributes: Attributes) {
-        stat.pointee = Glibc.stat()
+    static func fill(_ stat: inout stat, _ attributes: Attributes) {
+        stat = Glibc.stat()
         switch attributes.kind {
-        case .directory: stat.pointee.st_mode = S_IFDIR | attributes.mode
-        case .file: stat.pointee.st_mode = S_IFREG | attributes.mode
-        case .symlink: stat.pointee.st_mode = S_IFLNK | attributes.mode
+        case .directory: stat.st_mode = S_IFDIR | attributes.mode
+        case .file: stat.st_mode = S_IFREG | attributes.mode
+        case .symlink: stat.st_mode = S_IFLNK | attributes.mode
         }
-        stat.pointee.st_ino = UInt(attributes.inode)
-        stat.pointee.st_nlink = UInt(attributes.links)
-        stat.pointee.st_uid = attributes.uid
-        stat.pointee.st_gid = attributes.gid
-        stat.pointee.st_size = attributes.size
-        stat.pointee.st_blksize = 4096
-        stat.pointee.st_blocks = (attributes.size + 511) / 512
+        stat.st_ino = UInt(attributes.inode)
+        stat.st_nlink = UInt(attributes.links)
+        stat.st_uid = attributes.uid
+        stat.st_gid = attributes.gid
+        stat.st_size = attributes.size
+        stat.st_blksize = 4096
+        stat.st_blocks = (attributes.size + 511) / 512
         let time = timespec(tv_sec: Int(attributes.mtime), tv_nsec: 0)
-        stat.pointee.st_mtim = time
-        stat.pointee.st_ctim = time
-        stat.pointee.st_atim = time
+        stat.st_mtim = time
+        stat.st_ctim = time
+        stat.st_atim = time
     }
 
-    static func makeOperations() -> fuse_operations {
-        var operations = fuse_operations()
-        operations.getattr = { cPath, stat, _ in
-            let (result, attributes) = FUSEMount.fileSystem().getattr(FUSEMount.path(cPath))
-            if let attributes, let stat { FUSEMount.fill(stat, attributes) }
-            return result
+    private static func timeout(_ attributes: Attributes) -> Double {
+        attributes.cacheable ? cacheTimeout : 0
+    }
+
+    /// The path of a child name under a directory node.
+    private static func childPath(_ fs: ClusterFileSystem, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) -> String? {
+        guard let directory = fs.path(ofNode: UInt64(parent)), let name else { return nil }
+        return directory == "/" ? "/" + String(cString: name) : directory + "/" + String(cString: name)
+    }
+
+    private static func replyEntry(_ request: fuse_req_t?, _ fs: ClusterFileSystem, path: String) {
+        let (result, attributes) = fs.getattr(path)
+        guard result == 0, let attributes else {
+            fuse_reply_err(request, -result)
+            return
         }
-        operations.readlink = { cPath, buffer, size in
-            let (result, target) = FUSEMount.fileSystem().readlink(FUSEMount.path(cPath))
-            guard let target, let buffer, size > 0 else { return result }
-            let bytes = Array(target.utf8.prefix(size - 1))
-            bytes.withUnsafeBytes { UnsafeMutableRawPointer(buffer).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-            buffer[bytes.count] = 0
-            return 0
+        var entry = fuse_entry_param()
+        entry.ino = fuse_ino_t(attributes.nodeID)
+        fill(&entry.attr, attributes)
+        entry.attr_timeout = timeout(attributes)
+        entry.entry_timeout = timeout(attributes)
+        fuse_reply_entry(request, &entry)
+    }
+
+    private static func replyAttributes(_ request: fuse_req_t?, _ fs: ClusterFileSystem, path: String) {
+        let (result, attributes) = fs.getattr(path)
+        guard result == 0, let attributes else {
+            fuse_reply_err(request, -result)
+            return
         }
-        operations.mkdir = { cPath, _ in FUSEMount.fileSystem().mkdir(FUSEMount.path(cPath)) }
-        operations.unlink = { cPath in FUSEMount.fileSystem().unlink(FUSEMount.path(cPath)) }
-        operations.rmdir = { cPath in FUSEMount.fileSystem().rmdir(FUSEMount.path(cPath)) }
-        operations.rename = { from, to, flags in
-            // RENAME_EXCHANGE and RENAME_NOREPLACE are not part of the original's semantics.
-            if flags != 0 { return -EINVAL }
-            return FUSEMount.fileSystem().rename(FUSEMount.path(from), FUSEMount.path(to))
+        var stat = Glibc.stat()
+        fill(&stat, attributes)
+        fuse_reply_attr(request, &stat, timeout(attributes))
+    }
+
+    private static func replyResult(_ request: fuse_req_t?, _ result: Int32) {
+        fuse_reply_err(request, -result)
+    }
+
+    static func makeOperations() -> fuse_lowlevel_ops {
+        var operations = fuse_lowlevel_ops()
+        operations.`init` = { _, connection in
+            // No writeback cache: a write() returns only once the change is in
+            // SQLite, errors (EFBIG) come from write() itself, and the kernel
+            // keeps trusting the daemon's sizes (status files change size
+            // without a write; with writeback the kernel would keep its own).
+            connection?.pointee.want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
         }
-        operations.link = { _, _ in -EPERM }
-        operations.chmod = { cPath, mode, _ in FUSEMount.fileSystem().chmod(FUSEMount.path(cPath), mode: mode) }
-        operations.chown = { cPath, uid, gid, _ in FUSEMount.fileSystem().chown(FUSEMount.path(cPath), uid: uid, gid: gid) }
-        operations.truncate = { cPath, size, _ in FUSEMount.fileSystem().truncate(FUSEMount.path(cPath), size: Int(size)) }
-        operations.open = { cPath, info in
-            let path = FUSEMount.path(cPath)
-            let (result, attributes) = FUSEMount.fileSystem().getattr(path)
-            guard result == 0, let attributes else { return result }
-            if attributes.kind == .directory { return -EISDIR }
-            if let info {
-                if ClusterFileSystem.statusFiles.contains(String(path.dropFirst())) {
-                    info.pointee.direct_io = 1
-                } else {
-                    info.pointee.keep_cache = 1
-                }
-                if (info.pointee.flags & O_TRUNC) != 0 {
-                    let truncated = FUSEMount.fileSystem().truncate(path, size: 0)
-                    if truncated != 0 { return truncated }
-                }
+        operations.lookup = { request, parent, name in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            let (result, attributes) = fs.getattr(path)
+            if result == -ENOENT {
+                // A negative entry: the kernel remembers the name is missing.
+                var entry = fuse_entry_param()
+                let directory = fs.path(ofNode: UInt64(parent)) ?? "/"
+                entry.entry_timeout = fs.cachesMissingNames(in: directory) ? FUSEMount.cacheTimeout : 0
+                fuse_reply_entry(request, &entry)
+                return
             }
-            return 0
+            guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
+            var entry = fuse_entry_param()
+            entry.ino = fuse_ino_t(attributes.nodeID)
+            FUSEMount.fill(&entry.attr, attributes)
+            entry.attr_timeout = FUSEMount.timeout(attributes)
+            entry.entry_timeout = FUSEMount.timeout(attributes)
+            fuse_reply_entry(request, &entry)
         }
-        operations.create = { cPath, _, info in
-            let path = FUSEMount.path(cPath)
-            let fs = FUSEMount.fileSystem()
-            // O_CREAT without O_EXCL on an existing file opens (and O_TRUNC empties) it.
-            if let info, (info.pointee.flags & O_EXCL) == 0, fs.getattr(path).0 == 0 {
-                info.pointee.keep_cache = 1
-                return (info.pointee.flags & O_TRUNC) != 0 ? fs.truncate(path, size: 0) : 0
+        operations.forget = { request, _, _ in fuse_reply_none(request) }
+        operations.forget_multi = { request, _, _ in fuse_reply_none(request) }
+        operations.getattr = { request, node, _ in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ENOENT) }
+            FUSEMount.replyAttributes(request, fs, path: path)
+        }
+        operations.setattr = { request, node, attributes, toSet, _ in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = fs.path(ofNode: UInt64(node)), let attributes else { return FUSEMount.replyResult(request, -ENOENT) }
+            let (found, before) = fs.getattr(path)
+            guard found == 0, let before else { return FUSEMount.replyResult(request, found) }
+            var result: Int32 = 0
+            if result == 0, toSet & FUSE_SET_ATTR_MODE != 0 { result = fs.chmod(path, mode: attributes.pointee.st_mode) }
+            if result == 0, toSet & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
+                result = fs.chown(path, uid: toSet & FUSE_SET_ATTR_UID != 0 ? attributes.pointee.st_uid : UInt32.max,
+                                  gid: toSet & FUSE_SET_ATTR_GID != 0 ? attributes.pointee.st_gid : UInt32.max)
             }
+            if result == 0, toSet & FUSE_SET_ATTR_SIZE != 0 { result = fs.truncate(path, size: Int(attributes.pointee.st_size)) }
+            if result == 0, toSet & FUSE_SET_ATTR_MTIME_NOW != 0 {
+                result = fs.utimens(path, mtime: nil)
+            } else if result == 0, toSet & FUSE_SET_ATTR_MTIME != 0 {
+                result = fs.utimens(path, mtime: UInt32(truncatingIfNeeded: attributes.pointee.st_mtim.tv_sec))
+            }
+            guard result == 0 else { return FUSEMount.replyResult(request, result) }
+            let (_, after) = fs.getattr(path)
+            // A lock directory that expired on utime(0) is gone: answer with what it was.
+            var stat = Glibc.stat()
+            FUSEMount.fill(&stat, after ?? before)
+            fuse_reply_attr(request, &stat, FUSEMount.timeout(after ?? before))
+        }
+        operations.readlink = { request, node in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ENOENT) }
+            let (result, target) = fs.readlink(path)
+            guard result == 0, let target else { return FUSEMount.replyResult(request, result) }
+            fuse_reply_readlink(request, target)
+        }
+        operations.mknod = { request, parent, name, mode, _ in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard mode & S_IFMT == S_IFREG else { return FUSEMount.replyResult(request, -EPERM) }
             let result = fs.create(path)
-            if result == 0, let info { info.pointee.keep_cache = 1 }
-            return result
+            guard result == 0 else { return FUSEMount.replyResult(request, result) }
+            FUSEMount.replyEntry(request, fs, path: path)
         }
-        operations.read = { cPath, buffer, size, offset, _ in
-            let (result, bytes) = FUSEMount.fileSystem().read(FUSEMount.path(cPath), size: size, offset: Int(offset))
-            guard result == 0 else { return result }
-            if let buffer, !bytes.isEmpty {
-                bytes.withUnsafeBytes { UnsafeMutableRawPointer(buffer).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        operations.mkdir = { request, parent, name, _ in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            let result = fs.mkdir(path)
+            guard result == 0 else { return FUSEMount.replyResult(request, result) }
+            FUSEMount.replyEntry(request, fs, path: path)
+        }
+        operations.unlink = { request, parent, name in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            FUSEMount.replyResult(request, fs.unlink(path))
+        }
+        operations.rmdir = { request, parent, name in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            FUSEMount.replyResult(request, fs.rmdir(path))
+        }
+        operations.rename = { request, parent, name, newParent, newName, flags in
+            // RENAME_EXCHANGE and RENAME_NOREPLACE are not part of the original's semantics.
+            if flags != 0 { return FUSEMount.replyResult(request, -EINVAL) }
+            let fs = FUSEMount.fileSystem(request)
+            guard let from = FUSEMount.childPath(fs, parent, name), let to = FUSEMount.childPath(fs, newParent, newName) else {
+                return FUSEMount.replyResult(request, -ENOENT)
             }
-            return Int32(bytes.count)
+            FUSEMount.replyResult(request, fs.rename(from, to))
         }
-        operations.write = { cPath, buffer, size, offset, _ in
-            guard let buffer else { return -EINVAL }
-            return FUSEMount.fileSystem().write(FUSEMount.path(cPath), bytes: UnsafeRawBufferPointer(start: buffer, count: size), offset: Int(offset))
+        operations.link = { request, _, _, _ in FUSEMount.replyResult(request, -EPERM) }
+        operations.open = { request, node, info in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = fs.path(ofNode: UInt64(node)), let info else { return FUSEMount.replyResult(request, -ENOENT) }
+            // libfuse asks for atomic O_TRUNC: the truncation comes with OPEN
+            // instead of a separate SETATTR.
+            if info.pointee.flags & O_TRUNC != 0 {
+                let truncated = fs.truncate(path, size: 0)
+                if truncated != 0 { return FUSEMount.replyResult(request, truncated) }
+            }
+            if node >= ClusterFileSystem.statusNodeBase && node < ClusterFileSystem.symlinkNodeBase {
+                info.pointee.direct_io = 1
+            } else {
+                info.pointee.keep_cache = 1
+            }
+            fuse_reply_open(request, info)
         }
-        operations.statfs = { _, info in
-            guard let info else { return 0 }
-            info.pointee = statvfs()
-            info.pointee.f_bsize = 4096
-            info.pointee.f_frsize = 4096
-            info.pointee.f_blocks = (128 << 20) / 4096
-            info.pointee.f_bfree = info.pointee.f_blocks
-            info.pointee.f_bavail = info.pointee.f_blocks
-            info.pointee.f_files = 262_144
-            info.pointee.f_ffree = 262_144
-            info.pointee.f_namemax = 255
-            return 0
+        operations.create = { request, parent, name, _, info in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = FUSEMount.childPath(fs, parent, name), let info else { return FUSEMount.replyResult(request, -ENOENT) }
+            let result = fs.create(path)
+            guard result == 0 else { return FUSEMount.replyResult(request, result) }
+            let (found, attributes) = fs.getattr(path)
+            guard found == 0, let attributes else { return FUSEMount.replyResult(request, found) }
+            var entry = fuse_entry_param()
+            entry.ino = fuse_ino_t(attributes.nodeID)
+            FUSEMount.fill(&entry.attr, attributes)
+            entry.attr_timeout = FUSEMount.timeout(attributes)
+            entry.entry_timeout = FUSEMount.timeout(attributes)
+            info.pointee.keep_cache = 1
+            fuse_reply_create(request, &entry, info)
         }
-        operations.fsync = { _, _, _ in 0 }
+        operations.read = { request, node, size, offset, _ in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ENOENT) }
+            let (result, bytes) = fs.read(path, size: size, offset: Int(offset))
+            guard result == 0 else { return FUSEMount.replyResult(request, result) }
+            _ = bytes.withUnsafeBytes { fuse_reply_buf(request, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+        }
+        operations.write = { request, node, buffer, size, offset, _ in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = fs.path(ofNode: UInt64(node)), let buffer else { return FUSEMount.replyResult(request, -ENOENT) }
+            let result = fs.write(path, bytes: UnsafeRawBufferPointer(start: buffer, count: size), offset: Int(offset))
+            guard result >= 0 else { return FUSEMount.replyResult(request, result) }
+            fuse_reply_write(request, Int(result))
+        }
+        operations.statfs = { request, _ in
+            var info = statvfs()
+            info.f_bsize = 4096
+            info.f_frsize = 4096
+            info.f_blocks = (128 << 20) / 4096
+            info.f_bfree = info.f_blocks
+            info.f_bavail = info.f_blocks
+            info.f_files = 262_144
+            info.f_ffree = 262_144
+            info.f_namemax = 255
+            fuse_reply_statfs(request, &info)
+        }
         // ENOSYS tells the kernel there are no xattrs at all: it stops asking
         // (for security.capability on every write) and applications get
         // EOPNOTSUPP (== ENOTSUP), as from the original.
-        operations.setxattr = { _, _, _, _, _ in -ENOSYS }
-        operations.getxattr = { _, _, _, _ in -ENOSYS }
-        operations.listxattr = { _, _, _ in -ENOSYS }
-        operations.removexattr = { _, _ in -ENOSYS }
-        operations.readdir = { cPath, buffer, filler, _, _, _ in
-            let (result, names) = FUSEMount.fileSystem().readdir(FUSEMount.path(cPath))
-            guard result == 0, let filler else { return result }
-            _ = filler(buffer, ".", nil, 0, fuse_fill_dir_flags(0))
-            _ = filler(buffer, "..", nil, 0, fuse_fill_dir_flags(0))
-            for name in names { _ = filler(buffer, name, nil, 0, fuse_fill_dir_flags(0)) }
-            return 0
-        }
-        operations.utimens = { cPath, times, _ in
-            var mtime: UInt32? = nil
-            if let times {
-                let modification = times[1]
-                // UTIME_OMIT and UTIME_NOW from <sys/stat.h> (macros Swift does not import).
-                let omit = (1 << 30) - 2, now = (1 << 30) - 1
-                if modification.tv_nsec == omit { return 0 }
-                if modification.tv_nsec != now { mtime = UInt32(truncatingIfNeeded: modification.tv_sec) }
+        operations.setxattr = { request, _, _, _, _, _ in FUSEMount.replyResult(request, -ENOSYS) }
+        operations.getxattr = { request, _, _, _ in FUSEMount.replyResult(request, -ENOSYS) }
+        operations.listxattr = { request, _, _ in FUSEMount.replyResult(request, -ENOSYS) }
+        operations.removexattr = { request, _, _ in FUSEMount.replyResult(request, -ENOSYS) }
+        operations.readdir = { request, node, size, offset, _ in
+            let fs = FUSEMount.fileSystem(request)
+            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ENOENT) }
+            let (result, children) = fs.readdirAttributes(path)
+            guard result == 0 else { return FUSEMount.replyResult(request, result) }
+            var list: [(String, UInt, mode_t)] = [(".", UInt(node), S_IFDIR), ("..", 0, S_IFDIR)]
+            for child in children {
+                var stat = Glibc.stat()
+                FUSEMount.fill(&stat, child.attributes)
+                list.append((child.name, stat.st_ino, stat.st_mode))
             }
-            return FUSEMount.fileSystem().utimens(FUSEMount.path(cPath), mtime: mtime)
-        }
-        operations.`init` = { _, config in
-            config?.pointee.use_ino = 1
-            // In local mode every change goes through this mount, so the kernel's
-            // dentries, attributes and page cache stay right; cache them (and
-            // missing names) instead of asking on every lookup and open.
-            config?.pointee.attr_timeout = 60
-            config?.pointee.entry_timeout = 60
-            config?.pointee.negative_timeout = 60
-            config?.pointee.kernel_cache = 1
-            return fuse_get_context()?.pointee.private_data
+            var buffer = [CChar](repeating: 0, count: size)
+            var used = 0
+            var index = Int(offset)
+            while index < list.count {
+                var stat = Glibc.stat()
+                stat.st_ino = list[index].1
+                stat.st_mode = list[index].2
+                let needed = buffer.withUnsafeMutableBufferPointer { whole in
+                    fuse_add_direntry(request, whole.baseAddress! + used, size - used, list[index].0, &stat, off_t(index + 1))
+                }
+                if needed > size - used { break }
+                used += needed
+                index += 1
+            }
+            buffer.withUnsafeBufferPointer { _ = fuse_reply_buf(request, $0.baseAddress, used) }
         }
         return operations
     }
@@ -178,23 +292,25 @@ public enum FUSEMount {
         let context = Unmanaged.passUnretained(fileSystem).toOpaque()
         let result: Int32 = cArguments.withUnsafeMutableBufferPointer { buffer in
             fuseArguments.argv = buffer.baseAddress
-            guard let fuse = fuse_new(&fuseArguments, &operations, MemoryLayout<fuse_operations>.size, context) else { return -1 }
-            defer { fuse_destroy(fuse) }
-            guard fuse_mount(fuse, mountPoint) == 0 else { return -2 }
-            defer { fuse_unmount(fuse) }
-            let session = fuse_get_session(fuse)
+            guard let session = fuse_session_new(&fuseArguments, &operations, MemoryLayout<fuse_lowlevel_ops>.size, context) else {
+                return -1
+            }
+            defer { fuse_session_destroy(session) }
             guard fuse_set_signal_handlers(session) == 0 else { return -3 }
             defer { fuse_remove_signal_handlers(session) }
+            guard fuse_session_mount(session, mountPoint) == 0 else { return -2 }
+            defer { fuse_session_unmount(session) }
             if daemonize { _ = fuse_daemonize(0) }
             ready()
             var config = fuse_loop_config(clone_fd: 0, max_idle_threads: 10)
-            return fuse_loop_mt_32(fuse, &config)
+            return fuse_session_loop_mt_32(session, &config)
         }
         switch result {
-        case -1: throw MountError(description: "cannot set up FUSE (fuse_new)")
+        case -1: throw MountError(description: "cannot set up FUSE (fuse_session_new)")
         case -2: throw MountError(description: "cannot mount on \(mountPoint)")
         case -3: throw MountError(description: "cannot install signal handlers")
         default: break
         }
     }
 }
+

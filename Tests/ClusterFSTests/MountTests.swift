@@ -70,6 +70,24 @@ struct MountTests {
         let vmlist = try #require(readFile(daemon.path(".vmlist")))
         #expect(vmlist.contains("\"pve2\""))
         #expect(writeFile(daemon.path(".vmlist"), "x") != 0)
+
+        // Status files are generated per read: never stale, though regular
+        // files keep the kernel's caches.
+        var before = stat()
+        #expect(stat(daemon.path(".vmlist"), &before) == 0)
+        #expect(writeFile(daemon.path("qemu-server/4242.conf"), "cores: 1\n") == 0)
+        let grown = try #require(readFile(daemon.path(".vmlist")))
+        #expect(grown.contains("\"4242\""))
+        var after = stat()
+        #expect(stat(daemon.path(".vmlist"), &after) == 0)
+        #expect(after.st_size == grown.utf8.count && after.st_size > before.st_size)
+        #expect(unlink(daemon.path("qemu-server/4242.conf")) == 0)
+        #expect(readFile(daemon.path(".vmlist"))?.contains("\"4242\"") == false)
+        // Lock directories are looked up every time (they expire without a call).
+        #expect(rmdir(daemon.path("priv/lock/storage-local")) == 0)
+        #expect(mkdir(daemon.path("priv/lock/storage-local"), 0o755) == 0)
+        let names = try FileManager.default.contentsOfDirectory(atPath: daemon.path("priv/lock"))
+        #expect(names == ["storage-local"])
     }
 
     @Test("SIGTERM unmounts cleanly; the data is there after a restart; a second instance refuses the same database")
