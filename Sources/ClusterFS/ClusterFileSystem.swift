@@ -72,11 +72,38 @@ public final class ClusterFileSystem: @unchecked Sendable {
     private var debugLevel = 0
     /// The status key/value store (SET_STATUS/GET_STATUS), per node; memory only.
     private var statusStore: [String: [String: [UInt8]]] = [:]
+    private var statusVersions: [String: [String: UInt32]] = [:]
     /// The cluster log, oldest first; bounded.
     private var clusterLogEntries: [ClusterLogEntry] = []
     private var nextLogUID: UInt32 = 1
     static let clusterLogCapacity = 4096
     private let clock: @Sendable () -> UInt32
+    /// The guest list (`.vmlist`): node, type and a version per VMID, kept
+    /// as the original keeps it (a counter bumped on every registration).
+    private var vmlist: [Int: GuestInfo] = [:]
+    private var vmlistVersion: UInt32 = 0
+    private var guestVersionCounter: UInt32 = 0
+    /// Change counters of the files `.version` reports (all 1 after startup).
+    private var changeCounters: [String: UInt32] = [:]
+
+    struct GuestInfo {
+        var node: String
+        var type: String
+        var version: UInt32
+    }
+
+    /// The files whose changes `.version` counts, in the original's order:
+    /// the tools poll it to know when to re-read them.
+    static let trackedFiles = [
+        "corosync.conf", "corosync.conf.new", "storage.cfg", "user.cfg", "domains.cfg", "notifications.cfg",
+        "priv/notifications.cfg", "priv/shadow.cfg", "priv/acme/plugins.cfg", "priv/tfa.cfg", "priv/token.cfg",
+        "priv/ipam.db", "priv/macs.db", "datacenter.cfg", "vzdump.cron", "vzdump.conf", "jobs.cfg", "ha/crm_commands",
+        "ha/manager_status", "ha/resources.cfg", "ha/groups.cfg", "ha/fence.cfg", "status.cfg", "replication.cfg",
+        "ceph.conf", "sdn/vnets.cfg", "sdn/zones.cfg", "sdn/controllers.cfg", "sdn/subnets.cfg", "sdn/ipams.cfg",
+        "sdn/mac-cache.json", "sdn/pve-ipam-state.json", "sdn/dns.cfg", "sdn/fabrics/openfabric.cfg",
+        "sdn/fabrics/ospf.cfg", "sdn/.running-config", "virtual-guest/cpu-models.conf", "virtual-guest/profiles.cfg",
+        "firewall/cluster.fw", "mapping/directory.cfg", "mapping/pci.cfg", "mapping/usb.cfg",
+    ]
 
     public static let maxFileSize = 1 << 20
     public static let lockExpiry: UInt32 = 120
@@ -129,6 +156,15 @@ public final class ClusterFileSystem: @unchecked Sendable {
             let result = mkdir("/" + path)
             if result != 0 { throw StartupError(description: "cannot create /\(path): errno \(-result)") }
         }
+        // As after the original's database load: every counter at 1, the
+        // guest list built once (version 1), each guest numbered in turn.
+        for file in Self.trackedFiles { changeCounters[file] = 1 }
+        vmlistVersion = 1
+        for (vmid, guest) in scanGuests().sorted(by: { $0.key < $1.key }) {
+            guestVersionCounter += 1
+            vmlist[vmid] = GuestInfo(node: guest.node, type: guest.type, version: guestVersionCounter)
+        }
+        log(priority: 6, ident: "root", tag: "cluster", pid: getpid(), message: "starting cluster log")
     }
 
     // MARK: paths
@@ -174,16 +210,17 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return (parts[1], type, vmid)
     }
 
-    private func guests() -> [Int: (node: String, type: String, version: UInt64)] {
-        var result: [Int: (String, String, UInt64)] = [:]
+    /// The guest configs in the tree (startup only; afterwards `vmlist` is kept up to date).
+    private func scanGuests() -> [Int: (node: String, type: String)] {
+        var result: [Int: (String, String)] = [:]
         guard let nodes = resolve(["nodes"]) else { return [:] }
         for (nodeName, nodeInode) in nodes.children {
             guard let nodeEntry = entries[nodeInode] else { continue }
             for (directory, type) in Self.guestDirectories {
                 guard let dirInode = nodeEntry.children[directory], let dir = entries[dirInode] else { continue }
                 for (name, inode) in dir.children {
-                    guard name.hasSuffix(".conf"), let vmid = Int(name.dropLast(5)), let entry = entries[inode] else { continue }
-                    result[vmid] = (nodeName, type, entry.version)
+                    guard let config = guestConfig(["nodes", nodeName, directory, name]), entries[inode]?.type == .file else { continue }
+                    result[config.vmid] = (nodeName, type)
                 }
             }
         }
@@ -193,13 +230,32 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// EEXIST when a guest config would give a VMID a second home.
     private func checkVMID(_ parts: [String], movingFrom source: [String]? = nil) -> Int32 {
         guard let target = guestConfig(parts) else { return 0 }
-        guard let existing = guests()[target.vmid] else { return 0 }
+        guard let existing = vmlist[target.vmid] else { return 0 }
         if existing.node == target.node && existing.type == target.type { return 0 }
         // Migration: the same VMID moved between nodes (same type).
         if let source, let from = guestConfig(source), from.vmid == target.vmid, from.node == existing.node, from.type == existing.type, from.type == target.type {
             return 0
         }
         return -EEXIST
+    }
+
+    /// A write, truncation or creation of a guest config (re)registers the guest.
+    private func registerGuest(_ parts: [String]) {
+        guard let config = guestConfig(parts) else { return }
+        vmlistVersion &+= 1
+        guestVersionCounter &+= 1
+        vmlist[config.vmid] = GuestInfo(node: config.node, type: config.type, version: guestVersionCounter)
+    }
+
+    private func unregisterGuest(_ parts: [String]) {
+        guard let config = guestConfig(parts) else { return }
+        vmlistVersion &+= 1
+        vmlist[config.vmid] = nil
+    }
+
+    private func recordChange(_ parts: [String]) {
+        let path = parts.joined(separator: "/")
+        if let counter = changeCounters[path] { changeCounters[path] = counter &+ 1 }
     }
 
     // MARK: persistence
@@ -352,7 +408,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
             let vmidCheck = checkVMID(parts)
             if vmidCheck != 0 { return vmidCheck }
         }
-        return insert(name: name, parent: parent, type: type)
+        let result = insert(name: name, parent: parent, type: type)
+        if result == 0 && type == .file {
+            recordChange(parts)
+            registerGuest(parts)
+        }
+        return result
     }
 
     private func insert(name: String, parent: Entry, type: EntryType) -> Int32 {
@@ -387,7 +448,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
             target.baseAddress!.advanced(by: offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
         }
         let result = update(entry, data: data)
-        return result == 0 ? Int32(bytes.count) : result
+        guard result == 0 else { return result }
+        recordChange(parts)
+        registerGuest(parts)
+        return Int32(bytes.count)
     }
 
     public func truncate(_ path: String, size: Int) -> Int32 {
@@ -401,7 +465,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
         if size > Self.maxFileSize { return -EFBIG }
         var data = entry.data
         if size < data.count { data.removeSubrange(size...) } else { data += [UInt8](repeating: 0, count: size - data.count) }
-        return update(entry, data: data)
+        let result = update(entry, data: data)
+        guard result == 0 else { return result }
+        recordChange(parts)
+        registerGuest(parts)
+        return 0
     }
 
     private func update(_ entry: Entry, data: [UInt8], mtime: UInt32? = nil) -> Int32 {
@@ -441,6 +509,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
         parent.children[entry.name] = nil
         entries[entry.inode] = nil
+        recordChange(parts)
+        if entry.type == .file { unregisterGuest(parts) }
         return 0
     }
 
@@ -482,6 +552,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
         for inode in deleted { entries[inode] = nil }
         oldParent.children[source.last!] = nil
         newParent.children[targetName] = entry.inode
+        recordChange(source)
+        recordChange(target)
+        if entry.type == .file {
+            unregisterGuest(source)
+            registerGuest(target)
+        }
         return 0
     }
 
@@ -507,7 +583,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
             return 0
         }
         if isLockDirectory(parts) && stamp < entry.mtime { return -EACCES }
-        return update(entry, data: entry.data, mtime: stamp)
+        let result = update(entry, data: entry.data, mtime: stamp)
+        if result == 0 { recordChange(parts) }
+        return result
     }
 
     /// Only the mode the entry already has is accepted.
@@ -527,27 +605,27 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     // MARK: status files
 
+    /// The status files, byte for byte in the original's layout (which is
+    /// hand-written JSON, not a serializer's).
     func statusContent(_ name: String) -> [UInt8] {
-        func json(_ object: Any) -> [UInt8] {
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
-            return Array(data) + [0x0A]
-        }
         switch name {
         case ".version":
-            var object: [String: Any] = ["starttime": startTime, "clinfo": 0, "vmlist": guests().values.map(\.version).max() ?? 0, "kvstore": [String: Any]()]
-            for file in ["corosync.conf", "storage.cfg", "user.cfg", "domains.cfg", "datacenter.cfg", "priv/shadow.cfg",
-                         "priv/tfa.cfg", "ha/resources.cfg", "ha/groups.cfg", "sdn/vnets.cfg", "firewall/cluster.fw"] {
-                if let entry = resolve(components(file)) { object[file] = entry.version }
-            }
-            return json(object)
+            var text = "{\n\"starttime\": \(startTime),\n\"clinfo\": 0,\n\"vmlist\": \(vmlistVersion),\n"
+            for file in Self.trackedFiles { text += "\"\(file)\": \(changeCounters[file] ?? 0),\n" }
+            let ownStatus = (statusStore[node] ?? [:]).keys.sorted().map { "\"\(jsonEscaped($0))\": \(statusVersions[node]?[$0] ?? 0)" }
+            text += "\"kvstore\": {\n\"\(node)\": {\n" + ownStatus.joined(separator: ",\n") + "}\n}\n}\n"
+            return Array(text.utf8)
         case ".members":
-            return json(["nodename": node, "version": 0])
+            return Array("{\n\"nodename\": \"\(node)\",\n\"version\": 0\n}\n".utf8)
         case ".vmlist":
-            var ids: [String: Any] = [:]
-            for (vmid, guest) in guests() { ids[String(vmid)] = ["node": guest.node, "type": guest.type, "version": guest.version] }
-            return json(["version": version, "ids": ids])
+            guard !vmlist.isEmpty else { return Array("{\n\"version\": \(vmlistVersion)\n\n}\n".utf8) }
+            let ids = vmlist.keys.sorted().map { vmid -> String in
+                let guest = vmlist[vmid]!
+                return "\"\(vmid)\": { \"node\": \"\(guest.node)\", \"type\": \"\(guest.type)\", \"version\": \(guest.version) }"
+            }
+            return Array("{\n\"version\": \(vmlistVersion),\n\"ids\": {\n\(ids.joined(separator: ",\n"))}\n\n}\n".utf8)
         case ".clusterlog":
-            return json(["data": clusterLogEntries.suffix(50).reversed().map(\.json)])
+            return clusterLogText(maximum: 50, user: "")
         case ".debug":
             return Array("\(debugLevel)\n".utf8)
         case ".rrd":
@@ -555,6 +633,19 @@ public final class ClusterFileSystem: @unchecked Sendable {
         default:
             return []
         }
+    }
+
+    /// `{"data": [...]}`, newest first, at most `maximum` entries, only the
+    /// given user's when one is named.
+    private func clusterLogText(maximum: Int, user: String) -> [UInt8] {
+        var lines: [String] = []
+        for entry in clusterLogEntries.reversed() {
+            if lines.count >= maximum { break }
+            if !user.isEmpty && entry.user != user { continue }
+            lines.append(entry.jsonLine)
+        }
+        let body = lines.isEmpty ? "" : lines.joined(separator: ",\n") + "\n"
+        return Array("{\n\"data\": [\n\(body)]\n}\n".utf8)
     }
 
     // MARK: the IPC service's data
@@ -568,10 +659,21 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return statusContent(name)
     }
 
+    /// SET_STATUS: an empty value removes the key; a new key starts at
+    /// version 0 and every later update counts up (reported in `.version`).
     public func setStatus(name: String, value: [UInt8]) {
         lock.lock()
         defer { lock.unlock() }
-        statusStore[node, default: [:]][name] = value
+        if value.isEmpty {
+            statusStore[node]?[name] = nil
+            statusVersions[node]?[name] = nil
+        } else if statusStore[node]?[name] != nil {
+            statusStore[node]![name] = value
+            statusVersions[node, default: [:]][name, default: 0] &+= 1
+        } else {
+            statusStore[node, default: [:]][name] = value
+            statusVersions[node, default: [:]][name] = 0
+        }
     }
 
     public func status(name: String, node: String) -> [UInt8]? {
@@ -589,36 +691,54 @@ public final class ClusterFileSystem: @unchecked Sendable {
         if clusterLogEntries.count > Self.clusterLogCapacity { clusterLogEntries.removeFirst(clusterLogEntries.count - Self.clusterLogCapacity) }
     }
 
-    /// `{"data": [...]}`, newest first.
-    public func clusterLog(maximum: Int) -> [UInt8] {
+    /// GET_CLUSTER_LOG: newest first, only `user`'s entries when one is named.
+    public func clusterLog(maximum: Int, user: String = "") -> [UInt8] {
         lock.lock()
         defer { lock.unlock() }
-        let object: [String: Any] = ["data": clusterLogEntries.suffix(maximum).reversed().map(\.json)]
-        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()) + [0x0A]
+        return clusterLogText(maximum: maximum, user: user)
     }
 
-    /// Values of the given keys in the main section of each guest's config:
-    /// `{"100": {"lock": "backup"}, ...}`; vmid 0 asks for every guest.
+    /// GET_GUEST_CONFIG_PROPERTIES: `{"100":{"lock": "backup"},...}` with the
+    /// properties in the order asked. Only the main section counts (it ends
+    /// at the first `[` line); a property is `name:` at the start of a line,
+    /// its value trimmed, empty values do not count, a later line wins.
+    /// Guests with none of the properties are left out. A vmid below 100
+    /// asks for every guest; a vmid of 100 or more that is not a guest is ENOENT.
     public func guestConfigProperties(vmid: Int, properties: [String]) -> (Int32, [UInt8]) {
         lock.lock()
         defer { lock.unlock() }
-        let all = guests()
-        let selected = vmid == 0 ? all.keys.sorted() : [vmid]
-        if vmid != 0 && all[vmid] == nil { return (-ENOENT, []) }
-        var result: [String: [String: String]] = [:]
+        if vmid >= 100 && vmlist[vmid] == nil { return (-ENOENT, []) }
+        let selected = vmid >= 100 ? [vmid] : vmlist.keys.sorted()
+        var objects: [String] = []
         for id in selected {
-            guard let guest = all[id], let directory = Self.guestDirectories.first(where: { $0.value == guest.type })?.key,
-                  let entry = resolve(["nodes", guest.node, directory, "\(id).conf"]) else { continue }
-            var values: [String: String] = [:]
-            for line in String(decoding: entry.data, as: UTF8.self).split(separator: "\n") {
-                if line.hasPrefix("[") { break }  // snapshots and pending come after the main section
-                guard let colon = line.firstIndex(of: ":") else { continue }
-                let key = String(line[..<colon])
-                if properties.contains(key) { values[key] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces) }
+            guard let guest = vmlist[id], let directory = Self.guestDirectories.first(where: { $0.value == guest.type })?.key,
+                  let entry = resolve(["nodes", guest.node, directory, "\(id).conf"]), entry.type == .file else { continue }
+            var found: [String: String] = [:]
+            let lines = entry.data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+            for line in lines {
+                if line.first == UInt8(ascii: "[") { break }
+                for property in properties {
+                    let name = Array(property.utf8)
+                    guard line.count > name.count + 1, line.starts(with: name), line[line.startIndex + name.count] == UInt8(ascii: ":") else { continue }
+                    let value = String(decoding: line[(line.startIndex + name.count + 1)...], as: UTF8.self)
+                        .trimmingCharacters(in: .whitespaces)
+                    if !value.isEmpty { found[property] = value }
+                }
             }
-            result[String(id)] = values
+            let pairs = properties.compactMap { property in found[property].map { "\"\(property)\": \"\(Self.quoted($0))\"" } }
+            if !pairs.isEmpty { objects.append("\"\(id)\":{" + pairs.joined(separator: ",") + "}") }
         }
-        return (0, Array((try? JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])) ?? Data()) + [0x0A])
+        return (0, Array(("{\n" + objects.joined(separator: ",\n") + "\n}\n").utf8))
+    }
+
+    /// Backslash before `\\` and `"`, as the original escapes property values.
+    static func quoted(_ value: String) -> String {
+        var result = ""
+        for character in value.unicodeScalars {
+            if character == "\\" || character == "\"" { result.unicodeScalars.append("\\") }
+            result.unicodeScalars.append(character)
+        }
+        return result
     }
 
     /// The global version (root's), which every change increments.
@@ -627,6 +747,22 @@ public final class ClusterFileSystem: @unchecked Sendable {
         defer { lock.unlock() }
         return version
     }
+}
+
+/// A JSON string body: quotes, backslashes and control characters escaped,
+/// anything beyond ASCII as \\uXXXX (the original logs ASCII only).
+func jsonEscaped(_ text: String) -> String {
+    var result = ""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": result += "\\\""
+        case "\\": result += "\\\\"
+        case _ where scalar.value < 0x20 || scalar.value > 0x7e:
+            for unit in String(scalar).utf16 { result += String(format: "\\u%04x", unit) }
+        default: result.unicodeScalars.append(scalar)
+        }
+    }
+    return result
 }
 
 /// One cluster log entry, in the JSON shape of `.clusterlog`.
@@ -640,7 +776,9 @@ struct ClusterLogEntry {
     var user: String
     var message: String
 
-    var json: [String: Any] {
-        ["uid": uid, "time": time, "pri": priority, "tag": tag, "pid": pid, "node": node, "user": user, "msg": message]
+    /// One line of `.clusterlog`, in the original's key order and spacing.
+    var jsonLine: String {
+        "{\"uid\": \(uid), \"time\": \(time), \"pri\": \(priority), \"tag\": \"\(jsonEscaped(tag))\", \"pid\": \(pid), "
+            + "\"node\": \"\(jsonEscaped(node))\", \"user\": \"\(jsonEscaped(user))\", \"msg\": \"\(jsonEscaped(message))\"}"
     }
 }

@@ -183,7 +183,8 @@ public enum IPCServer {
             // u32 max entries and three reserved u32, then the user name.
             guard body.count > 16 else { return (-EINVAL, []) }
             let maximum = Int(body.loadUnaligned(as: UInt32.self))
-            return (0, fs.clusterLog(maximum: maximum == 0 ? 50 : maximum))
+            let user = Self.string(body, from: 16)
+            return (0, fs.clusterLog(maximum: maximum == 0 ? 50 : maximum, user: user))
         case .getGuestConfigProperties:
             // u32 vmid, u8 count, then count NUL-terminated names starting with a-z.
             guard body.count >= 6 else { return (-EINVAL, []) }

@@ -153,27 +153,54 @@ struct ClusterFileSystemTests {
         #expect(write(fs, "/nodes/pve1/qemu-server/100.conf.tmp.42", "ok") == 0, "non-config names are not guests")
     }
 
-    @Test("status files: .vmlist, .version, .members, .clusterlog, .debug in their JSON shapes")
+    @Test("status files: .vmlist, .version, .members, .clusterlog, .debug byte for byte as the original writes them")
     func statusFiles() throws {
         let directory = try TemporaryDirectory()
-        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1")
+        let clock = TestClock()
+        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1", clock: clock.now)
+        #expect(content(fs, "/.vmlist") == "{\n\"version\": 1\n\n}\n")
+        // The helper creates, truncates and writes: three registrations each.
         #expect(write(fs, "/nodes/pve1/qemu-server/100.conf", "cores: 1\n") == 0)
         #expect(write(fs, "/nodes/pve1/lxc/200.conf", "hostname: ct\n") == 0)
         #expect(write(fs, "/storage.cfg", "dir: local\n") == 0)
-        func json(_ name: String) throws -> [String: Any] {
-            try #require(try JSONSerialization.jsonObject(with: Data(content(fs, name)!.utf8)) as? [String: Any])
-        }
-        let vmlist = try json("/.vmlist")
-        let ids = try #require(vmlist["ids"] as? [String: [String: Any]])
-        #expect(ids["100"]?["node"] as? String == "pve1")
-        #expect(ids["100"]?["type"] as? String == "qemu")
-        #expect(ids["200"]?["type"] as? String == "lxc")
-        #expect(vmlist["version"] as? UInt64 == fs.currentVersion)
-        let version = try json("/.version")
-        #expect(version["starttime"] as? UInt32 == fs.startTime)
-        #expect(version["storage.cfg"] != nil)
-        #expect(try json("/.members")["nodename"] as? String == "pve1")
-        #expect(try json("/.clusterlog")["data"] is [Any])
+        #expect(content(fs, "/.vmlist") == """
+            {
+            "version": 7,
+            "ids": {
+            "100": { "node": "pve1", "type": "qemu", "version": 3 },
+            "200": { "node": "pve1", "type": "lxc", "version": 6 }}
+
+            }
+
+            """)
+        #expect(fs.unlink("/nodes/pve1/lxc/200.conf") == 0)
+        #expect(content(fs, "/.vmlist")?.hasPrefix("{\n\"version\": 8,\n") == true)
+        #expect(content(fs, "/.vmlist")?.contains("\"200\"") == false)
+
+        let version = try #require(content(fs, "/.version"))
+        #expect(version.hasPrefix("{\n\"starttime\": 1700000000,\n\"clinfo\": 0,\n\"vmlist\": 8,\n\"corosync.conf\": 1,\n"))
+        #expect(version.contains("\n\"storage.cfg\": 4,\n"), "created, truncated, written: 1 + 3")
+        #expect(version.contains("\n\"user.cfg\": 1,\n"))
+        #expect(version.hasSuffix("\"mapping/usb.cfg\": 1,\n\"kvstore\": {\n\"pve1\": {\n}\n}\n}\n"))
+        fs.setStatus(name: "nodeip", value: Array("192.0.2.10".utf8))
+        fs.setStatus(name: "nodeip", value: Array("192.0.2.11".utf8))
+        #expect(content(fs, "/.version")?.hasSuffix("\"kvstore\": {\n\"pve1\": {\n\"nodeip\": 1}\n}\n}\n") == true)
+        #expect(try JSONSerialization.jsonObject(with: Data(content(fs, "/.version")!.utf8)) is [String: Any])
+
+        #expect(content(fs, "/.members") == "{\n\"nodename\": \"pve1\",\n\"version\": 0\n}\n")
+        fs.log(priority: 5, ident: "root@pam", tag: "test", pid: 42, message: "say \"hi\"")
+        let log = try #require(content(fs, "/.clusterlog"))
+        #expect(log == """
+            {
+            "data": [
+            {"uid": 2, "time": 1700000000, "pri": 5, "tag": "test", "pid": 42, "node": "pve1", "user": "root@pam", "msg": "say \\"hi\\""},
+            {"uid": 1, "time": 1700000000, "pri": 6, "tag": "cluster", "pid": \(getpid()), "node": "pve1", "user": "root", "msg": "starting cluster log"}
+            ]
+            }
+
+            """)
+        #expect(String(decoding: fs.clusterLog(maximum: 50, user: "root@pam"), as: UTF8.self).contains("starting") == false)
+        #expect(String(decoding: fs.clusterLog(maximum: 0, user: ""), as: UTF8.self) == "{\n\"data\": [\n]\n}\n")
         #expect(content(fs, "/.debug") == "0\n")
         let one = Array("1\n".utf8)
         #expect(one.withUnsafeBytes { fs.write("/.debug", bytes: $0, offset: 0) } == 2)

@@ -48,6 +48,10 @@ struct IPCTests {
         let propertiesBody: [UInt8] = withUnsafeBytes(of: UInt32(100).littleEndian, Array.init) + [2] + Array("lock\0name\0".utf8)
         let properties = try #require(try JSONSerialization.jsonObject(with: Data(client.request(.getGuestConfigProperties, body: propertiesBody).1)) as? [String: [String: String]])
         #expect(properties["100"] == ["lock": "backup", "name": "web"])
+        #expect(text(client.request(.getGuestConfigProperties, body: propertiesBody)) == "{\n\"100\":{\"lock\": \"backup\",\"name\": \"web\"}\n}\n")
+        // Every guest (vmid 0); guests without the property are left out.
+        let all: [UInt8] = withUnsafeBytes(of: UInt32(0).littleEndian, Array.init) + [1] + Array("hostname\0".utf8)
+        #expect(text(client.request(.getGuestConfigProperties, body: all)) == "{\n\"200\":{\"hostname\": \"ct\"}\n}\n")
         let missing: [UInt8] = withUnsafeBytes(of: UInt32(999).littleEndian, Array.init) + [1] + Array("lock\0".utf8)
         #expect(client.request(.getGuestConfigProperties, body: missing).0 == -ENOENT)
         let badName: [UInt8] = withUnsafeBytes(of: UInt32(100).littleEndian, Array.init) + [1] + Array("Lock\0".utf8)
