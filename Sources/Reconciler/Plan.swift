@@ -42,6 +42,9 @@ public struct ResourcePlan: Codable, Hashable, Sendable {
         case create, update, replace, delete
         /// Cannot be applied (a missing device, a frozen file); the reason is in `message`.
         case blocked
+        /// This node cannot have it (a missing tool, kernel feature or mount);
+        /// reported, not an error, and nothing is done.
+        case unavailable
     }
 
     public var id: String
@@ -73,7 +76,7 @@ public struct ResourcePlan: Codable, Hashable, Sendable {
 /// JSON schema (`format_version` 1): `{format_version, node, inputs: {path:
 /// sha256}, resources: [{id, kind, name, action, source: {file, line}?,
 /// changes: [{field, old?, new?, class, source?}], operations: [string],
-/// message?}], summary: {create, update, replace, delete, blocked}}`.
+/// message?}], summary: {create, update, replace, delete, blocked, unavailable}}`.
 /// Resources are sorted by id; keys are sorted.
 public struct Plan: Codable, Hashable, Sendable {
     public struct Summary: Codable, Hashable, Sendable {
@@ -82,6 +85,7 @@ public struct Plan: Codable, Hashable, Sendable {
         public var replace = 0
         public var delete = 0
         public var blocked = 0
+        public var unavailable = 0
     }
 
     public var formatVersion = 1
@@ -107,12 +111,13 @@ public struct Plan: Codable, Hashable, Sendable {
             case .replace: summary.replace += 1
             case .delete: summary.delete += 1
             case .blocked: summary.blocked += 1
+            case .unavailable: summary.unavailable += 1
             }
         }
         self.summary = summary
     }
 
-    public var hasChanges: Bool { resources.contains { $0.action != .blocked } }
+    public var hasChanges: Bool { resources.contains { $0.action != .blocked && $0.action != .unavailable } }
 
     public func jsonData() throws -> Data {
         let encoder = JSONEncoder()
@@ -129,7 +134,7 @@ public struct Plan: Codable, Hashable, Sendable {
     public func render(colors: Bool) -> String {
         func paint(_ text: String, _ code: String) -> String { colors ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text }
         var out = ""
-        if resources.isEmpty {
+        if !hasChanges && summary.blocked == 0 && summary.unavailable == 0 {
             return "No changes. The system matches the desired state.\n"
         }
         for resource in resources {
@@ -139,6 +144,7 @@ public struct Plan: Codable, Hashable, Sendable {
             case .replace: ("-/+", "35")
             case .delete: ("-", "31")
             case .blocked: ("!", "31;1")
+            case .unavailable: ("?", "90")
             }
             var header = "\(paint(symbol, color)) \(paint(resource.id, "1"))"
             header += " (\(resource.action.rawValue))"
@@ -160,6 +166,7 @@ public struct Plan: Codable, Hashable, Sendable {
         }
         out += "\nPlan: \(summary.create) to create, \(summary.update) to change, \(summary.replace) to replace, \(summary.delete) to delete"
         if summary.blocked > 0 { out += ", " + paint("\(summary.blocked) blocked", "31;1") }
+        if summary.unavailable > 0 { out += ", \(summary.unavailable) unavailable on this node" }
         out += ".\n"
         return out
     }

@@ -13,7 +13,7 @@ public enum StorageVolumes {
     }
 
     /// What a volume name says: `(vtype, name, vmid, basename, basevmid, isBase, format)`.
-    public struct Volume: Equatable, Sendable {
+    public struct Volume: Hashable, Sendable {
         public var vtype: String
         public var name: String
         public var vmid: String?

@@ -42,17 +42,35 @@ struct ReconcileOptions: ParsableArguments {
         NetworkReconciler(driver: KernelNetworkDriver(), store: StateStore(directory: stateDir))
     }
 
+    var storageReconciler: StorageReconciler {
+        StorageReconciler(driver: HostStorageDriver(), store: StateStore(directory: stateDir))
+    }
+
+    /// Every selected kind's view of one run.
+    struct Computation {
+        var plan: Plan
+        var network: NetworkReconciler.Computed
+        var storage: StorageReconciler.Computed
+        var state: DesiredState
+
+        var problems: [Diagnostic] { network.problems + storage.problems }
+    }
+
     /// Computes the plan of every selected kind.
-    func computePlan() async throws -> (Plan, NetworkReconciler.Computed, DesiredState) {
+    func computePlan(reportProblems: Bool = true) async throws -> Computation {
         let state = try load()
         let selectors = try selectors
         var network = NetworkReconciler.Computed()
         if ResourceSelector.wants(selectors, kind: "network") {
             network = try await reconciler.compute(state, only: selectors)
         }
-        for problem in network.problems { printError(problem.description) }
-        let plan = Plan(node: tree.nodeName, inputs: state.digests, resources: network.resources)
-        return (plan, network, state)
+        var storage = StorageReconciler.Computed()
+        if ResourceSelector.wants(selectors, kind: "storage") {
+            storage = try await storageReconciler.compute(state, only: selectors)
+        }
+        if reportProblems { for problem in network.problems + storage.problems { printError(problem.description) } }
+        let plan = Plan(node: tree.nodeName, inputs: state.digests, resources: network.resources + storage.resources)
+        return Computation(plan: plan, network: network, storage: storage, state: state)
     }
 }
 
@@ -93,7 +111,8 @@ struct PlanCommand: AsyncParsableCommand {
     var detailedExitcode = false
 
     func run() async throws {
-        let (plan, network, _) = try await options.computePlan()
+        let computation = try await options.computePlan()
+        let plan = computation.plan
         if let out { try plan.jsonData().write(to: URL(fileURLWithPath: out), options: .atomic) }
         if options.json {
             printOut(String(decoding: try plan.jsonData(), as: UTF8.self) + "\n")
@@ -101,7 +120,7 @@ struct PlanCommand: AsyncParsableCommand {
             printOut(plan.render(colors: stdoutIsTerminal))
             if let out { printOut("Saved the plan to \(out); apply it with: pvectl apply \(out)\n") }
         }
-        if !network.problems.isEmpty || plan.summary.blocked > 0 { throw ExitCode(1) }
+        if !computation.problems.isEmpty || plan.summary.blocked > 0 { throw ExitCode(1) }
         if detailedExitcode && plan.hasChanges { throw ExitCode(2) }
     }
 }
@@ -133,7 +152,8 @@ struct ApplyCommand: AsyncParsableCommand {
     var planFile: String?
 
     func run() async throws {
-        let (plan, network, state) = try await options.computePlan()
+        let computation = try await options.computePlan()
+        let (plan, network, state) = (computation.plan, computation.network, computation.state)
         if let planFile {
             guard let data = FileManager.default.contents(atPath: planFile) else { throw ValidationError("cannot read \(planFile)") }
             let saved = try Plan.load(data)
@@ -142,7 +162,7 @@ struct ApplyCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
-        if !network.problems.isEmpty || plan.summary.blocked > 0 {
+        if !computation.problems.isEmpty || plan.summary.blocked > 0 {
             printOut(plan.render(colors: stdoutIsTerminal))
             printError("error: nothing applied: fix the errors above first")
             throw ExitCode(1)
@@ -165,18 +185,23 @@ struct ApplyCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
+        // The network first: storages may be reached over it (NFS, CIFS).
         let outcome = try await options.reconciler.apply(network) { line in printOut(line + "\n") }
         for failure in outcome.failed { printError("error: network/\(failure.name): \(failure.message)") }
         if !outcome.failed.isEmpty { throw ExitCode(1) }
         try installStaged(stagedInterfaces)
+        let storageOutcome = try await options.storageReconciler.apply(computation.storage) { line in printOut(line + "\n") }
+        for failure in storageOutcome.failed { printError("error: storage/\(failure.id): \(failure.message)") }
+        if !storageOutcome.failed.isEmpty { throw ExitCode(1) }
         // Level-triggered check: a fresh plan must be empty.
-        let (after, _, _) = try await options.computePlan()
+        let after = try await options.computePlan(reportProblems: false).plan
         if after.hasChanges {
             printError("error: applied, but the system does not match yet:")
             printError(after.render(colors: false))
             throw ExitCode(1)
         }
-        printOut("Apply complete: \(outcome.applied.count) resource\(outcome.applied.count == 1 ? "" : "s") converged.\n")
+        let converged = outcome.applied.count + storageOutcome.applied.count
+        printOut("Apply complete: \(converged) resource\(converged == 1 ? "" : "s") converged.\n")
     }
 
     /// Why a saved plan no longer holds, or nil.
@@ -231,35 +256,85 @@ struct StatusCommand: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
-        let (plan, network, _) = try await options.computePlan()
-        let pending = Dictionary(plan.resources.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        var names = Set(network.desired.map(\.name)).union(network.records.interfaces.keys)
-        names.formUnion(plan.resources.map(\.name))
-        var rows: [Row] = []
-        for name in names.sorted() {
-            let record = network.records.interfaces[name]
-            let change = pending[name]
-            let condition: String
-            var message = record?.message
-            switch (record?.status, change) {
-            case (_, let change?) where change.action == .blocked:
-                condition = "Blocked"
-                message = change.message
-            case (.inFlight?, _): condition = "Progressing"
-            case (.failed?, _): condition = "Degraded"
-            case (_, _?): condition = "Pending"
-            case (.applied?, nil): condition = "Ready"
-            case (nil, nil): condition = "Ready"
-            }
-            rows.append(Row(id: "network/\(name)", condition: condition, generation: record?.generation, updatedAt: record?.updatedAt,
-                            message: message, pendingChanges: change?.changes.map(\.field) ?? []))
+    /// One storage as `pvesm status` shows it.
+    struct StorageRow: Codable {
+        var name: String
+        var type: String
+        var active: Bool
+        var reason: String?
+        var total: UInt64?
+        var used: UInt64?
+        var available: UInt64?
+        var usedFraction: Double?
+        var content: [String]
+
+        enum CodingKeys: String, CodingKey {
+            case name, type, active, reason, total, used, available, content
+            case usedFraction = "used_fraction"
         }
+    }
+
+    func run() async throws {
+        let computation = try await options.computePlan(reportProblems: false)
+        let plan = computation.plan
+        let network = computation.network
+        let selectors = try options.selectors
+        let storageOnly = !selectors.isEmpty && selectors.allSatisfy { $0.kind == "storage" }
+        let storageRows = computation.storage.statuses
+            .filter { ResourceSelector.select(selectors.filter { $0.kind == "storage" }, kind: "storage", name: $0.storage.id) }
+            .map { status in
+                let capacity = status.active ? status.observed?.capacity : nil
+                return StorageRow(name: status.storage.id, type: status.storage.type, active: status.active, reason: status.reason,
+                                  total: capacity?.total, used: capacity?.used, available: capacity?.available,
+                                  usedFraction: capacity.flatMap { $0.total > 0 ? Double($0.used) / Double($0.total) : nil },
+                                  content: status.storage.content.sorted())
+            }
+        let pending = Dictionary(plan.resources.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var rows: [Row] = []
+        if ResourceSelector.wants(selectors, kind: "network") {
+            var names = Set(network.desired.map(\.name)).union(network.records.interfaces.keys)
+            names.formUnion(plan.resources.filter { $0.kind == "network" }.map(\.name))
+            for name in names.sorted() {
+                let record = network.records.interfaces[name]
+                let change = pending["network/" + name]
+                let condition: String
+                var message = record?.message
+                switch (record?.status, change) {
+                case (_, let change?) where change.action == .blocked:
+                    condition = "Blocked"
+                    message = change.message
+                case (.inFlight?, _): condition = "Progressing"
+                case (.failed?, _): condition = "Degraded"
+                case (_, _?): condition = "Pending"
+                case (.applied?, nil): condition = "Ready"
+                case (nil, nil): condition = "Ready"
+                }
+                rows.append(Row(id: "network/\(name)", condition: condition, generation: record?.generation, updatedAt: record?.updatedAt,
+                                message: message, pendingChanges: change?.changes.map(\.field) ?? []))
+            }
+        }
+        for resource in plan.resources where resource.kind == "storage" && !rows.contains(where: { $0.id == resource.id }) {
+            let condition = switch resource.action {
+            case .blocked: "Blocked"
+            case .unavailable: "Unavailable"
+            default: "Pending"
+            }
+            rows.append(Row(id: resource.id, condition: condition, message: resource.message, pendingChanges: resource.changes.map(\.field)))
+        }
+        for storage in storageRows where pending["storage/" + storage.name] == nil {
+            rows.append(Row(id: "storage/" + storage.name, condition: storage.active ? "Ready" : "Inactive", message: storage.reason, pendingChanges: []))
+        }
+        rows.sort { $0.id < $1.id }
         if options.json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             encoder.dateEncodingStrategy = .iso8601
-            printOut(String(decoding: try encoder.encode(rows), as: UTF8.self) + "\n")
+            let data = storageOnly ? try encoder.encode(storageRows) : try encoder.encode(rows)
+            printOut(String(decoding: data, as: UTF8.self) + "\n")
+            return
+        }
+        if storageOnly {
+            printOut(Self.storageTable(storageRows))
             return
         }
         if rows.isEmpty {
@@ -278,5 +353,27 @@ struct StatusCommand: AsyncParsableCommand {
                      + (row.updatedAt.map { formatter.string(from: $0) } ?? "-").padding(toLength: 22, withPad: " ", startingAt: 0)
                      + detail + "\n")
         }
+        if !storageRows.isEmpty { printOut("\n" + Self.storageTable(storageRows)) }
+    }
+
+    /// `pvesm status`'s columns (sizes in KiB, as pvesm prints them), plus content and why a storage is not active.
+    static func storageTable(_ rows: [StorageRow]) -> String {
+        if rows.isEmpty { return "No storages.\n" }
+        let nameWidth = max(4, rows.map(\.name.count).max() ?? 0) + 2
+        func column(_ text: String, _ width: Int, right: Bool = false) -> String {
+            text.count >= width ? text + " " : (right ? String(repeating: " ", count: width - text.count) + text : text + String(repeating: " ", count: width - text.count))
+        }
+        var out = column("Name", nameWidth) + column("Type", 10) + column("Status", 10) + column("Total", 14, right: true)
+            + column("Used", 14, right: true) + column("Available", 14, right: true) + column("%", 9, right: true) + "  Content\n"
+        for row in rows {
+            let kib = { (value: UInt64?) in value.map { String($0 / 1024) } ?? "0" }
+            let percent = row.usedFraction.map { String(format: "%.2f%%", $0 * 100) } ?? "0.00%"
+            var line = column(row.name, nameWidth) + column(row.type, 10) + column(row.active ? "active" : "inactive", 10)
+                + column(kib(row.total), 14, right: true) + column(kib(row.used), 14, right: true) + column(kib(row.available), 14, right: true)
+                + column(percent, 9, right: true) + "  " + (row.content.isEmpty ? "none" : row.content.joined(separator: ","))
+            if let reason = row.reason, !row.active { line += "  (\(reason))" }
+            out += line + "\n"
+        }
+        return out
     }
 }
