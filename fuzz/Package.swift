@@ -5,7 +5,7 @@
 // scripts/fuzz builds and runs them.
 import PackageDescription
 
-let formats = ["storage", "sectionconfig", "qemu", "lxc", "interfaces", "firewall", "corosync", "datacenter", "user"]
+let formats = ["storage", "sectionconfig", "qemu", "lxc", "interfaces", "firewall", "corosync", "datacenter", "user", "volumeid"]
 
 let package = Package(
     name: "pvectl-fuzz",

@@ -35,7 +35,9 @@ public enum StorageVolumes {
         }
     }
 
-    // MARK: patterns (names of the capture groups in comments)
+    // MARK: patterns
+    // Compiled once: Regex is not Sendable, but these are never mutated and
+    // matching only reads them (the lowered program is created thread-safely).
 
     private static func regex(_ pattern: String, ignoringCase: Bool = false) -> Regex<AnyRegexOutput> {
         // The patterns are constants of this file: a failure is a programming error.
@@ -55,21 +57,36 @@ public enum StorageVolumes {
         return (0..<result.output.count).map { index in result.output[index].substring.map(String.init) }
     }
 
-    static var volumeIDPattern: Regex<AnyRegexOutput> { regex(#"([a-z][a-z0-9\-_.]*[a-z0-9]):(.+)"#, ignoringCase: true) }
-    static var nameDirPattern: Regex<AnyRegexOutput> { regex(#"((base-)?[^/\s]+\.(raw|qcow2|vmdk|subvol))"#) }
-    static var linkedPattern: Regex<AnyRegexOutput> { regex(#"(\d+)/(\S+)/(\d+)/(\S+)"#) }
-    static var imagePattern: Regex<AnyRegexOutput> { regex(#"(\d+)/(\S+)"#) }
-    static var isoPattern: Regex<AnyRegexOutput> { regex(#"iso/([^/]+\.(?i:iso|img))"#) }
-    static var templatePattern: Regex<AnyRegexOutput> { regex(#"vztmpl/([^/]+\.(?i:tar(?:\.(?:gz|xz|zst|bz2))?))"#) }
-    static var rootdirPattern: Regex<AnyRegexOutput> { regex(#"rootdir/(\d+)"#) }
+    nonisolated(unsafe) static let volumeIDPattern = regex(#"([a-z][a-z0-9\-_.]*[a-z0-9]):(.+)"#, ignoringCase: true)
+    nonisolated(unsafe) static let nameDirPattern = regex(#"((base-)?[^/\s]+\.(raw|qcow2|vmdk|subvol))"#)
+    nonisolated(unsafe) static let linkedPattern = regex(#"(\d+)/(\S+)/(\d+)/(\S+)"#)
+    nonisolated(unsafe) static let imagePattern = regex(#"(\d+)/(\S+)"#)
+    nonisolated(unsafe) static let isoPattern = regex(#"iso/([^/]+\.(?i:iso|img))"#)
+    nonisolated(unsafe) static let templatePattern = regex(#"vztmpl/([^/]+\.(?i:tar(?:\.(?:gz|xz|zst|bz2))?))"#)
+    nonisolated(unsafe) static let rootdirPattern = regex(#"rootdir/(\d+)"#)
     static let backupExtension = #"\.(tgz|(?:tar|vma)(?:\.(gz|lzo|zst|bz2))?)"#
-    static var backupPattern: Regex<AnyRegexOutput> { regex(#"backup/([^/]+"# + backupExtension + ")") }
-    static var backupOwnerPattern: Regex<AnyRegexOutput> { regex(#"vzdump-(openvz|lxc|qemu)-(\d+)-.+"#) }
-    static var snippetsPattern: Regex<AnyRegexOutput> { regex(#"snippets/([^/]+)"#) }
+    nonisolated(unsafe) static let backupPattern = regex(#"backup/([^/]+"# + backupExtension + ")")
+    nonisolated(unsafe) static let backupOwnerPattern = regex(#"vzdump-(openvz|lxc|qemu)-(\d+)-.+"#)
+    nonisolated(unsafe) static let snippetsPattern = regex(#"snippets/([^/]+)"#)
     static let safeWithSpace = #"[ a-zA-Z0-9\-.+=_]"#
     static let safe = #"[a-zA-Z0-9\-.+=_]"#
-    static var ovaContentPattern: Regex<AnyRegexOutput> { regex("import/(" + safeWithSpace + #"+\.ova/"# + safeWithSpace + #"+\.(qcow2|raw|vmdk))"#) }
-    static var importPattern: Regex<AnyRegexOutput> { regex("import/(" + safeWithSpace + #"+\.(ova|ovf|qcow2|raw|vmdk))"#) }
+    nonisolated(unsafe) static let ovaContentPattern = regex("import/(" + safeWithSpace + #"+\.ova/"# + safeWithSpace + #"+\.(qcow2|raw|vmdk))"#)
+    nonisolated(unsafe) static let importPattern = regex("import/(" + safeWithSpace + #"+\.(ova|ovf|qcow2|raw|vmdk))"#)
+
+    nonisolated(unsafe) static let lvmNamePattern = regex(#"[a-z0-9][a-z0-9\-_.]*[a-z0-9]"#, ignoringCase: true)
+    nonisolated(unsafe) static let lvmVolumePattern = regex(#"(vm-(\d+)-\S+)"#)
+    nonisolated(unsafe) static let lvmThinVolumePattern = regex(#"((vm|base)-(\d+)-\S+)"#)
+    nonisolated(unsafe) static let zfsVolumePattern = regex(#"(((base|basevol)-(\d+)-\S+)/)?((base|basevol|vm|subvol)-(\d+)-\S+)"#)
+    nonisolated(unsafe) static let rbdVolumePattern = regex(#"((base-(\d+)-\S+)/)?((base)?(vm)?-(\d+)-\S+)"#)
+    nonisolated(unsafe) static let imageFilePattern = regex(#"(\d+)/([^/\s]+)"#)
+    nonisolated(unsafe) static let backingFilePattern = regex(#"\.\./(\d+)/([^/]+)"#)
+    nonisolated(unsafe) static let isoFilePattern = regex(#"[^/]+\.(?i:iso|img)"#)
+    nonisolated(unsafe) static let templateFilePattern = regex(#"[^/]+\.(?i:tar(?:\.(?:gz|xz|zst|bz2))?)"#)
+    nonisolated(unsafe) static let digitsPattern = regex(#"\d+"#)
+    nonisolated(unsafe) static let backupFilePattern = regex("[^/]+" + backupExtension)
+    nonisolated(unsafe) static let plainFilePattern = regex("[^/]+")
+    nonisolated(unsafe) static let importFilePattern = regex(safe + #"+\.(ova|ovf|qcow2|raw|vmdk)"#)
+    nonisolated(unsafe) static let archivePattern = regex("(vzdump-(lxc|openvz|qemu)-.+" + backupExtension + ")")
 
     // MARK: volume IDs
 
@@ -92,19 +109,19 @@ public enum StorageVolumes {
     public static func parseVolname(_ volname: String, storageType: String = "dir") throws(Failure) -> Volume {
         switch storageType {
         case "lvm":
-            guard match(volname, regex(#"[a-z0-9][a-z0-9\-_.]*[a-z0-9]"#, ignoringCase: true)) != nil else {
+            guard match(volname, lvmNamePattern) != nil else {
                 throw Failure("lvm name '\(volname)' contains illegal characters\n")
             }
-            guard let groups = match(volname, regex(#"(vm-(\d+)-\S+)"#)) else { throw Failure("unable to parse lvm volume name '\(volname)'\n") }
+            guard let groups = match(volname, lvmVolumePattern) else { throw Failure("unable to parse lvm volume name '\(volname)'\n") }
             return Volume(vtype: "images", name: groups[1]!, vmid: groups[2], format: "raw")
         case "lvmthin":
-            guard match(volname, regex(#"[a-z0-9][a-z0-9\-_.]*[a-z0-9]"#, ignoringCase: true)) != nil else {
+            guard match(volname, lvmNamePattern) != nil else {
                 throw Failure("lvm name '\(volname)' contains illegal characters\n")
             }
-            guard let groups = match(volname, regex(#"((vm|base)-(\d+)-\S+)"#)) else { throw Failure("unable to parse lvm volume name '\(volname)'\n") }
+            guard let groups = match(volname, lvmThinVolumePattern) else { throw Failure("unable to parse lvm volume name '\(volname)'\n") }
             return Volume(vtype: "images", name: groups[1]!, vmid: groups[3], isBase: groups[2] == "base" ? "base" : nil, format: "raw")
         case "zfspool":
-            guard let groups = match(volname, regex(#"(((base|basevol)-(\d+)-\S+)/)?((base|basevol|vm|subvol)-(\d+)-\S+)"#)) else {
+            guard let groups = match(volname, zfsVolumePattern) else {
                 throw Failure("unable to parse zfs volume name '\(volname)'\n")
             }
             let kind = groups[6]!
@@ -112,7 +129,7 @@ public enum StorageVolumes {
             let isBase = kind == "base" || kind == "basevol" ? kind : nil
             return Volume(vtype: "images", name: groups[5]!, vmid: groups[7], baseName: groups[2], baseVMID: groups[4], isBase: isBase, format: format)
         case "rbd":
-            guard let groups = match(volname, regex(#"((base-(\d+)-\S+)/)?((base)?(vm)?-(\d+)-\S+)"#)) else {
+            guard let groups = match(volname, rbdVolumePattern) else {
                 throw Failure("unable to parse rbd volume name '\(volname)'\n")
             }
             return Volume(vtype: "images", name: groups[4]!, vmid: groups[7], baseName: groups[2], baseVMID: groups[3], isBase: groups[5], format: "raw")
@@ -217,23 +234,23 @@ public enum StorageVolumes {
                 let prefix = directory(vtype) + "/"
                 return resolved.hasPrefix(prefix) ? String(resolved.dropFirst(prefix.count)) : nil
             }
-            if let rest = under("images"), let groups = match(rest, regex(#"(\d+)/([^/\s]+)"#)) {
+            if let rest = under("images"), let groups = match(rest, imageFilePattern) {
                 let vmid = groups[1]!, name = groups[2]!
                 guard let parsed = try? parseNameDir(name), FileManager.default.fileExists(atPath: resolved) else { continue }
                 if parsed.format == "qcow2", let backing = qcow2BackingFile(resolved),
-                   let base = match(backing, regex(#"\.\./(\d+)/([^/]+)"#)) {
+                   let base = match(backing, backingFilePattern) {
                     return ("images", "\(storage.id):\(base[1]!)/\(base[2]!)/\(vmid)/\(name)")
                 }
                 return ("images", "\(storage.id):\(vmid)/\(name)")
             }
-            if let rest = under("iso"), match(rest, regex(#"[^/]+\.(?i:iso|img)"#)) != nil { return ("iso", "\(storage.id):iso/\(rest)") }
-            if let rest = under("vztmpl"), match(rest, regex(#"[^/]+\.(?i:tar(?:\.(?:gz|xz|zst|bz2))?)"#)) != nil {
+            if let rest = under("iso"), match(rest, isoFilePattern) != nil { return ("iso", "\(storage.id):iso/\(rest)") }
+            if let rest = under("vztmpl"), match(rest, templateFilePattern) != nil {
                 return ("vztmpl", "\(storage.id):vztmpl/\(rest)")
             }
-            if let rest = under("rootdir"), match(rest, regex(#"\d+"#)) != nil { return ("rootdir", "\(storage.id):rootdir/\(rest)") }
-            if let rest = under("backup"), match(rest, regex("[^/]+" + backupExtension)) != nil { return ("backup", "\(storage.id):backup/\(rest)") }
-            if let rest = under("snippets"), match(rest, regex("[^/]+")) != nil { return ("snippets", "\(storage.id):snippets/\(rest)") }
-            if let rest = under("import"), match(rest, regex(safe + #"+\.(ova|ovf|qcow2|raw|vmdk)"#)) != nil {
+            if let rest = under("rootdir"), match(rest, digitsPattern) != nil { return ("rootdir", "\(storage.id):rootdir/\(rest)") }
+            if let rest = under("backup"), match(rest, backupFilePattern) != nil { return ("backup", "\(storage.id):backup/\(rest)") }
+            if let rest = under("snippets"), match(rest, plainFilePattern) != nil { return ("snippets", "\(storage.id):snippets/\(rest)") }
+            if let rest = under("import"), match(rest, importFilePattern) != nil {
                 return ("import", "\(storage.id):import/\(rest)")
             }
         }
@@ -278,7 +295,7 @@ public enum StorageVolumes {
 
     public static func archiveInfo(_ archive: String, timeZone: TimeZone = .current) throws(Failure) -> ArchiveInfo {
         let base = archive.split(separator: "/", omittingEmptySubsequences: false).last.map(String.init) ?? archive
-        guard let groups = match(base, regex("(vzdump-(lxc|openvz|qemu)-.+" + backupExtension + ")")) else {
+        guard let groups = match(base, archivePattern) else {
             throw Failure("ERROR: couldn't determine archive info from '\(archive)'\n")
         }
         let type = groups[2]!, fileExtension = groups[3]!, compression = groups[4]

@@ -26,6 +26,44 @@ private func LLVMFuzzerRunDriver(
 
 // Set once before the driver starts; the C callback cannot capture it.
 nonisolated(unsafe) private var fuzzedFormat: ConfigFormat = .storage
+nonisolated(unsafe) private var fuzzedFunction: (UnsafePointer<UInt8>, Int) -> Void = { _, _ in }
+
+extension FuzzSupport {
+    /// Volume IDs, volume names (every storage type's rules), backup archive
+    /// names and disk naming: never trap; a parsed volume ID reassembles to its input.
+    public static func runVolumeID(_ data: UnsafePointer<UInt8>, _ size: Int) {
+        let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
+        if let (storage, volname) = StorageVolumes.parseVolumeID(text) {
+            precondition(storage + ":" + volname == text, "volume ID did not reassemble")
+        }
+        for type in ["dir", "lvm", "lvmthin", "zfspool", "rbd", "btrfs"] {
+            if let volume = try? StorageVolumes.parseVolname(text, storageType: type), type == "dir" {
+                _ = try? StorageVolumes.filesystemPath(path: "/var/lib/vz", volname: text)
+                _ = StorageVolumes.nextDiskName(existing: [volume.name], vmid: Int(volume.vmid ?? "") ?? 100, format: volume.format,
+                                                addFormatSuffix: true, allowsSubvol: false)
+            }
+        }
+        _ = try? StorageVolumes.archiveInfo(text, timeZone: TimeZone(identifier: "UTC")!)
+        _ = StorageVolumes.parseContentDirectories(text)
+    }
+
+    /// Runs libFuzzer on a function of the input bytes.
+    public static func main(_ function: @escaping (UnsafePointer<UInt8>, Int) -> Void) -> Never {
+        fuzzedFunction = function
+        var argc = CommandLine.argc
+        var argv = CommandLine.unsafeArgv
+        let status = LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+            let empty: [UInt8] = [0]
+            if let data {
+                fuzzedFunction(data, size)
+            } else {
+                empty.withUnsafeBufferPointer { fuzzedFunction($0.baseAddress!, 0) }
+            }
+            return 0
+        }
+        exit(status)
+    }
+}
 
 extension FuzzSupport {
     /// Runs libFuzzer on one format with this process's arguments.
