@@ -36,57 +36,76 @@ public enum StorageVolumes {
     }
 
     // MARK: patterns
-    // Compiled once: Regex is not Sendable, but these are never mutated and
-    // matching only reads them (the lowered program is created thread-safely).
+    // ICU regular expressions (NSRegularExpression), compiled once; they are
+    // immutable and safe to share. (Swift's Regex leaks its parse tree, which
+    // LeakSanitizer reports in the fuzzer, and is slower here.)
 
-    private static func regex(_ pattern: String, ignoringCase: Bool = false) -> Regex<AnyRegexOutput> {
-        // The patterns are constants of this file: a failure is a programming error.
-        let compiled = try! Regex(pattern)
-        return ignoringCase ? compiled.ignoresCase() : compiled
+    struct Pattern: @unchecked Sendable {
+        let expression: NSRegularExpression
+        let anchored: NSRegularExpression
+
+        init(_ pattern: String, ignoringCase: Bool) {
+            let options: NSRegularExpression.Options = ignoringCase ? [.caseInsensitive] : []
+            // The patterns are constants of this file: a failure is a programming error.
+            expression = try! NSRegularExpression(pattern: pattern, options: options)
+            anchored = try! NSRegularExpression(pattern: "\\A(?:" + pattern + ")\\z", options: options)
+        }
+
+        func groups(_ text: String, whole: Bool) -> [String?]? {
+            let string = text as NSString
+            let range = NSRange(location: 0, length: string.length)
+            guard let result = (whole ? anchored : expression).firstMatch(in: text, options: [], range: range) else { return nil }
+            return (0..<result.numberOfRanges).map { index in
+                let part = result.range(at: index)
+                return part.location == NSNotFound ? nil : string.substring(with: part)
+            }
+        }
+    }
+
+    private static func regex(_ pattern: String, ignoringCase: Bool = false) -> Pattern {
+        Pattern(pattern, ignoringCase: ignoringCase)
     }
 
     /// The capture groups (0 is the whole match) when the whole text matches.
-    private static func match(_ text: String, _ pattern: Regex<AnyRegexOutput>) -> [String?]? {
-        guard let result = try? pattern.wholeMatch(in: text) else { return nil }
-        return (0..<result.output.count).map { index in result.output[index].substring.map(String.init) }
+    private static func match(_ text: String, _ pattern: Pattern) -> [String?]? {
+        pattern.groups(text, whole: true)
     }
 
     /// The capture groups of the first match anywhere in the text.
-    private static func search(_ text: String, _ pattern: Regex<AnyRegexOutput>) -> [String?]? {
-        guard let result = try? pattern.firstMatch(in: text) else { return nil }
-        return (0..<result.output.count).map { index in result.output[index].substring.map(String.init) }
+    private static func search(_ text: String, _ pattern: Pattern) -> [String?]? {
+        pattern.groups(text, whole: false)
     }
 
-    nonisolated(unsafe) static let volumeIDPattern = regex(#"([a-z][a-z0-9\-_.]*[a-z0-9]):(.+)"#, ignoringCase: true)
-    nonisolated(unsafe) static let nameDirPattern = regex(#"((base-)?[^/\s]+\.(raw|qcow2|vmdk|subvol))"#)
-    nonisolated(unsafe) static let linkedPattern = regex(#"(\d+)/(\S+)/(\d+)/(\S+)"#)
-    nonisolated(unsafe) static let imagePattern = regex(#"(\d+)/(\S+)"#)
-    nonisolated(unsafe) static let isoPattern = regex(#"iso/([^/]+\.(?i:iso|img))"#)
-    nonisolated(unsafe) static let templatePattern = regex(#"vztmpl/([^/]+\.(?i:tar(?:\.(?:gz|xz|zst|bz2))?))"#)
-    nonisolated(unsafe) static let rootdirPattern = regex(#"rootdir/(\d+)"#)
+    static let volumeIDPattern = regex(#"([a-z][a-z0-9\-_.]*[a-z0-9]):(.+)"#, ignoringCase: true)
+    static let nameDirPattern = regex(#"((base-)?[^/\s]+\.(raw|qcow2|vmdk|subvol))"#)
+    static let linkedPattern = regex(#"(\d+)/(\S+)/(\d+)/(\S+)"#)
+    static let imagePattern = regex(#"(\d+)/(\S+)"#)
+    static let isoPattern = regex(#"iso/([^/]+\.(?i:iso|img))"#)
+    static let templatePattern = regex(#"vztmpl/([^/]+\.(?i:tar(?:\.(?:gz|xz|zst|bz2))?))"#)
+    static let rootdirPattern = regex(#"rootdir/(\d+)"#)
     static let backupExtension = #"\.(tgz|(?:tar|vma)(?:\.(gz|lzo|zst|bz2))?)"#
-    nonisolated(unsafe) static let backupPattern = regex(#"backup/([^/]+"# + backupExtension + ")")
-    nonisolated(unsafe) static let backupOwnerPattern = regex(#"vzdump-(openvz|lxc|qemu)-(\d+)-.+"#)
-    nonisolated(unsafe) static let snippetsPattern = regex(#"snippets/([^/]+)"#)
+    static let backupPattern = regex(#"backup/([^/]+"# + backupExtension + ")")
+    static let backupOwnerPattern = regex(#"vzdump-(openvz|lxc|qemu)-(\d+)-.+"#)
+    static let snippetsPattern = regex(#"snippets/([^/]+)"#)
     static let safeWithSpace = #"[ a-zA-Z0-9\-.+=_]"#
     static let safe = #"[a-zA-Z0-9\-.+=_]"#
-    nonisolated(unsafe) static let ovaContentPattern = regex("import/(" + safeWithSpace + #"+\.ova/"# + safeWithSpace + #"+\.(qcow2|raw|vmdk))"#)
-    nonisolated(unsafe) static let importPattern = regex("import/(" + safeWithSpace + #"+\.(ova|ovf|qcow2|raw|vmdk))"#)
+    static let ovaContentPattern = regex("import/(" + safeWithSpace + #"+\.ova/"# + safeWithSpace + #"+\.(qcow2|raw|vmdk))"#)
+    static let importPattern = regex("import/(" + safeWithSpace + #"+\.(ova|ovf|qcow2|raw|vmdk))"#)
 
-    nonisolated(unsafe) static let lvmNamePattern = regex(#"[a-z0-9][a-z0-9\-_.]*[a-z0-9]"#, ignoringCase: true)
-    nonisolated(unsafe) static let lvmVolumePattern = regex(#"(vm-(\d+)-\S+)"#)
-    nonisolated(unsafe) static let lvmThinVolumePattern = regex(#"((vm|base)-(\d+)-\S+)"#)
-    nonisolated(unsafe) static let zfsVolumePattern = regex(#"(((base|basevol)-(\d+)-\S+)/)?((base|basevol|vm|subvol)-(\d+)-\S+)"#)
-    nonisolated(unsafe) static let rbdVolumePattern = regex(#"((base-(\d+)-\S+)/)?((base)?(vm)?-(\d+)-\S+)"#)
-    nonisolated(unsafe) static let imageFilePattern = regex(#"(\d+)/([^/\s]+)"#)
-    nonisolated(unsafe) static let backingFilePattern = regex(#"\.\./(\d+)/([^/]+)"#)
-    nonisolated(unsafe) static let isoFilePattern = regex(#"[^/]+\.(?i:iso|img)"#)
-    nonisolated(unsafe) static let templateFilePattern = regex(#"[^/]+\.(?i:tar(?:\.(?:gz|xz|zst|bz2))?)"#)
-    nonisolated(unsafe) static let digitsPattern = regex(#"\d+"#)
-    nonisolated(unsafe) static let backupFilePattern = regex("[^/]+" + backupExtension)
-    nonisolated(unsafe) static let plainFilePattern = regex("[^/]+")
-    nonisolated(unsafe) static let importFilePattern = regex(safe + #"+\.(ova|ovf|qcow2|raw|vmdk)"#)
-    nonisolated(unsafe) static let archivePattern = regex("(vzdump-(lxc|openvz|qemu)-.+" + backupExtension + ")")
+    static let lvmNamePattern = regex(#"[a-z0-9][a-z0-9\-_.]*[a-z0-9]"#, ignoringCase: true)
+    static let lvmVolumePattern = regex(#"(vm-(\d+)-\S+)"#)
+    static let lvmThinVolumePattern = regex(#"((vm|base)-(\d+)-\S+)"#)
+    static let zfsVolumePattern = regex(#"(((base|basevol)-(\d+)-\S+)/)?((base|basevol|vm|subvol)-(\d+)-\S+)"#)
+    static let rbdVolumePattern = regex(#"((base-(\d+)-\S+)/)?((base)?(vm)?-(\d+)-\S+)"#)
+    static let imageFilePattern = regex(#"(\d+)/([^/\s]+)"#)
+    static let backingFilePattern = regex(#"\.\./(\d+)/([^/]+)"#)
+    static let isoFilePattern = regex(#"[^/]+\.(?i:iso|img)"#)
+    static let templateFilePattern = regex(#"[^/]+\.(?i:tar(?:\.(?:gz|xz|zst|bz2))?)"#)
+    static let digitsPattern = regex(#"\d+"#)
+    static let backupFilePattern = regex("[^/]+" + backupExtension)
+    static let plainFilePattern = regex("[^/]+")
+    static let importFilePattern = regex(safe + #"+\.(ova|ovf|qcow2|raw|vmdk)"#)
+    static let archivePattern = regex("(vzdump-(lxc|openvz|qemu)-.+" + backupExtension + ")")
 
     // MARK: volume IDs
 

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
+import Drivers
 
 /// The storage kind on this host, through the pvectl binary: directory
 /// storages, guest volumes made by qemu-img, btrfs on a loop device, and the
@@ -210,5 +211,60 @@ struct StorageHostTests {
         #expect(NetworkNamespace.capture(["btrfs", "subvolume", "show", subvolume]).status == 0, "each image is a subvolume")
         #expect(Self.virtualSize(subvolume + "/disk.raw") == 16 << 20)
         #expect(setup.pvectl("plan", ["--detailed-exitcode"], only: ["fast"]).status == 0)
+    }
+}
+
+/// A running VM's disk grows through QMP, as qemu-server does it: the real
+/// qemu-system-x86_64 (paused, TCG) with the pid file and QMP socket where
+/// qemu-server keeps them.
+@Suite("storage kind: growing a running VM's disk",
+       .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64"), "needs root and qemu-system-x86_64"))
+struct RunningDiskResizeTests {
+    @Test("size= grows the disk of a running VM with block_resize; QEMU sees the new size")
+    func growRunningDisk() throws {
+        let vmid = Int.random(in: 900_000...999_999)
+        let setup = try StorageHostTests.Setup(storage: "dir: live\n\tpath @DIR@/live\n\tcontent images\n", guests: [
+            "nodes/pve1/qemu-server/\(vmid).conf": "scsi0: live:\(vmid)/vm-\(vmid)-disk-0.qcow2,size=64M\n",
+        ])
+        #expect(setup.pvectl("apply", ["--auto-approve"], only: ["live"]).status == 0)
+        let image = setup.directory.path + "/live/images/\(vmid)/vm-\(vmid)-disk-0.qcow2"
+        let run = "/run/qemu-server"
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
+        let pidFile = "\(run)/\(vmid).pid", socket = "\(run)/\(vmid).qmp"
+        // A direct child with its output on /dev/null (not -daemonize: a daemon
+        // would keep inherited pipe ends of concurrent captures open).
+        let pid = try spawn("/usr/bin/qemu-system-x86_64", [
+            "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+            "-pidfile", pidFile, "-qmp", "unix:\(socket),server=on,wait=off",
+            "-device", "virtio-scsi-pci,id=scsihw0",
+            "-drive", "file=\(image),if=none,id=drive-scsi0,format=qcow2",
+            "-device", "scsi-hd,bus=scsihw0.0,drive=drive-scsi0,id=scsi0",
+        ])
+        defer {
+            kill(pid, SIGKILL)
+            _ = reap(pid)
+            unlink(pidFile)
+            unlink(socket)
+        }
+        var ready = false
+        for _ in 0..<200 where !ready {
+            ready = FileManager.default.fileExists(atPath: socket) && FileManager.default.fileExists(atPath: pidFile)
+            if !ready { usleep(25_000) }
+        }
+        try #require(ready, "QEMU did not create its QMP socket within 5 s")
+        try setup.directory.write("root/nodes/pve1/qemu-server/\(vmid).conf", "scsi0: live:\(vmid)/vm-\(vmid)-disk-0.qcow2,size=128M\n")
+        let plan = setup.pvectl("plan", [], only: ["live"])
+        #expect(plan.output.contains("size: 64M → 128M"), "\(plan.output)\(plan.error)")
+        let apply = setup.pvectl("apply", ["--auto-approve"], only: ["live"])
+        #expect(apply.status == 0, "\(apply.output)\(apply.error)")
+        #expect(apply.output.contains("QMP block_resize drive-scsi0 134217728"), "\(apply.output)")
+
+        let client = try QMPClient(path: socket)
+        let devices = try #require(try client.execute("query-block") as? [[String: Any]])
+        let drive = devices.first { $0["device"] as? String == "drive-scsi0" }
+        let size = ((drive?["inserted"] as? [String: Any])?["image"] as? [String: Any])?["virtual-size"] as? NSNumber
+        #expect(size?.uint64Value == 128 << 20, "QEMU's view: \(String(describing: drive))")
+        #expect(setup.pvectl("plan", ["--detailed-exitcode"], only: ["live"]).status == 0)
+        _ = try? client.execute("quit")
     }
 }

@@ -200,7 +200,8 @@ public struct HostStorageDriver: StorageDriver {
         guard lstat(volume.hostPath, &info) == 0 else { return ObservedVolume(exists: false) }
         if (info.st_mode & S_IFMT) == S_IFDIR { return ObservedVolume(exists: true, sizeBytes: nil) }
         if format == "raw" { return ObservedVolume(exists: true, sizeBytes: UInt64(info.st_size)) }
-        guard let result = try? await Command.run(["qemu-img", "info", "--output=json", "-f", format, volume.hostPath]), result.succeeded,
+        // -U: a running QEMU holds the image locked; reading its size is safe.
+        guard let result = try? await Command.run(["qemu-img", "info", "-U", "--output=json", "-f", format, volume.hostPath]), result.succeeded,
               let object = try? JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any],
               let size = (object["virtual-size"] as? NSNumber)?.uint64Value else {
             return ObservedVolume(exists: true, sizeBytes: nil)
@@ -253,11 +254,28 @@ public struct HostStorageDriver: StorageDriver {
         case .resizeImage(let path, let format, let bytes, let filesystem):
             try await Command.check(["qemu-img", "resize", "-f", format, path, String(Self.kibibytes(bytes) * 1024)])
             if filesystem { try await growFilesystem(path) }
+        case .resizeRunningDisk(let vmid, let device, let bytes):
+            let socket = Self.runDirectory + "/\(vmid).qmp"
+            try await Task.detached {
+                let client = try QMPClient(path: socket)
+                try client.execute("block_resize", arguments: ["device": device, "size": bytes])
+            }.value
         case .resizeLogicalVolume(let path, let bytes, let filesystem):
             guard let (vg, lv) = Self.logicalVolume(fromPath: path) else { throw StorageDriverError("not a logical volume: \(path)") }
             try await Self.lvmCheck(["lvextend", "-L", "\(Self.kibibytes(bytes))k", "\(vg)/\(lv)"])
             if filesystem { try await growFilesystem(Self.mapperPath(volumeGroup: vg, volume: lv)) }
         }
+    }
+
+    /// Where qemu-server keeps a VM's pid file and QMP socket.
+    public static let runDirectory = "/run/qemu-server"
+
+    public func isRunning(vmid: Int) async -> Bool {
+        guard let text = try? String(contentsOfFile: Self.runDirectory + "/\(vmid).pid", encoding: .utf8),
+              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0 else { return false }
+        // A recycled pid is not our QEMU: its command line must name QEMU.
+        let commandLine = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
+        return commandLine.contains("qemu")
     }
 
     /// A container's ext4 grown to its volume (offline: checked first, as resize2fs requires).

@@ -119,6 +119,8 @@ public enum StorageStep: Hashable, Sendable, Codable, CustomStringConvertible {
     case createLogicalVolume(volumeGroup: String, name: String, bytes: UInt64, thinPool: String?, filesystem: Bool)
     case resizeImage(path: String, format: String, bytes: UInt64, filesystem: Bool)
     case resizeLogicalVolume(path: String, bytes: UInt64, filesystem: Bool)
+    /// A running VM's disk grown through QMP block_resize (QEMU grows the image itself).
+    case resizeRunningDisk(vmid: Int, device: String, bytes: UInt64)
 
     public var description: String {
         switch self {
@@ -138,6 +140,8 @@ public enum StorageStep: Hashable, Sendable, Codable, CustomStringConvertible {
             "qemu-img resize -f \(format) \(path) \(bytes)" + (filesystem ? " && resize2fs \(path)" : "")
         case .resizeLogicalVolume(let path, let bytes, let filesystem):
             "lvextend -L \(bytes / 1024)k \(path)" + (filesystem ? " && resize2fs \(path)" : "")
+        case .resizeRunningDisk(let vmid, let device, let bytes):
+            "QMP block_resize \(device) \(bytes) (VM \(vmid) is running)"
         }
     }
 }
@@ -147,6 +151,8 @@ public protocol StorageDriver: Sendable {
     func observe(_ storage: DesiredStorage) async -> ObservedStorage
     func observe(_ volume: DesiredVolume, format: String) async -> ObservedVolume
     func perform(_ step: StorageStep) async throws
+    /// Whether a VM's QEMU process runs (its disks are then resized over QMP).
+    func isRunning(vmid: Int) async -> Bool
 }
 
 /// What the storage kind remembers: the mounts it made (it unmounts only those).

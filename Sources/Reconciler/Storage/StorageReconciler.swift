@@ -242,12 +242,19 @@ public struct StorageReconciler: Sendable {
                 return blocked("size=\(Self.human(wanted)) is smaller than the volume's \(Self.human(have)); shrinking is refused and the volume is left as it is")
             }
             let filesystem = isContainer && format == "raw"
-            let step: StorageStep = ["lvm", "lvmthin"].contains(storage.type)
-                ? .resizeLogicalVolume(path: volume.hostPath, bytes: wanted, filesystem: filesystem)
-                : .resizeImage(path: volume.hostPath, format: format, bytes: wanted, filesystem: filesystem)
+            let isLogicalVolume = ["lvm", "lvmthin"].contains(storage.type)
+            var steps: [StorageStep]
+            if !isContainer, await driver.isRunning(vmid: volume.vmid) {
+                // As qemu-server does: QEMU grows a file image itself; a logical volume is extended first.
+                steps = isLogicalVolume ? [.resizeLogicalVolume(path: volume.hostPath, bytes: wanted, filesystem: false)] : []
+                steps.append(.resizeRunningDisk(vmid: volume.vmid, device: "drive-\(volume.key)", bytes: wanted))
+            } else {
+                steps = [isLogicalVolume ? .resizeLogicalVolume(path: volume.hostPath, bytes: wanted, filesystem: filesystem)
+                                         : .resizeImage(path: volume.hostPath, format: format, bytes: wanted, filesystem: filesystem)]
+            }
             return (ResourcePlan(kind: "storage", name: volume.volumeID, action: .update, source: volume.source,
                                  changes: [PlannedChange(field: "size", old: Self.human(have), new: Self.human(wanted), changeClass: .live, source: volume.source)],
-                                 operations: [step.description]), [step])
+                                 operations: steps.map(\.description)), steps)
         }
         // Allocation: only what upstream would allocate for this guest on this storage.
         let needed = isContainer ? "rootdir" : "images"
