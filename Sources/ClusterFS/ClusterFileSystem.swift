@@ -349,17 +349,19 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let parts = components(path)
         lock.lock()
         defer { lock.unlock() }
-        guard let entry = resolve(parts) else { return (-ENOENT, []) }
-        guard entry.type == .directory else { return (-ENOTDIR, []) }
-        var names = entry.children.keys.sorted()
-        if parts.isEmpty { names += Self.statusFiles + Self.symlinkNames }
-        return (0, names.compactMap { name in attributes(parts + [name]).1.map { (name, $0) } })
+        let (result, names) = childNames(parts)
+        return (result, names.compactMap { name in attributes(parts + [name]).1.map { (name, $0) } })
     }
 
     public func readdir(_ path: String) -> (Int32, [String]) {
         let parts = components(path)
         lock.lock()
         defer { lock.unlock() }
+        return childNames(parts)
+    }
+
+    /// The names in a directory, the virtual ones included at the root; under the lock.
+    private func childNames(_ parts: [String]) -> (Int32, [String]) {
         guard let entry = resolve(parts) else { return (-ENOENT, []) }
         guard entry.type == .directory else { return (-ENOTDIR, []) }
         var names = entry.children.keys.sorted()

@@ -48,17 +48,23 @@ public enum FUSEMount {
         return directory == "/" ? "/" + String(cString: name) : directory + "/" + String(cString: name)
     }
 
+    /// What LOOKUP, MKNOD, MKDIR and CREATE answer for an entry.
+    private static func entryParameters(_ attributes: Attributes) -> fuse_entry_param {
+        var entry = fuse_entry_param()
+        entry.ino = fuse_ino_t(attributes.nodeID)
+        fill(&entry.attr, attributes)
+        entry.attr_timeout = timeout(attributes)
+        entry.entry_timeout = timeout(attributes)
+        return entry
+    }
+
     private static func replyEntry(_ request: fuse_req_t?, _ fs: ClusterFileSystem, path: String) {
         let (result, attributes) = fs.getattr(path)
         guard result == 0, let attributes else {
             fuse_reply_err(request, -result)
             return
         }
-        var entry = fuse_entry_param()
-        entry.ino = fuse_ino_t(attributes.nodeID)
-        fill(&entry.attr, attributes)
-        entry.attr_timeout = timeout(attributes)
-        entry.entry_timeout = timeout(attributes)
+        var entry = entryParameters(attributes)
         fuse_reply_entry(request, &entry)
     }
 
@@ -99,11 +105,7 @@ public enum FUSEMount {
                 return
             }
             guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
-            var entry = fuse_entry_param()
-            entry.ino = fuse_ino_t(attributes.nodeID)
-            FUSEMount.fill(&entry.attr, attributes)
-            entry.attr_timeout = FUSEMount.timeout(attributes)
-            entry.entry_timeout = FUSEMount.timeout(attributes)
+            var entry = FUSEMount.entryParameters(attributes)
             fuse_reply_entry(request, &entry)
         }
         operations.forget = { request, _, _ in fuse_reply_none(request) }
@@ -202,11 +204,7 @@ public enum FUSEMount {
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
             let (found, attributes) = fs.getattr(path)
             guard found == 0, let attributes else { return FUSEMount.replyResult(request, found) }
-            var entry = fuse_entry_param()
-            entry.ino = fuse_ino_t(attributes.nodeID)
-            FUSEMount.fill(&entry.attr, attributes)
-            entry.attr_timeout = FUSEMount.timeout(attributes)
-            entry.entry_timeout = FUSEMount.timeout(attributes)
+            var entry = FUSEMount.entryParameters(attributes)
             info.pointee.keep_cache = 1
             fuse_reply_create(request, &entry, info)
         }

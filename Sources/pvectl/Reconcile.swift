@@ -266,10 +266,12 @@ struct StatusCommand: AsyncParsableCommand {
         var used: UInt64?
         var available: UInt64?
         var usedFraction: Double?
+        /// As pvesm prints it: used/total in percent, two decimals.
+        var percent: Double?
         var content: [String]
 
         enum CodingKeys: String, CodingKey {
-            case name, type, active, reason, total, used, available, content
+            case name, type, active, reason, total, used, available, content, percent
             case usedFraction = "used_fraction"
         }
     }
@@ -287,6 +289,7 @@ struct StatusCommand: AsyncParsableCommand {
                 return StorageRow(name: status.storage.id, type: status.storage.type, active: status.active, reason: status.reason,
                                   total: capacity?.total, used: capacity?.used, available: capacity?.available,
                                   usedFraction: capacity.flatMap { $0.total > 0 ? Double($0.used) / Double($0.total) : nil },
+                                  percent: capacity.flatMap { $0.total > 0 ? (Double($0.used) * 10_000 / Double($0.total)).rounded() / 100 : nil },
                                   content: status.storage.content.sorted())
             }
         let pending = Dictionary(plan.resources.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })

@@ -69,17 +69,6 @@ extension FuzzSupport {
     /// Runs libFuzzer on one format with this process's arguments.
     public static func main(_ format: ConfigFormat) -> Never {
         fuzzedFormat = format
-        var argc = CommandLine.argc
-        var argv = CommandLine.unsafeArgv
-        let status = LLVMFuzzerRunDriver(&argc, &argv) { data, size in
-            let empty: [UInt8] = [0]
-            if let data {
-                FuzzSupport.run(fuzzedFormat, data, size)
-            } else {
-                empty.withUnsafeBufferPointer { FuzzSupport.run(fuzzedFormat, $0.baseAddress!, 0) }
-            }
-            return 0
-        }
-        exit(status)
+        main { data, size in FuzzSupport.run(fuzzedFormat, data, size) }
     }
 }
