@@ -108,7 +108,7 @@ rule_options:
   sport: {type: string, pattern: "^[a-z0-9\\-]+(:\\d+)?(,[a-z0-9\\-]+(:\\d+)?)*$", class: live, description: Source ports or ranges (needs -p).}
   icmp-type: {type: string, class: live, description: ICMP type (needs -p icmp or ipv6-icmp).}
   log: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], class: live, description: Log level of this rule.}
-macros: [Amanda, Auth, BGP, BitTorrent, BitTorrent32, CVS, Ceph, Citrix, DAAP, DCC, DHCPfwd, DHCPv6, DNS, Distcc, FTP, Finger, GNUnet, GRE, Git, HKP, HTTP, HTTP/3, HTTPS, ICPV2, ICQ, IMAP, IMAPS, IPIP, IPsec, IPsecah, IPsecnat, IRC, Jetdirect, L2TP, LDAP, LDAPS, MDNS, MSNP, MSSQL, Mail, Munin, MySQL, NNTP, NNTPS, NTP, NeighborDiscovery, OSPF, OpenVPN, PBS, PCA, POP3, POP3S, PPtP, Ping, PostgreSQL, Printer, RDP, RIP, RNDC, Razor, Rdate, Rsync, SANE, SMB, SMBswat, SMTP, SMTPS, SNMP, SPAMD, SPICEproxy, SSH, SVN, SixXS, Squid, Submission, Syslog, TFTP, Telnet, Telnets, Time, Trcrt, VNC, VNCL, Web, Webcache, Webmin, Whois]
+macros: [Amanda, Auth, BGP, BitTorrent, BitTorrent32, CVS, Ceph, Citrix, DAAP, DCC, DHCPfwd, DHCPv6, DNS, Distcc, FTP, Finger, GNUnet, GRE, Git, HKP, HTTP, HTTP/3, HTTPS, ICPV2, ICQ, IMAP, IMAPS, IPIP, IPsec, IPsecah, IPsecnat, IRC, Jetdirect, L2TP, LDAP, LDAPS, MDNS, MSNP, MSSQL, Mail, Munin, MySQL, NNTP, NNTPS, NTP, NeighborDiscovery, OSPF, OpenVPN, PBS, PCA, PMG, POP3, POP3S, PPtP, Ping, PostgreSQL, Printer, RDP, RIP, RNDC, Razor, Rdate, Rsync, SANE, SMB, SMBswat, SMTP, SMTPS, SNMP, SPAMD, SPICEproxy, SSH, SVN, SixXS, Squid, Submission, Syslog, TFTP, Telnet, Telnets, Time, Trcrt, VNC, VNCL, Web, Webcache, Webmin, Whois]
 formats:
   log-ratelimit:
     default_key: enable
