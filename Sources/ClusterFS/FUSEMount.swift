@@ -45,7 +45,11 @@ public enum FUSEMount {
     /// The path of a child name under a directory node.
     private static func childPath(_ fs: ClusterFileSystem, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) -> String? {
         guard let directory = fs.path(ofNode: UInt64(parent)), let name else { return nil }
-        return directory == "/" ? "/" + String(cString: name) : directory + "/" + String(cString: name)
+        return childPath(directory, name)
+    }
+
+    private static func childPath(_ directory: String, _ name: UnsafePointer<CChar>) -> String {
+        directory == "/" ? "/" + String(cString: name) : directory + "/" + String(cString: name)
     }
 
     /// What LOOKUP, MKNOD, MKDIR and CREATE answer for an entry.
@@ -94,12 +98,11 @@ public enum FUSEMount {
         }
         operations.lookup = { request, parent, name in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
-            let (result, attributes) = fs.getattr(path)
+            guard let directory = fs.path(ofNode: UInt64(parent)), let name else { return FUSEMount.replyResult(request, -ENOENT) }
+            let (result, attributes) = fs.getattr(FUSEMount.childPath(directory, name))
             if result == -ENOENT {
                 // A negative entry: the kernel remembers the name is missing.
                 var entry = fuse_entry_param()
-                let directory = fs.path(ofNode: UInt64(parent)) ?? "/"
                 entry.entry_timeout = fs.cachesMissingNames(in: directory) ? FUSEMount.cacheTimeout : 0
                 fuse_reply_entry(request, &entry)
                 return

@@ -86,10 +86,10 @@ public enum TreeValidator {
         init(_ file: SectionConfigFile) {
             byID = file.sectionsByID
             ids = file.sections.map(\.id).joined(separator: ", ")
-            content = byID.mapValues { Set(($0["content"] ?? TreeValidator.defaultContent($0.type)).split(separator: ",").map(String.init)) }
-            nodes = byID.compactMapValues { section in
-                section["nodes"].map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
+            content = byID.mapValues { section in
+                section["content"].map { Set(StorageVolumes.splitList($0)) } ?? StorageVolumes.defaultContent(storageType: section.type)
             }
+            nodes = byID.compactMapValues { section in section["nodes"].map { Set(StorageVolumes.splitList($0)) } }
         }
     }
 
@@ -124,17 +124,6 @@ public enum TreeValidator {
             }
         }
         return diagnostics
-    }
-
-    /// Proxmox's default content when `content` is not set.
-    static func defaultContent(_ type: String) -> String {
-        switch type {
-        case "dir", "nfs", "cifs", "btrfs", "glusterfs", "cephfs": type == "cephfs" ? "vztmpl,iso,backup" : "images,rootdir"
-        case "pbs": "backup"
-        case "iscsi", "iscsidirect": "images"
-        case "lvm", "lvmthin", "zfspool", "zfs", "rbd": "images,rootdir"
-        default: "images"
-        }
     }
 
     static func checkUniqueVMIDs(_ guests: [DesiredState.Guest]) -> [Diagnostic] {

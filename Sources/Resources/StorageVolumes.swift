@@ -127,15 +127,13 @@ public enum StorageVolumes {
     /// file-based types share upstream's base plugin rules).
     public static func parseVolname(_ volname: String, storageType: String = "dir") throws(Failure) -> Volume {
         switch storageType {
-        case "lvm":
+        case "lvm", "lvmthin":
             guard match(volname, lvmNamePattern) != nil else {
                 throw Failure("lvm name '\(volname)' contains illegal characters\n")
             }
-            guard let groups = match(volname, lvmVolumePattern) else { throw Failure("unable to parse lvm volume name '\(volname)'\n") }
-            return Volume(vtype: "images", name: groups[1]!, vmid: groups[2], format: "raw")
-        case "lvmthin":
-            guard match(volname, lvmNamePattern) != nil else {
-                throw Failure("lvm name '\(volname)' contains illegal characters\n")
+            guard storageType == "lvmthin" else {
+                guard let groups = match(volname, lvmVolumePattern) else { throw Failure("unable to parse lvm volume name '\(volname)'\n") }
+                return Volume(vtype: "images", name: groups[1]!, vmid: groups[2], format: "raw")
             }
             guard let groups = match(volname, lvmThinVolumePattern) else { throw Failure("unable to parse lvm volume name '\(volname)'\n") }
             return Volume(vtype: "images", name: groups[1]!, vmid: groups[3], isBase: groups[2] == "base" ? "base" : nil, format: "raw")
@@ -184,6 +182,21 @@ public enum StorageVolumes {
 
     // MARK: directories
 
+    /// The content a storage type holds when `content` is not set (upstream's plugin defaults).
+    public static func defaultContent(storageType: String) -> Set<String> {
+        switch storageType {
+        case "dir", "btrfs", "lvmthin", "zfspool": ["images", "rootdir"]
+        case "cephfs", "pbs": ["backup"]
+        case "esxi": ["import"]
+        default: ["images"]
+        }
+    }
+
+    /// A list value as PVE::Tools::split_list reads it: commas, semicolons and blanks separate.
+    public static func splitList(_ value: String) -> [String] {
+        value.split(whereSeparator: { $0 == "," || $0 == ";" || $0 == " " || $0 == "\t" }).map(String.init)
+    }
+
     /// Content type → sub-directory of a file-based storage.
     public static let contentSubdirectories: [String: String] = [
         "images": "images", "rootdir": "private", "iso": "template/iso", "vztmpl": "template/cache",
@@ -193,7 +206,7 @@ public enum StorageVolumes {
     /// `content-dirs` (`iso=isos,backup=dumps`) as a map; unknown content types are left out.
     public static func parseContentDirectories(_ value: String?) -> [String: String] {
         var result: [String: String] = [:]
-        for item in (value ?? "").split(whereSeparator: { $0 == "," || $0 == ";" || $0 == " " }) {
+        for item in splitList(value ?? "") {
             let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, contentSubdirectories[parts[0]] != nil else { continue }
             result[parts[0]] = parts[1]
@@ -256,7 +269,7 @@ public enum StorageVolumes {
             if let rest = under("images"), let groups = match(rest, imageFilePattern) {
                 let vmid = groups[1]!, name = groups[2]!
                 guard let parsed = try? parseNameDir(name), FileManager.default.fileExists(atPath: resolved) else { continue }
-                if parsed.format == "qcow2", let backing = qcow2BackingFile(resolved),
+                if parsed.format == "qcow2", let backing = QCOW2Header(path: resolved)?.backingFile,
                    let base = match(backing, backingFilePattern) {
                     return ("images", "\(storage.id):\(base[1]!)/\(base[2]!)/\(vmid)/\(name)")
                 }
@@ -276,24 +289,34 @@ public enum StorageVolumes {
         return nil
     }
 
-    static func realPath(_ path: String) -> String? {
+    /// realpath(3), or nil when the path does not exist.
+    public static func realPath(_ path: String) -> String? {
         guard let resolved = realpath(path, nil) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)
     }
 
-    /// The backing file a qcow2 image names in its header, if any.
-    public static func qcow2BackingFile(_ path: String) -> String? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        guard let header = try? handle.read(upToCount: 20), header.count == 20,
-              header.prefix(4) == Data([0x51, 0x46, 0x49, 0xFB]) else { return nil }
-        let bytes = [UInt8](header)
-        let offset = bytes[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        let size = bytes[16..<20].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-        guard offset > 0, size > 0, size < 4096 else { return nil }
-        guard (try? handle.seek(toOffset: offset)) != nil, let name = try? handle.read(upToCount: Int(size)), name.count == Int(size) else { return nil }
-        return String(decoding: name, as: UTF8.self)
+    /// What a qcow2 image's header says: the guest-visible size and the
+    /// backing file (a linked clone's base), read without running qemu-img.
+    public struct QCOW2Header: Sendable {
+        public var virtualSize: UInt64
+        public var backingFile: String?
+
+        /// nil when the file is not a qcow2 image.
+        public init?(path: String) {
+            guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+            defer { try? handle.close() }
+            guard let header = try? handle.read(upToCount: 32), header.count == 32,
+                  header.prefix(4) == Data([0x51, 0x46, 0x49, 0xFB]) else { return nil }
+            let bytes = [UInt8](header)
+            func number(_ range: Range<Int>) -> UInt64 { bytes[range].reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
+            virtualSize = number(24..<32)
+            let offset = number(8..<16), size = number(16..<20)
+            if offset > 0, size > 0, size < 4096, (try? handle.seek(toOffset: offset)) != nil,
+               let name = try? handle.read(upToCount: Int(size)), name.count == Int(size) {
+                backingFile = String(decoding: name, as: UTF8.self)
+            }
+        }
     }
 
     // MARK: backup archives

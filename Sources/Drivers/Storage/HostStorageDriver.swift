@@ -41,15 +41,9 @@ public struct HostStorageDriver: StorageDriver {
 
     /// The mount a path lives on (the longest mount point that is a prefix of it).
     static func mount(containing path: String, in mounts: [MountEntry]) -> MountEntry? {
-        let resolved = realPath(path) ?? path
+        let resolved = StorageVolumes.realPath(path) ?? path
         return mounts.filter { resolved == $0.target || resolved.hasPrefix($0.target == "/" ? "/" : $0.target + "/") }
             .max { $0.target.count < $1.target.count }
-    }
-
-    static func realPath(_ path: String) -> String? {
-        guard let resolved = realpath(path, nil) else { return nil }
-        defer { free(resolved) }
-        return String(cString: resolved)
     }
 
     static func isDirectory(_ path: String) -> Bool {
@@ -202,7 +196,9 @@ public struct HostStorageDriver: StorageDriver {
         if format == "raw" { return ObservedVolume(exists: true, sizeBytes: UInt64(info.st_size)) }
         // A qcow2 header states the virtual size (big-endian u64 at byte 24):
         // no qemu-img process per volume on a node with hundreds of disks.
-        if format == "qcow2", let size = Self.qcow2VirtualSize(volume.hostPath) { return ObservedVolume(exists: true, sizeBytes: size) }
+        if format == "qcow2", let header = StorageVolumes.QCOW2Header(path: volume.hostPath) {
+            return ObservedVolume(exists: true, sizeBytes: header.virtualSize)
+        }
         // -U: a running QEMU holds the image locked; reading its size is safe.
         guard let result = try? await Command.run(["qemu-img", "info", "-U", "--output=json", "-f", format, volume.hostPath]), result.succeeded,
               let object = try? JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any],
@@ -268,14 +264,6 @@ public struct HostStorageDriver: StorageDriver {
             try await Self.lvmCheck(["lvextend", "-L", "\(Self.kibibytes(bytes))k", "\(vg)/\(lv)"])
             if filesystem { try await growFilesystem(Self.mapperPath(volumeGroup: vg, volume: lv)) }
         }
-    }
-
-    static func qcow2VirtualSize(_ path: String) -> UInt64? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        guard let header = try? handle.read(upToCount: 32), header.count == 32,
-              header.prefix(4) == Data([0x51, 0x46, 0x49, 0xFB]) else { return nil }
-        return [UInt8](header)[24..<32].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
     }
 
     /// Where qemu-server keeps a VM's pid file and QMP socket.

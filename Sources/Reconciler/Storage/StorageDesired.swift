@@ -4,14 +4,6 @@ import Resources
 /// Reads the storage kind's desired state: the storages of `storage.cfg` and
 /// the volumes the local guests' configs name.
 public enum StorageDesiredState {
-    /// The content a storage type holds when `content` is not set (upstream's defaults).
-    static let defaultContent: [String: Set<String>] = [
-        "dir": ["images", "rootdir"], "nfs": ["images"], "cifs": ["images"], "btrfs": ["images", "rootdir"],
-        "lvm": ["images"], "lvmthin": ["images", "rootdir"], "zfspool": ["images", "rootdir"], "zfs": ["images"],
-        "rbd": ["images"], "iscsi": ["images"], "iscsidirect": ["images"], "cephfs": ["backup"], "pbs": ["backup"],
-        "glusterfs": ["images"], "esxi": ["import"],
-    ]
-
     /// Upstream always has a `local` directory storage at /var/lib/vz with this content.
     static let localContent: Set<String> = ["backup", "images", "iso", "rootdir", "snippets", "vztmpl"]
 
@@ -53,12 +45,12 @@ public enum StorageDesiredState {
         if flag(properties["disable"]) == true {
             inactive = "disabled"
         } else if let nodes = properties["nodes"], !node.isEmpty {
-            let list = nodes.split(whereSeparator: { $0 == "," || $0 == ";" || $0 == " " }).map(String.init)
+            let list = StorageVolumes.splitList(nodes)
             if !list.isEmpty && !list.contains(node) { inactive = "not for this node (nodes \(list.joined(separator: ",")))" }
         }
-        var content = defaultContent[type] ?? []
+        var content = StorageVolumes.defaultContent(storageType: type)
         if let text = properties["content"] {
-            content = Set(text.split(whereSeparator: { $0 == "," || $0 == ";" || $0 == " " }).map(String.init))
+            content = Set(StorageVolumes.splitList(text))
             content.remove("none")
         }
         var path = properties["path"]

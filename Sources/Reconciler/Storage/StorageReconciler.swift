@@ -54,7 +54,8 @@ public struct StorageReconciler: Sendable {
         }
         for problem in storageProblems where problem.severity == .error { computed.problems.append(problem) }
 
-        var usable: [String: (DesiredStorage, ObservedStorage, willBeActive: Bool)] = [:]
+        // Storages that are (or this apply makes) usable: their volumes can be planned.
+        var usable: [String: DesiredStorage] = [:]
         for storage in storages {
             let wanted = Self.selected(only, storage: storage.id)
             guard storage.isActiveHere else {
@@ -65,7 +66,7 @@ public struct StorageReconciler: Sendable {
             let observed = await driver.observe(storage)
             let (plan, steps, status) = plan(storage, observed)
             computed.statuses.append(status)
-            usable[storage.id] = (storage, observed, plan.map { $0.action != .blocked && $0.action != .unavailable } ?? status.active)
+            if plan.map({ $0.action != .blocked && $0.action != .unavailable }) ?? status.active { usable[storage.id] = storage }
             if wanted, let plan { add(&computed, (plan, steps)) }
         }
         // Storages gone from the file: only their mounts we made are undone.
@@ -86,7 +87,7 @@ public struct StorageReconciler: Sendable {
                                                    source: problem.location, changes: [], message: problem.message))
         }
         for volume in volumes where Self.selected(only, storage: volume.storage, volume: volume.volumeID) {
-            guard let (storage, _, willBeActive) = usable[volume.storage], willBeActive else {
+            guard let storage = usable[volume.storage] else {
                 let storage = storages.first { $0.id == volume.storage }
                 let plan = ResourcePlan(kind: "storage", name: volume.volumeID, action: .unavailable, source: volume.source, changes: [],
                                         message: "unavailable: storage '\(volume.storage)' is \(storage?.inactiveReason ?? "not active") on this node")
