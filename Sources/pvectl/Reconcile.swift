@@ -89,15 +89,18 @@ struct PlanCommand: AsyncParsableCommand {
         commandName: "plan",
         abstract: "Show what apply would change, without changing anything.",
         discussion: """
-        One block per resource (network/vmbr0): + create, ~ change (old → new with
-        its change class: live, reload, restart, replace), - delete, each with the
-        file line it comes from. A staged interfaces.new is planned when present.
+        One block per resource (network/vmbr0, storage/local,
+        storage/local:100/vm-100-disk-0.qcow2): + create, ~ change (old → new with
+        its change class: live, reload, restart, replace), - delete, ! blocked,
+        ? unavailable on this node, each with the file line it comes from. A
+        staged interfaces.new is planned when present.
 
         Exit codes with --detailed-exitcode: 0 no changes, 2 changes, 1 error.
 
         Examples:
           pvectl plan
           pvectl plan --only network/vmbr0 --json
+          pvectl plan --only storage/local-lvm
           pvectl plan --out /tmp/net.plan --detailed-exitcode
         """
     )
@@ -139,6 +142,7 @@ struct ApplyCommand: AsyncParsableCommand {
         Examples:
           pvectl apply
           pvectl apply --auto-approve --only network
+          pvectl apply --auto-approve --only storage
           pvectl apply /tmp/net.plan
         """
     )
@@ -236,6 +240,7 @@ struct StatusCommand: AsyncParsableCommand {
         Examples:
           pvectl status
           pvectl status --only network --json
+          pvectl status --only storage          (like pvesm status)
         """
     )
 
