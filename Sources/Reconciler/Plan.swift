@@ -76,7 +76,8 @@ public struct ResourcePlan: Codable, Hashable, Sendable {
 /// JSON schema (`format_version` 1): `{format_version, node, inputs: {path:
 /// sha256}, resources: [{id, kind, name, action, source: {file, line}?,
 /// changes: [{field, old?, new?, class, source?}], operations: [string],
-/// message?}], summary: {create, update, replace, delete, blocked, unavailable}}`.
+/// message?}], summary: {create, update, replace, delete, blocked, unavailable},
+/// notes?: [string]}`.
 /// Resources are sorted by id; keys are sorted.
 public struct Plan: Codable, Hashable, Sendable {
     public struct Summary: Codable, Hashable, Sendable {
@@ -93,13 +94,17 @@ public struct Plan: Codable, Hashable, Sendable {
     public var inputs: [String: String]
     public var resources: [ResourcePlan]
     public var summary: Summary
+    /// What a reader should know beside the changes: rules left out with
+    /// their file:line, values the plan derived (the firewall's local_network).
+    public var notes: [String]?
 
     enum CodingKeys: String, CodingKey {
-        case node, inputs, resources, summary
+        case node, inputs, resources, summary, notes
         case formatVersion = "format_version"
     }
 
-    public init(node: String, inputs: [String: String], resources: [ResourcePlan]) {
+    public init(node: String, inputs: [String: String], resources: [ResourcePlan], notes: [String] = []) {
+        self.notes = notes.isEmpty ? nil : notes
         self.node = node
         self.inputs = inputs
         self.resources = resources.sorted { $0.id < $1.id }
@@ -134,8 +139,10 @@ public struct Plan: Codable, Hashable, Sendable {
     public func render(colors: Bool) -> String {
         func paint(_ text: String, _ code: String) -> String { colors ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text }
         var out = ""
+        for note in notes ?? [] { out += paint("note: ", "36") + note + "\n" }
+        if !(notes ?? []).isEmpty { out += "\n" }
         if !hasChanges && summary.blocked == 0 && summary.unavailable == 0 {
-            return "No changes. The system matches the desired state.\n"
+            return out + "No changes. The system matches the desired state.\n"
         }
         for resource in resources {
             let (symbol, color): (String, String) = switch resource.action {

@@ -84,7 +84,7 @@ public struct FirewallConfig: Hashable, Sendable {
         public var location: SourceLocation
         public var origin: Origin?
 
-        init(kind: SectionKind, comment: String?, location: SourceLocation) {
+        public init(kind: SectionKind, comment: String?, location: SourceLocation) {
             self.kind = kind
             self.comment = comment
             self.options = []

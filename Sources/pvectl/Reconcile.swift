@@ -46,14 +46,19 @@ struct ReconcileOptions: ParsableArguments {
         StorageReconciler(driver: HostStorageDriver(), store: StateStore(directory: stateDir))
     }
 
+    var firewallReconciler: FirewallReconciler {
+        FirewallReconciler(driver: NftablesFirewallDriver(), store: StateStore(directory: stateDir))
+    }
+
     /// Every selected kind's view of one run.
     struct Computation {
         var plan: Plan
         var network: NetworkReconciler.Computed
         var storage: StorageReconciler.Computed
+        var firewall: FirewallReconciler.Computed
         var state: DesiredState
 
-        var problems: [Diagnostic] { network.problems + storage.problems }
+        var problems: [Diagnostic] { network.problems + storage.problems + firewall.problems }
     }
 
     /// Computes the plan of every selected kind.
@@ -68,9 +73,14 @@ struct ReconcileOptions: ParsableArguments {
         if ResourceSelector.wants(selectors, kind: "storage") {
             storage = try await storageReconciler.compute(state, only: selectors)
         }
-        if reportProblems { for problem in network.problems + storage.problems { printError(problem.description) } }
-        let plan = Plan(node: tree.nodeName, inputs: state.digests, resources: network.resources + storage.resources)
-        return Computation(plan: plan, network: network, storage: storage, state: state)
+        var firewall = FirewallReconciler.Computed()
+        if ResourceSelector.wants(selectors, kind: "firewall") {
+            firewall = try await firewallReconciler.compute(state, only: selectors)
+        }
+        if reportProblems { for problem in network.problems + storage.problems + firewall.problems { printError(problem.description) } }
+        let plan = Plan(node: tree.nodeName, inputs: state.digests, resources: network.resources + storage.resources + firewall.resources,
+                        notes: firewall.notes)
+        return Computation(plan: plan, network: network, storage: storage, firewall: firewall, state: state)
     }
 }
 
@@ -101,6 +111,7 @@ struct PlanCommand: AsyncParsableCommand {
           pvectl plan
           pvectl plan --only network/vmbr0 --json
           pvectl plan --only storage/local-lvm
+          pvectl plan --only firewall              (rule-level changes with file:line)
           pvectl plan --out /tmp/net.plan --detailed-exitcode
         """
     )
@@ -143,6 +154,7 @@ struct ApplyCommand: AsyncParsableCommand {
           pvectl apply
           pvectl apply --auto-approve --only network
           pvectl apply --auto-approve --only storage
+          pvectl apply --auto-approve --only firewall
           pvectl apply /tmp/net.plan
         """
     )
@@ -197,6 +209,10 @@ struct ApplyCommand: AsyncParsableCommand {
         let storageOutcome = try await options.storageReconciler.apply(computation.storage) { line in printOut(line + "\n") }
         for failure in storageOutcome.failed { printError("error: storage/\(failure.id): \(failure.message)") }
         if !storageOutcome.failed.isEmpty { throw ExitCode(1) }
+        // The firewall last: guest NICs it guards may have just appeared.
+        let firewallOutcome = try await options.firewallReconciler.apply(computation.firewall) { line in printOut(line + "\n") }
+        for failure in firewallOutcome.failed { printError("error: firewall/\(failure.id): \(failure.message)") }
+        if !firewallOutcome.failed.isEmpty { throw ExitCode(1) }
         // Level-triggered check: a fresh plan must be empty.
         let after = try await options.computePlan(reportProblems: false).plan
         if after.hasChanges {
@@ -204,7 +220,7 @@ struct ApplyCommand: AsyncParsableCommand {
             printError(after.render(colors: false))
             throw ExitCode(1)
         }
-        let converged = outcome.applied.count + storageOutcome.applied.count
+        let converged = outcome.applied.count + storageOutcome.applied.count + firewallOutcome.applied.count
         printOut("Apply complete: \(converged) resource\(converged == 1 ? "" : "s") converged.\n")
     }
 
