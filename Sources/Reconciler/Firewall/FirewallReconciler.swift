@@ -103,7 +103,16 @@ public struct FirewallReconciler: Sendable {
                                                message: "a firewall file cannot be read (\(freezing.count) error(s)); the loaded ruleset is kept as it is")]
             return computed
         }
-        let observed = try await driver.observe(node: state.node)
+        let observed: ObservedFirewall
+        do {
+            observed = try await driver.observe(node: state.node)
+        } catch {
+            // A node without nftables can still plan everything else; a firewall it should enforce is reported.
+            guard FirewallCompiler.isOn(state.clusterFirewall?.options["enable"], default: false) else { return computed }
+            computed.resources = [ResourcePlan(kind: "firewall", name: "ruleset", action: .unavailable, source: nil, changes: [],
+                                               message: "cannot observe the firewall: \(error)")]
+            return computed
+        }
         var compiled = FirewallCompiler.compile(FirewallCompiler.Input(state: state, hostAddresses: observed.hostAddresses,
                                                                      resolvedNodeAddress: observed.resolvedNodeAddress))
         compiled.skipped += fileErrors.map { .warning($0.location, "rule skipped: \($0.message)") }
