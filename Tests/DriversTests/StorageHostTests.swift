@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
-import Drivers
+@testable import Drivers
 
 /// The storage kind on this host, through the pvectl binary: directory
 /// storages, guest volumes made by qemu-img, btrfs on a loop device, and the
@@ -266,5 +266,24 @@ struct RunningDiskResizeTests {
         #expect(size?.uint64Value == 128 << 20, "QEMU's view: \(String(describing: drive))")
         #expect(setup.pvectl("plan", ["--detailed-exitcode"], only: ["live"]).status == 0)
         _ = try? client.execute("quit")
+    }
+}
+
+/// The mount table is read whole: a host with many mounts (each `ip netns add`
+/// is one) once lost everything past the first page, and with it the mounts
+/// storages sit on.
+@Suite("mount table", .enabled(if: NetworkNamespace.isAvailable, Comment(rawValue: NetworkNamespace.unavailableReason ?? "")))
+struct MountTableTests {
+    @Test("every line of a long /proc/self/mountinfo is seen")
+    func longMountTable() throws {
+        var namespaces: [NetworkNamespace] = []
+        for _ in 0..<60 { namespaces.append(try NetworkNamespace(prefix: "pvmt")) }
+        let expected = NetworkNamespace.capture(["cat", "/proc/self/mountinfo"]).output.split(separator: "\n").count
+        let seen = HostStorageDriver.mounts()
+        #expect(expected > 60)
+        // cat is another process: the counts may differ by mounts made meanwhile, never by a page's worth.
+        #expect(abs(seen.count - expected) < 5, "read \(seen.count) mounts, cat shows \(expected)")
+        #expect(seen.contains { $0.target.hasSuffix(namespaces.last!.name) })
+        namespaces.removeAll()
     }
 }

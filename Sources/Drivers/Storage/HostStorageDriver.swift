@@ -18,7 +18,7 @@ public struct HostStorageDriver: StorageDriver {
 
     /// /proc/self/mountinfo, with its octal escapes (\040 for a space) undone.
     static func mounts() -> [MountEntry] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        guard let text = readProcFile("/proc/self/mountinfo") else { return [] }
         func unescape(_ field: Substring) -> String {
             var out = ""
             var characters = field.makeIterator()
@@ -62,7 +62,7 @@ public struct HostStorageDriver: StorageDriver {
     /// Whether the kernel knows a file system type, loading its module if it can.
     static func kernelHasFileSystem(_ name: String) async -> Bool {
         func listed() -> Bool {
-            ((try? String(contentsOfFile: "/proc/filesystems", encoding: .utf8)) ?? "").split(separator: "\n")
+            (readProcFile("/proc/filesystems") ?? "").split(separator: "\n")
                 .contains { $0.split(separator: "\t").last.map(String.init) == name }
         }
         if listed() { return true }
@@ -73,7 +73,7 @@ public struct HostStorageDriver: StorageDriver {
     static func kernelHasDeviceMapper() async -> Bool {
         if FileManager.default.fileExists(atPath: "/dev/mapper/control") { return true }
         _ = try? await Command.run(["modprobe", "-q", "dm_mod"])
-        return ((try? String(contentsOfFile: "/proc/misc", encoding: .utf8)) ?? "").contains("device-mapper")
+        return (readProcFile("/proc/misc") ?? "").contains("device-mapper")
     }
 
     /// Why this node cannot use a storage type, or nil.
@@ -273,7 +273,7 @@ public struct HostStorageDriver: StorageDriver {
         guard let text = try? String(contentsOfFile: Self.runDirectory + "/\(vmid).pid", encoding: .utf8),
               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0 else { return false }
         // A recycled pid is not our QEMU: its command line must name QEMU.
-        let commandLine = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
+        let commandLine = readProcFile("/proc/\(pid)/cmdline") ?? ""
         return commandLine.contains("qemu")
     }
 
@@ -292,4 +292,14 @@ public struct HostStorageDriver: StorageDriver {
 public struct StorageDriverError: Error, CustomStringConvertible {
     public var description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// A /proc file read to its end. Foundation's String(contentsOfFile:) trusts
+/// the size stat reports, which is 0 for procfs, and returns one page: a host
+/// with many mounts (every `ip netns add` is one) lost the rest of mountinfo.
+func readProcFile(_ path: String) -> String? {
+    guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+    defer { try? handle.close() }
+    guard let data = try? handle.readToEnd() else { return nil }
+    return String(decoding: data, as: UTF8.self)
 }
