@@ -15,6 +15,8 @@ let package = Package(
         .executable(name: "pvectl", targets: ["pvectl"]),
         .executable(name: "pmxcfs", targets: ["pmxcfs"]),
         .library(name: "Resources", targets: ["Resources"]),
+        // For the fuzz package's firewall compiler target.
+        .library(name: "Reconciler", targets: ["Reconciler"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -5,14 +5,15 @@
 // scripts/fuzz builds and runs them.
 import PackageDescription
 
-let formats = ["storage", "sectionconfig", "qemu", "lxc", "interfaces", "firewall", "corosync", "datacenter", "user", "volumeid"]
+let formats = ["storage", "sectionconfig", "qemu", "lxc", "interfaces", "firewall", "corosync", "datacenter", "user", "volumeid", "firewallruleset"]
 
 let package = Package(
     name: "pvectl-fuzz",
     platforms: [.macOS(.v15)],
     dependencies: [.package(name: "pvectl", path: "..")],
     targets: [
-        .target(name: "FuzzSupport", dependencies: [.product(name: "Resources", package: "pvectl")], path: "Sources/FuzzSupport"),
+        .target(name: "FuzzSupport", dependencies: [.product(name: "Resources", package: "pvectl"), .product(name: "Reconciler", package: "pvectl")],
+                path: "Sources/FuzzSupport"),
     ] + formats.map { format in
         // gold fails on libFuzzer's objects (internal error in format_file_lineno); lld links them.
         .executableTarget(name: "fuzz-\(format)", dependencies: ["FuzzSupport"], path: "Sources/\(format)",

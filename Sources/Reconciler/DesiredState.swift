@@ -31,6 +31,13 @@ public struct DesiredState: Sendable {
         public var config: GuestConfig
         public var path: String
         public var kind: GuestConfig.Kind { config.kind }
+
+        public init(vmid: Int, node: String, config: GuestConfig, path: String) {
+            self.vmid = vmid
+            self.node = node
+            self.config = config
+            self.path = path
+        }
     }
 
     public var root: String

@@ -1,4 +1,5 @@
 import Foundation
+import Reconciler
 import Resources
 
 /// What every parser must do with any input: never trap, never hang, write an
@@ -45,6 +46,39 @@ extension FuzzSupport {
         }
         _ = try? StorageVolumes.archiveInfo(text, timeZone: TimeZone(identifier: "UTC")!)
         _ = StorageVolumes.parseContentDirectories(text)
+    }
+
+    /// The firewall compiler on any cluster.fw / host.fw / guest .fw (the input
+    /// split at lines of `%%`): never traps, and what it emits is closed:
+    /// every chain a rule jumps to and every set it names is declared.
+    public static func runFirewallRuleset(_ data: UnsafePointer<UInt8>, _ size: Int) {
+        let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
+        let parts = text.components(separatedBy: "\n%%\n")
+        func file(_ index: Int, _ path: String) -> FirewallConfig? {
+            index < parts.count ? FirewallConfig.parse(parts[index], file: path).0 : nil
+        }
+        let guest = GuestConfig.parse("net0: virtio=02:00:00:00:00:01,bridge=vmbr0,firewall=1\nnet1: virtio=02:00:00:00:00:02,bridge=vmbr1,firewall=1\nipconfig0: ip=192.0.2.5/24\n",
+                                      file: "100.conf", kind: .qemu).0
+        let compiled = FirewallCompiler.compile(FirewallCompiler.Input(
+            node: "pve1", cluster: file(0, "cluster.fw"), host: file(1, "host.fw"), guestFirewalls: file(2, "100.fw").map { [100: $0] } ?? [:],
+            guests: [DesiredState.Guest(vmid: 100, node: "pve1", config: guest, path: "100.conf")], corosync: nil, interfaces: nil,
+            hostAddresses: ["192.0.2.1/24"]))
+        let script = compiled.script()
+        let chains = Set(compiled.chains.map { "\($0.table)/\($0.name)" })
+        let sets = Set(compiled.sets.map { $0.name })
+        for rule in compiled.rules {
+            precondition(!rule.text.contains("\n"), "a rule spans lines: \(rule.text)")
+            let table = rule.chain.split(separator: "/").first.map(String.init) ?? ""
+            let words = rule.text.split(separator: " ")
+            for (index, word) in words.enumerated() where (word == "jump" || word == "goto") && index + 1 < words.count {
+                let target = words[index + 1].trimmingCharacters(in: CharacterSet(charactersIn: ",}"))
+                precondition(chains.contains("\(table)/\(target)"), "jump to undeclared chain \(target)")
+            }
+            for word in words where word.hasPrefix("@") {
+                precondition(sets.contains(String(word.dropFirst())), "undeclared set \(word)")
+            }
+        }
+        precondition(compiled.enabled || !script.contains("chain "), "a disabled firewall must compile to removal only")
     }
 
     /// Runs libFuzzer on a function of the input bytes.
