@@ -257,6 +257,7 @@ struct StatusCommand: AsyncParsableCommand {
           pvectl status
           pvectl status --only network --json
           pvectl status --only storage          (like pvesm status)
+          pvectl status --only firewall
         """
     )
 
@@ -344,6 +345,22 @@ struct StatusCommand: AsyncParsableCommand {
             default: "Pending"
             }
             rows.append(Row(id: resource.id, condition: condition, message: resource.message, pendingChanges: resource.changes.map(\.field)))
+        }
+        for resource in plan.resources where resource.kind == "firewall" {
+            let condition = switch resource.action {
+            case .blocked: "Blocked"
+            case .unavailable: "Unavailable"
+            default: "Pending"
+            }
+            rows.append(Row(id: resource.id, condition: condition, message: resource.message, pendingChanges: resource.changes.map(\.field)))
+        }
+        let firewall = computation.firewall
+        if ResourceSelector.wants(selectors, kind: "firewall"), pending["firewall/ruleset"] == nil, firewall.records.scriptDigest != nil,
+           firewall.compiled?.enabled == true {
+            rows.append(Row(id: "firewall/ruleset", condition: "Ready", generation: firewall.records.scriptDigest.map { String($0.prefix(12)) },
+                            updatedAt: firewall.records.appliedAt,
+                            message: "\(firewall.records.rules.count) rules loaded; \(firewall.records.ports.count) guest NIC(s) behind firewall bridges",
+                            pendingChanges: []))
         }
         for storage in storageRows where pending["storage/" + storage.name] == nil {
             rows.append(Row(id: "storage/" + storage.name, condition: storage.active ? "Ready" : "Inactive", message: storage.reason, pendingChanges: []))

@@ -154,6 +154,9 @@ struct FirewallApplyTests {
         let again = setup.pvectl("plan", ["--detailed-exitcode"])
         #expect(again.status == 0, "\(again.output)")
         #expect(again.output.contains("No changes."), "\(again.output)")
+        let status = setup.pvectl("status")
+        #expect(status.output.contains("firewall/ruleset") && status.output.contains("Ready") && status.output.contains("1 guest NIC(s) behind firewall bridges"),
+                "\(status.output)")
 
         // Drift: someone flushes a chain; the plan says so and apply repairs it.
         #expect(setup.nft(["flush", "chain", "inet", "pvectl", "host-in"]).status == 0)

@@ -115,16 +115,25 @@ private struct Compilation {
         add("do-reject", "meta l4proto tcp reject with tcp reset", origin: "reject: TCP reset")
         add("do-reject", "meta l4proto udp reject with icmpx port-unreachable", origin: "reject: UDP port unreachable")
         add("do-reject", "reject with icmpx admin-prohibited", origin: "reject: administratively prohibited")
+        let hostOptions = input.host?.options ?? [:]
         chain("smurfs")
         add("smurfs", "ip saddr 0.0.0.0 return", origin: "smurfs: DHCP discovery is not a smurf")
-        add("smurfs", "fib saddr type broadcast drop", origin: "smurfs: broadcast source")
-        add("smurfs", "ip saddr 224.0.0.0/4 drop", origin: "smurfs: multicast source")
-        chain("tcpflags")
-        for (flags, value) in [("fin|syn|rst|psh|ack|urg", "fin|psh|urg"), ("fin|syn|rst|psh|ack|urg", "0x0"),
-                               ("syn|rst", "syn|rst"), ("fin|syn", "fin|syn")] {
-            add("tcpflags", "tcp flags & (\(flags)) == \(value) drop", origin: "tcpflags: illegal flag combination")
+        for (match, why) in [("fib saddr type broadcast", "smurfs: broadcast source"), ("ip saddr 224.0.0.0/4", "smurfs: multicast source")] {
+            if let log = logStatement(level: hostOptions["smurf_log_level"], vmid: nil, chain: "smurfs", message: "DROP: ") {
+                add("smurfs", "\(match) \(log)", origin: why + " (logged at smurf_log_level)")
+            }
+            add("smurfs", "\(match) drop", origin: why)
         }
-        add("tcpflags", "tcp sport 0 tcp flags & (fin|syn|rst|ack) == syn drop", origin: "tcpflags: SYN from port 0")
+        chain("tcpflags")
+        var flagMatches = [("fin|syn|rst|psh|ack|urg", "fin|psh|urg"), ("fin|syn|rst|psh|ack|urg", "0x0"), ("syn|rst", "syn|rst"), ("fin|syn", "fin|syn")]
+            .map { ("tcp flags & (\($0.0)) == \($0.1)", "tcpflags: illegal flag combination") }
+        flagMatches.append(("tcp sport 0 tcp flags & (fin|syn|rst|ack) == syn", "tcpflags: SYN from port 0"))
+        for (match, why) in flagMatches {
+            if let log = logStatement(level: hostOptions["tcp_flags_log_level"], vmid: nil, chain: "tcpflags", message: "DROP: ") {
+                add("tcpflags", "\(match) \(log)", origin: why + " (logged at tcp_flags_log_level)")
+            }
+            add("tcpflags", "\(match) drop", origin: why)
+        }
 
         declareClusterSets(cluster)
         // Group chains before the chains that jump to them.
