@@ -20,6 +20,8 @@ public final class FirewallTopology: @unchecked Sendable {
     public let prefix: String
     public let host: String
     public private(set) var endpoints: [String: Endpoint] = [:]
+    /// The host's MAC on each bridge.
+    public private(set) var bridgeMACs: [String: String] = [:]
     public static let hostAddress = "172.16.1.2"
     private var namespaces: [String] = []
 
@@ -30,8 +32,10 @@ public final class FirewallTopology: @unchecked Sendable {
         do {
             try add(namespace: host)
             var batch = ["link set lo up"]
-            for bridge in bridges {
-                batch.append("link add \(bridge) type bridge stp_state 0 forward_delay 0 mcast_snooping 0")
+            for (number, bridge) in bridges.enumerated() {
+                // A fixed MAC: a bridge would otherwise take its lowest port's, changing as ports come.
+                bridgeMACs[bridge] = "02:00:00:00:ff:\(String(format: "%02x", number))"
+                batch.append("link add \(bridge) address \(bridgeMACs[bridge]!) type bridge stp_state 0 forward_delay 0 mcast_snooping 0")
                 batch.append("link set \(bridge) up")
             }
             batch.append("address add \(Self.hostAddress)/24 dev vmbr0")
@@ -136,6 +140,23 @@ public final class FirewallTopology: @unchecked Sendable {
         }
         own(source.namespace, sourceIP, onHost: source.bridge == nil)
         if !Self.isMulticast(destinationIP) { own(destination.namespace, destinationIP, onHost: destination.bridge == nil) }
+        // The destination answers without asking ARP: the case is about the
+        // packet it describes, and a guest's own ipfilter would otherwise stop
+        // its ARP for an address the case gives it.
+        if let bridge = destination.bridge, !Self.isMulticast(destinationIP) {
+            let sameBridge = source.bridge == bridge
+            let sourceMAC = endpoints.values.first { $0.namespace == source.namespace }?.mac
+            if let mac = sameBridge ? sourceMAC : bridgeMACs[bridge] {
+                setup.append((destination.namespace, "neigh replace \(sourceIP) lladdr \(mac) dev eth0 nud permanent"))
+                undo.append((destination.namespace, "neigh del \(sourceIP) dev eth0"))
+            }
+            // Whoever hands the packet to the destination knows its MAC as well.
+            if let destinationMAC = endpoints.values.first(where: { $0.namespace == destination.namespace })?.mac {
+                let (namespace, device) = sameBridge ? (source.namespace, "eth0") : (host, bridge)
+                setup.append((namespace, "neigh replace \(destinationIP) lladdr \(destinationMAC) dev \(device) nud permanent"))
+                undo.append((namespace, "neigh del \(destinationIP) dev \(device)"))
+            }
+        }
         route(sourceIP, via: source.bridge)
         route(destinationIP, via: destination.bridge)
         for namespace in Set(setup.map(\.0)) { try ip(namespace, setup.filter { $0.0 == namespace }.map(\.1)) }

@@ -76,6 +76,9 @@ private struct Compilation {
     var setNames: Set<String> = []
     var clusterOptions: [String: String] = [:]
     var logRateLimit: String?
+    /// Layer-2 filters of guest NICs for the bridge table (cluster option `ebtables`):
+    /// the only source MAC allowed, and the ARP sender addresses allowed (ipfilter).
+    var layer2Filters: [(device: String, mac: String?, arpSenders: [String]?, origin: String)] = []
 
     init(input: Input) {
         self.input = input
@@ -751,6 +754,12 @@ private struct Compilation {
             }
         }
         if !inbound {
+            let macFilter = FirewallCompiler.isOn(options["macfilter"], default: true) ? nic.mac : nil
+            let ipfilterSet = result.sets.first { $0.name == "v4-guest\(guest.vmid)/ipfilter-\(nic.netName)" }
+            let arpSenders = file.ipsets.keys.contains { $0.lowercased() == "ipfilter-\(nic.netName)" } ? ["0.0.0.0"] + (ipfilterSet?.elements ?? []) : nil
+            if macFilter != nil || arpSenders != nil {
+                layer2Filters.append((nic.device, macFilter, arpSenders, "guest \(guest.vmid) \(nic.netName): macfilter/ipfilter for every frame, ARP included"))
+            }
             if FirewallCompiler.isOn(options["macfilter"], default: true), let mac = nic.mac {
                 add(name, "ether saddr != \(mac) drop", origin: "macfilter: only the NIC's own MAC \(mac)")
             }
@@ -814,6 +823,17 @@ private struct Compilation {
         add("prerouting", "meta mark set meta mark & \(clear)", table: "bridge", origin: "reset pvectl's mark bits on every frame")
         chain("forward", table: "bridge", hook: "type filter hook forward priority -1; policy accept;")
         add("forward", "meta mark set meta mark | \(hex(CompiledFirewall.bridgedMark))", table: "bridge", origin: "the frame is bridged")
+        // ebtables (on by default): a guest may not send frames, ARP included, as another MAC or IP.
+        if FirewallCompiler.isOn(clusterOptions["ebtables"], default: true) {
+            for filter in layer2Filters {
+                if let mac = filter.mac {
+                    add("forward", "iifname \"\(filter.device)\" ether saddr != \(mac) drop", table: "bridge", origin: filter.origin)
+                }
+                if let senders = filter.arpSenders {
+                    add("forward", "iifname \"\(filter.device)\" arp saddr ip != { \(senders.joined(separator: ", ")) } drop", table: "bridge", origin: filter.origin)
+                }
+            }
+        }
         let devices = result.ports.map { "\"\($0.device)\"" }
         if !devices.isEmpty {
             let set = "{ \(devices.joined(separator: ", ")) }"
