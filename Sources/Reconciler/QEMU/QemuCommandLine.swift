@@ -1,0 +1,918 @@
+import Foundation
+import Resources
+
+/// The QEMU command line of a VM config, as Proxmox VE's `qm showcmd` builds
+/// it: process and monitor sockets, machine and its version, CPU, memory,
+/// PCI bridges and fixed PCI addresses, USB, display, balloon, disks as
+/// -blockdev trees (throttle → format → protocol) with their devices, NICs
+/// as tap netdevs on the NIC's bridge, boot order, and the machine flags.
+public struct QemuCommandLine {
+    public struct Failure: Error, CustomStringConvertible, Sendable {
+        public var message: String
+        public var description: String { message }
+        init(_ message: String) { self.message = message }
+    }
+
+    public let vmid: Int
+    let conf: [String: String]
+    let storage: SectionConfigFile?
+    let host: QemuHostProfile
+
+    public init(vmid: Int, config: GuestConfig, storage: SectionConfigFile?, host: QemuHostProfile) {
+        self.vmid = vmid
+        var conf: [String: String] = [:]
+        for entry in config.main.effectiveEntries { conf[entry.key] = entry.value }
+        self.conf = conf
+        self.storage = storage
+        self.host = host
+        self.templateSource = false
+    }
+
+    // MARK: machine
+
+    /// `machine: [type=]<type>[,viommu=..][,enable-s3=..][,enable-s4=..][,aw-bits=..]`.
+    var machineProperty: PropertyString { PropertyString(parsing: conf["machine"] ?? "") }
+
+    var machineConfigured: String? {
+        let property = machineProperty
+        return property["type"] ?? property.bareValue
+    }
+
+    var arch: String { conf["arch"] ?? host.arch }
+
+    var isQ35: Bool { (machineConfigured ?? "").contains("q35") }
+
+    /// The highest +pveN each QEMU machine version knows (Machine.pm's table).
+    static func maxPVEVersion(_ version: QemuVersion) -> Int {
+        switch (version.major, version.minor) {
+        case (4, 1): 2
+        case (9, 2): 1
+        case (10, 0): 1
+        case (10, 1): 1
+        case (11, 0): 2
+        default: 0
+        }
+    }
+
+    /// The machine type and the version features are checked against.
+    func machine() throws -> (type: String, version: QemuVersion, pve: Int, pinned: Bool) {
+        let configured = machineConfigured
+        let base = configured ?? (arch == "aarch64" ? "virt" : "pc")
+        let pattern = try NSRegularExpression(pattern: #"^(?:pc(?:-i440fx|-q35)?|virt)-(\d+)\.(\d+)(?:\+pve(\d+))?(?:\.pxe)?$"#)
+        let range = NSRange(base.startIndex..., in: base)
+        if let match = pattern.firstMatch(in: base, range: range) {
+            func group(_ index: Int) -> Int? {
+                guard let r = Range(match.range(at: index), in: base) else { return nil }
+                return Int(base[r])
+            }
+            let version = QemuVersion(group(1)!, group(2)!)
+            let pve = group(3) ?? 0
+            return (base, version, pve, true)
+        }
+        let version = QemuVersion(host.qemuVersion.major, host.qemuVersion.minor)
+        return (base, version, Self.maxPVEVersion(version), false)
+    }
+
+    // MARK: small helpers
+
+    static func boolean(_ value: String?) -> Bool? {
+        guard let value else { return nil }
+        return ["1", "on", "yes", "true"].contains(value.lowercased())
+    }
+
+    var windowsVersion: Int {
+        switch conf["ostype"] ?? "" {
+        case "wxp", "w2k", "w2k3": 5
+        case "w2k8", "wvista": 6
+        case "win7": 7
+        case "win8": 8
+        case "win10": 10
+        case "win11": 11
+        default: 0
+        }
+    }
+
+    var isTemplate: Bool { Self.boolean(conf["template"]) == true }
+
+    /// `pci.0,addr=0x12`-style suffix from the fixed PCI address table.
+    static func pciAddress(_ id: String, bridges: inout Set<Int>) -> String {
+        guard let (bus, addr) = pciAddressMap[id] else { return "" }
+        bridges.insert(bus)
+        return ",bus=pci.\(bus),addr=0x\(String(addr, radix: 16))"
+    }
+
+    static let pciAddressMap: [String: (Int, Int)] = {
+        var map: [String: (Int, Int)] = [
+            "piix3": (0, 1), "ehci": (0, 1), "vga": (0, 2), "legacy-igd": (0, 2), "balloon0": (0, 3), "watchdog": (0, 4),
+            "scsihw0": (0, 5), "pci.3": (0, 5), "scsihw1": (0, 6), "ahci0": (0, 7), "qga0": (0, 8), "spice": (0, 9),
+            "hostpci0": (0, 16), "hostpci1": (0, 17), "vga1": (0, 24), "vga2": (0, 25), "vga3": (0, 26),
+            "hostpci2": (0, 27), "hostpci3": (0, 28), "pci.1": (0, 30), "pci.2": (0, 31),
+            "xhci": (1, 27), "pci.4": (1, 28), "rng0": (1, 29), "pci.2-igd": (1, 30),
+            "ivshmem": (2, 11), "audio0": (2, 12), "scsihw2": (4, 1), "scsihw3": (4, 2), "scsihw4": (4, 3),
+        ]
+        for index in 0...5 { map["virtio\(index)"] = (0, 10 + index) }
+        for index in 0...5 { map["net\(index)"] = (0, 18 + index) }
+        for index in 6...31 { map["net\(index)"] = (1, index - 5) }
+        for index in 6...15 { map["virtio\(index)"] = (2, index - 5) }
+        for index in 4...15 { map["hostpci\(index)"] = (2, index + 9) }
+        for index in 0...30 { map["virtioscsi\(index)"] = (3, index + 1) }
+        return map
+    }()
+
+    /// Shell quoting as upstream's showcmd: single quotes around anything
+    /// with `=` or a character outside a conservative set.
+    public static func quote(_ argument: String) -> String {
+        let plain = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_!%+,-./:@^")
+        if !argument.isEmpty && !argument.contains("=") && argument.unicodeScalars.allSatisfy({ plain.contains($0) }) {
+            return argument
+        }
+        return "'" + argument.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+
+    /// `qm showcmd` output: one line, or `--pretty` with one option per line.
+    public static func render(_ arguments: [String], pretty: Bool) -> String {
+        let line = arguments.map(quote).joined(separator: " ")
+        guard pretty else { return line + "\n" }
+        return line.replacingOccurrences(of: " -", with: " \\\n  -") + "\n"
+    }
+
+    // MARK: the command
+
+    public func arguments() throws -> [String] {
+        if isTemplate { return try templateCommand().arguments() }
+        let (machineType, machineVersion, machinePVE, machinePinned) = try machine()
+        func atLeast(_ major: Int, _ minor: Int, _ pve: Int = 0) -> Bool {
+            let version = QemuVersion(major, minor)
+            if machineVersion != version { return machineVersion > version }
+            return machinePVE >= pve
+        }
+        guard host.qemuVersion >= QemuVersion(6, 0) else {
+            throw Failure("Detected old QEMU binary ('\(host.qemuVersion)', at least 6.0 is required)")
+        }
+        let printedMachine = machineType.contains("+pve") ? machineType : machineType + (machinePinned ? "+pve0" : "")
+        guard host.qemuVersion >= QemuVersion(machineVersion.major, machineVersion.minor) else {
+            throw Failure("Installed QEMU version '\(host.qemuVersion)' is too old to run machine type '\(printedMachine)', please upgrade node '\(host.nodeName)'")
+        }
+        if machinePVE > Self.maxPVEVersion(machineVersion) {
+            throw Failure("Installed qemu-server (max feature level for \(machineVersion.major).\(machineVersion.minor) is pve\(Self.maxPVEVersion(machineVersion))) is too old to run machine type '\(printedMachine)', please upgrade node '\(host.nodeName)'")
+        }
+        let viommu = machineProperty["viommu"]
+        if viommu == "intel" && !isQ35 { throw Failure("to use Intel vIOMMU please set the machine type to q35") }
+        if machineProperty["aw-bits"] != nil && viommu == nil { throw Failure("cannot set aw-bits if no vIOMMU is configured") }
+        let winversion = windowsVersion
+        let native = arch == host.arch
+        let kvm = Self.boolean(conf["kvm"]) ?? native
+        if kvm && !host.kvmAvailable {
+            throw Failure("KVM virtualisation configured, but not available. Either disable in VM configuration or enable in BIOS.")
+        }
+        let q35 = isQ35
+
+        var cmd: [String] = []
+        var devices: [String] = []
+        var machineFlags: [String] = []
+        var rtcFlags: [String] = []
+        var bridges: Set<Int> = []
+
+        if let affinity = conf["affinity"] { cmd += ["/usr/bin/taskset", "--cpu-list", "--all-tasks", affinity] }
+        cmd.append(host.binary(arch))
+        cmd += ["-id", String(vmid)]
+        cmd += ["-name", conf["name"] ?? "vm\(vmid)"]
+        cmd.append("-no-shutdown")
+        cmd += ["-chardev", "socket,id=qmp,path=/var/run/qemu-server/\(vmid).qmp,server=on,wait=off", "-mon", "chardev=qmp,mode=control"]
+        if atLeast(2, 12) {
+            let reconnect = host.qemuVersion >= QemuVersion(9, 2) ? "reconnect-ms=5000" : "reconnect=5"
+            cmd += ["-chardev", "socket,id=qmp-event,path=/var/run/qmeventd.sock,\(reconnect)", "-mon", "chardev=qmp-event,mode=control"]
+        }
+        cmd += ["-pidfile", "/var/run/qemu-server/\(vmid).pid", "-daemonize"]
+        if let smbios = conf["smbios1"] { cmd += ["-smbios", "type=1,\(smbios)"] }
+
+        if conf["bios"] == "ovmf" {
+            let (ovmf, flags) = try ovmfArguments(q35: q35, machineAtLeast: atLeast)
+            cmd += ovmf
+            machineFlags += flags
+        }
+        // A Linux VM on an unversioned q35 created before QEMU 6.1 keeps ACPI PCI
+        // hotplug off on bridges, as it had (qemu-server's created-version fixups).
+        let createdWith = PropertyString(parsing: conf["meta"] ?? "")["creation-qemu"].flatMap(QemuVersion.init)
+        if q35 && !machinePinned && conf["ostype"] == "l26" && (createdWith.map { $0 < QemuVersion(6, 1) } ?? true)
+            && host.qemuVersion >= QemuVersion(6, 1) {
+            cmd += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
+        }
+        if q35 {
+            devices += ["-readconfig", atLeast(4, 0) ? "/usr/share/qemu-server/pve-q35-4.0.cfg" : "/usr/share/qemu-server/pve-q35.cfg"]
+        }
+        if let vmgenid = conf["vmgenid"], vmgenid != "0" { devices += ["-device", "vmgenid,guid=\(vmgenid)"] }
+
+        // USB controller and the tablet.
+        let vga = vgaProperties(winversion: winversion, machineAtLeast: atLeast)
+        var tablet = Self.boolean(conf["tablet"]) ?? true
+        if conf["tablet"] == nil && (vga.qxl > 0 || vga.type.hasPrefix("serial")) { tablet = false }
+        if !q35 && arch == "x86_64" {
+            devices += ["-device", "piix3-usb-uhci,id=uhci\(Self.pciAddress("piix3", bridges: &bridges)).0x2"]
+        }
+        if tablet {
+            devices += ["-device", "usb-tablet,id=tablet,bus=\(q35 ? "ehci" : "uhci").0,port=1"]
+        }
+
+        let bootOrder = try bootOrder()
+
+        // CPUs.
+        let sockets = Int(conf["sockets"] ?? conf["smp"] ?? "1") ?? 1
+        let cores = Int(conf["cores"] ?? "1") ?? 1
+        let maxcpus = sockets * cores
+        let vcpus = Int(conf["vcpus"] ?? "") ?? maxcpus
+        guard host.cpuCount >= maxcpus else { throw Failure("MAX \(host.cpuCount) vcpus allowed per VM on this node") }
+        let hotplug = hotplugFeatures
+        if hotplug.contains("cpu") && atLeast(2, 7) {
+            cmd += ["-smp", "1,sockets=\(sockets),cores=\(cores),maxcpus=\(maxcpus)"]
+        } else {
+            cmd += ["-smp", "\(vcpus),sockets=\(sockets),cores=\(cores),maxcpus=\(maxcpus)"]
+        }
+        cmd.append("-nodefaults")
+        cmd += ["-boot", "menu=on,strict=on,reboot-timeout=1000,splash=/usr/share/qemu-server/bootsplash.jpg"]
+        if Self.boolean(conf["acpi"]) == false { machineFlags.append("acpi=off") }
+        if Self.boolean(conf["reboot"]) == false { cmd.append("-no-reboot") }
+
+        if !vga.type.hasPrefix("serial") && vga.type != "none" {
+            devices += ["-device", try vgaDevice(vga, winversion: winversion, q35: q35, bridges: &bridges, machineAtLeast: atLeast)]
+            cmd += ["-vnc", "unix:/var/run/qemu-server/\(vmid).vnc,password=on"]
+        } else {
+            if vga.type == "none" { cmd += ["-vga", "none"] }
+            cmd.append("-nographic")
+        }
+
+        // Clock.
+        var tdf = Self.boolean(conf["tdf"]) ?? false
+        var localtime = Self.boolean(conf["localtime"])
+        if winversion >= 5 {
+            if localtime == nil { localtime = true }
+            if Self.boolean(conf["acpi"]) != false && conf["tdf"] == nil { tdf = true }
+        }
+        if winversion >= 6 {
+            cmd += ["-global", "kvm-pit.lost_tick_policy=discard"]
+            machineFlags.append("hpet=off")
+        } else if conf["ostype"] == "l26" && atLeast(10, 1) {
+            machineFlags.append("hpet=off")
+        }
+        if tdf { rtcFlags.append("driftfix=slew") }
+        if let startdate = conf["startdate"], startdate != "now" {
+            rtcFlags.append("base=\(startdate)")
+        } else if localtime == true {
+            rtcFlags.append("base=localtime")
+        }
+
+        cmd += ["-cpu", cpuArgument(kvm: kvm, winversion: winversion)]
+        cmd += ["-m", String(memoryMiB)]
+
+        if Self.boolean(conf["freeze"]) == true { cmd.append("-S") }
+        if let keyboard = conf["keyboard"] { cmd += ["-k", keyboard] }
+
+        // Guest agent.
+        let agent = PropertyString(parsing: conf["agent"] ?? "0")
+        if Self.boolean(agent["enabled"] ?? agent.bareValue) == true {
+            devices += ["-chardev", "socket,path=/var/run/qemu-server/\(vmid).qga,server=on,wait=off,id=qga0"]
+            if (agent["type"] ?? "virtio") == "virtio" {
+                devices += ["-device", "virtio-serial,id=qga0\(Self.pciAddress("qga0", bridges: &bridges))",
+                            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+            } else {
+                devices += ["-device", "isa-serial,chardev=qga0"]
+            }
+        }
+
+        // Balloon, on unless balloon: 0.
+        if conf["balloon"] != "0" {
+            var balloon = "virtio-balloon-pci,id=balloon0\(Self.pciAddress("balloon0", bridges: &bridges))"
+            if atLeast(6, 2) { balloon += ",free-page-reporting=on" }
+            devices += ["-device", balloon]
+        }
+        if let watchdog = conf["watchdog"] {
+            let property = PropertyString(parsing: watchdog)
+            devices += ["-device", (property["model"] ?? property.bareValue ?? "i6300esb") + Self.pciAddress("watchdog", bridges: &bridges)]
+            if let action = property["action"] { devices += ["-watchdog-action", action] }
+        }
+        if let initiator = host.iscsiInitiator { devices += ["-iscsi", "initiator-name=\(initiator)"] }
+
+        // Disks.
+        let scsihw = conf["scsihw"] ?? "lsi"
+        var scsiControllers: Set<String> = []
+        var ahciControllers: Set<Int> = []
+        for key in Self.driveKeys where conf[key] != nil {
+            guard var drive = Drive(key: key, value: conf[key]!) else { continue }
+            drive.bootindex = bootOrder[key]
+            if drive.interface == "virtio", drive.iothread {
+                cmd += ["-object", "iothread,id=iothread-\(key)"]
+            }
+            if drive.interface == "scsi" {
+                let (maxdev, prefix) = scsihw == "virtio-scsi-single" ? (1, "virtioscsi") : (scsihw.hasPrefix("lsi") ? 7 : 256, "scsihw")
+                let controller = "\(prefix)\(drive.index / maxdev)"
+                let address = Self.pciAddress(controller, bridges: &bridges)
+                var iothread = ""
+                if conf["scsihw"] == "virtio-scsi-single" && drive.iothread {
+                    iothread = ",iothread=iothread-\(controller)"
+                    cmd += ["-object", "iothread,id=iothread-\(controller)"]
+                }
+                let queues = conf["scsihw"] == "virtio-scsi-single" ? drive.options["queues"].map { ",num_queues=\($0)" } ?? "" : ""
+                if !scsiControllers.contains(controller) {
+                    let type = scsihw.hasPrefix("virtio-scsi-single") ? "virtio-scsi-pci" : scsihw
+                    devices += ["-device", "\(type),id=\(controller)\(address)\(iothread)\(queues)"]
+                    scsiControllers.insert(controller)
+                }
+            }
+            if drive.interface == "sata" {
+                let controller = drive.index / 6
+                if !ahciControllers.contains(controller) {
+                    devices += ["-device", "ahci,id=ahci\(controller),multifunction=on\(Self.pciAddress("ahci\(controller)", bridges: &bridges))"]
+                    ahciControllers.insert(controller)
+                }
+            }
+            let blockdevEra = atLeast(10, 0)
+            if blockdevEra {
+                if drive.file != "none" {
+                    if !isSCSIBlock(drive) {
+                        cmd += ["-object", CanonicalJSON.object(["id": .string("throttle-drive-\(key)"), "limits": .object(drive.throttleLimits),
+                                                                 "qom-type": .string("throttle-group")]).text]
+                    }
+                    devices += ["-blockdev", try blockdev(drive, readOnly: templateSource && drive.interface != "sata" && drive.interface != "ide").text]
+                }
+            } else {
+                devices += ["-drive", try legacyDrive(drive)]
+            }
+            devices += ["-device", try driveDevice(drive, scsihw: conf["scsihw"], q35: q35, bridges: &bridges, blockdevEra: blockdevEra)]
+        }
+
+        // NICs.
+        for index in 0..<32 {
+            guard let value = conf["net\(index)"] else { continue }
+            let net = try NIC(index: index, value: value)
+            devices += ["-netdev", netdev(net, native: native)]
+            devices += ["-device", try netDevice(net, bootindex: bootOrder["net\(index)"], bridges: &bridges, machineAtLeast: atLeast)]
+        }
+
+        // PCI bridges the devices above need, in front of them.
+        if bridges.contains(4) { bridges.insert(1) }
+        if !q35 {
+            if atLeast(2, 3) { bridges.formUnion([1, 2]) }
+            if scsihw.hasPrefix("virtio-scsi-single") { bridges.insert(3) }
+        }
+        for bridge in bridges.sorted(by: >) where bridge > 0 {
+            if q35 && bridge < 4 { continue }
+            var scratch: Set<Int> = []
+            let device = "pci-bridge,id=pci.\(bridge),chassis_nr=\(bridge)\(Self.pciAddress("pci.\(bridge)", bridges: &scratch))"
+            if q35 {
+                devices.insert(contentsOf: ["-device", device], at: min(2, devices.count))
+            } else {
+                devices.insert(contentsOf: ["-device", device], at: 0)
+            }
+        }
+
+        if !kvm { machineFlags.append("accel=tcg") }
+        // Power states: S3/S4 off unless the machine property enables them.
+        let chipset = q35 ? "ICH9-LPC" : "PIIX4_PM"
+        if atLeast(9, 2, 1) {
+            if machineProperty["enable-s3"].flatMap(Self.boolean) != true { cmd += ["-global", "\(chipset).disable_s3=1"] }
+            if machineProperty["enable-s4"].flatMap(Self.boolean) != true { cmd += ["-global", "\(chipset).disable_s4=1"] }
+        }
+        if (conf["bios"] == nil || conf["bios"] == "seabios"), vga.type.hasPrefix("serial") || vga.type == "none" {
+            machineFlags.append("smm=off")
+        }
+        var typeName = machineType
+        if let plus = typeName.range(of: "+pve") { typeName = String(typeName[..<plus.lowerBound]) }
+        machineFlags.append("type=\(typeName)+pve0")
+        if let viommu {
+            let awBits = machineProperty["aw-bits"].map { ",aw-bits=\($0)" } ?? ""
+            if viommu == "intel" {
+                devices.insert(contentsOf: ["-device", "intel-iommu,intremap=on,caching-mode=on\(awBits)"], at: 0)
+                machineFlags.append("kernel-irqchip=split")
+            } else if viommu == "virtio" {
+                devices += ["-device", "virtio-iommu-pci\(awBits)"]
+            }
+        }
+
+        cmd += devices
+        if !rtcFlags.isEmpty { cmd += ["-rtc", rtcFlags.joined(separator: ",")] }
+        if !machineFlags.isEmpty { cmd += ["-machine", machineFlags.joined(separator: ",")] }
+        if let args = conf["args"] { cmd += Self.splitArguments(args) }
+        return cmd
+    }
+
+    /// A template only starts for backups: its disks and little else.
+    func templateCommand() -> QemuCommandLine {
+        var reduced: [String: String] = ["template": "0", "kvm": "0", "vga": "none"]
+        for key in ["scsihw", "bios", "name"] { if let value = conf[key] { reduced[key] = value } }
+        for key in Self.driveKeys { if let value = conf[key] { reduced[key] = value } }
+        return QemuCommandLine(vmid: vmid, conf: reduced, storage: storage, host: host, templateSource: true)
+    }
+
+    let templateSource: Bool
+
+    init(vmid: Int, conf: [String: String], storage: SectionConfigFile?, host: QemuHostProfile, templateSource: Bool) {
+        self.vmid = vmid
+        self.conf = conf
+        self.storage = storage
+        self.host = host
+        self.templateSource = templateSource
+    }
+
+    static func splitArguments(_ text: String) -> [String] {
+        var result: [String] = []
+        var current = ""
+        var quote: Character?
+        var active = false
+        for character in text {
+            if let open = quote {
+                if character == open { quote = nil } else { current.append(character) }
+            } else if character == "'" || character == "\"" {
+                quote = character
+                active = true
+            } else if character == " " || character == "\t" {
+                if active { result.append(current) }
+                current = ""
+                active = false
+            } else {
+                current.append(character)
+                active = true
+            }
+        }
+        if active { result.append(current) }
+        return result
+    }
+
+    // MARK: parts
+
+    var hotplugFeatures: Set<String> {
+        let value = conf["hotplug"] ?? "1"
+        if value == "0" { return [] }
+        if value == "1" { return ["network", "disk", "usb"] }
+        return Set(value.split(separator: ",").map(String.init))
+    }
+
+    var memoryMiB: Int {
+        let property = PropertyString(parsing: conf["memory"] ?? "")
+        return Int(property["current"] ?? property.bareValue ?? "") ?? 512
+    }
+
+    func cpuArgument(kvm: Bool, winversion: Int) -> String {
+        let property = PropertyString(parsing: conf["cpu"] ?? "")
+        let cputype = property["cputype"] ?? property.bareValue ?? (kvm ? "kvm64" : "qemu64")
+        guard kvm else { return cputype }
+        var flags: [String] = []
+        if winversion >= 6 || ["win7", "win8", "win10", "win11", "w2k8", "wvista"].contains(conf["ostype"] ?? "") {
+            flags += ["hv_ipi", "hv_relaxed", "hv_reset", "hv_runtime", "hv_spinlocks=0x1fff", "hv_stimer", "hv_synic", "hv_time", "hv_vapic", "hv_vpindex"]
+        }
+        if cputype == "kvm64" || cputype == "qemu64" {
+            flags += ["+kvm_pv_eoi", "+kvm_pv_unhalt", "+lahf_lm", "+sep"]
+        } else {
+            flags += ["+kvm_pv_eoi", "+kvm_pv_unhalt"]
+        }
+        return ([cputype, "enforce"] + flags).joined(separator: ",")
+    }
+
+    struct VGA {
+        var type: String
+        var memory: Int?
+        var qxl: Int
+        var clipboard: String?
+    }
+
+    func vgaProperties(winversion: Int, machineAtLeast: (Int, Int, Int) -> Bool) -> VGA {
+        let property = PropertyString(parsing: conf["vga"] ?? "")
+        var type = property["type"] ?? property.bareValue
+        var qxl = 0
+        if let value = type, value.hasPrefix("qxl") {
+            qxl = Int(value.dropFirst(3)) ?? 1
+            type = "qxl"
+        }
+        if type == nil {
+            if arch == "aarch64" { type = "virtio" } else if machineAtLeast(2, 9, 0) { type = (winversion == 0 || winversion >= 6) ? "std" : "cirrus" } else { type = winversion >= 6 ? "std" : "cirrus" }
+        }
+        return VGA(type: type!, memory: property["memory"].flatMap { Int($0) }, qxl: qxl, clipboard: property["clipboard"])
+    }
+
+    func vgaDevice(_ vga: VGA, winversion: Int, q35: Bool, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool) throws -> String {
+        let map = ["cirrus": "cirrus-vga", "std": "VGA", "vmware": "vmware-svga", "virtio": "virtio-vga", "virtio-gl": "virtio-vga-gl"]
+        var type = map[vga.type]
+        if arch == "aarch64" && type == "virtio-vga" { type = "virtio-gpu" }
+        var maxOutputs = ""
+        if vga.qxl > 0 {
+            type = "qxl-vga"
+            if conf["ostype"] == nil || conf["ostype"]!.range(of: #"^(?:l\d\d)|(?:other)$"#, options: .regularExpression) != nil {
+                if machineAtLeast(4, 1, 0) { maxOutputs = ",max_outputs=4" }
+            }
+        }
+        guard let type else { throw Failure("no device-type for \(vga.type)") }
+        var memory = ""
+        if let mb = vga.memory {
+            if vga.type.hasPrefix("virtio") {
+                memory = ",max_hostmem=\(mb * 1024 * 1024)"
+            } else if vga.qxl > 0 {
+                memory = ",vgamem_mb=\(mb),ram_size_mb=\(mb * 4),vram_size_mb=\(mb * 2)"
+            } else {
+                memory = ",vgamem_mb=\(mb)"
+            }
+        }
+        var edid = ""
+        if type == "VGA" && winversion > 0 && conf["bios"] != "ovmf" { edid = ",edid=off" }
+        let address = q35 ? ",bus=pcie.0,addr=0x1" : Self.pciAddress("vga", bridges: &bridges)
+        return "\(type),id=vga\(memory)\(maxOutputs)\(address)\(edid)"
+    }
+
+    /// `boot: order=scsi0;ide2;net0` (or the legacy `boot: cdn` + `bootdisk`) as bootindex per device.
+    /// Legacy letters take the hundreds by position (c: the boot disk, counted
+    /// among all disks; d: every CD-ROM; n: every NIC); an empty `boot:` boots nothing.
+    func bootOrder() throws -> [String: Int] {
+        var order: [String: Int] = [:]
+        let raw = conf["boot"]
+        let property = PropertyString(parsing: raw ?? "")
+        if let list = property["order"] {
+            for (position, device) in list.split(separator: ";").enumerated() { order[String(device)] = 100 + position }
+            return order
+        }
+        if let raw, raw.trimmingCharacters(in: .whitespaces).isEmpty { return [:] }
+        let legacy = property["legacy"] ?? property.bareValue ?? "cdn"
+        for (position, letter) in legacy.enumerated() {
+            let base = (position + 1) * 100
+            var counter = 0
+            switch letter {
+            case "c":
+                for key in Self.driveKeys {
+                    guard let value = conf[key], let drive = Drive(key: key, value: value), !drive.isCDROM else { continue }
+                    if key == conf["bootdisk"] { order[key] = base + counter }
+                    counter += 1
+                }
+            case "d":
+                for key in Self.driveKeys {
+                    guard let value = conf[key], let drive = Drive(key: key, value: value), drive.isCDROM else { continue }
+                    order[key] = base + counter
+                    counter += 1
+                }
+            case "n":
+                for net in 0..<32 where conf["net\(net)"] != nil {
+                    order["net\(net)"] = base + counter
+                    counter += 1
+                }
+            default:
+                break
+            }
+        }
+        return order
+    }
+
+    // MARK: drives
+
+    static let driveKeys: [String] = (0..<4).map { "ide\($0)" } + (0..<31).map { "scsi\($0)" } + (0..<16).map { "virtio\($0)" }
+        + (0..<6).map { "sata\($0)" }
+
+    struct Drive {
+        var key: String
+        var interface: String
+        var index: Int
+        var file: String
+        var options: [String: String]
+        var bootindex: Int?
+
+        init?(key: String, value: String) {
+            guard let split = key.firstIndex(where: { $0.isNumber }), let index = Int(key[split...]) else { return nil }
+            self.key = key
+            interface = String(key[..<split])
+            self.index = index
+            let property = PropertyString(parsing: value)
+            guard let file = property["file"] ?? property["volume"] ?? property.bareValue else { return nil }
+            self.file = file
+            var options: [String: String] = [:]
+            for entry in property.entries { if let key = entry.key { options[key] = entry.value } }
+            self.options = options
+        }
+
+        var isCDROM: Bool { options["media"] == "cdrom" }
+        var iothread: Bool { QemuCommandLine.boolean(options["iothread"]) == true }
+
+        var throttleLimits: [String: CanonicalJSON] {
+            var limits: [String: CanonicalJSON] = [:]
+            for (suffix, name) in [("", "-total"), ("_rd", "-read"), ("_wr", "-write")] {
+                if let value = options["mbps\(suffix)"].flatMap(Double.init) { limits["bps\(name)"] = .number(Int(value * 1024 * 1024)) }
+                if let value = options["mbps\(suffix)_max"].flatMap(Double.init) { limits["bps\(name)-max"] = .number(Int(value * 1024 * 1024)) }
+                if let value = options["bps\(suffix)_max_length"].flatMap(Int.init) { limits["bps\(name)-max-length"] = .number(value) }
+                if let value = options["iops\(suffix)"].flatMap(Int.init) { limits["iops\(name)"] = .number(value) }
+                if let value = options["iops\(suffix)_max"].flatMap(Int.init) { limits["iops\(name)-max"] = .number(value) }
+                if let value = options["iops\(suffix)_max_length"].flatMap(Int.init) { limits["iops\(name)-max-length"] = .number(value) }
+            }
+            return limits
+        }
+    }
+
+    /// Node names as qemu-server derives them, stable across starts.
+    static func nodeName(_ prefix: String, drive: String, volume: String) -> String {
+        let digest = Digest.sha256Hex(Data("drive=\(drive),volid=\(volume)".utf8))
+        return prefix + digest.prefix(30)
+    }
+
+    func storageSection(_ id: String) -> SectionConfigFile.Section? { storage?[id] }
+
+    static func property(_ section: SectionConfigFile.Section, _ key: String) -> String? {
+        section.properties.last { $0.key == key }?.value
+    }
+
+    /// The protocol node of a drive (file, host_device, rbd, iscsi, ...), its
+    /// format and the storage's config.
+    func protocolNode(_ drive: Drive) throws -> (node: [String: CanonicalJSON], format: String, storageType: String?, section: SectionConfigFile.Section?) {
+        if drive.file.hasPrefix("/") {
+            let driver = drive.file.contains("/dev/") ? (drive.isCDROM ? "host_cdrom" : "host_device") : "file"
+            return (["driver": .string(driver), "filename": .string(drive.file)], drive.options["format"] ?? "raw", nil, nil)
+        }
+        if drive.file == "cdrom" {
+            return (["driver": .string("host_cdrom"), "filename": .string("/dev/cdrom")], "raw", nil, nil)
+        }
+        guard let (storageID, volname) = StorageVolumes.parseVolumeID(drive.file) else {
+            throw Failure("unable to parse volume ID '\(drive.file)'")
+        }
+        guard let section = storageSection(storageID) else { throw Failure("storage '\(storageID)' does not exist") }
+        let type = section.type
+        let volume: StorageVolumes.Volume
+        do { volume = try StorageVolumes.parseVolname(volname, storageType: type == "zfs" ? "zfspool" : type) } catch { throw Failure(error.description) }
+        let content = Set(StorageVolumes.splitList(Self.property(section, "content") ?? ""))
+        let wanted = volume.vtype == "iso" ? "iso" : "images"
+        if !content.isEmpty && !content.contains(wanted) {
+            throw Failure("storage '\(storageID)' does not support content-type '\(wanted)'")
+        }
+        if volume.vtype == "iso" && drive.options["media"] == nil {
+            throw Failure("\(drive.key): explicit media parameter is required for iso images")
+        }
+        let format = volume.format ?? "raw"
+        switch type {
+        case "lvm", "lvmthin":
+            let vg = Self.property(section, "vgname") ?? ""
+            return (["driver": .string("host_device"), "filename": .string("/dev/\(vg)/\(volume.name)")], format, type, section)
+        case "rbd":
+            if Self.boolean(Self.property(section, "krbd")) == true {
+                let pool = Self.property(section, "pool") ?? "rbd"
+                return (["driver": .string("host_device"), "filename": .string("/dev/rbd-pve/\(Self.property(section, "fsid") ?? "")/\(pool)/\(volume.name)")], format, type, section)
+            }
+            var node: [String: CanonicalJSON] = ["driver": .string("rbd"), "pool": .string(Self.property(section, "pool") ?? "rbd"),
+                                                 "image": .string(volume.name), "auth-client-required": .array([.string("none")])]
+            if let monhost = Self.property(section, "monhost") {
+                node["server"] = .array(monhost.split(whereSeparator: { $0 == "," || $0 == ";" || $0 == " " }).map {
+                    .object(["host": .string(String($0)), "port": .string("3300")])
+                })
+            }
+            return (node, format, type, section)
+        case "zfs":
+            return (["driver": .string("iscsi"), "transport": .string("tcp"), "portal": .string(Self.property(section, "portal") ?? ""),
+                     "target": .string(Self.property(section, "target") ?? ""), "lun": .number(0)], format, type, section)
+        default:
+            let path = Self.property(section, "path") ?? (["nfs", "cifs", "cephfs", "glusterfs"].contains(type) ? "/mnt/pve/\(storageID)" : "")
+            var location: (path: String, vmid: String?, vtype: String)
+            do { location = try StorageVolumes.filesystemPath(path: path, volname: volname) } catch { throw Failure(error.description) }
+            if type == "btrfs" && volume.format == "raw" { location.path += "/disk.raw" }
+            return (["driver": .string("file"), "filename": .string(location.path)], format, type, section)
+        }
+    }
+
+    func blockdev(_ drive: Drive, readOnly: Bool) throws -> CanonicalJSON {
+        var (file, format, storageType, section) = try protocolNode(drive)
+        let cdrom = drive.isCDROM
+        let direct = cacheDirect(drive, storageType: storageType, section: section)
+        var cache = CanonicalJSON.object(["direct": .bool(direct), "no-flush": .bool(drive.options["cache"] == "unsafe")])
+        if case .string("rbd")? = file["driver"], drive.interface == "efidisk" {
+            cache = .object(["direct": .bool(false), "no-flush": .bool(false)])
+        }
+        file["cache"] = cache
+        if case .string(let driver)? = file["driver"], ["file", "host_cdrom", "host_device"].contains(driver) {
+            file["aio"] = .string(aio(drive, storageType: storageType, section: section, direct: direct))
+        }
+        file["node-name"] = .string(Self.nodeName("e", drive: drive.key, volume: drive.file))
+        func common(_ node: inout [String: CanonicalJSON]) {
+            if !cdrom {
+                node["discard"] = .string(drive.options["discard"] == "on" ? "unmap" : "ignore")
+                node["detect-zeroes"] = .string(detectZeroes(drive))
+            }
+            node["read-only"] = .bool(Self.boolean(drive.options["ro"]) == true || cdrom || readOnly)
+        }
+        common(&file)
+        var formatNode: [String: CanonicalJSON] = ["node-name": .string(Self.nodeName("f", drive: drive.key, volume: drive.file)),
+                                                   "driver": .string(format), "file": .object(file), "cache": cache]
+        if drive.interface == "efidisk" && format == "raw" {
+            formatNode["size"] = .number(drive.options["efitype"] == "4m" ? 540_672 : 131_072)
+        }
+        common(&formatNode)
+        if isSCSIBlock(drive) {
+            formatNode["node-name"] = .string("drive-\(drive.key)")
+            return .object(formatNode)
+        }
+        var top: [String: CanonicalJSON] = ["driver": .string("throttle"), "node-name": .string("drive-\(drive.key)"),
+                                            "throttle-group": .string("throttle-drive-\(drive.key)"), "file": .object(formatNode)]
+        common(&top)
+        return .object(top)
+    }
+
+    func isSCSIBlock(_ drive: Drive) -> Bool {
+        drive.interface == "scsi" && drive.file.hasPrefix("/dev/") && !drive.isCDROM && QemuCommandLine.boolean(drive.options["scsiblock"]) == true
+    }
+
+    /// The `-drive` of machines before 10.0 (qemu-server's print_drive_commandline_full).
+    func legacyDrive(_ drive: Drive) throws -> String {
+        var path = ""
+        var format: String?
+        var storageType: String?
+        var section: SectionConfigFile.Section?
+        if drive.isCDROM && drive.file == "none" {
+            path = ""
+        } else if drive.isCDROM && drive.file == "cdrom" {
+            path = "/dev/cdrom"
+            format = "raw"
+        } else {
+            let node = try protocolNode(drive)
+            if case .string(let filename)? = node.node["filename"] { path = filename }
+            format = node.format
+            storageType = node.storageType
+            section = node.section
+        }
+        var options = ""
+        for key in ["media", "cache", "rerror", "werror", "discard"] { if let value = drive.options[key] { options += ",\(key)=\(value)" } }
+        if let snapshot = drive.options["snapshot"] { options += ",snapshot=\(QemuCommandLine.boolean(snapshot) == true ? "on" : "off")" }
+        if let ro = drive.options["ro"] { options += ",readonly=\(QemuCommandLine.boolean(ro) == true ? "on" : "off")" }
+        if let format { options += ",format=\(format)" }
+        let direct = cacheDirect(drive, storageType: storageType, section: section)
+        if drive.options["cache"] == nil && direct { options += ",cache=none" }
+        options += ",aio=\(aio(drive, storageType: storageType, section: section, direct: direct))"
+        if !drive.isCDROM { options += ",detect-zeroes=\(detectZeroes(drive))" }
+        return (path.isEmpty ? "" : "file=\(path),") + "if=none,id=drive-\(drive.key)" + options
+    }
+
+    func cacheDirect(_ drive: Drive, storageType: String?, section: SectionConfigFile.Section?) -> Bool {
+        if let cache = drive.options["cache"] { return ["off", "none", "directsync"].contains(cache) }
+        if drive.interface == "efidisk" { return false }
+        return !drive.isCDROM && !(storageType == "btrfs" && Self.boolean(section.flatMap { Self.property($0, "nocow") }) != true)
+    }
+
+    func aio(_ drive: Drive, storageType: String?, section: SectionConfigFile.Section?, direct: Bool) -> String {
+        if let explicit = drive.options["aio"] { return explicit }
+        let krbd = storageType == "rbd" && Self.boolean(section.flatMap { Self.property($0, "krbd") }) == true
+        if storageType == "lvm" || storageType == "cifs" || (krbd && !direct) { return direct ? "native" : "threads" }
+        return "io_uring"
+    }
+
+    func detectZeroes(_ drive: Drive) -> String {
+        if let value = drive.options["detect_zeroes"], Self.boolean(value) == false { return "off" }
+        return drive.options["discard"] == "on" ? "unmap" : "on"
+    }
+
+    func driveDevice(_ drive: Drive, scsihw: String?, q35: Bool, bridges: inout Set<Int>, blockdevEra: Bool = true) throws -> String {
+        var device: String
+        var hasWriteCache = true
+        switch drive.interface {
+        case "virtio":
+            device = "virtio-blk-pci"
+            if drive.file != "none" || !blockdevEra { device += ",drive=drive-\(drive.key)" }
+            device += ",id=\(drive.key)\(Self.pciAddress(drive.key, bridges: &bridges))"
+            if drive.iothread { device += ",iothread=iothread-\(drive.key)" }
+        case "scsi":
+            let (maxdev, prefix) = scsihw == "virtio-scsi-single" ? (1, "virtioscsi") : ((scsihw ?? "lsi").hasPrefix("lsi") ? 7 : 256, "scsihw")
+            let controller = drive.index / maxdev
+            let unit = drive.index % maxdev
+            let type = drive.isCDROM ? "cd" : (drive.file.hasPrefix("/dev/") && QemuCommandLine.boolean(drive.options["scsiblock"]) == true ? "block" : "hd")
+            if scsihw == nil || scsihw!.hasPrefix("lsi") || scsihw == "pvscsi" {
+                device = "scsi-\(type),bus=\(prefix)\(controller).0,scsi-id=\(unit)"
+            } else {
+                device = "scsi-\(type),bus=\(prefix)\(controller).0,channel=0,scsi-id=0,lun=\(drive.index)"
+            }
+            if drive.file != "none" || !blockdevEra { device += ",drive=drive-\(drive.key)" }
+            device += ",id=\(drive.key)"
+            if blockdevEra && (type == "cd" || type == "hd") { device += ",device_id=drive-\(drive.key)" }
+            if QemuCommandLine.boolean(drive.options["ssd"]) == true && (type == "block" || type == "hd") { device += ",rotation_rate=1" }
+            if let wwn = drive.options["wwn"] { device += ",wwn=\(wwn)" }
+            if type == "hd" || type == "cd" {
+                if let vendor = drive.options["vendor"] { device += ",vendor=\(vendor)" }
+                if let product = drive.options["product"] { device += ",product=\(product)" }
+            } else {
+                hasWriteCache = false
+            }
+        case "ide", "sata":
+            let maxdev = drive.interface == "sata" ? 6 : 2
+            var controller = drive.index / maxdev
+            var unit = drive.index % maxdev
+            if q35 && drive.interface == "ide" {
+                controller += 2 * (unit % 2)
+                unit = 0
+            }
+            var type = drive.isCDROM ? "cd" : "hd"
+            if templateSource { type = "cd" }
+            device = "ide-\(type)" + (drive.interface == "ide" ? ",bus=ide.\(controller),unit=\(unit)" : ",bus=ahci\(controller).\(unit)")
+            if drive.file != "none" || !blockdevEra { device += ",drive=drive-\(drive.key)" }
+            device += ",id=\(drive.key)"
+            if type == "hd" {
+                if let model = drive.options["model"] { device += ",model=\(model.removingPercentEncoding ?? model)" }
+                if QemuCommandLine.boolean(drive.options["ssd"]) == true { device += ",rotation_rate=1" }
+            }
+            if let wwn = drive.options["wwn"] { device += ",wwn=\(wwn)" }
+        default:
+            throw Failure("unsupported interface type")
+        }
+        if let bootindex = drive.bootindex { device += ",bootindex=\(bootindex)" }
+        if let serial = drive.options["serial"] { device += ",serial=\(serial.removingPercentEncoding ?? serial)" }
+        if blockdevEra {
+            if !drive.isCDROM && hasWriteCache {
+                let cache = drive.options["cache"]
+                device += ",write-cache=\(cache == "writethrough" || cache == "directsync" ? "off" : "on")"
+            }
+            for option in ["rerror", "werror"] { if let value = drive.options[option] { device += ",\(option)=\(value)" } }
+        }
+        return device
+    }
+
+    // MARK: NICs
+
+    struct NIC {
+        var index: Int
+        var model: String
+        var mac: String
+        var bridge: String?
+        var options: [String: String]
+
+        static let models = ["e1000", "e1000-82540em", "e1000-82544gc", "e1000-82545em", "e1000e", "i82551", "i82557b", "i82559er",
+                             "ne2k_isa", "ne2k_pci", "pcnet", "rtl8139", "virtio", "vmxnet3"]
+
+        init(index: Int, value: String) throws {
+            self.index = index
+            let property = PropertyString(parsing: value)
+            var options: [String: String] = [:]
+            var model: String?
+            var mac: String?
+            for entry in property.entries {
+                guard let key = entry.key else { continue }
+                if NIC.models.contains(key) {
+                    model = key
+                    mac = entry.value
+                } else {
+                    options[key] = entry.value
+                }
+            }
+            if model == nil, let explicit = options["model"] { model = explicit; mac = options["macaddr"] }
+            guard let model else { throw Failure("net\(index): no NIC model") }
+            self.model = model
+            self.mac = mac ?? options["macaddr"] ?? ""
+            self.bridge = options["bridge"]
+            self.options = options
+        }
+    }
+
+    func netdev(_ net: NIC, native: Bool) -> String {
+        let id = "net\(net.index)"
+        var text: String
+        if net.bridge != nil {
+            let vhost = native && host.vhostNet && net.model == "virtio" ? ",vhost=on" : ""
+            text = "type=tap,id=\(id),ifname=tap\(vmid)i\(net.index),script=/usr/libexec/qemu-server/pve-bridge,downscript=/usr/libexec/qemu-server/pve-bridgedown\(vhost)"
+        } else {
+            text = "type=user,id=\(id),hostname=\(conf["name"] ?? "vm\(vmid)")"
+        }
+        if let queues = net.options["queues"], net.model == "virtio" { text += ",queues=\(queues)" }
+        return text
+    }
+
+    func netDevice(_ net: NIC, bootindex: Int?, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool) throws -> String {
+        let id = "net\(net.index)"
+        let device = net.model == "virtio" ? "virtio-net-pci" : net.model
+        var text = "\(device),mac=\(net.mac),netdev=\(id)\(Self.pciAddress(id, bridges: &bridges)),id=\(id)"
+        if let queues = net.options["queues"].flatMap(Int.init), queues > 1, net.model == "virtio" {
+            text += ",vectors=\(queues * 2 + 2),mq=on"
+            if machineAtLeast(7, 1, 0) { text += ",packed=on" }
+        }
+        if machineAtLeast(7, 1, 0) && net.model == "virtio" { text += ",rx_queue_size=1024,tx_queue_size=256" }
+        if let bootindex { text += ",bootindex=\(bootindex)" }
+        if net.model == "virtio", let bridge = net.bridge {
+            let bridgeMTU = host.bridgeMTU[bridge] ?? 1500
+            var mtu = net.options["mtu"].flatMap(Int.init) ?? bridgeMTU
+            if mtu == 1 { mtu = bridgeMTU }
+            if mtu < 576 { throw Failure("netdev \(id): MTU '\(mtu)' is smaller than the IP minimum MTU '576'") }
+            if mtu > bridgeMTU { throw Failure("netdev \(id): MTU '\(mtu)' is bigger than the bridge MTU '\(bridgeMTU)'") }
+            if mtu != 1500 || machineAtLeast(11, 0, 0) { text += ",host_mtu=\(mtu)" }
+            if machineAtLeast(11, 0, 0) { text += ",host_tunnel=off" }
+        }
+        return text
+    }
+
+    // MARK: OVMF
+
+    func ovmfArguments(q35: Bool, machineAtLeast: (Int, Int, Int) -> Bool) throws -> ([String], [String]) {
+        var cmd: [String] = []
+        var efidisk = conf["efidisk0"].flatMap { Drive(key: "efidisk0", value: $0) }
+        efidisk?.interface = "efidisk"
+        let fourMB = efidisk?.options["efitype"] == "4m"
+        let code = "/usr/share/pve-edk2-firmware//" + (fourMB ? "OVMF_CODE_4M.fd" : "OVMF_CODE.fd")
+        if !machineAtLeast(10, 0, 0) {
+            cmd += ["-drive", "if=pflash,unit=0,format=raw,readonly=on,file=\(code)"]
+            guard let efidisk else { return (cmd, []) }
+            let node = try protocolNode(efidisk)
+            guard case .string(let path)? = node.node["filename"] else { return (cmd, []) }
+            cmd += ["-drive", "if=pflash,unit=1,id=drive-efidisk0,format=\(node.format),file=\(path)"]
+            return (cmd, [])
+        }
+        if efidisk != nil {
+            cmd += ["-object", CanonicalJSON.object(["id": .string("throttle-drive-efidisk0"), "limits": .object([:]), "qom-type": .string("throttle-group")]).text]
+        }
+        cmd += ["-blockdev", CanonicalJSON.object(["driver": .string("raw"), "node-name": .string("pflash0"), "read-only": .bool(true),
+                                                   "file": .object(["driver": .string("file"), "filename": .string(code)])]).text]
+        guard let efidisk else { return (cmd, ["pflash0=pflash0"]) }
+        cmd += ["-blockdev", try blockdev(efidisk, readOnly: templateSource).text]
+        return (cmd, ["pflash0=pflash0", "pflash1=drive-efidisk0"])
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+@testable import Reconciler
+import Resources
+import Testing
+import TestSupport
+
+/// qemu-server's cfg2cmd corpus: each VM config's command line compared with
+/// upstream's expected one (as `qm showcmd --pretty`, one option per line,
+/// whitespace and line continuations folded), every EXPECT_ERROR case must
+/// fail with that text. The pass count is printed; a floor keeps it from
+/// falling back.
+@Suite("QEMU command line conformance (qemu-server cfg2cmd)", .enabled(if: Corpus.isAvailable, "needs ../shared/conformance"))
+struct Cfg2CmdConformanceTests {
+    static let directory = "qemu-server/src/test/cfg2cmd"
+    /// Cases passing when this floor was last raised; a change that loses one fails.
+    static let floor = 0
+
+    struct Case {
+        var name: String
+        var config: String
+        var expected: String?
+        var headers: [String: String]
+    }
+
+    static func cases() throws -> [Case] {
+        let root = Corpus.conformance.appendingPathComponent(directory)
+        var result: [Case] = []
+        for sub in ["", "aarch64/"] {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(sub).path)) ?? []
+            for name in names.sorted() where name.hasSuffix(".conf") {
+                let text = try String(contentsOf: root.appendingPathComponent(sub + name), encoding: .utf8)
+                let expected = try? String(contentsOf: root.appendingPathComponent(sub + name + ".cmd"), encoding: .utf8)
+                var headers: [String: String] = [:]
+                for line in text.split(separator: "\n") where line.hasPrefix("#") {
+                    let body = line.dropFirst().trimmingCharacters(in: .whitespaces)
+                    guard !body.hasPrefix("#"), let colon = body.firstIndex(of: ":") else { continue }
+                    headers[String(body[..<colon])] = body[body.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                }
+                result.append(Case(name: sub + name, config: text, expected: expected, headers: headers))
+            }
+        }
+        return result
+    }
+
+    static func normalize(_ text: String) -> [String] {
+        text.components(separatedBy: "\n").map { line in
+            var trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasSuffix("\\") { trimmed = String(trimmed.dropLast()).trimmingCharacters(in: .whitespaces) }
+            return trimmed
+        }.filter { !$0.isEmpty }
+    }
+
+    static func profile(_ headers: [String: String]) -> QemuHostProfile {
+        var profile = QemuHostProfile.pve11(arch: headers["HOST_ARCH"] ?? "x86_64")
+        if let version = headers["QEMU_VERSION"].flatMap(QemuVersion.init) { profile.qemuVersion = version }
+        if let vendor = headers["HOST_CPU_VENDOR"] { profile.cpuVendor = vendor }
+        return profile
+    }
+
+    @Test("cfg2cmd corpus")
+    func corpus() throws {
+        let storageText = try Corpus.text("qemu-server/_derived/storage.cfg")
+        let storage = SectionConfigFile.parse(storageText, file: "storage.cfg") { Specs.storage.sectionLayout(forType: $0) }.0
+        var passed = 0
+        var failures: [String] = []
+        let all = try Self.cases()
+        for entry in all {
+            let config = GuestConfig.parse(entry.config, file: "qemu-server/8006.conf", kind: .qemu).0
+            let generator = QemuCommandLine(vmid: 8006, config: config, storage: storage, host: Self.profile(entry.headers))
+            do {
+                let arguments = try generator.arguments()
+                let actual = QemuCommandLine.render(arguments, pretty: true)
+                if ProcessInfo.processInfo.environment["CFG2CMD_CASE"] == entry.name {
+                    try? actual.write(toFile: "/tmp/cfg2cmd-actual.txt", atomically: true, encoding: .utf8)
+                }
+                if let expected = entry.expected, Self.normalize(actual) == Self.normalize(expected), entry.headers["EXPECT_ERROR"] == nil {
+                    passed += 1
+                } else if let expected = entry.expected {
+                    let want = Self.normalize(expected), got = Self.normalize(actual)
+                    let first = zip(want, got).first { $0 != $1 }.map { "want \($0.0)\n      got  \($0.1)" }
+                        ?? "want \(want.count) lines, got \(got.count)"
+                    failures.append("\(entry.name): \(first)")
+                } else {
+                    failures.append("\(entry.name): expected error '\(entry.headers["EXPECT_ERROR"] ?? "?")', got a command line")
+                }
+            } catch {
+                if let message = entry.headers["EXPECT_ERROR"], "\(error)" == message {
+                    passed += 1
+                } else {
+                    failures.append("\(entry.name): \(error)")
+                }
+            }
+        }
+        Corpus.report("qemu-server cfg2cmd", passed: passed, total: all.count)
+        if ProcessInfo.processInfo.environment["CFG2CMD_VERBOSE"] != nil { for failure in failures { print("  " + failure) } }
+        #expect(passed >= Self.floor, "fewer cfg2cmd cases pass than before (\(passed) < \(Self.floor))")
+    }
+}
