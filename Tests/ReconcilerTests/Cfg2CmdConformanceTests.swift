@@ -61,12 +61,16 @@ struct Cfg2CmdConformanceTests {
     func corpus() throws {
         let storageText = try Corpus.text("qemu-server/_derived/storage.cfg")
         let storage = SectionConfigFile.parse(storageText, file: "storage.cfg") { Specs.storage.sectionLayout(forType: $0) }.0
+        let modelsText = try Corpus.text("qemu-server/_derived/cpu-models.conf")
+        let cpuModels = SectionConfigFile.parse(modelsText, file: "cpu-models.conf") { _ in
+            SectionTypeLayout(known: ["reported-model", "flags", "hv-vendor-id", "phys-bits", "guest-phys-bits", "hidden"])
+        }.0
         var passed = 0
         var failures: [String] = []
         let all = try Self.cases()
         for entry in all {
             let config = GuestConfig.parse(entry.config, file: "qemu-server/8006.conf", kind: .qemu).0
-            let generator = QemuCommandLine(vmid: 8006, config: config, storage: storage, host: Self.profile(entry.headers))
+            let generator = QemuCommandLine(vmid: 8006, config: config, storage: storage, host: Self.profile(entry.headers), cpuModels: cpuModels)
             do {
                 let arguments = try generator.arguments()
                 let actual = QemuCommandLine.render(arguments, pretty: true)

@@ -17,11 +17,22 @@ public struct QemuCommandLine {
     let conf: [String: String]
     let storage: SectionConfigFile?
     let host: QemuHostProfile
+    /// `virtual-guest/cpu-models.conf`: the cluster's custom CPU models.
+    var cpuModels: SectionConfigFile?
 
-    public init(vmid: Int, config: GuestConfig, storage: SectionConfigFile?, host: QemuHostProfile) {
+    public init(vmid: Int, config: GuestConfig, storage: SectionConfigFile?, host: QemuHostProfile, cpuModels: SectionConfigFile? = nil) {
+        self.cpuModels = cpuModels
         self.vmid = vmid
         var conf: [String: String] = [:]
         for entry in config.main.effectiveEntries { conf[entry.key] = entry.value }
+        // qemu-server reads `boot:` with nothing after it as "boot from nothing";
+        // the config parser drops empty values, so look at the main section's lines.
+        if conf["boot"] == nil {
+            for line in config.losslessText().split(separator: "\n", omittingEmptySubsequences: false) {
+                if line.hasPrefix("[") { break }
+                if line.trimmingCharacters(in: .whitespaces) == "boot:" { conf["boot"] = "" }
+            }
+        }
         self.conf = conf
         self.storage = storage
         self.host = host
@@ -68,6 +79,13 @@ public struct QemuCommandLine {
             let version = QemuVersion(group(1)!, group(2)!)
             let pve = group(3) ?? 0
             return (base, version, pve, true)
+        }
+        // Windows guests keep the machine version they were created with (5.1
+        // before qemu-server recorded it), so a QEMU update does not change their hardware.
+        if windowsVersion > 0 && (configured == nil || configured == "pc" || configured == "q35") {
+            let created = PropertyString(parsing: conf["meta"] ?? "")["creation-qemu"].flatMap(QemuVersion.init) ?? QemuVersion(5, 1)
+            let pinned = QemuVersion(created.major, created.minor)
+            return ("\(base == "q35" ? "pc-q35" : "pc-i440fx")-\(pinned.major).\(pinned.minor)", pinned, 0, true)
         }
         let version = QemuVersion(host.qemuVersion.major, host.qemuVersion.minor)
         return (base, version, Self.maxPVEVersion(version), false)
@@ -172,6 +190,8 @@ public struct QemuCommandLine {
         var machineFlags: [String] = []
         var rtcFlags: [String] = []
         var bridges: Set<Int> = []
+        /// The +pveN the features in use need (printed in the machine type).
+        var requiredPVE = 0
 
         if let affinity = conf["affinity"] { cmd += ["/usr/bin/taskset", "--cpu-list", "--all-tasks", affinity] }
         cmd.append(host.binary(arch))
@@ -215,6 +235,18 @@ public struct QemuCommandLine {
         }
 
         let bootOrder = try bootOrder()
+
+        for index in 0..<4 {
+            guard let path = conf["serial\(index)"] else { continue }
+            if path == "socket" {
+                devices += ["-chardev", "socket,id=serial\(index),path=/var/run/qemu-server/\(vmid).serial\(index),server=on,wait=off"]
+                devices += arch == "aarch64" && index == 0 ? ["-serial", "chardev:serial\(index)"] : ["-device", "isa-serial,chardev=serial\(index)"]
+            } else {
+                var info = stat()
+                guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFCHR else { throw Failure("no such serial device") }
+                devices += ["-chardev", "serial,id=serial\(index),path=\(path)", "-device", "isa-serial,chardev=serial\(index)"]
+            }
+        }
 
         // CPUs.
         let sockets = Int(conf["sockets"] ?? conf["smp"] ?? "1") ?? 1
@@ -261,7 +293,7 @@ public struct QemuCommandLine {
             rtcFlags.append("base=localtime")
         }
 
-        cmd += ["-cpu", cpuArgument(kvm: kvm, winversion: winversion)]
+        cmd += ["-cpu", try cpuArgument(kvm: kvm, winversion: winversion, machineAtLeast: atLeast, requiredPVE: &requiredPVE)]
         cmd += ["-m", String(memoryMiB)]
 
         if Self.boolean(conf["freeze"]) == true { cmd.append("-S") }
@@ -328,11 +360,9 @@ public struct QemuCommandLine {
             let blockdevEra = atLeast(10, 0)
             if blockdevEra {
                 if drive.file != "none" {
-                    if !isSCSIBlock(drive) {
-                        cmd += ["-object", CanonicalJSON.object(["id": .string("throttle-drive-\(key)"), "limits": .object(drive.throttleLimits),
-                                                                 "qom-type": .string("throttle-group")]).text]
-                    }
-                    devices += ["-blockdev", try blockdev(drive, readOnly: templateSource && drive.interface != "sata" && drive.interface != "ide").text]
+                    cmd += ["-object", CanonicalJSON.object(["id": .string("throttle-drive-\(key)"), "limits": .object(drive.throttleLimits),
+                                                             "qom-type": .string("throttle-group")]).text]
+                    devices += ["-blockdev", try blockdev(drive, readOnly: templateSource).text]
                 }
             } else {
                 devices += ["-drive", try legacyDrive(drive)]
@@ -377,7 +407,7 @@ public struct QemuCommandLine {
         }
         var typeName = machineType
         if let plus = typeName.range(of: "+pve") { typeName = String(typeName[..<plus.lowerBound]) }
-        machineFlags.append("type=\(typeName)+pve0")
+        machineFlags.append("type=\(typeName)+pve\(requiredPVE)")
         if let viommu {
             let awBits = machineProperty["aw-bits"].map { ",aw-bits=\($0)" } ?? ""
             if viommu == "intel" {
@@ -391,6 +421,8 @@ public struct QemuCommandLine {
         cmd += devices
         if !rtcFlags.isEmpty { cmd += ["-rtc", rtcFlags.joined(separator: ",")] }
         if !machineFlags.isEmpty { cmd += ["-machine", machineFlags.joined(separator: ",")] }
+        // Base volumes are read-only: a template runs (for backups) on a temporary overlay.
+        if templateSource { cmd.append("-snapshot") }
         if let args = conf["args"] { cmd += Self.splitArguments(args) }
         return cmd
     }
@@ -400,7 +432,9 @@ public struct QemuCommandLine {
         var reduced: [String: String] = ["template": "0", "kvm": "0", "vga": "none"]
         for key in ["scsihw", "bios", "name"] { if let value = conf[key] { reduced[key] = value } }
         for key in Self.driveKeys { if let value = conf[key] { reduced[key] = value } }
-        return QemuCommandLine(vmid: vmid, conf: reduced, storage: storage, host: host, templateSource: true)
+        var reducedCommand = QemuCommandLine(vmid: vmid, conf: reduced, storage: storage, host: host, templateSource: true)
+        reducedCommand.cpuModels = cpuModels
+        return reducedCommand
     }
 
     let templateSource: Bool
@@ -451,20 +485,131 @@ public struct QemuCommandLine {
         return Int(property["current"] ?? property.bareValue ?? "") ?? 512
     }
 
-    func cpuArgument(kvm: Bool, winversion: Int) -> String {
-        let property = PropertyString(parsing: conf["cpu"] ?? "")
-        let cputype = property["cputype"] ?? property.bareValue ?? (kvm ? "kvm64" : "qemu64")
-        guard kvm else { return cputype }
-        var flags: [String] = []
-        if winversion >= 6 || ["win7", "win8", "win10", "win11", "w2k8", "wvista"].contains(conf["ostype"] ?? "") {
-            flags += ["hv_ipi", "hv_relaxed", "hv_reset", "hv_runtime", "hv_spinlocks=0x1fff", "hv_stimer", "hv_synic", "hv_time", "hv_vapic", "hv_vpindex"]
+    /// CPU vendors of QEMU's named models (for `vendor=`); kvm64, qemu64,
+    /// host and max have none.
+    static let cpuVendors: [String: String] = {
+        var map: [String: String] = [:]
+        for model in ["486", "pentium", "pentium2", "pentium3", "coreduo", "core2duo", "Conroe", "Penryn", "Nehalem", "Nehalem-IBRS",
+                      "Westmere", "Westmere-IBRS", "SandyBridge", "SandyBridge-IBRS", "IvyBridge", "IvyBridge-IBRS", "Haswell",
+                      "Haswell-IBRS", "Haswell-noTSX", "Haswell-noTSX-IBRS", "Broadwell", "Broadwell-IBRS", "Broadwell-noTSX",
+                      "Broadwell-noTSX-IBRS", "Skylake-Client", "Skylake-Client-IBRS", "Skylake-Client-noTSX-IBRS", "Skylake-Client-v4",
+                      "Skylake-Server", "Skylake-Server-IBRS", "Skylake-Server-noTSX-IBRS", "Skylake-Server-v4", "Skylake-Server-v5",
+                      "Cascadelake-Server", "Cascadelake-Server-v2", "Cascadelake-Server-noTSX", "Cascadelake-Server-v4",
+                      "Cascadelake-Server-v5", "Cooperlake", "Cooperlake-v2", "KnightsMill", "Icelake-Server", "Icelake-Server-noTSX",
+                      "Icelake-Server-v3", "Icelake-Server-v4", "Icelake-Server-v5", "Icelake-Server-v6", "SapphireRapids",
+                      "SapphireRapids-v2", "SapphireRapids-v3", "GraniteRapids", "GraniteRapids-v2", "SierraForest"] {
+            map[model] = "GenuineIntel"
         }
-        if cputype == "kvm64" || cputype == "qemu64" {
-            flags += ["+kvm_pv_eoi", "+kvm_pv_unhalt", "+lahf_lm", "+sep"]
-        } else {
-            flags += ["+kvm_pv_eoi", "+kvm_pv_unhalt"]
+        for model in ["athlon", "phenom", "Opteron_G1", "Opteron_G2", "Opteron_G3", "Opteron_G4", "Opteron_G5", "EPYC", "EPYC-IBPB",
+                      "EPYC-v3", "EPYC-v4", "EPYC-Rome", "EPYC-Rome-v2", "EPYC-Rome-v3", "EPYC-Rome-v4", "EPYC-Milan", "EPYC-Milan-v2",
+                      "EPYC-Genoa", "EPYC-Turin"] {
+            map[model] = "AuthenticAMD"
         }
-        return ([cputype, "enforce"] + flags).joined(separator: ",")
+        return map
+    }()
+
+    static let deprecatedCPUModels = ["Icelake-Client": "Icelake-Server", "Icelake-Client-noTSX": "Icelake-Server-noTSX"]
+
+    struct CPUFlag {
+        var op: String
+        var value: String?
+    }
+
+    /// `+aes;-kvm_pv_unhalt` → flags by name.
+    static func flagList(_ text: String?) -> [(String, CPUFlag)] {
+        (text ?? "").split(separator: ";").compactMap { item in
+            guard let first = item.first, first == "+" || first == "-" else { return nil }
+            return (String(item.dropFirst()), CPUFlag(op: String(first), value: nil))
+        }
+    }
+
+    /// QEMU's -cpu argument: the model (custom models resolved through
+    /// cpu-models.conf), then every flag from PVE's defaults, Hyper-V
+    /// enlightenments for Windows, the model and the VM, sorted by name.
+    func cpuArgument(kvm: Bool, winversion: Int, machineAtLeast: (Int, Int, Int) -> Bool, requiredPVE: inout Int) throws -> String {
+        var cputype = arch == "aarch64" ? "cortex-a57" : (kvm ? "kvm64" : "qemu64")
+        let cpu = PropertyString(parsing: conf["cpu"] ?? "")
+        var custom: SectionConfigFile.Section?
+        var hidden = false
+        var hvVendor: String?
+        if conf["cpu"] != nil {
+            cputype = cpu["cputype"] ?? cpu.bareValue ?? cputype
+            if cputype.hasPrefix("custom-") {
+                let name = String(cputype.dropFirst(7))
+                guard let model = cpuModels?[name] else { throw Failure("Custom cputype '\(name)' not found") }
+                custom = model
+                cputype = Self.property(model, "reported-model") ?? "kvm64"
+                if let value = Self.property(model, "hidden") { hidden = Self.boolean(value) == true }
+                hvVendor = Self.property(model, "hv-vendor-id")
+            }
+            if let replacement = Self.deprecatedCPUModels[cputype] { cputype = replacement }
+            if let value = cpu["hidden"] { hidden = Self.boolean(value) == true }
+            if let value = cpu["hv-vendor-id"] { hvVendor = value }
+        }
+        var flags: [String: CPUFlag] = [:]
+        func apply(_ list: [(String, CPUFlag)]) { for (name, flag) in list { flags[name] = flag } }
+
+        var pve: [(String, CPUFlag)] = []
+        if cputype == "kvm64" && arch == "x86_64" { pve.append(("lahf_lm", CPUFlag(op: "+"))) }
+        if conf["ostype"] == "solaris" { pve.append(("x2apic", CPUFlag(op: "-"))) }
+        if cputype == "kvm64" || cputype == "kvm32" { pve.append(("sep", CPUFlag(op: "+"))) }
+        if cputype.hasPrefix("Opteron") { pve.append(("rdtscp", CPUFlag(op: "-"))) }
+        if machineAtLeast(2, 3, 0) && kvm && arch == "x86_64" {
+            pve.append(("kvm_pv_unhalt", CPUFlag(op: "+")))
+            pve.append(("kvm_pv_eoi", CPUFlag(op: "+")))
+        }
+        if winversion >= 11 && kvm && arch == "x86_64" {
+            // Windows 11 turns on CET shadow stacks that KVM cannot virtualise reliably.
+            pve.append(("cet-ibt", CPUFlag(op: "-")))
+            pve.append(("cet-ss", CPUFlag(op: "-")))
+        }
+        apply(pve)
+
+        if kvm && winversion >= 6 && !(conf["bios"] == "ovmf" && winversion < 8) {
+            var hv: [(String, CPUFlag)] = []
+            if let hvVendor { hv.append(("hv_vendor_id", CPUFlag(op: "", value: hvVendor))) }
+            if machineAtLeast(2, 3, 0) {
+                hv += [("hv_spinlocks", CPUFlag(op: "", value: "0x1fff")), ("hv_vapic", CPUFlag(op: "")), ("hv_time", CPUFlag(op: ""))]
+            } else {
+                hv.append(("hv_spinlocks", CPUFlag(op: "", value: "0xffff")))
+            }
+            if machineAtLeast(2, 6, 0) { hv += [("hv_reset", CPUFlag(op: "")), ("hv_vpindex", CPUFlag(op: "")), ("hv_runtime", CPUFlag(op: ""))] }
+            if winversion >= 7 {
+                hv.append(("hv_relaxed", CPUFlag(op: "")))
+                if machineAtLeast(2, 12, 0) { hv += [("hv_synic", CPUFlag(op: "")), ("hv_stimer", CPUFlag(op: ""))] }
+                if machineAtLeast(3, 1, 0) { hv.append(("hv_ipi", CPUFlag(op: ""))) }
+            }
+            if winversion >= 11 && cputype == "host" && host.cpuVendor == "GenuineIntel" && machineAtLeast(11, 0, 2) {
+                hv.append(("hv_evmcs", CPUFlag(op: "")))
+                requiredPVE = max(requiredPVE, 2)
+            } else if winversion >= 11 && cputype == "host" && host.cpuVendor == "GenuineIntel" {
+                // Before enlightened VMCS (11.0+pve2), Windows 11 on an Intel host CPU
+                // gets mode-based execution control hidden.
+                hv.append(("vmx-mbec", CPUFlag(op: "-")))
+            }
+            apply(hv)
+        }
+        apply(Self.flagList(custom.flatMap { Self.property($0, "flags") }))
+        apply(Self.flagList(cpu["flags"]))
+        if cputype != "host" && kvm && arch == "x86_64" { flags["enforce"] = CPUFlag(op: "") }
+        if hidden { flags["kvm"] = CPUFlag(op: "", value: "off") }
+        if let vendor = Self.cpuVendors[cputype] { flags["vendor"] = CPUFlag(op: "", value: vendor) }
+
+        var text = cputype
+        if let level = cpu["level"] { text += ",level=\(level)" }
+        for name in flags.keys.sorted() {
+            let flag = flags[name]!
+            text += ",\(flag.op)\(name)" + (flag.value.map { "=\($0)" } ?? "")
+        }
+        for option in ["guest-phys-bits", "phys-bits"] {
+            var suffix = ""
+            for value in [custom.flatMap { Self.property($0, option) }, cpu[option]] {
+                guard let value, !value.isEmpty else { continue }
+                suffix = value == "host" ? ",host-phys-bits=true" : ",\(option)=\(value)"
+            }
+            text += suffix
+        }
+        return text
     }
 
     struct VGA {
@@ -662,7 +807,11 @@ public struct QemuCommandLine {
             let path = Self.property(section, "path") ?? (["nfs", "cifs", "cephfs", "glusterfs"].contains(type) ? "/mnt/pve/\(storageID)" : "")
             var location: (path: String, vmid: String?, vtype: String)
             do { location = try StorageVolumes.filesystemPath(path: path, volname: volname) } catch { throw Failure(error.description) }
-            if type == "btrfs" && volume.format == "raw" { location.path += "/disk.raw" }
+            // btrfs keeps each raw image in its own subvolume: <name without .raw>/disk.raw.
+            if type == "btrfs" && volume.format == "raw" {
+                if location.path.hasSuffix(".raw") { location.path.removeLast(4) }
+                location.path += "/disk.raw"
+            }
             return (["driver": .string("file"), "filename": .string(location.path)], format, type, section)
         }
     }
@@ -769,7 +918,10 @@ public struct QemuCommandLine {
             let (maxdev, prefix) = scsihw == "virtio-scsi-single" ? (1, "virtioscsi") : ((scsihw ?? "lsi").hasPrefix("lsi") ? 7 : 256, "scsihw")
             let controller = drive.index / maxdev
             let unit = drive.index % maxdev
-            let type = drive.isCDROM ? "cd" : (drive.file.hasPrefix("/dev/") && QemuCommandLine.boolean(drive.options["scsiblock"]) == true ? "block" : "hd")
+            // scsi-block and scsi-generic need a SCSI INQUIRY of the host device, which
+            // is not done here: such devices are presented as scsi-hd (as upstream does
+            // when the inquiry fails).
+            let type = drive.isCDROM ? "cd" : "hd"
             if scsihw == nil || scsihw!.hasPrefix("lsi") || scsihw == "pvscsi" {
                 device = "scsi-\(type),bus=\(prefix)\(controller).0,scsi-id=\(unit)"
             } else {
@@ -906,13 +1058,16 @@ public struct QemuCommandLine {
             cmd += ["-drive", "if=pflash,unit=1,id=drive-efidisk0,format=\(node.format),file=\(path)"]
             return (cmd, [])
         }
-        if efidisk != nil {
-            cmd += ["-object", CanonicalJSON.object(["id": .string("throttle-drive-efidisk0"), "limits": .object([:]), "qom-type": .string("throttle-group")]).text]
-        }
+        cmd += ["-object", CanonicalJSON.object(["id": .string("throttle-drive-efidisk0"), "limits": .object([:]), "qom-type": .string("throttle-group")]).text]
         cmd += ["-blockdev", CanonicalJSON.object(["driver": .string("raw"), "node-name": .string("pflash0"), "read-only": .bool(true),
                                                    "file": .object(["driver": .string("file"), "filename": .string(code)])]).text]
-        guard let efidisk else { return (cmd, ["pflash0=pflash0"]) }
-        cmd += ["-blockdev", try blockdev(efidisk, readOnly: templateSource).text]
+        // Without an efidisk, the EFI vars live in a temporary copy under /run.
+        let vars = efidisk ?? {
+            var drive = Drive(key: "efidisk0", value: "/run/qemu-server/efidisk/\(vmid)-ovmf.fd")!
+            drive.interface = "efidisk"
+            return drive
+        }()
+        cmd += ["-blockdev", try blockdev(vars, readOnly: templateSource).text]
         return (cmd, ["pflash0=pflash0", "pflash1=drive-efidisk0"])
     }
 }
