@@ -294,7 +294,8 @@ public struct QemuCommandLine {
         }
 
         cmd += ["-cpu", try cpuArgument(kvm: kvm, winversion: winversion, machineAtLeast: atLeast, requiredPVE: &requiredPVE)]
-        cmd += ["-m", String(memoryMiB)]
+        let memoryDevices = try memoryArguments(sockets: sockets, cores: cores, hotplug: hotplug.contains("memory"))
+        cmd += memoryDevices.cmd
 
         if Self.boolean(conf["freeze"]) == true { cmd.append("-S") }
         if let keyboard = conf["keyboard"] { cmd += ["-k", keyboard] }
@@ -478,6 +479,93 @@ public struct QemuCommandLine {
         if value == "0" { return [] }
         if value == "1" { return ["network", "disk", "usb"] }
         return Set(value.split(separator: ",").map(String.init))
+    }
+
+    /// -m, the NUMA nodes and, with memory hotplug, the DIMMs (qemu-server's Memory.pm).
+    func memoryArguments(sockets: Int, cores: Int, hotplug: Bool) throws -> (cmd: [String], devices: [String]) {
+        var cmd: [String] = []
+        let memory = memoryMiB
+        let numa = Self.boolean(conf["numa"]) == true
+        let hugepages = conf["hugepages"]
+        var staticMemory = memory
+        if hotplug {
+            guard numa else { throw Failure("NUMA needs to be enabled for memory hotplug") }
+            let maxMemory = maxMemoryMiB
+            if memory > maxMemory { throw Failure("Total memory is bigger than \(maxMemory)MB") }
+            staticMemory = 1024 * (hugepages == "1024" ? sockets : 1)
+            if memory < staticMemory { throw Failure("minimum memory must be \(staticMemory)MB") }
+            cmd += ["-m", "size=\(staticMemory),slots=255,maxmem=\(maxMemory)M"]
+        } else {
+            cmd += ["-m", String(memory)]
+        }
+        if hugepages != nil && !numa { throw Failure("numa needs to be enabled to use hugepages") }
+        func memoryObject(_ id: String, _ size: Int) -> String {
+            guard let hugepages else { return "memory-backend-ram,id=\(id),size=\(size)M" }
+            let pageKiB = hugepages == "1024" ? 1_048_576 : (hugepages == "2" ? 2048 : (size % 1024 == 0 ? 1_048_576 : 2048))
+            return "memory-backend-file,id=\(id),size=\(size)M,mem-path=/run/hugepages/kvm/\(pageKiB)kB,share=on,prealloc=yes"
+        }
+        var nodes: [Int] = []
+        if numa {
+            var custom = 0
+            for index in 0..<8 {
+                guard let value = conf["numa\(index)"] else { continue }
+                let property = PropertyString(parsing: value)
+                guard let size = property["memory"].flatMap(Int.init) else { throw Failure("missing NUMA node\(index) memory value") }
+                guard let cpus = property["cpus"] else { throw Failure("missing NUMA node\(index) cpus") }
+                custom += size
+                var object = memoryObject("ram-node\(index)", size)
+                if let hostnodes = property["hostnodes"] {
+                    guard let policy = property["policy"] else { throw Failure("you need to define a policy for hostnode \(hostnodes)") }
+                    object += ",host-nodes=\(hostnodes.replacingOccurrences(of: ";", with: ",")),policy=\(policy)"
+                } else if hugepages != nil {
+                    throw Failure("numa hostnodes need to be defined to use hugepages")
+                }
+                cmd += ["-object", object, "-numa", "node,nodeid=\(index),cpus=\(cpus.split(separator: ";").joined(separator: ",cpus=")),memdev=ram-node\(index)"]
+                nodes.append(index)
+            }
+            if custom > 0 && custom != staticMemory { throw Failure("total memory for NUMA nodes must be equal to vm static memory") }
+            if custom == 0 {
+                for index in 0..<sockets {
+                    var cpus = String(cores * index)
+                    if cores > 1 { cpus += "-\(cores * index + cores - 1)" }
+                    cmd += ["-object", memoryObject("ram-node\(index)", staticMemory / sockets),
+                            "-numa", "node,nodeid=\(index),cpus=\(cpus),memdev=ram-node\(index)"]
+                }
+                nodes = Array(0..<sockets)
+            }
+        }
+        if hotplug && staticMemory < memory {
+            var size = hugepages == "1024" ? 1024 : 512
+            var current = staticMemory
+            var dimm = 0
+            outer: for _ in 0..<8 {
+                for slot in 0..<32 {
+                    current += size
+                    let node = nodes.isEmpty ? 0 : nodes[slot % nodes.count]
+                    cmd += ["-object", memoryObject("mem-dimm\(dimm)", size), "-device", "pc-dimm,id=dimm\(dimm),memdev=mem-dimm\(dimm),node=\(node)"]
+                    dimm += 1
+                    if current >= memory { break outer }
+                }
+                size *= 2
+            }
+        }
+        return (cmd, [])
+    }
+
+    /// The most memory hotplug may reach: half the guest's physical address space, at most 4 TiB.
+    var maxMemoryMiB: Int {
+        let cpu = PropertyString(parsing: conf["cpu"] ?? "")
+        let hostBits = 46
+        var bits: Int
+        if let value = cpu["phys-bits"], let number = Int(value) {
+            bits = number
+        } else if cpu["phys-bits"] == "host" || ["host", "max"].contains(cpu["cputype"] ?? cpu.bareValue ?? "") {
+            bits = hostBits
+        } else {
+            bits = min(hostBits, 40)
+        }
+        bits &= ~1
+        return min(1 << (bits - 21), 4 * 1024 * 1024)
     }
 
     var memoryMiB: Int {
