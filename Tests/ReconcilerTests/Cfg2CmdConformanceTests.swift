@@ -50,8 +50,23 @@ struct Cfg2CmdConformanceTests {
         }.filter { !$0.isEmpty }
     }
 
+    /// The PCI devices and mappings upstream's runner mocks (cfg2cmd-mock-env.json).
+    static let pciMock: (devices: [String], mappings: [String: (paths: [String], mdev: Bool)]) = {
+        guard let data = try? Corpus.data("qemu-server/_derived/cfg2cmd-mock-env.json"),
+              let env = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return ([], [:]) }
+        let devices = env["pci_devs"] as? [String] ?? []
+        var mappings: [String: (paths: [String], mdev: Bool)] = [:]
+        for (name, value) in (env["pci_map_config"] as? [String: Any])?["ids"] as? [String: [String: Any]] ?? [:] {
+            let paths = (value["map"] as? [String] ?? []).compactMap { PropertyString(parsing: $0)["path"] }
+            mappings[name] = (paths, (value["mdev"] as? Int ?? 0) == 1)
+        }
+        return (devices, mappings)
+    }()
+
     static func profile(_ headers: [String: String]) -> QemuHostProfile {
         var profile = QemuHostProfile.pve11(arch: headers["HOST_ARCH"] ?? "x86_64")
+        profile.pciDevices = pciMock.devices
+        profile.pciMappings = pciMock.mappings
         if let version = headers["QEMU_VERSION"].flatMap(QemuVersion.init) { profile.qemuVersion = version }
         if let vendor = headers["HOST_CPU_VENDOR"] { profile.cpuVendor = vendor }
         return profile

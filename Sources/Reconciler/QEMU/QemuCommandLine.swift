@@ -235,6 +235,7 @@ public struct QemuCommandLine {
         }
 
         let bootOrder = try bootOrder()
+        devices += try hostPCIDevices(q35: q35, bridges: &bridges, bootOrder: bootOrder)
 
         for index in 0..<4 {
             guard let path = conf["serial\(index)"] else { continue }
@@ -432,7 +433,7 @@ public struct QemuCommandLine {
     func templateCommand() -> QemuCommandLine {
         var reduced: [String: String] = ["template": "0", "kvm": "0", "vga": "none"]
         for key in ["scsihw", "bios", "name"] { if let value = conf[key] { reduced[key] = value } }
-        for key in Self.driveKeys { if let value = conf[key] { reduced[key] = value } }
+        for key in Self.driveKeys + ["efidisk0", "tpmstate0"] { if let value = conf[key] { reduced[key] = value } }
         var reducedCommand = QemuCommandLine(vmid: vmid, conf: reduced, storage: storage, host: host, templateSource: true)
         reducedCommand.cpuModels = cpuModels
         return reducedCommand
@@ -788,6 +789,94 @@ public struct QemuCommandLine {
             }
         }
         return order
+    }
+
+    // MARK: PCI passthrough
+
+    /// `hostpciN: [host=]bus:dev[.fn][;...][,pcie=1][,rombar=0][,romfile=..][,x-vga=1][,mdev=..][,mapping=..]`.
+    func hostPCIDevices(q35: Bool, bridges: inout Set<Int>, bootOrder: [String: Int]) throws -> [String] {
+        var devices: [String] = []
+        var usedPaths: Set<String> = []
+        for index in 0..<16 {
+            guard let value = conf["hostpci\(index)"] else { continue }
+            let property = PropertyString(parsing: value)
+            var functions: [String] = []
+            var sysfs: String?
+            if let mapping = property["mapping"] {
+                guard let entry = host.pciMappings[mapping], !entry.paths.isEmpty else { throw Failure("PCI device mapping not found for '\(mapping)'") }
+                if property["mdev"] != nil && entry.mdev {
+                    sysfs = "/sys/bus/mdev/devices/" + String(format: "%08d-0000-0000-0000-%012d", index, vmid)
+                } else {
+                    guard let free = entry.paths.first(where: { !usedPaths.contains($0) }) else {
+                        throw Failure("could not find a free device for mapping '\(mapping)'")
+                    }
+                    functions = [free]
+                }
+            } else {
+                guard let hostValue = property["host"] ?? property.bareValue else { throw Failure("hostpci\(index): no host device") }
+                for id in hostValue.split(separator: ";").map(String.init) {
+                    var full = id.split(separator: ":").count == 2 ? "0000:" + id : id
+                    if full.contains(".") {
+                        functions.append(full)
+                    } else {
+                        full += "."
+                        let found = host.pciDevices.filter { $0.hasPrefix(full) }.sorted()
+                        guard !found.isEmpty else { throw Failure("no PCI device found for '\(id)'") }
+                        functions += found
+                    }
+                }
+                if property["mdev"] != nil {
+                    sysfs = "/sys/bus/mdev/devices/" + String(format: "%08d-0000-0000-0000-%012d", index, vmid)
+                }
+            }
+            usedPaths.formUnion(functions)
+            let pcie = q35 && Self.boolean(property["pcie"]) == true
+            var address: String
+            if pcie {
+                let bus0 = (conf["ostype"].map { ["win7", "w2k8"].contains($0) } ?? false)
+                if bus0 {
+                    address = ""
+                } else {
+                    if index > 3 {
+                        let ports = [4: "10.0", 5: "10.1", 6: "10.2", 7: "10.3", 8: "10.4", 9: "10.5", 10: "10.6", 11: "10.7",
+                                     12: "11.0", 13: "11.1", 14: "11.2", 15: "11.3"]
+                        devices += ["-device", "pcie-root-port,id=ich9-pcie-port-\(index + 1),addr=\(ports[index]!),x-speed=16,x-width=32,multifunction=on,bus=pcie.0,port=\(index + 1),chassis=\(index + 1)"]
+                    }
+                    address = ",bus=ich9-pcie-port-\(index + 1),addr=0x0"
+                }
+            } else {
+                address = Self.pciAddress("hostpci\(index)", bridges: &bridges)
+            }
+            var extras = ""
+            if property["rombar"].flatMap(Self.boolean) == false { extras += ",rombar=0" }
+            if let romfile = property["romfile"] { extras += ",romfile=/usr/share/kvm/\(romfile)" }
+            for (key, qemu) in [("vendor-id", "x-pci-vendor-id"), ("device-id", "x-pci-device-id"),
+                                ("sub-vendor-id", "x-pci-sub-vendor-id"), ("sub-device-id", "x-pci-sub-device-id")] {
+                if let value = property[key] { extras += ",\(qemu)=\(value)" }
+            }
+            let boot = bootOrder["hostpci\(index)"].map { ",bootindex=\($0)" } ?? ""
+            if let sysfs {
+                devices += ["-device", "vfio-pci,sysfsdev=\(sysfs),id=hostpci\(index)\(address)\(extras)\(boot)"]
+                continue
+            }
+            let multifunction = functions.count > 1
+            for (position, function) in functions.enumerated() {
+                var id = "hostpci\(index)"
+                var functionAddress = address
+                if multifunction {
+                    id += ".\(position)"
+                    functionAddress += ".\(position)"
+                    if position == 0 { functionAddress += ",multifunction=on" }
+                }
+                var device = "vfio-pci,host=\(function),id=\(id)\(functionAddress)"
+                if position == 0 {
+                    if Self.boolean(property["x-vga"]) == true { device += ",x-vga=on" }
+                    device += extras + boot
+                }
+                devices += ["-device", device]
+            }
+        }
+        return devices
     }
 
     // MARK: drives

@@ -17,6 +17,10 @@ public struct QemuHostProfile: Sendable {
     public var bridgeMTU: [String: Int]
     /// The binary for an architecture (`/usr/bin/kvm` on the native one).
     public var binary: @Sendable (String) -> String
+    /// Host PCI devices (`0000:01:00.0`), for passthrough of all functions of a slot.
+    public var pciDevices: [String] = []
+    /// Cluster-wide PCI mappings (`mapping=`): name → device paths on this node, and whether it is a mediated device.
+    public var pciMappings: [String: (paths: [String], mdev: Bool)] = [:]
 
     public init(qemuVersion: QemuVersion, arch: String = "x86_64", cpuVendor: String = "GenuineIntel", nodeName: String,
                 iscsiInitiator: String?, kvmAvailable: Bool, vhostNet: Bool, cpuCount: Int, bridgeMTU: [String: Int] = [:],
