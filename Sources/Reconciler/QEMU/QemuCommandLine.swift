@@ -227,15 +227,15 @@ public struct QemuCommandLine {
         let vga = vgaProperties(winversion: winversion, machineAtLeast: atLeast)
         var tablet = Self.boolean(conf["tablet"]) ?? true
         if conf["tablet"] == nil && (vga.qxl > 0 || vga.type.hasPrefix("serial")) { tablet = false }
-        if !q35 && arch == "x86_64" {
-            devices += ["-device", "piix3-usb-uhci,id=uhci\(Self.pciAddress("piix3", bridges: &bridges)).0x2"]
-        }
+        let qemuXHCI = atLeast(7, 1, 0) && (conf["ostype"] == "l26" || winversion > 7)
+        devices += try usbControllers(q35: q35, qemuXHCI: qemuXHCI, bridges: &bridges)
         if tablet {
             devices += ["-device", "usb-tablet,id=tablet,bus=\(q35 ? "ehci" : "uhci").0,port=1"]
         }
 
         let bootOrder = try bootOrder()
         devices += try hostPCIDevices(q35: q35, bridges: &bridges, bootOrder: bootOrder)
+        devices += try usbDevices(qemuXHCI: qemuXHCI, spiceUSB3: atLeast(4, 0, 0), bootOrder: bootOrder)
 
         for index in 0..<4 {
             guard let path = conf["serial\(index)"] else { continue }
@@ -310,6 +310,35 @@ public struct QemuCommandLine {
                             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
             } else {
                 devices += ["-device", "isa-serial,chardev=qga0"]
+            }
+        }
+
+        // SPICE: the vdagent channel (also for VNC clipboard) and the server.
+        let spice = vga.qxl > 0 || vga.type.hasPrefix("virtio")
+        if spice || vga.clipboard == "vnc" {
+            if vga.qxl > 1 {
+                if winversion > 0 {
+                    for extra in 1..<vga.qxl {
+                        devices += ["-device", try vgaDevice(vga, winversion: winversion, q35: q35, bridges: &bridges, machineAtLeast: atLeast, id: extra)]
+                    }
+                } else {
+                    let ram = vga.memory.map { String(vga.qxl * 4 * $0 * 1024 * 1024) } ?? "134217728"
+                    let vram = vga.memory.map { String(vga.qxl * 2 * $0 * 1024 * 1024) } ?? "67108864"
+                    cmd += ["-global", "qxl-vga.ram_size=\(ram)", "-global", "qxl-vga.vram_size=\(vram)"]
+                }
+            }
+            devices += ["-device", "virtio-serial,id=spice\(Self.pciAddress("spice", bridges: &bridges))"]
+            devices += ["-chardev", vga.clipboard == "vnc" ? "qemu-vdagent,id=vdagent,name=vdagent,clipboard=on" : "spicevmc,id=vdagent,name=vdagent"]
+            devices += ["-device", "virtserialport,chardev=vdagent,name=com.redhat.spice.0"]
+            if spice {
+                let enhancements = PropertyString(parsing: conf["spice_enhancements"] ?? "")
+                if Self.boolean(enhancements["foldersharing"]) == true {
+                    devices += ["-chardev", "spiceport,id=foldershare,name=org.spice-space.webdav.0",
+                                "-device", "virtserialport,chardev=foldershare,name=org.spice-space.webdav.0"]
+                }
+                var options = "tls-port=61000,addr=127.0.0.1,tls-ciphers=HIGH,seamless-migration=on"
+                if let streaming = enhancements["videostreaming"] { options += ",streaming-video=\(streaming)" }
+                devices += ["-spice", options]
             }
         }
 
@@ -722,13 +751,13 @@ public struct QemuCommandLine {
         return VGA(type: type!, memory: property["memory"].flatMap { Int($0) }, qxl: qxl, clipboard: property["clipboard"])
     }
 
-    func vgaDevice(_ vga: VGA, winversion: Int, q35: Bool, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool) throws -> String {
+    func vgaDevice(_ vga: VGA, winversion: Int, q35: Bool, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool, id: Int? = nil) throws -> String {
         let map = ["cirrus": "cirrus-vga", "std": "VGA", "vmware": "vmware-svga", "virtio": "virtio-vga", "virtio-gl": "virtio-vga-gl"]
         var type = map[vga.type]
         if arch == "aarch64" && type == "virtio-vga" { type = "virtio-gpu" }
         var maxOutputs = ""
         if vga.qxl > 0 {
-            type = "qxl-vga"
+            type = id == nil ? "qxl-vga" : "qxl"
             if conf["ostype"] == nil || conf["ostype"]!.range(of: #"^(?:l\d\d)|(?:other)$"#, options: .regularExpression) != nil {
                 if machineAtLeast(4, 1, 0) { maxOutputs = ",max_outputs=4" }
             }
@@ -743,11 +772,14 @@ public struct QemuCommandLine {
             } else {
                 memory = ",vgamem_mb=\(mb)"
             }
+        } else if vga.qxl > 0 && id != nil {
+            memory = ",ram_size=67108864,vram_size=33554432"
         }
         var edid = ""
         if type == "VGA" && winversion > 0 && conf["bios"] != "ovmf" { edid = ",edid=off" }
-        let address = q35 ? ",bus=pcie.0,addr=0x1" : Self.pciAddress("vga", bridges: &bridges)
-        return "\(type),id=vga\(memory)\(maxOutputs)\(address)\(edid)"
+        let vgaID = "vga" + (id.map(String.init) ?? "")
+        let address = q35 && id == nil ? ",bus=pcie.0,addr=0x1" : Self.pciAddress(vgaID, bridges: &bridges)
+        return "\(type),id=\(vgaID)\(memory)\(maxOutputs)\(address)\(edid)"
     }
 
     /// `boot: order=scsi0;ide2;net0` (or the legacy `boot: cdn` + `bootdisk`) as bootindex per device.
@@ -789,6 +821,71 @@ public struct QemuCommandLine {
             }
         }
         return order
+    }
+
+    // MARK: USB
+
+    func usbControllers(q35: Bool, qemuXHCI: Bool, bridges: inout Set<Int>) throws -> [String] {
+        var devices: [String] = []
+        if arch == "aarch64" {
+            devices += ["-device", "usb-ehci,id=ehci\(Self.pciAddress("ehci", bridges: &bridges))"]
+        } else if !q35 {
+            devices += ["-device", "piix3-usb-uhci,id=uhci\(Self.pciAddress("piix3", bridges: &bridges)).0x2"]
+        }
+        var usb2 = false, usb3 = false, any = false
+        for index in 0..<14 {
+            guard let value = conf["usb\(index)"] else { continue }
+            if index >= 5 && !qemuXHCI { throw Failure("using usb\(index) is only possible with machine type >= 7.1 and ostype l26 or windows > 7") }
+            any = true
+            if Self.boolean(PropertyString(parsing: value)["usb3"]) == true { usb3 = true } else { usb2 = true }
+        }
+        if !qemuXHCI && !q35 && usb2 && arch != "aarch64" {
+            devices += ["-readconfig", "/usr/share/qemu-server/pve-usb.cfg"]
+        }
+        var scratch = bridges
+        let address = Self.pciAddress("xhci", bridges: &scratch)
+        if qemuXHCI && any {
+            bridges = scratch
+            devices += ["-device", "qemu-xhci,p2=15,p3=15,id=xhci\(address)"]
+        } else if usb3 {
+            bridges = scratch
+            devices += ["-device", "nec-usb-xhci,id=xhci\(address)"]
+        }
+        return devices
+    }
+
+    func usbDevices(qemuXHCI: Bool, spiceUSB3: Bool, bootOrder: [String: Int]) throws -> [String] {
+        var devices: [String] = []
+        for index in 0..<14 {
+            guard let value = conf["usb\(index)"] else { continue }
+            if index >= 5 && !qemuXHCI { throw Failure("using usb\(index) is only possible with machine type >= 7.1 and ostype l26 or windows > 7") }
+            let property = PropertyString(parsing: value)
+            let port = qemuXHCI ? index + 1 : nil
+            let usb3 = Self.boolean(property["usb3"]) == true
+            let hostValue = property["host"] ?? property.bareValue ?? ""
+            if hostValue.lowercased() == "spice" {
+                let bus = (usb3 && spiceUSB3) || qemuXHCI ? "xhci" : "ehci"
+                devices += ["-chardev", "spicevmc,id=usbredirchardev\(index),name=usbredir",
+                            "-device", "usb-redir,chardev=usbredirchardev\(index),id=usbredirdev\(index),bus=\(bus).0" + (port.map { ",port=\($0)" } ?? "")]
+                continue
+            }
+            var device = "usb-host"
+            if usb3 || port != nil {
+                device += ",bus=xhci.0" + (port.map { ",port=\($0)" } ?? "")
+            }
+            let parts = hostValue.split(separator: ":")
+            if parts.count == 2, parts.allSatisfy({ $0.replacingOccurrences(of: "0x", with: "").count == 4 }) {
+                device += ",vendorid=0x\(parts[0].replacingOccurrences(of: "0x", with: "")),productid=0x\(parts[1].replacingOccurrences(of: "0x", with: ""))"
+            } else if let dash = hostValue.firstIndex(of: "-") {
+                device += ",hostbus=\(hostValue[..<dash]),hostport=\(hostValue[hostValue.index(after: dash)...])"
+            } else {
+                throw Failure("no usb id or path given")
+            }
+            device += ",id=usb\(index)"
+            if let boot = bootOrder["usb\(index)"] { device += ",bootindex=\(boot)" }
+            devices += ["-device", device]
+        }
+        return devices
     }
 
     // MARK: PCI passthrough
