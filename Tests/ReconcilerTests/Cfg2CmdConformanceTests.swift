@@ -69,6 +69,7 @@ struct Cfg2CmdConformanceTests {
         profile.pciMappings = pciMock.mappings
         if let version = headers["QEMU_VERSION"].flatMap(QemuVersion.init) { profile.qemuVersion = version }
         if let vendor = headers["HOST_CPU_VENDOR"] { profile.cpuVendor = vendor }
+        if headers["HW_CAPABILITIES"]?.lowercased() == "amd-turin-9005" { profile.sev = (51, 6, true, true) }
         return profile
     }
 

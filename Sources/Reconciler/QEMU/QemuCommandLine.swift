@@ -113,10 +113,10 @@ public struct QemuCommandLine {
     var isTemplate: Bool { Self.boolean(conf["template"]) == true }
 
     /// `pci.0,addr=0x12`-style suffix from the fixed PCI address table.
-    static func pciAddress(_ id: String, bridges: inout Set<Int>) -> String {
+    static func pciAddress(_ id: String, bridges: inout Set<Int>, busName: String = "pci") -> String {
         guard let (bus, addr) = pciAddressMap[id] else { return "" }
         bridges.insert(bus)
-        return ",bus=pci.\(bus),addr=0x\(String(addr, radix: 16))"
+        return ",bus=\(busName).\(bus),addr=0x\(String(addr, radix: 16))"
     }
 
     static let pciAddressMap: [String: (Int, Int)] = {
@@ -230,7 +230,8 @@ public struct QemuCommandLine {
         let qemuXHCI = atLeast(7, 1, 0) && (conf["ostype"] == "l26" || winversion > 7)
         devices += try usbControllers(q35: q35, qemuXHCI: qemuXHCI, bridges: &bridges)
         if tablet {
-            devices += ["-device", "usb-tablet,id=tablet,bus=\(q35 ? "ehci" : "uhci").0,port=1"]
+            devices += ["-device", "usb-tablet,id=tablet,bus=\(q35 || arch == "aarch64" ? "ehci" : "uhci").0,port=1"]
+            if arch == "aarch64" { devices += ["-device", "usb-kbd,id=keyboard,bus=ehci.0,port=2"] }
         }
 
         let bootOrder = try bootOrder()
@@ -266,6 +267,11 @@ public struct QemuCommandLine {
         if Self.boolean(conf["acpi"]) == false { machineFlags.append("acpi=off") }
         if Self.boolean(conf["reboot"]) == false { cmd.append("-no-reboot") }
 
+        if conf["tpmstate0"] != nil && !templateSource {
+            devices += ["-chardev", "socket,id=tpmchar,path=/var/run/qemu-server/\(vmid).swtpm",
+                        "-tpmdev", "emulator,id=tpmdev,chardev=tpmchar",
+                        "-device", arch == "aarch64" ? "tpm-tis-device,tpmdev=tpmdev" : "tpm-tis,tpmdev=tpmdev"]
+        }
         if !vga.type.hasPrefix("serial") && vga.type != "none" {
             devices += ["-device", try vgaDevice(vga, winversion: winversion, q35: q35, bridges: &bridges, machineAtLeast: atLeast)]
             cmd += ["-vnc", "unix:/var/run/qemu-server/\(vmid).vnc,password=on"]
@@ -284,7 +290,8 @@ public struct QemuCommandLine {
         if winversion >= 6 {
             cmd += ["-global", "kvm-pit.lost_tick_policy=discard"]
             machineFlags.append("hpet=off")
-        } else if conf["ostype"] == "l26" && atLeast(10, 1) {
+        } else if conf["ostype"] == "l26" && atLeast(10, 1) && arch == "x86_64" {
+            // The HPET is an x86 device; Linux guests keep better time without it.
             machineFlags.append("hpet=off")
         }
         if tdf { rtcFlags.append("driftfix=slew") }
@@ -311,6 +318,17 @@ public struct QemuCommandLine {
             } else {
                 devices += ["-device", "isa-serial,chardev=qga0"]
             }
+        }
+
+        if let rng = conf["rng0"], atLeast(4, 1, 2) {
+            if machineVersion == QemuVersion(4, 1) { requiredPVE = max(requiredPVE, 2) }
+            let property = PropertyString(parsing: rng)
+            let source = property["source"] ?? property.bareValue ?? "/dev/urandom"
+            devices += ["-object", "rng-random,filename=\(source),id=rng0"]
+            var device = "virtio-rng-pci,rng=rng0,max-bytes=\(property["max_bytes"] ?? "1024")"
+            let period = property["period"] ?? "1000"
+            if period != "0" { device += ",period=\(period)" }
+            devices += ["-device", device + Self.pciAddress("rng0", bridges: &bridges)]
         }
 
         // SPICE: the vdagent channel (also for VNC clipboard) and the server.
@@ -406,7 +424,8 @@ public struct QemuCommandLine {
             guard let value = conf["net\(index)"] else { continue }
             let net = try NIC(index: index, value: value)
             devices += ["-netdev", netdev(net, native: native)]
-            devices += ["-device", try netDevice(net, bootindex: bootOrder["net\(index)"], bridges: &bridges, machineAtLeast: atLeast)]
+            devices += ["-device", try netDevice(net, bootindex: bootOrder["net\(index)"], bridges: &bridges, machineAtLeast: atLeast,
+                                                 oldBIOSFiles: machineType.hasSuffix(".pxe"))]
         }
 
         // PCI bridges the devices above need, in front of them.
@@ -429,7 +448,7 @@ public struct QemuCommandLine {
         if !kvm { machineFlags.append("accel=tcg") }
         // Power states: S3/S4 off unless the machine property enables them.
         let chipset = q35 ? "ICH9-LPC" : "PIIX4_PM"
-        if atLeast(9, 2, 1) {
+        if atLeast(9, 2, 1) && !machineType.hasPrefix("virt") {
             if machineProperty["enable-s3"].flatMap(Self.boolean) != true { cmd += ["-global", "\(chipset).disable_s3=1"] }
             if machineProperty["enable-s4"].flatMap(Self.boolean) != true { cmd += ["-global", "\(chipset).disable_s4=1"] }
         }
@@ -437,8 +456,29 @@ public struct QemuCommandLine {
             machineFlags.append("smm=off")
         }
         var typeName = machineType
+        if typeName.hasSuffix(".pxe") { typeName.removeLast(4) }
         if let plus = typeName.range(of: "+pve") { typeName = String(typeName[..<plus.lowerBound]) }
         machineFlags.append("type=\(typeName)+pve\(requiredPVE)")
+        var sevMachineFlag = false
+        if let sevValue = conf["amd-sev"] {
+            let property = PropertyString(parsing: sevValue)
+            let type = property["type"] ?? property.bareValue ?? "std"
+            guard let sev = host.sev else { throw Failure("Your CPU does not support AMD SEV.") }
+            if type == "es" && !sev.es { throw Failure("Your CPU does not support AMD SEV-ES.") }
+            if type == "snp" && !sev.snp { throw Failure("Your CPU does not support AMD SEV-SNP.") }
+            let object: String
+            if type == "snp" {
+                object = "sev-snp-guest,id=sev0,cbitpos=\(sev.cbitpos),reduced-phys-bits=\(sev.reducedPhysBits),policy=0xb0000"
+            } else {
+                var policy = 0x8
+                if type == "es" { policy |= 0x4 }
+                if Self.boolean(property["no-debug"]) == true { policy |= 0x1 }
+                if Self.boolean(property["no-key-sharing"]) == true { policy |= 0x2 }
+                object = "sev-guest,id=sev0,cbitpos=\(sev.cbitpos),reduced-phys-bits=\(sev.reducedPhysBits),policy=0x\(String(policy, radix: 16))"
+            }
+            devices += ["-object", object]
+            sevMachineFlag = true
+        }
         if let viommu {
             let awBits = machineProperty["aw-bits"].map { ",aw-bits=\($0)" } ?? ""
             if viommu == "intel" {
@@ -449,6 +489,11 @@ public struct QemuCommandLine {
             }
         }
 
+        if sevMachineFlag { machineFlags.append("confidential-guest-support=sev0") }
+        if arch == "aarch64" && machineType.hasPrefix("virt") {
+            // The virt machine's root bus is PCIe.
+            devices = devices.map { $0.replacingOccurrences(of: ",bus=pci.", with: ",bus=pcie.") }
+        }
         cmd += devices
         if !rtcFlags.isEmpty { cmd += ["-rtc", rtcFlags.joined(separator: ",")] }
         if !machineFlags.isEmpty { cmd += ["-machine", machineFlags.joined(separator: ",")] }
@@ -645,7 +690,7 @@ public struct QemuCommandLine {
     /// cpu-models.conf), then every flag from PVE's defaults, Hyper-V
     /// enlightenments for Windows, the model and the VM, sorted by name.
     func cpuArgument(kvm: Bool, winversion: Int, machineAtLeast: (Int, Int, Int) -> Bool, requiredPVE: inout Int) throws -> String {
-        var cputype = arch == "aarch64" ? "cortex-a57" : (kvm ? "kvm64" : "qemu64")
+        var cputype = arch == "aarch64" ? (kvm ? "host" : "max") : (kvm ? "kvm64" : "qemu64")
         let cpu = PropertyString(parsing: conf["cpu"] ?? "")
         var custom: SectionConfigFile.Section?
         var hidden = false
@@ -1294,7 +1339,7 @@ public struct QemuCommandLine {
         return text
     }
 
-    func netDevice(_ net: NIC, bootindex: Int?, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool) throws -> String {
+    func netDevice(_ net: NIC, bootindex: Int?, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool, oldBIOSFiles: Bool = false) throws -> String {
         let id = "net\(net.index)"
         let device = net.model == "virtio" ? "virtio-net-pci" : net.model
         var text = "\(device),mac=\(net.mac),netdev=\(id)\(Self.pciAddress(id, bridges: &bridges)),id=\(id)"
@@ -1313,6 +1358,11 @@ public struct QemuCommandLine {
             if mtu != 1500 || machineAtLeast(11, 0, 0) { text += ",host_mtu=\(mtu)" }
             if machineAtLeast(11, 0, 0) { text += ",host_tunnel=off" }
         }
+        if oldBIOSFiles {
+            let roms = ["virtio-net-pci": "pxe-virtio.rom", "e1000": "pxe-e1000.rom", "e1000e": "pxe-e1000e.rom", "ne2k": "pxe-ne2k_pci.rom",
+                        "pcnet": "pxe-pcnet.rom", "rtl8139": "pxe-rtl8139.rom"]
+            if let rom = roms[device] { text += ",romfile=\(rom)" }
+        }
         return text
     }
 
@@ -1323,7 +1373,23 @@ public struct QemuCommandLine {
         var efidisk = conf["efidisk0"].flatMap { Drive(key: "efidisk0", value: $0) }
         efidisk?.interface = "efidisk"
         let fourMB = efidisk?.options["efitype"] == "4m"
-        let code = "/usr/share/pve-edk2-firmware//" + (fourMB ? "OVMF_CODE_4M.fd" : "OVMF_CODE.fd")
+        let sevType = conf["amd-sev"].map { PropertyString(parsing: $0) }.map { $0["type"] ?? $0.bareValue ?? "std" }
+        if sevType == "snp" {
+            // SEV-SNP boots a stateless firmware: no pflash, no EFI vars.
+            return (["-bios", "/usr/share/pve-edk2-firmware//OVMF_SEV_4M.fd"], [])
+        }
+        let codeFile: String
+        if arch == "aarch64" {
+            codeFile = "AAVMF_CODE.fd"
+        } else if sevType != nil {
+            codeFile = "OVMF_SEV_CODE_4M.fd"
+        } else if fourMB && q35 && Self.boolean(efidisk?.options["pre-enrolled-keys"]) == true {
+            // Secure Boot needs SMM, which only the q35 firmware build enables.
+            codeFile = "OVMF_CODE_4M.secboot.fd"
+        } else {
+            codeFile = fourMB ? "OVMF_CODE_4M.fd" : "OVMF_CODE.fd"
+        }
+        let code = "/usr/share/pve-edk2-firmware//" + codeFile
         if !machineAtLeast(10, 0, 0) {
             cmd += ["-drive", "if=pflash,unit=0,format=raw,readonly=on,file=\(code)"]
             guard let efidisk else { return (cmd, []) }

@@ -21,6 +21,8 @@ public struct QemuHostProfile: Sendable {
     public var pciDevices: [String] = []
     /// Cluster-wide PCI mappings (`mapping=`): name → device paths on this node, and whether it is a mediated device.
     public var pciMappings: [String: (paths: [String], mdev: Bool)] = [:]
+    /// AMD SEV facts of the host CPU (query-sev-capabilities), nil without SEV.
+    public var sev: (cbitpos: Int, reducedPhysBits: Int, es: Bool, snp: Bool)?
 
     public init(qemuVersion: QemuVersion, arch: String = "x86_64", cpuVendor: String = "GenuineIntel", nodeName: String,
                 iscsiInitiator: String?, kvmAvailable: Bool, vhostNet: Bool, cpuCount: Int, bridgeMTU: [String: Int] = [:],
@@ -43,7 +45,7 @@ public struct QemuHostProfile: Sendable {
         QemuHostProfile(qemuVersion: QemuVersion(11, 0, 0), arch: arch, nodeName: "localhost",
                         iscsiInitiator: "iqn.1993-08.org.debian:01:aabbccddeeff", kvmAvailable: true, vhostNet: true, cpuCount: 64,
                         bridgeMTU: ["vxlan_bridge": 1450]) { target in
-            target == arch ? (arch == "aarch64" ? "/usr/bin/qemu-system-aarch64" : "/usr/bin/kvm") : "/usr/bin/qemu-system-\(target)"
+            target == arch ? "/usr/bin/kvm" : "/usr/bin/qemu-system-\(target)"
         }
     }
 }
