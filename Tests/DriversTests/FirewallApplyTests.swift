@@ -67,7 +67,8 @@ struct FirewallApplyTests {
 
     """
 
-    struct Setup {
+    struct Setup: @unchecked Sendable {
+        // @unchecked: the topology and directory are only read after creation.
         let topology: FirewallTopology
         let directory: TemporaryDirectory
         var root: String { directory.path + "/root" }
@@ -129,7 +130,7 @@ struct FirewallApplyTests {
 
     @Test("plan shows rule-level changes, apply converges, a second plan is empty, other tables stay")
     func applyAndConverge() async throws {
-        let setup = try Setup()
+        let setup = try await offPool { try Setup() }
         #expect(setup.nft(["add", "table", "inet", "operators-own"]).status == 0)
         #expect(setup.nft(["add", "chain", "inet", "operators-own", "keep"]).status == 0)
 
@@ -189,7 +190,7 @@ struct FirewallApplyTests {
 
     @Test("real IPv4 and IPv6 traffic: policies, macros, ipsets, groups, blacklist, management")
     func traffic() async throws {
-        let setup = try Setup()
+        let setup = try await offPool { try Setup() }
         let apply = setup.pvectl("apply", ["--auto-approve"])
         try #require(apply.status == 0, "\(apply.output)\n\(apply.error)")
         let host = "192.0.2.1", host6 = "2001:db8:1::1"

@@ -10,7 +10,7 @@ import TestSupport
 /// kind to a host namespace with Proxmox VE's device names, and every
 /// assertion becomes a TCP connection, UDP datagram or raw packet between
 /// the zones' namespaces. The verdict is what the kernel did with it.
-@Suite("Firewall conformance (pve-firewall test cases, real packets)",
+@Suite("Firewall conformance (pve-firewall test cases, real packets)", .serialized,
        .enabled(if: NetworkNamespace.isAvailable && Corpus.isAvailable,
                 Comment(rawValue: NetworkNamespace.unavailableReason ?? "needs ../shared/conformance")))
 struct FirewallConformanceTests {
@@ -97,7 +97,9 @@ struct FirewallConformanceTests {
     func replay(_ name: String) async throws {
         let assertions = try Self.assertions(name)
         let (configs, zones) = try Self.environment()
-        let topology = try FirewallTopology(guests: zones)
+        // One case at a time, its blocking setup off the cooperative pool: thirteen
+        // topologies of ten namespaces at once starve every other test on two cores.
+        let topology = try await offPool { try FirewallTopology(guests: zones) }
         let root = try TemporaryDirectory(prefix: "fwconf")
         let caseDirectory = Corpus.conformance.appendingPathComponent("\(Self.directory)/\(name)")
         for file in try FileManager.default.contentsOfDirectory(atPath: caseDirectory.path) where file.hasSuffix(".fw") {
@@ -119,11 +121,8 @@ struct FirewallConformanceTests {
         #expect(again.resources.isEmpty, "a second plan must be empty: \(again.resources.map(\.id))")
 
         // Blocking socket work runs on its own thread, not the cooperative pool.
-        let results: [(Assertion, PacketProbe.Verdict?, String?)] = try await withCheckedThrowingContinuation { continuation in
-            Thread {
-                do { continuation.resume(returning: try Self.play(assertions, on: topology)) } catch { continuation.resume(throwing: error) }
-            }.start()
-        }
+        let results = try await offPool { try Self.play(assertions, on: topology) }.map { ($0.0, $0.1, $0.2) }
+        try await offPool { topology.close() }
         var matched = 0, played = 0
         var skipped: [String] = []
         for (assertion, verdict, reason) in results {

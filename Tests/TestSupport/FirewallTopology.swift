@@ -74,6 +74,9 @@ public final class FirewallTopology: @unchecked Sendable {
 
     deinit { teardown() }
 
+    /// Removes the namespaces now (deinit does it too, if this was not called).
+    public func close() { teardown() }
+
     func teardown() {
         for namespace in namespaces.reversed() { _ = NetworkNamespace.run(["ip", "netns", "del", namespace]) }
         namespaces = []

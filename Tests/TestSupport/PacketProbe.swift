@@ -233,3 +233,14 @@ public enum PacketProbe {
         return array.first?["ifindex"] as? Int ?? 0
     }
 }
+
+/// Runs blocking work (process spawning, sockets, sleeps in the kernel) on a
+/// thread of its own, so it does not hold one of the few threads Swift's
+/// cooperative pool has; parallel tests would otherwise starve.
+public func offPool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            continuation.resume(with: Result { try work() })
+        }.start()
+    }
+}

@@ -156,8 +156,12 @@ public struct QemuCommandLine {
 
     // MARK: the command
 
-    public func arguments() throws -> [String] {
-        if isTemplate { return try templateCommand().arguments() }
+    public func arguments() throws -> [String] { try build().arguments }
+
+    /// The command line and the warnings upstream prints while building it.
+    public func build() throws -> (arguments: [String], warnings: [String]) {
+        if isTemplate { return try templateCommand().build() }
+        var warnings: [String] = []
         let (machineType, machineVersion, machinePVE, machinePinned) = try machine()
         func atLeast(_ major: Int, _ minor: Int, _ pve: Int = 0) -> Bool {
             let version = QemuVersion(major, minor)
@@ -301,7 +305,7 @@ public struct QemuCommandLine {
             rtcFlags.append("base=localtime")
         }
 
-        cmd += ["-cpu", try cpuArgument(kvm: kvm, winversion: winversion, machineAtLeast: atLeast, requiredPVE: &requiredPVE)]
+        cmd += ["-cpu", try cpuArgument(kvm: kvm, winversion: winversion, machineAtLeast: atLeast, requiredPVE: &requiredPVE, warnings: &warnings)]
         let memoryDevices = try memoryArguments(sockets: sockets, cores: cores, hotplug: hotplug.contains("memory"))
         cmd += memoryDevices.cmd
 
@@ -500,7 +504,7 @@ public struct QemuCommandLine {
         // Base volumes are read-only: a template runs (for backups) on a temporary overlay.
         if templateSource { cmd.append("-snapshot") }
         if let args = conf["args"] { cmd += Self.splitArguments(args) }
-        return cmd
+        return (cmd, warnings)
     }
 
     /// A template only starts for backups: its disks and little else.
@@ -676,20 +680,25 @@ public struct QemuCommandLine {
     struct CPUFlag {
         var op: String
         var value: String?
+        var reason: String = "unknown origin"
+
+        var quoted: String { "'\(op)" + "\(name)" + (value.map { "=\($0)" } ?? "") + "'" }
+        var name = ""
     }
 
     /// `+aes;-kvm_pv_unhalt` → flags by name.
-    static func flagList(_ text: String?) -> [(String, CPUFlag)] {
+    static func flagList(_ text: String?, reason: String = "manually set for VM") -> [(String, CPUFlag)] {
         (text ?? "").split(separator: ";").compactMap { item in
             guard let first = item.first, first == "+" || first == "-" else { return nil }
-            return (String(item.dropFirst()), CPUFlag(op: String(first), value: nil))
+            return (String(item.dropFirst()), CPUFlag(op: String(first), value: nil, reason: reason))
         }
     }
 
     /// QEMU's -cpu argument: the model (custom models resolved through
     /// cpu-models.conf), then every flag from PVE's defaults, Hyper-V
     /// enlightenments for Windows, the model and the VM, sorted by name.
-    func cpuArgument(kvm: Bool, winversion: Int, machineAtLeast: (Int, Int, Int) -> Bool, requiredPVE: inout Int) throws -> String {
+    func cpuArgument(kvm: Bool, winversion: Int, machineAtLeast: (Int, Int, Int) -> Bool, requiredPVE: inout Int,
+                     warnings: inout [String]) throws -> String {
         var cputype = arch == "aarch64" ? (kvm ? "host" : "max") : (kvm ? "kvm64" : "qemu64")
         let cpu = PropertyString(parsing: conf["cpu"] ?? "")
         var custom: SectionConfigFile.Section?
@@ -710,16 +719,31 @@ public struct QemuCommandLine {
             if let value = cpu["hv-vendor-id"] { hvVendor = value }
         }
         var flags: [String: CPUFlag] = [:]
-        func apply(_ list: [(String, CPUFlag)]) { for (name, flag) in list { flags[name] = flag } }
+        // Later sources win; a change of sign or value is warned about, as upstream does.
+        func apply(_ list: [(String, CPUFlag)]) {
+            for (name, incoming) in list {
+                var flag = incoming
+                flag.name = name
+                if var old = flags[name] {
+                    if old.op == flag.op && old.value == flag.value {
+                        old.reason += " & \(flag.reason)"
+                        flags[name] = old
+                        continue
+                    }
+                    warnings.append("warning: CPU flag/setting \(flag.quoted) (\(flag.reason)) overwrites \(old.quoted) (\(old.reason))")
+                }
+                flags[name] = flag
+            }
+        }
 
         var pve: [(String, CPUFlag)] = []
-        if cputype == "kvm64" && arch == "x86_64" { pve.append(("lahf_lm", CPUFlag(op: "+"))) }
-        if conf["ostype"] == "solaris" { pve.append(("x2apic", CPUFlag(op: "-"))) }
-        if cputype == "kvm64" || cputype == "kvm32" { pve.append(("sep", CPUFlag(op: "+"))) }
-        if cputype.hasPrefix("Opteron") { pve.append(("rdtscp", CPUFlag(op: "-"))) }
+        if cputype == "kvm64" && arch == "x86_64" { pve.append(("lahf_lm", CPUFlag(op: "+", reason: "set by PVE; to support Windows 8.1+"))) }
+        if conf["ostype"] == "solaris" { pve.append(("x2apic", CPUFlag(op: "-", reason: "set by PVE; incompatible with Solaris"))) }
+        if cputype == "kvm64" || cputype == "kvm32" { pve.append(("sep", CPUFlag(op: "+", reason: "set by PVE; to support Windows 8+ and improve Windows XP+"))) }
+        if cputype.hasPrefix("Opteron") { pve.append(("rdtscp", CPUFlag(op: "-", reason: "set by PVE; broken on AMD Opteron"))) }
         if machineAtLeast(2, 3, 0) && kvm && arch == "x86_64" {
-            pve.append(("kvm_pv_unhalt", CPUFlag(op: "+")))
-            pve.append(("kvm_pv_eoi", CPUFlag(op: "+")))
+            pve.append(("kvm_pv_unhalt", CPUFlag(op: "+", reason: "set by PVE; to improve Linux guest spinlock performance")))
+            pve.append(("kvm_pv_eoi", CPUFlag(op: "+", reason: "set by PVE; to improve Linux guest interrupt performance")))
         }
         if winversion >= 11 && kvm && arch == "x86_64" {
             // Windows 11 turns on CET shadow stacks that KVM cannot virtualise reliably.
@@ -752,7 +776,7 @@ public struct QemuCommandLine {
             }
             apply(hv)
         }
-        apply(Self.flagList(custom.flatMap { Self.property($0, "flags") }))
+        apply(Self.flagList(custom.flatMap { Self.property($0, "flags") }, reason: "set by custom CPU model"))
         apply(Self.flagList(cpu["flags"]))
         if cputype != "host" && kvm && arch == "x86_64" { flags["enforce"] = CPUFlag(op: "") }
         if hidden { flags["kvm"] = CPUFlag(op: "", value: "off") }
@@ -1065,8 +1089,8 @@ public struct QemuCommandLine {
     }
 
     /// Node names as qemu-server derives them, stable across starts.
-    static func nodeName(_ prefix: String, drive: String, volume: String) -> String {
-        let digest = Digest.sha256Hex(Data("drive=\(drive),volid=\(volume)".utf8))
+    static func nodeName(_ prefix: String, drive: String, volume: String, snapshot: String? = nil) -> String {
+        let digest = Digest.sha256Hex(Data("drive=\(drive),\(snapshot.map { "snap=\($0)," } ?? "")volid=\(volume)".utf8))
         return prefix + digest.prefix(30)
     }
 
@@ -1105,7 +1129,9 @@ public struct QemuCommandLine {
         switch type {
         case "lvm", "lvmthin":
             let vg = Self.property(section, "vgname") ?? ""
-            return (["driver": .string("host_device"), "filename": .string("/dev/\(vg)/\(volume.name)")], format, type, section)
+            // LVM holds qcow2 images too (for snapshots as volume chains).
+            let lvFormat = volume.name.hasSuffix(".qcow2") ? "qcow2" : format
+            return (["driver": .string("host_device"), "filename": .string("/dev/\(vg)/\(volume.name)")], lvFormat, type, section)
         case "rbd":
             if Self.boolean(Self.property(section, "krbd")) == true {
                 let pool = Self.property(section, "pool") ?? "rbd"
@@ -1158,6 +1184,32 @@ public struct QemuCommandLine {
         common(&file)
         var formatNode: [String: CanonicalJSON] = ["node-name": .string(Self.nodeName("f", drive: drive.key, volume: drive.file)),
                                                    "driver": .string(format), "file": .object(file), "cache": cache]
+        let volumeChain = section.flatMap { Self.property($0, "snapshot-as-volume-chain") }.flatMap(Self.boolean) == true
+        if volumeChain && format == "qcow2" { formatNode["discard-no-unref"] = .bool(true) }
+        // External snapshots (a volume-chain storage, or qcow2 on LVM): each
+        // snapshot is a qcow2 file the live image is layered on.
+        let layered = volumeChain || (storageType == "lvm" && format == "qcow2")
+        if layered, let chain = host.snapshotChains[drive.file], var parent = chain["current"]?.parent {
+            var layers: [(name: String, file: String)] = []
+            while let snapshot = chain[parent] {
+                layers.append((parent, snapshot.file))
+                guard let next = snapshot.parent else { break }
+                parent = next
+            }
+            var backing: [String: CanonicalJSON]?
+            for layer in layers.reversed() {
+                var layerFile = file
+                layerFile["filename"] = .string(layer.file)
+                layerFile["node-name"] = .string(Self.nodeName("e", drive: drive.key, volume: drive.file, snapshot: layer.name))
+                var layerFormat: [String: CanonicalJSON] = ["node-name": .string(Self.nodeName("f", drive: drive.key, volume: drive.file, snapshot: layer.name)),
+                                                            "driver": .string(format), "file": .object(layerFile), "cache": cache]
+                if volumeChain { layerFormat["discard-no-unref"] = .bool(true) }
+                if let below = backing { layerFormat["backing"] = .object(below) }
+                common(&layerFormat)
+                backing = layerFormat
+            }
+            if let backing { formatNode["backing"] = .object(backing) }
+        }
         if drive.interface == "efidisk" && format == "raw" {
             formatNode["size"] = .number(drive.options["efitype"] == "4m" ? 540_672 : 131_072)
         }

@@ -21,6 +21,9 @@ public struct QemuHostProfile: Sendable {
     public var pciDevices: [String] = []
     /// Cluster-wide PCI mappings (`mapping=`): name → device paths on this node, and whether it is a mediated device.
     public var pciMappings: [String: (paths: [String], mdev: Bool)] = [:]
+    /// External snapshot chains of volumes on storages with `snapshot-as-volume-chain`:
+    /// volume ID → snapshot name (`current` is the live image) → its file and parent snapshot.
+    public var snapshotChains: [String: [String: (file: String, parent: String?)]] = [:]
     /// AMD SEV facts of the host CPU (query-sev-capabilities), nil without SEV.
     public var sev: (cbitpos: Int, reducedPhysBits: Int, es: Bool, snp: Bool)?
 
