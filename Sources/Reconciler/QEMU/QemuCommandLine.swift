@@ -199,7 +199,7 @@ public struct QemuCommandLine {
 
         if let affinity = conf["affinity"] { cmd += ["/usr/bin/taskset", "--cpu-list", "--all-tasks", affinity] }
         cmd.append(host.binary(arch))
-        cmd += ["-id", String(vmid)]
+        if host.proxmoxQEMU { cmd += ["-id", String(vmid)] }  // a Proxmox QEMU option
         cmd += ["-name", conf["name"] ?? "vm\(vmid)"]
         cmd.append("-no-shutdown")
         cmd += ["-chardev", "socket,id=qmp,path=/var/run/qemu-server/\(vmid).qmp,server=on,wait=off", "-mon", "chardev=qmp,mode=control"]
@@ -267,7 +267,7 @@ public struct QemuCommandLine {
             cmd += ["-smp", "\(vcpus),sockets=\(sockets),cores=\(cores),maxcpus=\(maxcpus)"]
         }
         cmd.append("-nodefaults")
-        cmd += ["-boot", "menu=on,strict=on,reboot-timeout=1000,splash=/usr/share/qemu-server/bootsplash.jpg"]
+        cmd += ["-boot", "menu=on,strict=on,reboot-timeout=1000" + (host.bootSplash.map { ",splash=\($0)" } ?? "")]
         if Self.boolean(conf["acpi"]) == false { machineFlags.append("acpi=off") }
         if Self.boolean(conf["reboot"]) == false { cmd.append("-no-reboot") }
 
@@ -462,7 +462,7 @@ public struct QemuCommandLine {
         var typeName = machineType
         if typeName.hasSuffix(".pxe") { typeName.removeLast(4) }
         if let plus = typeName.range(of: "+pve") { typeName = String(typeName[..<plus.lowerBound]) }
-        machineFlags.append("type=\(typeName)+pve\(requiredPVE)")
+        machineFlags.append(host.proxmoxQEMU ? "type=\(typeName)+pve\(requiredPVE)" : "type=\(typeName)")
         var sevMachineFlag = false
         if let sevValue = conf["amd-sev"] {
             let property = PropertyString(parsing: sevValue)

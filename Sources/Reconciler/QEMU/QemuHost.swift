@@ -24,6 +24,10 @@ public struct QemuHostProfile: Sendable {
     /// External snapshot chains of volumes on storages with `snapshot-as-volume-chain`:
     /// volume ID → snapshot name (`current` is the live image) → its file and parent snapshot.
     public var snapshotChains: [String: [String: (file: String, parent: String?)]] = [:]
+    /// The boot menu's splash image; nil where qemu-server's file is not installed.
+    public var bootSplash: String? = "/usr/share/qemu-server/bootsplash.jpg"
+    /// Proxmox VE's patched QEMU knows `+pveN` machine versions; stock QEMU does not.
+    public var proxmoxQEMU = true
     /// AMD SEV facts of the host CPU (query-sev-capabilities), nil without SEV.
     public var sev: (cbitpos: Int, reducedPhysBits: Int, es: Bool, snp: Bool)?
 

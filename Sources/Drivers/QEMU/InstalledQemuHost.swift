@@ -1,0 +1,76 @@
+import Foundation
+import Reconciler
+
+/// The `installed` QEMU host profile: what this machine really has — the
+/// QEMU binary and its version, the architecture and CPU vendor, KVM and
+/// vhost-net, the iSCSI initiator name, bridge MTUs and PCI devices.
+public enum InstalledQemuHost {
+    public static func profile(nodeName: String) -> QemuHostProfile {
+        var uts = utsname()
+        uname(&uts)
+        let machine = withUnsafeBytes(of: &uts.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let arch = machine == "arm64" ? "aarch64" : machine
+        let binary = ["/usr/bin/kvm", "/usr/bin/qemu-system-\(arch)"].first { FileManager.default.isExecutableFile(atPath: $0) }
+            ?? "/usr/bin/qemu-system-\(arch)"
+        var profile = QemuHostProfile(
+            qemuVersion: version(of: binary) ?? QemuVersion(0, 0), arch: arch, cpuVendor: cpuVendor() ?? "GenuineIntel",
+            nodeName: nodeName, iscsiInitiator: iscsiInitiator(), kvmAvailable: FileManager.default.fileExists(atPath: "/dev/kvm"),
+            vhostNet: FileManager.default.fileExists(atPath: "/dev/vhost-net"), cpuCount: ProcessInfo.processInfo.activeProcessorCount,
+            bridgeMTU: bridgeMTUs()) { target in
+                target == arch ? binary : "/usr/bin/qemu-system-\(target)"
+            }
+        profile.pciDevices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/bus/pci/devices"))?.sorted() ?? []
+        profile.proxmoxQEMU = versionText(of: binary).contains("pve")
+        if !FileManager.default.fileExists(atPath: profile.bootSplash ?? "") { profile.bootSplash = nil }
+        return profile
+    }
+
+    /// `QEMU emulator version 7.2.22 (Debian ...)` → 7.2.22.
+    static func version(of binary: String) -> QemuVersion? {
+        let text = versionText(of: binary)
+        guard let range = text.range(of: "version ") else { return nil }
+        let word = text[range.upperBound...].prefix { $0.isNumber || $0 == "." }
+        return QemuVersion(String(word))
+    }
+
+    static func versionText(of binary: String) -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--version"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return "" }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func cpuVendor() -> String? {
+        guard let text = readProcFile("/proc/cpuinfo") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("vendor_id") {
+            return line.split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        return nil
+    }
+
+    static func iscsiInitiator() -> String? {
+        guard let text = try? String(contentsOfFile: "/etc/iscsi/initiatorname.iscsi", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.hasPrefix("InitiatorName=") { return String(trimmed.dropFirst("InitiatorName=".count)) }
+        }
+        return nil
+    }
+
+    static func bridgeMTUs() -> [String: Int] {
+        var result: [String: Int] = [:]
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? [] {
+            guard FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/bridge"),
+                  let text = try? String(contentsOfFile: "/sys/class/net/\(name)/mtu", encoding: .utf8),
+                  let mtu = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else { continue }
+            result[name] = mtu
+        }
+        return result
+    }
+}
