@@ -23,7 +23,7 @@ struct ShowCommand: AsyncParsableCommand {
         """
     )
 
-    @Argument(help: "The VM's ID.") var vmid: Int
+    @Argument(help: "The VM's ID (several: one command line each, in order).") var vmids: [Int]
     @OptionGroup var tree: TreeOptions
 
     @Flag(name: .long, help: "One option per line, as qm showcmd --pretty.") var pretty = false
@@ -38,11 +38,8 @@ struct ShowCommand: AsyncParsableCommand {
     var hwCapabilities: String?
 
     func run() async throws {
+        guard !vmids.isEmpty else { throw ValidationError("give a VMID") }
         let state = DesiredState.load(root: tree.root, interfaces: nil, node: tree.nodeName, source: tree.source)
-        guard let guest = state.guests.first(where: { $0.vmid == vmid && $0.kind == .qemu }) else {
-            printError("Configuration file 'nodes/\(tree.nodeName)/qemu-server/\(vmid).conf' does not exist")
-            throw ExitCode(2)
-        }
         var host = profile == .installed ? InstalledQemuHost.profile(nodeName: tree.nodeName) : QemuHostProfile.pve11(arch: hostArch ?? "x86_64")
         if let hostArch, profile == .installed { host.arch = hostArch }
         if let qemuVersion {
@@ -58,15 +55,23 @@ struct ShowCommand: AsyncParsableCommand {
                 SectionTypeLayout(known: ["reported-model", "flags", "hv-vendor-id", "phys-bits", "guest-phys-bits", "hidden"])
             }.0
         }
-        let command = QemuCommandLine(vmid: vmid, config: guest.config, storage: state.storage, host: host, cpuModels: cpuModels)
-        do {
-            let (arguments, warnings) = try command.build()
-            for warning in warnings { printError(warning) }
-            printOut(QemuCommandLine.render(arguments, pretty: pretty))
-        } catch {
-            printError("\(error)")
-            throw ExitCode(1)
+        var failed = false
+        for vmid in vmids {
+            guard let guest = state.guests.first(where: { $0.vmid == vmid && $0.kind == .qemu && $0.node == tree.nodeName }) else {
+                printError("Configuration file 'nodes/\(tree.nodeName)/qemu-server/\(vmid).conf' does not exist")
+                throw ExitCode(2)
+            }
+            let command = QemuCommandLine(vmid: vmid, config: guest.config, storage: state.storage, host: host, cpuModels: cpuModels)
+            do {
+                let (arguments, warnings) = try command.build()
+                for warning in warnings { printError(warning) }
+                printOut(QemuCommandLine.render(arguments, pretty: pretty))
+            } catch {
+                printError(vmids.count > 1 ? "\(vmid): \(error)" : "\(error)")
+                failed = true
+            }
         }
+        if failed { throw ExitCode(1) }
     }
 
     /// `amd-turin-9005`, `default`, or the JSON of one host's capabilities.
