@@ -584,13 +584,18 @@ private struct Compilation {
         let clusterRules = cluster.rules
         let allowInvalid = FirewallCompiler.isOn(hostOptions["nf_conntrack_allow_invalid"], default: false)
 
-        chain("host-in")
-        add("host-in", "iifname \"lo\" accept", origin: "loopback")
-        if !allowInvalid { add("host-in", "ct state invalid drop", origin: "conntrack: invalid") }
-        add("host-in", "ct state established,related accept", origin: "conntrack: established, related")
-        if FirewallCompiler.isOn(hostOptions["ndp"], default: true) {
-            add("host-in", "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept", origin: "ndp")
+        /// What both host chains start with: loopback, conntrack, neighbour discovery.
+        func preamble(_ chain: String, interface: String) {
+            self.chain(chain)
+            add(chain, "\(interface) \"lo\" accept", origin: "loopback")
+            if !allowInvalid { add(chain, "ct state invalid drop", origin: "conntrack: invalid") }
+            add(chain, "ct state established,related accept", origin: "conntrack: established, related")
+            if FirewallCompiler.isOn(hostOptions["ndp"], default: true) {
+                add(chain, "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept", origin: "ndp")
+            }
         }
+
+        preamble("host-in", interface: "iifname")
         if cluster.ipsets.keys.contains(where: { $0.lowercased() == "blacklist" }) {
             for family in [FirewallAddress.Family.v4, .v6] {
                 var text = "\(family.payload) saddr @v\(family.rawValue)-dc/blacklist"
@@ -623,13 +628,7 @@ private struct Compilation {
         for (text, why) in corosync.inbound { add("host-in", text, origin: why) }
         addPolicy("host-in", policy: clusterOptions["policy_in"] ?? "DROP", logLevel: hostOptions["log_level_in"], vmid: nil)
 
-        chain("host-out")
-        add("host-out", "oifname \"lo\" accept", origin: "loopback")
-        if !allowInvalid { add("host-out", "ct state invalid drop", origin: "conntrack: invalid") }
-        add("host-out", "ct state established,related accept", origin: "conntrack: established, related")
-        if FirewallCompiler.isOn(hostOptions["ndp"], default: true) {
-            add("host-out", "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept", origin: "ndp")
-        }
+        preamble("host-out", interface: "oifname")
         add("host-out", "meta l4proto igmp accept", origin: "igmp (multicast membership)")
         addRules(hostRules, direction: .outbound, chain: "host-out",
                  context: Context(file: input.host, vmid: nil, chain: "host-out", logLevelPrefix: ""), interfaceKeyword: "oifname")
