@@ -14,6 +14,17 @@ public enum FuzzSupport {
         _ = format.canonicalize(text, file: file)
         _ = format.canonicalize(text, file: file, dropInvalid: true)
         precondition(format.losslessRoundTrip(text, file: file) == text, "lossless round trip changed the input")
+        if format == .qemu {
+            // Any VM config either gives a command line or a clear error, never a trap.
+            let config = GuestConfig.parse(text, file: file, kind: .qemu).0
+            let storage = SectionConfigFile.parse("dir: local\n\tpath /var/lib/vz\n\tcontent images,iso\n", file: "storage.cfg") { _ in
+                SectionTypeLayout(known: ["path", "content"])
+            }.0
+            if let (arguments, _) = try? QemuCommandLine(vmid: 100, config: config, storage: storage, host: .pve11()).build() {
+                precondition(!arguments.isEmpty, "an empty command line")
+                _ = QemuCommandLine.render(arguments, pretty: true)
+            }
+        }
     }
 }
 
