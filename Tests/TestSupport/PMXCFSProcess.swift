@@ -52,7 +52,12 @@ public final class PMXCFSProcess: @unchecked Sendable {
 
     /// Whether a FUSE file system is mounted exactly at `mountPoint`.
     public var isMounted: Bool {
-        guard let table = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
+        // Read to the end: String(contentsOfFile:) returns one page of a /proc file,
+        // and with the other tests' namespaces the mount table is longer than that.
+        guard let handle = FileHandle(forReadingAtPath: "/proc/self/mountinfo"),
+              let data = try? handle.readToEnd() else { return false }
+        try? handle.close()
+        let table = String(decoding: data, as: UTF8.self)
         return table.split(separator: "\n").contains { line in
             let fields = line.split(separator: " ")
             return fields.count > 4 && fields[4] == Substring(mountPoint) && line.contains("fuse")

@@ -43,7 +43,7 @@ public struct QemuProcessDriver: Sendable {
 
     /// Whether `pid` is a live QEMU (not a zombie, not a recycled pid of another program).
     static func isQemu(_ pid: Int32) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+        guard let stat = readProcFile("/proc/\(pid)/stat") else { return false }
         // Field 3, after the parenthesised command name, is the state; Z is a zombie.
         if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z") {
             return false
