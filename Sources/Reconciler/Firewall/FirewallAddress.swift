@@ -33,7 +33,7 @@ struct FirewallAddress: Hashable, Sendable {
             guard let parsed = Int(value[value.index(after: slash)...]) else { return nil }
             bits = parsed
         }
-        guard var (family, bytes) = bytes(of: address) else { return nil }
+        guard case (let family, var bytes)? = bytes(of: address) else { return nil }
         let width = family == .v4 ? 32 : 128
         let prefix = bits ?? width
         guard (0...width).contains(prefix) else { return nil }
@@ -42,7 +42,6 @@ struct FirewallAddress: Hashable, Sendable {
             bytes[index] &= keep == 8 ? 0xFF : UInt8(truncatingIfNeeded: 0xFF << (8 - keep))
         }
         guard let text = string(of: bytes, family: family) else { return nil }
-        family = family == .v4 ? .v4 : .v6
         return FirewallAddress(family: family, text: prefix == width ? text : "\(text)/\(prefix)")
     }
 

@@ -290,7 +290,6 @@ private struct Compilation {
         var file: FirewallConfig?
         var vmid: Int?
         var chain: String
-        var logLevelPrefix: String
     }
 
     /// The address match of `-source`/`-dest`, per family it can match.
@@ -558,7 +557,7 @@ private struct Compilation {
             let chainName = "group-\(name)-\(suffix)"
             chain(chainName)
             addRules(section.rules, direction: direction, chain: chainName,
-                     context: Context(file: input.cluster, vmid: nil, chain: chainName, logLevelPrefix: ""),
+                     context: Context(file: input.cluster, vmid: nil, chain: chainName),
                      interfaceKeyword: direction == .inbound ? "iifname" : "oifname")
         }
     }
@@ -612,10 +611,10 @@ private struct Compilation {
             add("host-in", "meta l4proto tcp jump tcpflags", origin: "tcpflags")
         }
         add("host-in", "meta l4proto igmp accept", origin: "igmp (multicast membership)")
-        let hostContext = Context(file: input.host, vmid: nil, chain: "host-in", logLevelPrefix: "")
+        let hostContext = Context(file: input.host, vmid: nil, chain: "host-in")
         addRules(hostRules, direction: .inbound, chain: "host-in", context: hostContext, interfaceKeyword: "iifname")
         addRules(clusterRules, direction: .inbound, chain: "host-in",
-                 context: Context(file: cluster, vmid: nil, chain: "host-in", logLevelPrefix: ""), interfaceKeyword: "iifname")
+                 context: Context(file: cluster, vmid: nil, chain: "host-in"), interfaceKeyword: "iifname")
         for family in [FirewallAddress.Family.v4, .v6] {
             var text = "\(family.payload) saddr @v\(family.rawValue)-dc/management"
             if result.sets.first(where: { $0.name == "v\(family.rawValue)-dc/management-nomatch" })?.elements.isEmpty == false {
@@ -631,9 +630,9 @@ private struct Compilation {
         preamble("host-out", interface: "oifname")
         add("host-out", "meta l4proto igmp accept", origin: "igmp (multicast membership)")
         addRules(hostRules, direction: .outbound, chain: "host-out",
-                 context: Context(file: input.host, vmid: nil, chain: "host-out", logLevelPrefix: ""), interfaceKeyword: "oifname")
+                 context: Context(file: input.host, vmid: nil, chain: "host-out"), interfaceKeyword: "oifname")
         addRules(clusterRules, direction: .outbound, chain: "host-out",
-                 context: Context(file: cluster, vmid: nil, chain: "host-out", logLevelPrefix: ""), interfaceKeyword: "oifname")
+                 context: Context(file: cluster, vmid: nil, chain: "host-out"), interfaceKeyword: "oifname")
         if let local = result.localNetwork.flatMap(FirewallAddress.parse) {
             add("host-out", "\(local.family.payload) daddr \(local.text) tcp dport { \(FirewallCompiler.localNetworkPorts) } accept",
                 origin: "local_network: SSH, API, consoles, SPICE proxy of the other nodes")
@@ -777,7 +776,7 @@ private struct Compilation {
             add(name, "icmpv6 type { \(types) } accept", origin: "ndp")
         }
         addRules(file.rules, direction: inbound ? .inbound : .outbound, chain: name,
-                 context: Context(file: file, vmid: guest.vmid, chain: name, logLevelPrefix: ""), interfaceKeyword: nil, netFilter: nic.netName)
+                 context: Context(file: file, vmid: guest.vmid, chain: name), interfaceKeyword: nil, netFilter: nic.netName)
         addPolicy(name, policy: options[inbound ? "policy_in" : "policy_out"] ?? (inbound ? "DROP" : "ACCEPT"),
                   logLevel: options[inbound ? "log_level_in" : "log_level_out"], vmid: guest.vmid)
     }
@@ -806,9 +805,9 @@ private struct Compilation {
             add("host-forward", "ct state invalid drop", origin: "conntrack: invalid")
             add("host-forward", "ct state established,related accept", origin: "conntrack: established, related")
             addRules(input.host?.rules ?? [], direction: .forward, chain: "host-forward",
-                     context: Context(file: input.host, vmid: nil, chain: "host-forward", logLevelPrefix: ""), interfaceKeyword: "iifname")
+                     context: Context(file: input.host, vmid: nil, chain: "host-forward"), interfaceKeyword: "iifname")
             addRules(cluster.rules, direction: .forward, chain: "host-forward",
-                     context: Context(file: cluster, vmid: nil, chain: "host-forward", logLevelPrefix: ""), interfaceKeyword: "iifname")
+                     context: Context(file: cluster, vmid: nil, chain: "host-forward"), interfaceKeyword: "iifname")
             addPolicy("host-forward", policy: policy, logLevel: input.host?.options["log_level_forward"], vmid: nil)
             add("forward", "jump host-forward", origin: "routed traffic")
         }

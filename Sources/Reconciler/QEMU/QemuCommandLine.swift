@@ -306,8 +306,7 @@ public struct QemuCommandLine {
         }
 
         cmd += ["-cpu", try cpuArgument(kvm: kvm, winversion: winversion, machineAtLeast: atLeast, requiredPVE: &requiredPVE, warnings: &warnings)]
-        let memoryDevices = try memoryArguments(sockets: sockets, cores: cores, hotplug: hotplug.contains("memory"))
-        cmd += memoryDevices.cmd
+        cmd += try memoryArguments(sockets: sockets, cores: cores, hotplug: hotplug.contains("memory"))
 
         if Self.boolean(conf["freeze"]) == true { cmd.append("-S") }
         if let keyboard = conf["keyboard"] { cmd += ["-k", keyboard] }
@@ -388,7 +387,7 @@ public struct QemuCommandLine {
                 cmd += ["-object", "iothread,id=iothread-\(key)"]
             }
             if drive.interface == "scsi" {
-                let (maxdev, prefix) = scsihw == "virtio-scsi-single" ? (1, "virtioscsi") : (scsihw.hasPrefix("lsi") ? 7 : 256, "scsihw")
+                let (maxdev, prefix) = Self.scsiLayout(conf["scsihw"])
                 let controller = "\(prefix)\(drive.index / maxdev)"
                 let address = Self.pciAddress(controller, bridges: &bridges)
                 var iothread = ""
@@ -561,7 +560,7 @@ public struct QemuCommandLine {
     }
 
     /// -m, the NUMA nodes and, with memory hotplug, the DIMMs (qemu-server's Memory.pm).
-    func memoryArguments(sockets: Int, cores: Int, hotplug: Bool) throws -> (cmd: [String], devices: [String]) {
+    func memoryArguments(sockets: Int, cores: Int, hotplug: Bool) throws -> [String] {
         var cmd: [String] = []
         let memory = memoryMiB
         let numa = Self.boolean(conf["numa"]) == true
@@ -628,7 +627,7 @@ public struct QemuCommandLine {
                 size *= 2
             }
         }
-        return (cmd, [])
+        return cmd
     }
 
     /// The most memory hotplug may reach: half the guest's physical address space, at most 4 TiB.
@@ -957,6 +956,16 @@ public struct QemuCommandLine {
         return devices
     }
 
+    /// qemu-server's scsihw_infos: devices per controller and the controller's id prefix.
+    static func scsiLayout(_ scsihw: String?) -> (maxdev: Int, prefix: String) {
+        scsihw == "virtio-scsi-single" ? (1, "virtioscsi") : ((scsihw ?? "lsi").hasPrefix("lsi") ? 7 : 256, "scsihw")
+    }
+
+    /// The sysfs path of a mediated device qemu-server creates for hostpciN.
+    func mdevPath(_ index: Int) -> String {
+        "/sys/bus/mdev/devices/" + String(format: "%08d-0000-0000-0000-%012d", index, vmid)
+    }
+
     // MARK: PCI passthrough
 
     /// `hostpciN: [host=]bus:dev[.fn][;...][,pcie=1][,rombar=0][,romfile=..][,x-vga=1][,mdev=..][,mapping=..]`.
@@ -971,7 +980,7 @@ public struct QemuCommandLine {
             if let mapping = property["mapping"] {
                 guard let entry = host.pciMappings[mapping], !entry.paths.isEmpty else { throw Failure("PCI device mapping not found for '\(mapping)'") }
                 if property["mdev"] != nil && entry.mdev {
-                    sysfs = "/sys/bus/mdev/devices/" + String(format: "%08d-0000-0000-0000-%012d", index, vmid)
+                    sysfs = mdevPath(index)
                 } else {
                     guard let free = entry.paths.first(where: { !usedPaths.contains($0) }) else {
                         throw Failure("could not find a free device for mapping '\(mapping)'")
@@ -992,7 +1001,7 @@ public struct QemuCommandLine {
                     }
                 }
                 if property["mdev"] != nil {
-                    sysfs = "/sys/bus/mdev/devices/" + String(format: "%08d-0000-0000-0000-%012d", index, vmid)
+                    sysfs = mdevPath(index)
                 }
             }
             usedPaths.formUnion(functions)
@@ -1286,7 +1295,7 @@ public struct QemuCommandLine {
             device += ",id=\(drive.key)\(Self.pciAddress(drive.key, bridges: &bridges))"
             if drive.iothread { device += ",iothread=iothread-\(drive.key)" }
         case "scsi":
-            let (maxdev, prefix) = scsihw == "virtio-scsi-single" ? (1, "virtioscsi") : ((scsihw ?? "lsi").hasPrefix("lsi") ? 7 : 256, "scsihw")
+            let (maxdev, prefix) = Self.scsiLayout(scsihw)
             let controller = drive.index / maxdev
             let unit = drive.index % maxdev
             // scsi-block and scsi-generic need a SCSI INQUIRY of the host device, which
