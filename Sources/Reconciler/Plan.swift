@@ -45,6 +45,9 @@ public struct ResourcePlan: Codable, Hashable, Sendable {
         /// This node cannot have it (a missing tool, kernel feature or mount);
         /// reported, not an error, and nothing is done.
         case unavailable
+        /// Changes that take effect only when the guest restarts: `apply`
+        /// leaves them (exit 0) unless told to restart the guest.
+        case pending
     }
 
     public var id: String
@@ -87,6 +90,20 @@ public struct Plan: Codable, Hashable, Sendable {
         public var delete = 0
         public var blocked = 0
         public var unavailable = 0
+        public var pending = 0
+
+        enum CodingKeys: String, CodingKey { case create, update, replace, delete, blocked, unavailable, pending }
+
+        public init() {}
+
+        // Plans saved before `pending` existed have no such key.
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            for (key, path) in [(CodingKeys.create, \Summary.create), (.update, \.update), (.replace, \.replace), (.delete, \.delete),
+                                (.blocked, \.blocked), (.unavailable, \.unavailable), (.pending, \.pending)] {
+                self[keyPath: path] = try container.decodeIfPresent(Int.self, forKey: key) ?? 0
+            }
+        }
     }
 
     public var formatVersion = 1
@@ -117,12 +134,14 @@ public struct Plan: Codable, Hashable, Sendable {
             case .delete: summary.delete += 1
             case .blocked: summary.blocked += 1
             case .unavailable: summary.unavailable += 1
+            case .pending: summary.pending += 1
             }
         }
         self.summary = summary
     }
 
-    public var hasChanges: Bool { resources.contains { $0.action != .blocked && $0.action != .unavailable } }
+    /// Whether `apply` has something to do; changes pending a guest restart do not count.
+    public var hasChanges: Bool { resources.contains { ![.blocked, .unavailable, .pending].contains($0.action) } }
 
     public func jsonData() throws -> Data {
         let encoder = JSONEncoder()
@@ -141,7 +160,7 @@ public struct Plan: Codable, Hashable, Sendable {
         var out = ""
         for note in notes ?? [] { out += paint("note: ", "36") + note + "\n" }
         if !(notes ?? []).isEmpty { out += "\n" }
-        if !hasChanges && summary.blocked == 0 && summary.unavailable == 0 {
+        if !hasChanges && summary.blocked == 0 && summary.unavailable == 0 && summary.pending == 0 {
             return out + "No changes. The system matches the desired state.\n"
         }
         for resource in resources {
@@ -152,9 +171,10 @@ public struct Plan: Codable, Hashable, Sendable {
             case .delete: ("-", "31")
             case .blocked: ("!", "31;1")
             case .unavailable: ("?", "90")
+            case .pending: ("~", "90")
             }
             var header = "\(paint(symbol, color)) \(paint(resource.id, "1"))"
-            header += " (\(resource.action.rawValue))"
+            header += resource.action == .pending ? " (pending: takes effect at the next restart)" : " (\(resource.action.rawValue))"
             if let source = resource.source { header += "  " + paint(source.description, "36") }
             out += header + "\n"
             if let message = resource.message { out += "    " + paint(message, color) + "\n" }
@@ -174,6 +194,7 @@ public struct Plan: Codable, Hashable, Sendable {
         out += "\nPlan: \(summary.create) to create, \(summary.update) to change, \(summary.replace) to replace, \(summary.delete) to delete"
         if summary.blocked > 0 { out += ", " + paint("\(summary.blocked) blocked", "31;1") }
         if summary.unavailable > 0 { out += ", \(summary.unavailable) unavailable on this node" }
+        if summary.pending > 0 { out += ", \(summary.pending) pending a guest restart (pvectl apply --restart)" }
         out += ".\n"
         return out
     }

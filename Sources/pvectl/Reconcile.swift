@@ -18,6 +18,16 @@ struct ReconcileOptions: ParsableArguments {
     @Flag(name: .long, help: "Machine-readable JSON output.")
     var json = false
 
+    @Option(name: .customLong("qemu-accel"), help: ArgumentHelp("How this node runs VMs: kvm, tcg (emulation), or auto (KVM when /dev/kvm and CPU virtualization are present).", valueName: "auto|kvm|tcg"))
+    var qemuAccel: String = "auto"
+
+    @Flag(name: .long, help: "Restart running VMs whose changes need a restart (all of them, or those named with --only qemu/VMID).")
+    var restart = false
+
+    func validate() throws {
+        guard ["auto", "kvm", "tcg"].contains(qemuAccel) else { throw ValidationError("--qemu-accel \(qemuAccel): expected auto, kvm or tcg") }
+    }
+
     var selectors: [ResourceSelector] {
         get throws {
             try only.map { text in
@@ -50,15 +60,35 @@ struct ReconcileOptions: ParsableArguments {
         FirewallReconciler(driver: NftablesFirewallDriver(), store: StateStore(directory: stateDir))
     }
 
+    var qemuReconciler: QemuReconciler {
+        get throws {
+            let named = Set(try selectors.filter { $0.kind == "qemu" }.compactMap { $0.name.flatMap { Int($0) } })
+            return QemuReconciler(driver: QemuProcessDriver(), store: StateStore(directory: stateDir), accelerationSetting: qemuAccel,
+                                  restart: restart ? named : nil)
+        }
+    }
+
+    /// `virtual-guest/cpu-models.conf`, the cluster's custom CPU models.
+    func cpuModels() -> SectionConfigFile? {
+        let root = tree.root.hasSuffix("/") ? tree.root : tree.root + "/"
+        let path = root + "virtual-guest/cpu-models.conf"
+        return (try? String(contentsOfFile: path, encoding: .utf8)).map { text in
+            SectionConfigFile.parse(text, file: path) { _ in
+                SectionTypeLayout(known: ["reported-model", "flags", "hv-vendor-id", "phys-bits", "guest-phys-bits", "hidden"])
+            }.0
+        }
+    }
+
     /// Every selected kind's view of one run.
     struct Computation {
         var plan: Plan
         var network: NetworkReconciler.Computed
         var storage: StorageReconciler.Computed
         var firewall: FirewallReconciler.Computed
+        var qemu: QemuReconciler.Computed
         var state: DesiredState
 
-        var problems: [Diagnostic] { network.problems + storage.problems + firewall.problems }
+        var problems: [Diagnostic] { network.problems + storage.problems + firewall.problems + qemu.problems }
     }
 
     /// Computes the plan of every selected kind.
@@ -77,10 +107,15 @@ struct ReconcileOptions: ParsableArguments {
         if ResourceSelector.wants(selectors, kind: "firewall") {
             firewall = try await firewallReconciler.compute(state, only: selectors)
         }
-        if reportProblems { for problem in network.problems + storage.problems + firewall.problems { printError(problem.description) } }
-        let plan = Plan(node: tree.nodeName, inputs: state.digests, resources: network.resources + storage.resources + firewall.resources,
-                        notes: firewall.notes)
-        return Computation(plan: plan, network: network, storage: storage, firewall: firewall, state: state)
+        var qemu = QemuReconciler.Computed()
+        if ResourceSelector.wants(selectors, kind: "qemu") {
+            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: cpuModels())
+        }
+        if reportProblems { for problem in network.problems + storage.problems + firewall.problems + qemu.problems { printError(problem.description) } }
+        let plan = Plan(node: tree.nodeName, inputs: state.digests,
+                        resources: network.resources + storage.resources + firewall.resources + qemu.resources,
+                        notes: firewall.notes + qemu.notes)
+        return Computation(plan: plan, network: network, storage: storage, firewall: firewall, qemu: qemu, state: state)
     }
 }
 
@@ -209,8 +244,17 @@ struct ApplyCommand: AsyncParsableCommand {
         let storageOutcome = try await options.storageReconciler.apply(computation.storage) { line in printOut(line + "\n") }
         for failure in storageOutcome.failed { printError("error: storage/\(failure.id): \(failure.message)") }
         if !storageOutcome.failed.isEmpty { throw ExitCode(1) }
-        // The firewall last: guest NICs it guards may have just appeared.
-        let firewallOutcome = try await options.firewallReconciler.apply(computation.firewall) { line in printOut(line + "\n") }
+        // VMs after their storage and bridges, before the firewall that guards their NICs.
+        let qemuOutcome = try await options.qemuReconciler.apply(computation.qemu) { line in printOut(line + "\n") }
+        for failure in qemuOutcome.failed { printError("error: qemu/\(failure.vmid): \(failure.message)") }
+        if !qemuOutcome.failed.isEmpty { throw ExitCode(1) }
+        // The firewall last: guest NICs it guards may have just appeared (then it is planned again).
+        var firewall = computation.firewall
+        let selectors = try options.selectors
+        if !qemuOutcome.applied.isEmpty && ResourceSelector.wants(selectors, kind: "firewall") {
+            firewall = try await options.firewallReconciler.compute(try options.load(), only: selectors)
+        }
+        let firewallOutcome = try await options.firewallReconciler.apply(firewall) { line in printOut(line + "\n") }
         for failure in firewallOutcome.failed { printError("error: firewall/\(failure.id): \(failure.message)") }
         if !firewallOutcome.failed.isEmpty { throw ExitCode(1) }
         // Level-triggered check: a fresh plan must be empty.
@@ -220,7 +264,7 @@ struct ApplyCommand: AsyncParsableCommand {
             printError(after.render(colors: false))
             throw ExitCode(1)
         }
-        let converged = outcome.applied.count + storageOutcome.applied.count + firewallOutcome.applied.count
+        let converged = outcome.applied.count + storageOutcome.applied.count + qemuOutcome.applied.count + firewallOutcome.applied.count
         printOut("Apply complete: \(converged) resource\(converged == 1 ? "" : "s") converged.\n")
     }
 

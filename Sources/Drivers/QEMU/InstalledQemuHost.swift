@@ -22,6 +22,7 @@ public enum InstalledQemuHost {
         profile.pciDevices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/bus/pci/devices"))?.sorted() ?? []
         profile.proxmoxQEMU = versionText(of: binary).contains("pve")
         if !FileManager.default.fileExists(atPath: profile.bootSplash ?? "") { profile.bootSplash = nil }
+        profile.bridgeScripts = FileManager.default.isExecutableFile(atPath: "/usr/libexec/qemu-server/pve-bridge")
         return profile
     }
 
@@ -34,16 +35,7 @@ public enum InstalledQemuHost {
     }
 
     static func versionText(of binary: String) -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--version"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return "" }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        DetachedProcess.capture([binary, "--version"]) ?? ""
     }
 
     static func cpuVendor() -> String? {

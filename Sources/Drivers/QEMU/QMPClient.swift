@@ -83,6 +83,20 @@ public final class QMPClient {
         }
     }
 
+    /// Waits up to `seconds` for an event named `name` whose data satisfies `matching`.
+    public func waitForEvent(_ name: String, seconds: Double, matching: ([String: Any]) -> Bool = { _ in true }) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            if events.contains(where: { $0["event"] as? String == name && matching($0["data"] as? [String: Any] ?? [:]) }) { return true }
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else { return false }
+            var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+            guard poll(&descriptor, 1, Int32(min(left, 0.2) * 1000) + 1) > 0 else { continue }
+            guard let message = try? readMessage() else { return false }
+            if message["event"] != nil { events.append(message) }
+        }
+    }
+
     private func readMessage() throws -> [String: Any] {
         while true {
             if let newline = buffer.firstIndex(of: 0x0A) {

@@ -1392,7 +1392,8 @@ public struct QemuCommandLine {
         var text: String
         if net.bridge != nil {
             let vhost = native && host.vhostNet && net.model == "virtio" ? ",vhost=on" : ""
-            text = "type=tap,id=\(id),ifname=tap\(vmid)i\(net.index),script=/usr/libexec/qemu-server/pve-bridge,downscript=/usr/libexec/qemu-server/pve-bridgedown\(vhost)"
+            let scripts = host.bridgeScripts ? "script=/usr/libexec/qemu-server/pve-bridge,downscript=/usr/libexec/qemu-server/pve-bridgedown" : "script=no,downscript=no"
+            text = "type=tap,id=\(id),ifname=tap\(vmid)i\(net.index),\(scripts)\(vhost)"
         } else {
             text = "type=user,id=\(id),hostname=\(conf["name"] ?? "vm\(vmid)")"
         }

@@ -26,6 +26,9 @@ public struct QemuHostProfile: Sendable {
     public var snapshotChains: [String: [String: (file: String, parent: String?)]] = [:]
     /// The boot menu's splash image; nil where qemu-server's file is not installed.
     public var bootSplash: String? = "/usr/share/qemu-server/bootsplash.jpg"
+    /// Whether taps are bridged by qemu-server's pve-bridge script; without
+    /// it QEMU creates them with `script=no` and the QEMU kind enslaves them.
+    public var bridgeScripts = true
     /// Proxmox VE's patched QEMU knows `+pveN` machine versions; stock QEMU does not.
     public var proxmoxQEMU = true
     /// AMD SEV facts of the host CPU (query-sev-capabilities), nil without SEV.

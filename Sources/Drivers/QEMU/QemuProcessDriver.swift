@@ -1,0 +1,356 @@
+import Foundation
+import Reconciler
+
+/// VMs' QEMU processes where qemu-server keeps them: started from their
+/// daemonizing command line (pid file and QMP socket in `/var/run/qemu-server`),
+/// observed through the pid file and QMP, changed over QMP, stopped with an
+/// ACPI power-down first and by force when the guest does not react in time.
+public struct QemuProcessDriver: QemuDriver {
+    public var runDirectory: String
+
+    public init(runDirectory: String = "/var/run/qemu-server") {
+        self.runDirectory = runDirectory
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public func pidFile(_ vmid: Int) -> String { "\(runDirectory)/\(vmid).pid" }
+    public func qmpSocket(_ vmid: Int) -> String { "\(runDirectory)/\(vmid).qmp" }
+
+    func pid(_ vmid: Int) -> Int32? {
+        guard let text = try? String(contentsOfFile: pidFile(vmid), encoding: .utf8),
+              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 else { return nil }
+        return pid
+    }
+
+    /// Whether `pid` is a live QEMU (not a zombie, not a recycled pid of another program).
+    static func isQemu(_ pid: Int32) -> Bool {
+        guard let stat = readProcFile("/proc/\(pid)/stat") else { return false }
+        // After the parenthesised command name comes the state; Z is a zombie.
+        if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z") {
+            return false
+        }
+        let program = readProcFile("/proc/\(pid)/cmdline")?.split(separator: "\0").first.map(String.init) ?? ""
+        return program.hasSuffix("/kvm") || program.contains("qemu-system")
+    }
+
+    // MARK: QemuDriver
+
+    /// `kvm` and `tcg` are taken as given; `auto` uses KVM only when
+    /// /dev/kvm is there and the CPU has hardware virtualization (vmx/svm):
+    /// a nested /dev/kvm without it accepts QMP but cannot run guests.
+    public func acceleration(setting: String) -> QemuAcceleration {
+        switch setting {
+        case "kvm": return QemuAcceleration(kvm: true, reason: "--qemu-accel kvm")
+        case "tcg": return QemuAcceleration(kvm: false, reason: "--qemu-accel tcg")
+        default:
+            guard access("/dev/kvm", R_OK | W_OK) == 0 else {
+                return QemuAcceleration(kvm: false, reason: "/dev/kvm is missing or not accessible")
+            }
+            let flags = (readProcFile("/proc/cpuinfo") ?? "").split(separator: "\n").first { $0.hasPrefix("flags") }.map {
+                Set($0.split(separator: " ").map(String.init))
+            } ?? []
+            guard flags.contains("vmx") || flags.contains("svm") else {
+                return QemuAcceleration(kvm: false, reason: "/dev/kvm exists but the CPU has no hardware virtualization (no vmx/svm flag): it cannot run guests")
+            }
+            return QemuAcceleration(kvm: true, reason: "/dev/kvm and CPU virtualization present")
+        }
+    }
+
+    public func hostProfile(node: String, acceleration: QemuAcceleration) -> QemuHostProfile {
+        var profile = InstalledQemuHost.profile(nodeName: node)
+        profile.kvmAvailable = acceleration.kvm
+        return profile
+    }
+
+    public func runningVMIDs() -> [Int] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
+        return names.compactMap { name in
+            guard name.hasSuffix(".pid"), let vmid = Int(name.dropLast(4)), let pid = pid(vmid), Self.isQemu(pid) else { return nil }
+            return vmid
+        }
+    }
+
+    public func observe(vmid: Int, taps: [String]) async -> ObservedVM {
+        var observed = ObservedVM(state: .stopped)
+        for tap in taps where FileManager.default.fileExists(atPath: "/sys/class/net/\(tap)") {
+            let master = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/sys/class/net/\(tap)/master")).map { ($0 as NSString).lastPathComponent }
+            observed.tapMasters[tap] = master ?? ""
+        }
+        guard let pid = pid(vmid) else { return observed }
+        guard Self.isQemu(pid) else {
+            observed.state = .crashed(pid: pid)
+            return observed
+        }
+        guard let client = try? QMPClient(path: qmpSocket(vmid), timeout: 3) else {
+            observed.state = .running(pid: pid, status: "not answering QMP")
+            return observed
+        }
+        let status = ((try? client.execute("query-status")) as? [String: Any])?["status"] as? String ?? "unknown"
+        observed.state = .running(pid: pid, status: status)
+        if let children = (try? client.execute("qom-list", arguments: ["path": "/machine/peripheral"])) as? [[String: Any]] {
+            observed.deviceIDs = Set(children.compactMap { child in
+                (child["type"] as? String)?.hasPrefix("child<") == true ? child["name"] as? String : nil
+            })
+        }
+        return observed
+    }
+
+    public func start(vmid: Int, arguments: [String]) async throws {
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        if let pid = pid(vmid), Self.isQemu(pid) { throw Failure(description: "VM \(vmid) is already running (pid \(pid))") }
+        cleanUp(vmid)
+        let log = "\(runDirectory)/\(vmid).log"
+        let child = try DetachedProcess.spawn(arguments, log: log)
+        // With -daemonize the first process exits once the VM is set up.
+        guard let status = await DetachedProcess.waitForExit(child, seconds: 120) else {
+            kill(child, SIGKILL)
+            _ = await DetachedProcess.waitForExit(child, seconds: 5)
+            throw Failure(description: "QEMU for VM \(vmid) did not finish starting within 120 s")
+        }
+        guard status == 0 else {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            throw Failure(description: "start failed: QEMU exited with status \(status)\(text.isEmpty ? "" : ": " + text)")
+        }
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if let pid = pid(vmid), Self.isQemu(pid), (try? QMPClient(path: qmpSocket(vmid), timeout: 2)) != nil { return }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        throw Failure(description: "QEMU for VM \(vmid) did not answer on \(qmpSocket(vmid)) within 30 s")
+    }
+
+    public func stop(vmid: Int, timeout: Double) async throws -> String {
+        guard let pid = pid(vmid), Self.isQemu(pid) else {
+            cleanUp(vmid)
+            return "was not running"
+        }
+        _ = try? QMPClient(path: qmpSocket(vmid), timeout: 3).execute("system_powerdown")
+        if await waitForExit(pid, seconds: timeout) {
+            cleanUp(vmid)
+            return "ACPI shutdown"
+        }
+        _ = try? QMPClient(path: qmpSocket(vmid), timeout: 3).execute("quit")
+        var how = "hard stop after \(Int(timeout)) s: quit"
+        if !(await waitForExit(pid, seconds: 5)) {
+            kill(pid, SIGKILL)
+            how = "hard stop after \(Int(timeout)) s: SIGKILL"
+            guard await waitForExit(pid, seconds: 5) else { throw Failure(description: "QEMU \(pid) of VM \(vmid) survives SIGKILL") }
+        }
+        cleanUp(vmid)
+        return how
+    }
+
+    public func perform(vmid: Int, _ step: QemuLiveStep) async throws {
+        switch step {
+        case .attachTap(let tap, let bridge, let tag):
+            try await attach(tap: tap, bridge: bridge, tag: tag)
+            return
+        default: break
+        }
+        let client = try QMPClient(path: qmpSocket(vmid), timeout: 10)
+        switch step {
+        case .qmp(let name, let arguments):
+            try client.execute(name, arguments: try Self.object(arguments))
+        case .qmpIgnoringFailure(let name, let arguments):
+            _ = try? client.execute(name, arguments: try Self.object(arguments))
+        case .monitor(let command):
+            let output = (try client.execute("human-monitor-command", arguments: ["command-line": command]) as? String ?? "")
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            // drive_add answers OK; the other commands answer nothing unless they fail.
+            guard output.isEmpty || output == "OK" else { throw Failure(description: "\(command): \(output)") }
+        case .monitorIgnoringFailure(let command):
+            _ = try? client.execute("human-monitor-command", arguments: ["command-line": command])
+        case .unplug(let id):
+            try unplug(client, id: id)
+        case .setCPUs(let count):
+            try setCPUs(client, count: count)
+        case .attachTap:
+            break
+        }
+    }
+
+    // MARK: pieces
+
+    static func object(_ json: String) throws -> [String: Any]? {
+        guard json != "{}" else { return nil }
+        guard let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
+            throw Failure(description: "not a JSON object: \(json)")
+        }
+        return object
+    }
+
+    func peripheralIDs(_ client: QMPClient) throws -> Set<String> {
+        let children = try client.execute("qom-list", arguments: ["path": "/machine/peripheral"]) as? [[String: Any]] ?? []
+        return Set(children.compactMap { ($0["type"] as? String)?.hasPrefix("child<") == true ? $0["name"] as? String : nil })
+    }
+
+    /// device_del is a request: the guest has to release the device, which QEMU reports with DEVICE_DELETED.
+    func unplug(_ client: QMPClient, id: String, seconds: Double = 30) throws {
+        guard try peripheralIDs(client).contains(id) else { return }
+        try client.execute("device_del", arguments: ["id": id])
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if client.waitForEvent("DEVICE_DELETED", seconds: 0.2, matching: { $0["device"] as? String == id }) { return }
+            if !(try peripheralIDs(client).contains(id)) { return }
+        }
+        throw Failure(description: "device_del \(id): the guest did not release the device within \(Int(seconds)) s (no OS, or it refuses the unplug)")
+    }
+
+    /// Hot-plugs CPUs into the free slots QEMU lists, or unplugs the ones pvectl added (`cpuN`).
+    func setCPUs(_ client: QMPClient, count: Int) throws {
+        let slots = try client.execute("query-hotpluggable-cpus") as? [[String: Any]] ?? []
+        let present = slots.filter { $0["qom-path"] != nil }
+        if present.count < count {
+            let free = slots.filter { $0["qom-path"] == nil }.sorted { a, b in
+                let pa = a["props"] as? [String: Any] ?? [:], pb = b["props"] as? [String: Any] ?? [:]
+                let ka = ["socket-id", "core-id", "thread-id"].map { (pa[$0] as? Int) ?? 0 }
+                let kb = ["socket-id", "core-id", "thread-id"].map { (pb[$0] as? Int) ?? 0 }
+                return ka.lexicographicallyPrecedes(kb)
+            }
+            for (offset, slot) in free.prefix(count - present.count).enumerated() {
+                var arguments = slot["props"] as? [String: Any] ?? [:]
+                arguments["driver"] = slot["type"]
+                arguments["id"] = "cpu\(present.count + offset + 1)"
+                try client.execute("device_add", arguments: arguments)
+            }
+        } else if present.count > count {
+            let added = present.compactMap { ($0["qom-path"] as? String).flatMap { path -> (String, Int)? in
+                guard path.hasPrefix("/machine/peripheral/cpu"), let n = Int(path.dropFirst("/machine/peripheral/cpu".count)) else { return nil }
+                return ("cpu\(n)", n)
+            } }.sorted { $0.1 > $1.1 }
+            guard added.count >= present.count - count else {
+                throw Failure(description: "only CPUs added at run time can be removed; restart to go below \(present.count - added.count)")
+            }
+            for (id, _) in added.prefix(present.count - count) { try unplug(client, id: id) }
+        }
+    }
+
+    func attach(tap: String, bridge: String, tag: Int?) async throws {
+        guard FileManager.default.fileExists(atPath: "/sys/class/net/\(bridge)/bridge") else {
+            throw Failure(description: "bridge \(bridge) of \(tap) does not exist")
+        }
+        var batch = "link set dev \(tap) nomaster\n"
+        if let mtu = (try? String(contentsOfFile: "/sys/class/net/\(bridge)/mtu", encoding: .utf8)).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+            batch += "link set dev \(tap) mtu \(mtu)\n"
+        }
+        batch += "link set dev \(tap) master \(bridge) up\n"
+        try await Command.check(["ip", "-batch", "-"], input: batch)
+        if let tag {
+            let filtering = (try? String(contentsOfFile: "/sys/class/net/\(bridge)/bridge/vlan_filtering", encoding: .utf8))?
+                .trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+            guard filtering else {
+                throw Failure(description: "\(tap): tag=\(tag) needs a VLAN-aware bridge; \(bridge) has bridge-vlan-aware off")
+            }
+            try await Command.check(["bridge", "-batch", "-"], input: "vlan del dev \(tap) vid 1\nvlan add dev \(tap) vid \(tag) pvid untagged\n")
+        }
+    }
+
+    func waitForExit(_ pid: Int32, seconds: Double) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if !Self.isQemu(pid) { return true }
+            try? await Task.sleep(nanoseconds: 50_000_000)
+        }
+        return !Self.isQemu(pid)
+    }
+
+    func cleanUp(_ vmid: Int) {
+        for suffix in ["pid", "qmp", "qga", "vnc"] { try? FileManager.default.removeItem(atPath: "\(runDirectory)/\(vmid).\(suffix)") }
+    }
+}
+
+/// A daemon's launcher: posix_spawn in a new session with standard input from
+/// /dev/null, output to a log file, default signal handling and no other
+/// descriptor of this process (a daemon holding a pipe of ours would keep
+/// whoever reads it waiting for end of file).
+public enum DetachedProcess {
+    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+
+    /// glibc ≥ 2.34 has posix_spawn_file_actions_addclosefrom_np; Swift's Glibc module does not export it.
+    static let closeFrom: CloseFrom? = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np").map { unsafeBitCast($0, to: CloseFrom.self) }
+
+    public static func spawn(_ arguments: [String], log: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o640)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        if let closeFrom {
+            _ = closeFrom(&actions, 3)
+        } else {
+            // Older C libraries: close what is open now.
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+                if let fd = Int32(name), fd > 2 { posix_spawn_file_actions_addclose(&actions, fd) }
+            }
+        }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        // POSIX_SPAWN_SETSID (0x80): the daemon leaves our session and process group.
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | 0x80))
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawnp(&pid, arguments[0], &actions, &attributes, &argv, environ)
+        guard result == 0 else { throw QemuProcessDriver.Failure(description: "cannot start \(arguments[0]): \(String(cString: strerror(result)))") }
+        return pid
+    }
+
+    /// Runs a short command and returns its standard output, or nil when it
+    /// cannot start or fails. Synchronous, without Foundation's Process
+    /// (whose run loop needs a socket pair that fails in a fresh network namespace).
+    public static func capture(_ arguments: [String]) -> String? {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return nil }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        if let closeFrom { _ = closeFrom(&actions, 3) }
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawnp(&pid, arguments[0], &actions, nil, &argv, environ)
+        close(fds[1])
+        defer { close(fds[0]) }
+        guard result == 0 else { return nil }
+        var output: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fds[0], &chunk, chunk.count)
+            if count > 0 { output += chunk[..<count]; continue }
+            if count < 0 && errno == EINTR { continue }
+            break
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        return status == 0 ? String(decoding: output, as: UTF8.self) : nil
+    }
+
+    /// The exit status (128+signal when killed), or nil if still running after `seconds`.
+    public static func waitForExit(_ pid: pid_t, seconds: Double) async -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            var status: Int32 = 0
+            let result = waitpid(pid, &status, WNOHANG)
+            if result == pid {
+                return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+            }
+            if result == -1 && errno != EINTR { return -1 }
+            if Date() > deadline { return nil }
+            try? await Task.sleep(nanoseconds: 10_000_000)
+        }
+    }
+}

@@ -1,0 +1,350 @@
+import Foundation
+import Resources
+
+/// One operation on a running QEMU, in the order it must happen.
+public enum QemuLiveStep: Sendable, Hashable, CustomStringConvertible {
+    /// A QMP command with its arguments as a JSON object.
+    case qmp(String, arguments: String)
+    /// A QMP command whose failure is expected when the object is already gone.
+    case qmpIgnoringFailure(String, arguments: String)
+    /// A monitor command in QEMU's command-line syntax (`device_add`,
+    /// `netdev_add`, `drive_add`, `object_add`), sent as QMP `human-monitor-command`:
+    /// the device strings are then exactly the ones the command line uses.
+    case monitor(String)
+    /// A monitor command whose failure means there was nothing to remove.
+    case monitorIgnoringFailure(String)
+    /// `device_del`, then wait for QEMU's DEVICE_DELETED event (the guest must release it).
+    case unplug(id: String)
+    /// Put a NIC's tap on its bridge (and VLAN).
+    case attachTap(tap: String, bridge: String, tag: Int?)
+    /// Bring the number of present vCPUs to `count` (`device_add`/`device_del` of CPU devices).
+    case setCPUs(count: Int)
+
+    public var description: String {
+        switch self {
+        case .qmp(let name, let arguments), .qmpIgnoringFailure(let name, let arguments):
+            arguments == "{}" ? "qmp \(name)" : "qmp \(name) \(arguments)"
+        case .monitor(let text), .monitorIgnoringFailure(let text): "monitor \(text)"
+        case .unplug(let id): "qmp device_del \(id) (wait for the guest to release it)"
+        case .attachTap(let tap, let bridge, let tag): "ip link set \(tap) master \(bridge) up" + (tag.map { "; bridge vlan add dev \(tap) vid \($0) pvid untagged" } ?? "")
+        case .setCPUs(let count): "hot-plug vCPUs up to \(count)"
+        }
+    }
+}
+
+/// How a config change reaches a running VM: live, with the steps, or only at the next start.
+public struct QemuKeyChange: Sendable, Hashable {
+    public var key: String
+    public var old: String?
+    public var new: String?
+    public var changeClass: ChangeClass
+    public var steps: [QemuLiveStep]
+    /// Why a change waits for a restart, for the plan.
+    public var reason: String?
+}
+
+/// The QEMU command line as flag/value pairs, to find the exact device
+/// strings a hot-plug must use.
+public struct QemuArguments: Sendable {
+    public var pairs: [(flag: String, value: String)] = []
+
+    public init(_ arguments: [String]) {
+        var index = 1
+        while index < arguments.count {
+            let flag = arguments[index]
+            if flag.hasPrefix("-"), index + 1 < arguments.count, !arguments[index + 1].hasPrefix("-") || arguments[index + 1].hasPrefix("-{") {
+                pairs.append((flag, arguments[index + 1]))
+                index += 2
+            } else {
+                pairs.append((flag, ""))
+                index += 1
+            }
+        }
+    }
+
+    static func options(_ text: String) -> [String: String] {
+        var result: [String: String] = [:]
+        for part in text.split(separator: ",") {
+            let pieces = part.split(separator: "=", maxSplits: 1).map(String.init)
+            if pieces.count == 2 { result[pieces[0]] = pieces[1] }
+        }
+        return result
+    }
+
+    /// The `-device` string whose `id=` is `id`.
+    public func device(id: String) -> String? {
+        pairs.first { $0.flag == "-device" && Self.options($0.value)["id"] == id }?.value
+    }
+
+    public func netdev(id: String) -> String? {
+        pairs.first { $0.flag == "-netdev" && Self.options($0.value)["id"] == id }?.value
+    }
+
+    /// A `-drive` (old QEMU) or `-blockdev` (JSON) whose id or top node name is `id`.
+    public func drive(id: String) -> (flag: String, value: String)? {
+        pairs.first { pair in
+            if pair.flag == "-drive" { return Self.options(pair.value)["id"] == id }
+            if pair.flag == "-blockdev" {
+                let object = (try? JSONSerialization.jsonObject(with: Data(pair.value.utf8))) as? [String: Any]
+                return object?["node-name"] as? String == id
+            }
+            return false
+        }
+    }
+
+    public func object(id: String) -> String? {
+        pairs.first { $0.flag == "-object" && Self.options($0.value)["id"] == id }?.value
+    }
+}
+
+/// Which config changes a running QEMU can take, and how: the change
+/// classes of qemu-server's hot-plug (per the `hotplug` option), with the
+/// device strings taken from the command line the new config would start with.
+public enum QemuLiveChanges {
+    /// Keys with no effect on the running QEMU (qemu-server's fast-plug
+    /// options and bookkeeping): applied by writing the file alone.
+    public static let configOnly: Set<String> = [
+        "name", "description", "onboot", "startup", "protection", "tags", "lock", "hookscript", "vmstatestorage", "shares",
+        "meta", "parent", "snaptime", "vmstate", "runningmachine", "runningcpu", "hotplug", "template",
+    ]
+
+    public static func isConfigOnly(_ key: String) -> Bool {
+        configOnly.contains(key) || key.hasPrefix("unused")
+    }
+
+    /// The `hotplug` option: `network,disk,usb` unless set; `0` none, `1` the default set.
+    public static func features(_ value: String?) -> Set<String> {
+        guard let value, !value.isEmpty else { return ["network", "disk", "usb"] }
+        if value == "0" { return [] }
+        if value == "1" { return ["network", "disk", "usb"] }
+        return Set(value.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) })
+    }
+
+    static func isNIC(_ key: String) -> Bool { key.hasPrefix("net") && Int(key.dropFirst(3)) != nil }
+
+    static func isHotplugDisk(_ key: String) -> Bool {
+        for prefix in ["virtio", "scsi"] where key.hasPrefix(prefix) && Int(key.dropFirst(prefix.count)) != nil { return true }
+        return false
+    }
+
+    static func isCDROM(_ value: String?) -> Bool { value.map { parse($0)["media"] == "cdrom" } ?? false }
+
+    /// A property string as a dictionary; a bare value (a disk's volume) under "".
+    public static func parse(_ value: String) -> [String: String] {
+        var result: [String: String] = [:]
+        for entry in PropertyString(parsing: value).entries { result[entry.key ?? ""] = entry.value }
+        return result
+    }
+
+    /// The property string without the keys in `ignoring`.
+    static func properties(_ value: String, ignoring: Set<String>) -> [String: String] {
+        parse(value).filter { !ignoring.contains($0.key) }
+    }
+
+    /// A NIC's bridge and VLAN tag.
+    public static func tapTarget(vmid: Int, key: String, value: String) -> (tap: String, bridge: String, tag: Int?)? {
+        let options = parse(value)
+        guard let bridge = options["bridge"], let index = Int(key.dropFirst(3)) else { return nil }
+        return ("tap\(vmid)i\(index)", bridge, options["tag"].flatMap { Int($0) })
+    }
+
+    /// Classifies one key's change and, when it can be applied live, gives the steps.
+    /// - Parameters:
+    ///   - running: the config the QEMU runs (as recorded at start plus live changes).
+    ///   - desired: the effective desired config.
+    ///   - arguments: the command line `desired` would start with.
+    ///   - present: the device ids the running QEMU has, when known.
+    public static func change(vmid: Int, key: String, running: [String: String], desired: [String: String],
+                              arguments: QemuArguments, present: Set<String>? = nil) -> QemuKeyChange {
+        let old = running[key], new = desired[key]
+        var change = QemuKeyChange(key: key, old: old, new: new, changeClass: .restart, steps: [], reason: nil)
+        if isConfigOnly(key) {
+            change.changeClass = .none
+            return change
+        }
+        let hotplug = features(desired["hotplug"])
+        if key == "balloon" {
+            let oldTarget = Int(old ?? "") ?? Int(running["memory"] ?? "") ?? 2048
+            let newTarget = Int(new ?? "") ?? Int(desired["memory"] ?? "") ?? 2048
+            // balloon: 0 removes the device: that needs a restart, as does adding it.
+            if oldTarget != 0 && newTarget != 0 {
+                change.changeClass = .live
+                change.steps = [.qmp("balloon", arguments: "{\"value\":\(newTarget * 1024 * 1024)}")]
+            } else {
+                change.reason = "the balloon device is added or removed only at start"
+            }
+            return change
+        }
+        if key == "vcpus" {
+            guard hotplug.contains("cpu") else {
+                change.reason = "hotplug does not include cpu"
+                return change
+            }
+            let sockets = Int(desired["sockets"] ?? "1") ?? 1, cores = Int(desired["cores"] ?? "1") ?? 1
+            let count = Int(new ?? "") ?? sockets * cores
+            guard count >= 1, count <= sockets * cores else {
+                change.reason = "vcpus must be between 1 and sockets × cores"
+                return change
+            }
+            change.changeClass = .live
+            change.steps = [.setCPUs(count: count)]
+            return change
+        }
+        if key == "memory" {
+            return memoryChange(change, hotplug: hotplug.contains("memory"), numa: desired["numa"] == "1", arguments: arguments, present: present)
+        }
+        if isNIC(key) {
+            return nicChange(vmid: vmid, change: change, hotplug: hotplug.contains("network"), arguments: arguments)
+        }
+        if isHotplugDisk(key) && !isCDROM(old) && !isCDROM(new) {
+            if let old, let new, properties(old, ignoring: ["size"]) == properties(new, ignoring: ["size"]) {
+                // A size change is the storage kind's (it grows the volume and tells QEMU).
+                change.changeClass = .none
+                return change
+            }
+            guard hotplug.contains("disk") else {
+                change.reason = "hotplug does not include disk"
+                return change
+            }
+            var steps: [QemuLiveStep] = []
+            if old != nil { steps += unplugDisk(key) }
+            if new != nil {
+                guard let plug = plugDisk(key, arguments: arguments) else {
+                    change.reason = "no device for \(key) in the command line"
+                    return change
+                }
+                steps += plug
+            }
+            change.changeClass = .live
+            change.steps = steps
+            return change
+        }
+        change.reason = "QEMU cannot change \(key) while running"
+        return change
+    }
+
+    /// With `hotplug: memory` and NUMA, memory above the static part is DIMMs:
+    /// the new config's command line names the DIMMs it starts with, and the
+    /// running QEMU gets or loses the difference (largest last in, first out).
+    static func memoryChange(_ change: QemuKeyChange, hotplug: Bool, numa: Bool, arguments: QemuArguments, present: Set<String>?) -> QemuKeyChange {
+        var change = change
+        guard hotplug, numa else {
+            change.reason = hotplug ? "memory hot-plug needs numa: 1" : "hotplug does not include memory"
+            return change
+        }
+        guard let present else {
+            change.reason = "the running QEMU's DIMMs are unknown (QMP did not answer)"
+            return change
+        }
+        func number(_ id: String) -> Int { Int(id.dropFirst(4)) ?? 0 }
+        let wanted = arguments.pairs.filter { $0.flag == "-device" && $0.value.hasPrefix("pc-dimm,") }
+            .compactMap { pair in QemuArguments.options(pair.value)["id"].map { (id: $0, device: pair.value) } }
+        let wantedIDs = Set(wanted.map(\.id))
+        var steps: [QemuLiveStep] = []
+        for dimm in wanted.sorted(by: { number($0.id) < number($1.id) }) where !present.contains(dimm.id) {
+            guard let memdev = QemuArguments.options(dimm.device)["memdev"], let backend = arguments.object(id: memdev) else { continue }
+            steps += [.monitor("object_add " + backend), .monitor("device_add " + dimm.device)]
+        }
+        for id in present.filter({ $0.hasPrefix("dimm") && !wantedIDs.contains($0) }).sorted(by: { number($0) > number($1) }) {
+            steps += [.unplug(id: id), .qmpIgnoringFailure("object-del", arguments: "{\"id\":\"mem-\(id)\"}")]
+        }
+        let staticPart = arguments.pairs.first { $0.flag == "-m" }.flatMap { QemuArguments.options($0.value)["size"] }
+        if let new = change.new, let size = Int(new), let base = staticPart.flatMap({ Int($0) }), size < base {
+            change.reason = "memory cannot go below the static \(base) MiB while running"
+            return change
+        }
+        change.changeClass = .live
+        change.steps = steps
+        return change
+    }
+
+    static func nicChange(vmid: Int, change: QemuKeyChange, hotplug: Bool, arguments: QemuArguments) -> QemuKeyChange {
+        var change = change
+        let key = change.key
+        if let old = change.old, let new = change.new {
+            let before = properties(old, ignoring: ["link_down", "bridge", "tag", "firewall"])
+            let after = properties(new, ignoring: ["link_down", "bridge", "tag", "firewall"])
+            if before == after {
+                // Only the link, the bridge, the VLAN or the firewall flag: live, as qemu-server does.
+                var steps: [QemuLiveStep] = []
+                let oldOptions = parse(old), newOptions = parse(new)
+                if oldOptions["bridge"] != newOptions["bridge"] || oldOptions["tag"] != newOptions["tag"],
+                   let target = tapTarget(vmid: vmid, key: key, value: new) {
+                    steps.append(.attachTap(tap: target.tap, bridge: target.bridge, tag: target.tag))
+                }
+                if (oldOptions["link_down"] == "1") != (newOptions["link_down"] == "1") {
+                    steps.append(.qmp("set_link", arguments: "{\"name\":\"\(key)\",\"up\":\(newOptions["link_down"] == "1" ? "false" : "true")}"))
+                }
+                change.changeClass = steps.isEmpty ? .none : .live
+                change.steps = steps
+                return change
+            }
+        }
+        guard hotplug else {
+            change.reason = "hotplug does not include network"
+            return change
+        }
+        var steps: [QemuLiveStep] = []
+        if change.old != nil { steps += unplugNIC(key) }
+        if let new = change.new {
+            guard let plug = plugNIC(vmid: vmid, key: key, value: new, arguments: arguments) else {
+                change.reason = "no device for \(key) in the command line"
+                return change
+            }
+            steps += plug
+        }
+        change.changeClass = .live
+        change.steps = steps
+        return change
+    }
+
+    static func plugNIC(vmid: Int, key: String, value: String, arguments: QemuArguments) -> [QemuLiveStep]? {
+        guard let device = arguments.device(id: key) else { return nil }
+        var steps: [QemuLiveStep] = []
+        if let netdev = arguments.netdev(id: key) {
+            steps.append(.monitor("netdev_add " + netdev))
+            if let target = tapTarget(vmid: vmid, key: key, value: value) {
+                steps.append(.attachTap(tap: target.tap, bridge: target.bridge, tag: target.tag))
+            }
+        }
+        steps.append(.monitor("device_add " + device))
+        if parse(value)["link_down"] == "1" {
+            steps.append(.qmp("set_link", arguments: "{\"name\":\"\(key)\",\"up\":false}"))
+        }
+        return steps
+    }
+
+    static func unplugNIC(_ key: String) -> [QemuLiveStep] {
+        [.unplug(id: key), .qmpIgnoringFailure("netdev_del", arguments: "{\"id\":\"\(key)\"}")]
+    }
+
+    static func plugDisk(_ key: String, arguments: QemuArguments) -> [QemuLiveStep]? {
+        guard let device = arguments.device(id: key), let drive = arguments.drive(id: "drive-" + key) else { return nil }
+        var steps: [QemuLiveStep] = []
+        // Objects the disk refers to (its throttle group, its own iothread).
+        for id in ["throttle-drive-" + key, "iothread-" + key] {
+            if let object = arguments.object(id: id) { steps.append(.monitor("object_add " + object)) }
+        }
+        // A controller of its own (virtio-scsi-single) comes first.
+        if let bus = QemuArguments.options(device)["bus"], let controllerID = bus.split(separator: ".").first.map(String.init),
+           controllerID.hasPrefix("virtioscsi") || controllerID.hasPrefix("scsihw"), let controller = arguments.device(id: controllerID) {
+            if let iothread = QemuArguments.options(controller)["iothread"], let object = arguments.object(id: iothread) {
+                steps.append(.monitor("object_add " + object))
+            }
+            steps.append(.monitor("device_add " + controller))
+        }
+        steps.append(drive.flag == "-blockdev" ? .qmp("blockdev-add", arguments: drive.value) : .monitor("drive_add auto " + drive.value))
+        steps.append(.monitor("device_add " + device))
+        return steps
+    }
+
+    static func unplugDisk(_ key: String) -> [QemuLiveStep] {
+        [.unplug(id: key),
+         .qmpIgnoringFailure("blockdev-del", arguments: "{\"node-name\":\"drive-\(key)\"}"),
+         .monitorIgnoringFailure("drive_del drive-\(key)"),
+         .qmpIgnoringFailure("object-del", arguments: "{\"id\":\"throttle-drive-\(key)\"}"),
+         .qmpIgnoringFailure("object-del", arguments: "{\"id\":\"iothread-\(key)\"}")]
+            // virtio-scsi-single gives each disk its own controller.
+            + (key.hasPrefix("scsi") ? [.qmpIgnoringFailure("device_del", arguments: "{\"id\":\"virtioscsi\(key.dropFirst(4))\"}")] : [])
+    }
+}

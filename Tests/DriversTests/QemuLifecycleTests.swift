@@ -1,0 +1,201 @@
+import Drivers
+import Foundation
+import Testing
+import TestSupport
+
+/// A VM under pvectl, inside its own network namespace (its taps on a real
+/// bridge) and with its own /run/qemu-server (a private bind mount, so other
+/// tests' VMs are not this node's): the real QEMU under TCG, observed and
+/// changed over QMP.
+final class QemuTestNode: @unchecked Sendable {
+    // @unchecked: immutable after init; deinit kills what the test started.
+    static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
+    let namespace: NetworkNamespace
+    let directory: TemporaryDirectory
+    let vmid: Int
+
+    init(storage: Bool = true) throws {
+        namespace = try NetworkNamespace(prefix: "pvq")
+        directory = try TemporaryDirectory(prefix: "pvectl-qemu")
+        vmid = Int.random(in: 900_000...999_999)
+        try namespace.run(["ip", "-n", namespace.name, "link", "add", "vmbr0", "type", "bridge"])
+        try namespace.run(["ip", "-n", namespace.name, "link", "set", "vmbr0", "up"])
+        try FileManager.default.createDirectory(atPath: directory.path + "/run", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "/run/qemu-server", withIntermediateDirectories: true)
+        if storage { try directory.write("root/storage.cfg", "dir: vmstore\n\tpath \(directory.path)/vz\n\tcontent images,iso\n") }
+    }
+
+    deinit {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? [] where name.hasSuffix(".pid") {
+            if let text = try? String(contentsOfFile: runDirectory + "/" + name, encoding: .utf8),
+               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1 {
+                kill(pid, SIGKILL)
+            }
+        }
+    }
+
+    var runDirectory: String { directory.path + "/run" }
+    var configPath: String { "root/nodes/localhost/qemu-server/\(vmid).conf" }
+    var config: String { directory.read(configPath) ?? "" }
+    func write(_ text: String) throws { try directory.write(configPath, text) }
+    var qmpSocket: String { "\(runDirectory)/\(vmid).qmp" }
+
+    var pid: Int32? {
+        (try? String(contentsOfFile: "\(runDirectory)/\(vmid).pid", encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
+    /// pvectl inside the namespace, with this node's run directory bind-mounted on /run/qemu-server.
+    func pvectl(_ command: String, _ arguments: [String] = [], only: [String]? = nil) -> (status: Int32, output: String, error: String) {
+        let selectors = (only ?? ["qemu/\(vmid)"]).flatMap { ["--only", $0] }
+        let script = "mount --bind \"$PVQ_RUN\" /run/qemu-server && exec \"$0\" \"$@\""
+        return NetworkNamespace.capture(["ip", "netns", "exec", namespace.name, "unshare", "-m", "sh", "-c", script, Self.binary, command,
+                                         "--root", directory.path + "/root", "--node", "localhost", "--state-dir", directory.path + "/state",
+                                         "--qemu-accel", "tcg"] + selectors + arguments,
+                                        environment: ["PVQ_RUN": runDirectory])
+    }
+
+    /// One QMP command against the VM, off the cooperative pool.
+    func qmp(_ command: String, _ arguments: [String: any Sendable]? = nil) async throws -> String {
+        let socket = qmpSocket
+        return try await offPool {
+            let client = try QMPClient(path: socket, timeout: 10)
+            let result = try client.execute(command, arguments: arguments)
+            return String(decoding: try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys, .fragmentsAllowed]), as: UTF8.self)
+        }
+    }
+
+    func devices() async throws -> Set<String> {
+        let text = try await qmp("qom-list", ["path": "/machine/peripheral"])
+        let list = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]] ?? []
+        return Set(list.compactMap { ($0["type"] as? String)?.hasPrefix("child<") == true ? $0["name"] as? String : nil })
+    }
+
+    func master(_ device: String) throws -> String? {
+        try namespace.link(device)?["master"] as? String
+    }
+}
+
+@Suite("QEMU kind: lifecycle, hot-plug and pending changes with the real QEMU", .serialized,
+       .enabled(if: NetworkNamespace.isAvailable && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64"),
+                "needs root, network namespaces and qemu-system-x86_64"))
+struct QemuLifecycleTests {
+    @Test("start from the config, write back generated values, hot-plug, pending, --restart, kill -9, template")
+    func lifecycle() async throws {
+        let node = try QemuTestNode()
+        let vmid = node.vmid
+        try node.write("""
+        name: probe
+        memory: 256
+        balloon: 128
+        onboot: 1
+        startup: down=1
+        vmgenid: 1
+        net0: virtio,bridge=vmbr0
+        virtio0: vmstore:\(vmid)/vm-\(vmid)-disk-0.qcow2,size=32M
+
+        """)
+        let plan = node.pvectl("plan", only: ["storage", "qemu/\(vmid)"])
+        #expect(plan.status == 0, "\(plan.error)")
+        #expect(plan.output.contains("+ qemu/\(vmid) (create)"), "\(plan.output)")
+        #expect(plan.output.contains("TCG"), "the node-level acceleration is stated: \(plan.output)")
+        let apply = node.pvectl("apply", ["--auto-approve"], only: ["storage", "qemu/\(vmid)"])
+        try #require(apply.status == 0, "\(apply.output)\n\(apply.error)")
+        // Generated once: MAC, SMBIOS UUID and vmgenid are in the file now.
+        let written = node.config
+        #expect(written.contains("net0: virtio=BC:24:11:"), "\(written)")
+        #expect(written.contains("smbios1: uuid="), "\(written)")
+        #expect(!written.contains("vmgenid: 1\n"), "\(written)")
+        let noChange = node.pvectl("plan", ["--detailed-exitcode"])
+        #expect(noChange.status == 0, "generated values are not drift: \(noChange.output)")
+        let firstPID = try #require(node.pid)
+        #expect(try await node.qmp("query-status").contains("\"running\""))
+        let devices = try await node.devices()
+        #expect(devices.isSuperset(of: ["net0", "virtio0", "balloon0"]), "\(devices)")
+        #expect(try node.master("tap\(vmid)i0") == "vmbr0")
+
+        // Live: a NIC, a disk, the balloon, a link; pending: the machine type.
+        try FileManager.default.createDirectory(atPath: node.directory.path + "/vz/images/\(vmid)", withIntermediateDirectories: true)
+        try node.write(node.config.replacingOccurrences(of: "balloon: 128", with: "balloon: 192")
+            + "net1: e1000,bridge=vmbr0,link_down=1\nvirtio1: vmstore:\(vmid)/vm-\(vmid)-disk-1.qcow2,size=16M\nmachine: pc-i440fx-7.1\n")
+        let edit = node.pvectl("plan", ["--detailed-exitcode"], only: ["storage", "qemu/\(vmid)"])
+        #expect(edit.status == 2)
+        #expect(edit.output.contains("machine:") && edit.output.contains("[restart]"), "\(edit.output)")
+        #expect(edit.output.contains("net1:") && edit.output.contains("[live]"), "\(edit.output)")
+        let hotplug = node.pvectl("apply", ["--auto-approve"], only: ["storage", "qemu/\(vmid)"])
+        try #require(hotplug.status == 0, "\(hotplug.output)\n\(hotplug.error)")
+        #expect(node.pid == firstPID, "a live change does not restart the VM")
+        let after = try await node.devices()
+        #expect(after.isSuperset(of: ["net1", "virtio1"]), "\(after)")
+        #expect(try node.master("tap\(vmid)i1") == "vmbr0")
+        let pending = node.pvectl("plan", ["--detailed-exitcode"])
+        #expect(pending.status == 0, "only pending changes: exit 0 (\(pending.output))")
+        #expect(pending.output.contains("pending"), "\(pending.output)")
+        #expect(pending.output.contains("machine:"), "\(pending.output)")
+
+        // --restart applies the pending change with a new QEMU.
+        let restart = node.pvectl("apply", ["--auto-approve", "--restart"])
+        try #require(restart.status == 0, "\(restart.output)\n\(restart.error)")
+        let secondPID = try #require(node.pid)
+        #expect(secondPID != firstPID)
+        #expect(node.pvectl("plan", ["--detailed-exitcode"]).status == 0)
+        #expect(try await node.qmp("query-status").contains("\"running\""))
+
+        // Devices removed behind pvectl's back are drift; a tap off its bridge too.
+        try node.namespace.run(["ip", "-n", node.namespace.name, "link", "set", "tap\(vmid)i0", "nomaster"])
+        let drift = node.pvectl("plan", ["--detailed-exitcode"])
+        #expect(drift.status == 2 && drift.output.contains("on no bridge"), "\(drift.output)")
+        #expect(node.pvectl("apply", ["--auto-approve"]).status == 0)
+        #expect(try node.master("tap\(vmid)i0") == "vmbr0")
+
+        // kill -9: the next reconcile notices and starts it again.
+        kill(secondPID, SIGKILL)
+        #expect(waitFor(seconds: 10) { kill(secondPID, 0) != 0 })
+        let crashed = node.pvectl("plan", ["--detailed-exitcode"])
+        #expect(crashed.status == 2 && crashed.output.contains("is gone"), "\(crashed.output)")
+        let again = node.pvectl("apply", ["--auto-approve"])
+        try #require(again.status == 0, "\(again.output)\n\(again.error)")
+        let thirdPID = try #require(node.pid)
+        #expect(thirdPID != secondPID)
+
+        // template: 1 → not running (SeaBIOS without an OS ignores ACPI: hard stop after down=1).
+        try node.write(node.config + "template: 1\n")
+        let stop = node.pvectl("apply", ["--auto-approve"])
+        #expect(stop.status == 0, "\(stop.output)\n\(stop.error)")
+        #expect(stop.output.contains("hard stop"), "\(stop.output)")
+        #expect(waitFor(seconds: 10) { kill(thirdPID, 0) != 0 })
+        #expect(node.pvectl("plan", ["--detailed-exitcode"]).status == 0)
+    }
+
+    @Test("onboot and startup order on a full run; a removed config stops its VM; a broken config freezes it")
+    func ordering() async throws {
+        let node = try QemuTestNode(storage: false)
+        let first = node.vmid, second = node.vmid + 1, idle = node.vmid + 2
+        let base = "memory: 128\nstartup: order=%d,up=1,down=1\n"
+        try node.directory.write("root/nodes/localhost/qemu-server/\(first).conf", String(format: base, 2) + "onboot: 1\n")
+        try node.directory.write("root/nodes/localhost/qemu-server/\(second).conf", String(format: base, 1) + "onboot: 1\n")
+        try node.directory.write("root/nodes/localhost/qemu-server/\(idle).conf", "memory: 128\n")
+        let apply = node.pvectl("apply", ["--auto-approve"], only: ["qemu"])
+        try #require(apply.status == 0, "\(apply.output)\n\(apply.error)")
+        let lines = apply.output.split(separator: "\n").filter { $0.contains("started") }
+        #expect(lines.count == 2)
+        #expect(lines.first?.contains("qemu/\(second)") == true, "order=1 starts first: \(lines)")
+        #expect(!FileManager.default.fileExists(atPath: "\(node.runDirectory)/\(idle).pid"), "no onboot: left stopped")
+        #expect(node.pvectl("plan", ["--detailed-exitcode"], only: ["qemu"]).status == 0)
+
+        // A config that cannot be parsed freezes its VM: it keeps running.
+        let path = "root/nodes/localhost/qemu-server/\(first).conf"
+        let good = node.directory.read(path) ?? ""
+        try node.directory.write(path, good + "this is not a key value line\n")
+        let frozen = node.pvectl("plan", [], only: ["qemu"])
+        #expect(frozen.status == 1 && frozen.output.contains("! qemu/\(first)"), "\(frozen.output)\n\(frozen.error)")
+        #expect(frozen.error.contains("\(first).conf:"), "the error names the file: \(frozen.error)")
+
+        // Removing a config stops its VM.
+        try FileManager.default.removeItem(atPath: node.directory.path + "/" + path)
+        let removed = node.pvectl("apply", ["--auto-approve"], only: ["qemu"])
+        #expect(removed.status == 0, "\(removed.output)\n\(removed.error)")
+        #expect(removed.output.contains("no config for VM \(first)"), "\(removed.output)")
+        #expect(!FileManager.default.fileExists(atPath: "\(node.runDirectory)/\(first).pid"))
+        #expect(FileManager.default.fileExists(atPath: "\(node.runDirectory)/\(second).pid"))
+    }
+}
