@@ -199,3 +199,124 @@ struct QemuLifecycleTests {
         #expect(FileManager.default.fileExists(atPath: "\(node.runDirectory)/\(second).pid"))
     }
 }
+
+/// Lines a guest prints on its serial port (`serial0: socket`), read from QEMU's unix socket.
+final class SerialConsole: @unchecked Sendable {
+    // @unchecked: used from one test at a time, each call off the cooperative pool.
+    private let socket: Int32
+    private var buffer: [UInt8] = []
+    private(set) var lines: [String] = []
+
+    init(path: String) throws {
+        socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            close(socket)
+            throw QMPClient.Failure("cannot connect to \(path)")
+        }
+    }
+
+    deinit { close(socket) }
+
+    /// Reads until a line satisfies `condition` or `seconds` pass; returns that line.
+    func waitForLine(seconds: Double, _ condition: (String) -> Bool) -> String? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+            guard poll(&descriptor, 1, 200) > 0 else { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let count = recv(socket, &chunk, chunk.count, 0)
+            guard count > 0 else { return nil }
+            buffer += chunk[..<count]
+            while let newline = buffer.firstIndex(of: 0x0A) {
+                let line = String(decoding: buffer[..<newline], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                buffer.removeSubrange(...newline)
+                lines.append(line)
+                if condition(line) { return line }
+            }
+        }
+        return nil
+    }
+
+    /// The guest's status line as numbers: nics, disks, cpus, memkb.
+    static func facts(_ line: String) -> [String: Int] {
+        var result: [String: Int] = [:]
+        for word in line.split(separator: " ") {
+            let parts = word.split(separator: "=")
+            if parts.count == 2, let value = Int(parts[1]) { result[String(parts[0])] = value }
+        }
+        return result
+    }
+}
+
+@Suite("QEMU kind: a tiny Linux guest sees hot-plugged devices and shuts down cleanly", .serialized,
+       .enabled(if: NetworkNamespace.isAvailable && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64"),
+                "needs root, network namespaces and qemu-system-x86_64"))
+struct QemuGuestTests {
+    static let tinyGuest = Corpus.packageRoot.appendingPathComponent("scripts/kernel-vm/tiny-guest").path
+
+    @Test("NIC, disk, CPU and memory hot-plugged by apply arrive in the guest; a NIC unplug is released; stop is an ACPI shutdown")
+    func guestSeesHotplug() async throws {
+        let built = NetworkNamespace.capture([Self.tinyGuest])
+        try #require(built.status == 0, "tiny-guest: \(built.error)")
+        let paths = built.output.split(separator: "\n").map(String.init)
+        try #require(paths.count == 2)
+        let node = try QemuTestNode()
+        let vmid = node.vmid
+        try node.write("""
+        name: tiny
+        memory: 1024
+        numa: 1
+        cores: 2
+        vcpus: 1
+        hotplug: network,disk,cpu,memory
+        onboot: 1
+        startup: down=60
+        serial0: socket
+        net0: virtio,bridge=vmbr0
+        args: -kernel \(paths[0]) -initrd \(paths[1]) -append 'console=ttyS0 panic=-1 memhp_default_state=online'
+
+        """)
+        let start = node.pvectl("apply", ["--auto-approve"])
+        try #require(start.status == 0, "\(start.output)\n\(start.error)")
+        let console = try SerialConsole(path: "\(node.runDirectory)/\(vmid).serial0")
+        let booted = try await offPool { console.waitForLine(seconds: 180) { $0.hasPrefix("GUEST nics=") } }
+        let bootFacts = SerialConsole.facts(try #require(booted, "the guest did not boot: \(console.lines.suffix(20))"))
+        #expect(bootFacts["nics"] == 1 && bootFacts["disks"] == 0 && bootFacts["cpus"] == 1, "\(booted ?? "")")
+        let bootMemory = bootFacts["memkb"] ?? 0
+
+        try FileManager.default.createDirectory(atPath: node.directory.path + "/vz/images/\(vmid)", withIntermediateDirectories: true)
+        try node.write(node.config.replacingOccurrences(of: "vcpus: 1", with: "vcpus: 2").replacingOccurrences(of: "memory: 1024", with: "memory: 1536")
+            + "net1: virtio,bridge=vmbr0\nvirtio0: vmstore:\(vmid)/vm-\(vmid)-disk-0.qcow2,size=16M\n")
+        let hotplug = node.pvectl("apply", ["--auto-approve"], only: ["storage", "qemu/\(vmid)"])
+        try #require(hotplug.status == 0, "\(hotplug.output)\n\(hotplug.error)")
+        let grown = try await offPool {
+            console.waitForLine(seconds: 120) { line in
+                let facts = SerialConsole.facts(line)
+                return facts["nics"] == 2 && facts["disks"] == 1 && facts["cpus"] == 2 && (facts["memkb"] ?? 0) > bootMemory + 400_000
+            }
+        }
+        #expect(grown != nil, "the guest did not see all hot-plugged devices: \(console.lines.suffix(5))")
+
+        // Unplug: the guest releases the NIC (device_del completes).
+        try node.write(node.config.replacingOccurrences(of: "net1: ", with: "#net1: "))
+        let unplug = node.pvectl("apply", ["--auto-approve"])
+        #expect(unplug.status == 0, "\(unplug.output)\n\(unplug.error)")
+        let shrunk = try await offPool { console.waitForLine(seconds: 60) { SerialConsole.facts($0)["nics"] == 1 } }
+        #expect(shrunk != nil, "\(console.lines.suffix(5))")
+        #expect(!(try await node.devices()).contains("net1"))
+
+        // Stop: the guest gets the ACPI power button and powers off.
+        try node.write(node.config + "template: 1\n")
+        let stop = node.pvectl("apply", ["--auto-approve"])
+        #expect(stop.status == 0, "\(stop.output)\n\(stop.error)")
+        #expect(stop.output.contains("stopped (ACPI shutdown)"), "\(stop.output)")
+        _ = try await offPool { console.waitForLine(seconds: 5) { $0.contains("powering off") } }
+        #expect(console.lines.contains { $0.contains("GUEST acpi power button") }, "\(console.lines.suffix(5))")
+    }
+}

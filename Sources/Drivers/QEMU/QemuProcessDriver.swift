@@ -100,7 +100,16 @@ public struct QemuProcessDriver: QemuDriver {
 
     public func start(vmid: Int, arguments: [String]) async throws {
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        if let pid = pid(vmid), Self.isQemu(pid) { throw Failure(description: "VM \(vmid) is already running (pid \(pid))") }
+        if let pid = pid(vmid), Self.isQemu(pid) {
+            // A powered-off guest held by -no-shutdown is replaced; a running one is not.
+            let client = try? QMPClient(path: qmpSocket(vmid), timeout: 3)
+            guard ((try? client?.execute("query-status")) as? [String: Any])?["status"] as? String == "shutdown" else {
+                throw Failure(description: "VM \(vmid) is already running (pid \(pid))")
+            }
+            _ = try? client?.execute("quit")
+            if !(await waitForExit(pid, seconds: 5)) { kill(pid, SIGKILL) }
+            _ = await waitForExit(pid, seconds: 5)
+        }
         cleanUp(vmid)
         let log = "\(runDirectory)/\(vmid).log"
         let child = try DetachedProcess.spawn(arguments, log: log)
@@ -127,10 +136,23 @@ public struct QemuProcessDriver: QemuDriver {
             cleanUp(vmid)
             return "was not running"
         }
-        _ = try? QMPClient(path: qmpSocket(vmid), timeout: 3).execute("system_powerdown")
-        if await waitForExit(pid, seconds: timeout) {
+        // With -no-shutdown a guest that powers off leaves QEMU in the
+        // "shutdown" state (qemu-server's qmeventd then quits it): that
+        // counts as the ACPI shutdown having worked.
+        let client = try? QMPClient(path: qmpSocket(vmid), timeout: 3)
+        _ = try? client?.execute("system_powerdown")
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if !Self.isQemu(pid) { break }
+            if let status = ((try? client?.execute("query-status")) as? [String: Any])?["status"] as? String, status == "shutdown" {
+                _ = try? client?.execute("quit")
+                break
+            }
+            try? await Task.sleep(nanoseconds: 100_000_000)
+        }
+        if await waitForExit(pid, seconds: 5) {
             cleanUp(vmid)
-            return "ACPI shutdown"
+            if Date() < deadline { return "ACPI shutdown" }
         }
         _ = try? QMPClient(path: qmpSocket(vmid), timeout: 3).execute("quit")
         var how = "hard stop after \(Int(timeout)) s: quit"

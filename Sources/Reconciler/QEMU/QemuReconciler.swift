@@ -351,7 +351,10 @@ public struct QemuReconciler: Sendable {
             let commandText = "start: " + QemuCommandLine.render(Array(arguments.prefix(3)), pretty: false).trimmingCharacters(in: .whitespacesAndNewlines)
                 + " … (\(arguments.count) arguments, \(acceleration.kvm ? "KVM" : "TCG"))"
 
-            switch observed.state {
+            // A guest that powered itself off (QEMU kept by -no-shutdown) is stopped.
+            var runState = observed.state
+            if case .running(_, "shutdown") = runState { runState = .stopped }
+            switch runState {
             case .running(let pid, _):
                 if case .stop(let why) = intent {
                     computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: source,
@@ -427,7 +430,7 @@ public struct QemuReconciler: Sendable {
             case .stopped, .crashed:
                 guard case .run(let why) = intent else { continue }
                 var message = "start: \(why)"
-                if case .crashed(let pid) = observed.state { message = "start again: QEMU (pid \(pid)) is gone (crashed or killed); \(why)" }
+                if case .crashed(let pid) = runState { message = "start again: QEMU (pid \(pid)) is gone (crashed or killed); \(why)" }
                 else if record != nil { message = "start again: QEMU is not running; \(why)" }
                 var operations: [String] = []
                 let write = writeBack(keys: Set(generated.keys), fromPending: pendingKeys)
