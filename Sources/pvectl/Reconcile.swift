@@ -302,6 +302,7 @@ struct StatusCommand: AsyncParsableCommand {
           pvectl status --only network --json
           pvectl status --only storage          (like pvesm status)
           pvectl status --only firewall
+          pvectl status --only qemu             (each VM's run state, and KVM or TCG)
         """
     )
 
@@ -406,6 +407,35 @@ struct StatusCommand: AsyncParsableCommand {
                             message: "\(firewall.records.rules.count) rules loaded; \(firewall.records.ports.count) guest NIC(s) behind firewall bridges",
                             pendingChanges: []))
         }
+        if ResourceSelector.wants(selectors, kind: "qemu"), let acceleration = computation.qemu.acceleration {
+            rows.append(Row(id: "qemu/accelerator", condition: acceleration.kvm ? "KVM" : "TCG", message: acceleration.reason, pendingChanges: []))
+            for status in computation.qemu.statuses {
+                let id = "qemu/\(status.vmid)"
+                let change = pending[id]
+                let record = computation.qemu.records.vms[String(status.vmid)]
+                var condition: String
+                switch status.state {
+                case .running(_, "shutdown"): condition = "Stopped"
+                case .running: condition = "Running"
+                case .stopped: condition = "Stopped"
+                case .crashed: condition = "Crashed"
+                }
+                switch change?.action {
+                case .blocked?: condition = "Blocked"
+                case .pending?: condition += ", restart pending"
+                case nil: break
+                default: condition += ", changes pending"
+                }
+                var message = "\(status.name.map { $0 + ": " } ?? "")\(status.state); should be \(status.intent)"
+                if let record { message += "; \(record.accelerator.uppercased())" }
+                rows.append(Row(id: id, condition: condition, updatedAt: record?.startedAt, message: message,
+                                pendingChanges: change?.changes.map(\.field) ?? []))
+            }
+        }
+        for resource in plan.resources where resource.kind == "qemu" && !rows.contains(where: { $0.id == resource.id }) {
+            rows.append(Row(id: resource.id, condition: resource.action == .blocked ? "Blocked" : "Pending", message: resource.message,
+                            pendingChanges: resource.changes.map(\.field)))
+        }
         for storage in storageRows where pending["storage/" + storage.name] == nil {
             rows.append(Row(id: "storage/" + storage.name, condition: storage.active ? "Ready" : "Inactive", message: storage.reason, pendingChanges: []))
         }
@@ -428,12 +458,14 @@ struct StatusCommand: AsyncParsableCommand {
         }
         let formatter = ISO8601DateFormatter()
         let idWidth = max(8, rows.map(\.id.count).max() ?? 0)
-        printOut("RESOURCE".padding(toLength: idWidth + 2, withPad: " ", startingAt: 0) + "CONDITION    GENERATION        UPDATED               DETAIL\n")
+        let conditionWidth = max(13, (rows.map(\.condition.count).max() ?? 0) + 2)
+        printOut("RESOURCE".padding(toLength: idWidth + 2, withPad: " ", startingAt: 0)
+                 + "CONDITION".padding(toLength: conditionWidth, withPad: " ", startingAt: 0) + "GENERATION        UPDATED               DETAIL\n")
         for row in rows {
             var detail = row.message ?? ""
             if !row.pendingChanges.isEmpty { detail = "changes: " + Array(Set(row.pendingChanges)).sorted().joined(separator: ", ") }
             printOut(row.id.padding(toLength: idWidth + 2, withPad: " ", startingAt: 0)
-                     + row.condition.padding(toLength: 13, withPad: " ", startingAt: 0)
+                     + row.condition.padding(toLength: conditionWidth, withPad: " ", startingAt: 0)
                      + (row.generation ?? "-").padding(toLength: 18, withPad: " ", startingAt: 0)
                      + (row.updatedAt.map { formatter.string(from: $0) } ?? "-").padding(toLength: 22, withPad: " ", startingAt: 0)
                      + detail + "\n")

@@ -172,7 +172,8 @@ struct QemuLifecycleTests {
         let first = node.vmid, second = node.vmid + 1, idle = node.vmid + 2
         let base = "memory: 128\nstartup: order=%d,up=1,down=1\n"
         try node.directory.write("root/nodes/localhost/qemu-server/\(first).conf", String(format: base, 2) + "onboot: 1\n")
-        try node.directory.write("root/nodes/localhost/qemu-server/\(second).conf", String(format: base, 1) + "onboot: 1\n")
+        // q35 needs the machine layouts qemu-server ships; without it they are written next to the VM's files.
+        try node.directory.write("root/nodes/localhost/qemu-server/\(second).conf", String(format: base, 1) + "onboot: 1\nmachine: q35\n")
         try node.directory.write("root/nodes/localhost/qemu-server/\(idle).conf", "memory: 128\n")
         let apply = node.pvectl("apply", ["--auto-approve"], only: ["qemu"])
         try #require(apply.status == 0, "\(apply.output)\n\(apply.error)")

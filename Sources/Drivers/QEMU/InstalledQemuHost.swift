@@ -23,6 +23,10 @@ public enum InstalledQemuHost {
         profile.proxmoxQEMU = versionText(of: binary).contains("pve")
         if !FileManager.default.fileExists(atPath: profile.bootSplash ?? "") { profile.bootSplash = nil }
         profile.bridgeScripts = FileManager.default.isExecutableFile(atPath: "/usr/libexec/qemu-server/pve-bridge")
+        if !FileManager.default.fileExists(atPath: profile.machineConfigDirectory + "/pve-q35-4.0.cfg") {
+            // QemuProcessDriver writes the layouts there before a start.
+            profile.machineConfigDirectory = "/var/run/qemu-server"
+        }
         return profile
     }
 

@@ -111,6 +111,13 @@ public struct QemuProcessDriver: QemuDriver {
             _ = await waitForExit(pid, seconds: 5)
         }
         cleanUp(vmid)
+        // Machine layouts the command line reads from the run directory (no qemu-server here).
+        for (flag, path) in zip(arguments, arguments.dropFirst()) where flag == "-readconfig" && path.hasPrefix("/var/run/qemu-server/") {
+            let name = (path as NSString).lastPathComponent
+            if let text = QemuMachineLayouts.file(named: name) {
+                try Data(text.utf8).write(to: URL(fileURLWithPath: runDirectory + "/" + name), options: .atomic)
+            }
+        }
         let log = "\(runDirectory)/\(vmid).log"
         let child = try DetachedProcess.spawn(arguments, log: log)
         // With -daemonize the first process exits once the VM is set up.

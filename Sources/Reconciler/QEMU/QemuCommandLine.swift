@@ -223,7 +223,7 @@ public struct QemuCommandLine {
             cmd += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
         }
         if q35 {
-            devices += ["-readconfig", atLeast(4, 0) ? "/usr/share/qemu-server/pve-q35-4.0.cfg" : "/usr/share/qemu-server/pve-q35.cfg"]
+            devices += ["-readconfig", host.machineConfigDirectory + (atLeast(4, 0) ? "/pve-q35-4.0.cfg" : "/pve-q35.cfg")]
         }
         if let vmgenid = conf["vmgenid"], vmgenid != "0" { devices += ["-device", "vmgenid,guid=\(vmgenid)"] }
 
@@ -908,7 +908,7 @@ public struct QemuCommandLine {
             if Self.boolean(PropertyString(parsing: value)["usb3"]) == true { usb3 = true } else { usb2 = true }
         }
         if !qemuXHCI && !q35 && usb2 && arch != "aarch64" {
-            devices += ["-readconfig", "/usr/share/qemu-server/pve-usb.cfg"]
+            devices += ["-readconfig", host.machineConfigDirectory + "/pve-usb.cfg"]
         }
         var scratch = bridges
         let address = Self.pciAddress("xhci", bridges: &scratch)

@@ -29,6 +29,9 @@ public struct QemuHostProfile: Sendable {
     /// Whether taps are bridged by qemu-server's pve-bridge script; without
     /// it QEMU creates them with `script=no` and the QEMU kind enslaves them.
     public var bridgeScripts = true
+    /// Where the `-readconfig` machine layouts are (qemu-server ships them in
+    /// /usr/share/qemu-server; elsewhere the QEMU driver writes its own).
+    public var machineConfigDirectory = "/usr/share/qemu-server"
     /// Proxmox VE's patched QEMU knows `+pveN` machine versions; stock QEMU does not.
     public var proxmoxQEMU = true
     /// AMD SEV facts of the host CPU (query-sev-capabilities), nil without SEV.

@@ -1,0 +1,210 @@
+import Foundation
+@testable import Reconciler
+import Resources
+import Testing
+
+/// The QEMU kind's pure core: which VMs run, what the config QEMU should run
+/// is, which values get generated and written back, how each change reaches a
+/// running VM, and the plan it all makes. (The real QEMU is driven in DriversTests.)
+@Suite("QEMU kind: the pure core")
+struct QemuReconcilerTests {
+    /// Answers observations from a table; never changes anything.
+    struct TableDriver: QemuDriver {
+        var observed: [Int: ObservedVM] = [:]
+        func acceleration(setting: String) -> QemuAcceleration { QemuAcceleration(kvm: false, reason: "test node") }
+        func hostProfile(node: String, acceleration: QemuAcceleration) -> QemuHostProfile {
+            var profile = QemuHostProfile.pve11()
+            profile.kvmAvailable = acceleration.kvm
+            profile.bridgeScripts = false
+            return profile
+        }
+        func runningVMIDs() -> [Int] {
+            observed.compactMap { if case .running = $0.value.state { $0.key } else { nil } }
+        }
+        func observe(vmid: Int, taps: [String]) async -> ObservedVM { observed[vmid] ?? ObservedVM(state: .stopped) }
+        func start(vmid: Int, arguments: [String]) async throws { Issue.record("compute must not start VMs") }
+        func stop(vmid: Int, timeout: Double) async throws -> String { Issue.record("compute must not stop VMs"); return "" }
+        func perform(vmid: Int, _ step: QemuLiveStep) async throws { Issue.record("compute must not change VMs") }
+    }
+
+    final class Tree {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("pvectl-qemu-core-\(UUID().uuidString)").path
+        init(_ files: [String: String]) throws {
+            for (path, text) in files {
+                let url = URL(fileURLWithPath: root + "/" + path)
+                try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try Data(text.utf8).write(to: url)
+            }
+        }
+        deinit { try? FileManager.default.removeItem(atPath: root) }
+        var state: DesiredState { DesiredState.load(root: root, interfaces: nil, node: "pve1") }
+        func records(_ records: QemuRecords) throws { try StateStore(directory: root + "/state").save(records, as: "qemu") }
+
+        func compute(_ driver: TableDriver, only: [String] = ["qemu"], restart: Set<Int>? = nil) async throws -> QemuReconciler.Computed {
+            try await QemuReconciler(driver: driver, store: StateStore(directory: root + "/state"), restart: restart)
+                .compute(state, only: only.compactMap(ResourceSelector.init))
+        }
+    }
+
+    static func config(_ text: String) -> GuestConfig { GuestConfig.parse(text, file: "/pve/100.conf", kind: .qemu).0 }
+
+    @Test("which VMs run: template, HA state, onboot, named with --only, else left alone")
+    func intents() {
+        typealias R = QemuReconciler
+        #expect(R.intent(vmid: 1, config: ["template": "1", "onboot": "1"], haState: "started", named: true) == .stop("template: 1"))
+        #expect(R.intent(vmid: 1, config: ["onboot": "1"], haState: "stopped", named: false) == .stop("HA state stopped"))
+        #expect(R.intent(vmid: 1, config: [:], haState: "started", named: false) == .run("HA state started"))
+        #expect(R.intent(vmid: 1, config: ["onboot": "1"], haState: "ignored", named: false) == .leave("HA state ignored"))
+        #expect(R.intent(vmid: 1, config: ["onboot": "1"], haState: nil, named: false) == .run("onboot: 1"))
+        #expect(R.intent(vmid: 1, config: ["onboot": "0"], haState: nil, named: true) == .run("named with --only"))
+        #expect(R.intent(vmid: 1, config: [:], haState: nil, named: false) == .leave("onboot is not set"))
+    }
+
+    @Test("[PENDING] values replace the main section's and its delete: removes keys")
+    func pendingApplies() {
+        let config = Self.config("memory: 512\ncores: 1\nballoon: 256\n\n[PENDING]\nmemory: 1024\ndelete: balloon\n")
+        let effective = QemuReconciler.effectiveConfig(config)
+        #expect(effective["memory"] == "1024")
+        #expect(effective["cores"] == "1")
+        #expect(effective["balloon"] == nil)
+    }
+
+    @Test("generated MAC, SMBIOS UUID and vmgenid: derived from the file, only where missing")
+    func generation() {
+        let config = ["net0": "virtio,bridge=vmbr0", "net1": "model=e1000,bridge=vmbr1", "net2": "virtio=02:00:00:00:00:01,bridge=vmbr0",
+                      "smbios1": "manufacturer=acme", "vmgenid": "1"]
+        let first = QemuReconciler.generatedValues(vmid: 100, config: config, seed: "a", macPrefix: "BC:24:11")
+        #expect(first == QemuReconciler.generatedValues(vmid: 100, config: config, seed: "a", macPrefix: "BC:24:11"), "a plan and its apply agree")
+        #expect(first != QemuReconciler.generatedValues(vmid: 100, config: config, seed: "b", macPrefix: "BC:24:11"))
+        let mac = try? #require(first["net0"]?.split(separator: ",").first?.split(separator: "=").last.map(String.init))
+        #expect(mac?.hasPrefix("BC:24:11:") == true && mac?.count == 17, "\(first)")
+        #expect(first["net1"]?.hasPrefix("model=e1000,bridge=vmbr1,macaddr=BC:24:11:") == true, "\(first)")
+        #expect(first["net2"] == nil, "an existing MAC stays")
+        #expect(first["smbios1"]?.hasPrefix("uuid=") == true && first["smbios1"]?.hasSuffix(",manufacturer=acme") == true)
+        #expect(first["vmgenid"]?.count == 36)
+        let short = QemuReconciler.generatedValues(vmid: 100, config: ["net0": "virtio,bridge=vmbr0", "smbios1": "uuid=x"], seed: "a", macPrefix: "02:AA")
+        #expect(short["net0"]?.hasPrefix("virtio=02:AA:") == true, "\(short)")
+        #expect(short["smbios1"] == nil)
+    }
+
+    @Test("write-back sets values and moves applied keys out of [PENDING], keeping the rest pending")
+    func rewrite() {
+        let config = Self.config("name: a\nmemory: 512\n\n[PENDING]\nmemory: 1024\nmachine: q35\ndelete: tags\n")
+        let partial = QemuReconciler.rewritten(config, values: ["memory": "1024"], removing: [], fromPending: ["memory"])
+        #expect(partial.contains("memory: 1024\n"))
+        #expect(partial.contains("[PENDING]\nmachine: q35\ndelete: tags\n") || partial.contains("[PENDING]\ndelete: tags\nmachine: q35\n"), "\(partial)")
+        #expect(!partial.contains("memory: 512"))
+        let all = QemuReconciler.rewritten(config, values: ["memory": "1024", "machine": "q35"], removing: ["tags"],
+                                           fromPending: ["memory", "machine", "tags"])
+        #expect(!all.contains("[PENDING]"), "\(all)")
+        #expect(all.contains("machine: q35"))
+    }
+
+    @Test("how a change reaches a running VM")
+    func classification() {
+        let arguments = QemuArguments(["/usr/bin/kvm", "-netdev", "type=tap,id=net1,ifname=tap100i1,script=no,downscript=no",
+                                       "-device", "virtio-net-pci,mac=BC:24:11:00:00:02,netdev=net1,bus=pci.0,addr=0x13,id=net1",
+                                       "-drive", "file=/d.qcow2,if=none,id=drive-virtio1,format=qcow2", "-device", "virtio-blk-pci,drive=drive-virtio1,id=virtio1,bus=pci.0,addr=0xb",
+                                       "-m", "size=1024,slots=255,maxmem=4096M",
+                                       "-object", "memory-backend-ram,id=mem-dimm0,size=512M", "-device", "pc-dimm,id=dimm0,memdev=mem-dimm0,node=0"])
+        func change(_ key: String, _ old: String?, _ new: String?, extra: [String: String] = [:], present: Set<String>? = nil) -> QemuKeyChange {
+            var running = extra, desired = extra
+            running[key] = old
+            desired[key] = new
+            return QemuLiveChanges.change(vmid: 100, key: key, running: running, desired: desired, arguments: arguments, present: present)
+        }
+        let balloon = change("balloon", "512", "768")
+        #expect(balloon.changeClass == .live && balloon.steps == [.qmp("balloon", arguments: "{\"value\":805306368}")])
+        #expect(change("balloon", "512", "0").changeClass == .restart)
+        #expect(change("machine", nil, "q35").changeClass == .restart)
+        #expect(change("name", "a", "b").changeClass == .none)
+        let link = change("net0", "virtio=BC:24:11:00:00:01,bridge=vmbr0", "virtio=BC:24:11:00:00:01,bridge=vmbr0,link_down=1")
+        #expect(link.changeClass == .live && link.steps == [.qmp("set_link", arguments: "{\"name\":\"net0\",\"up\":false}")])
+        let bridge = change("net0", "virtio=BC:24:11:00:00:01,bridge=vmbr0", "virtio=BC:24:11:00:00:01,bridge=vmbr1,tag=5")
+        #expect(bridge.steps == [.attachTap(tap: "tap100i0", bridge: "vmbr1", tag: 5)])
+        let added = change("net1", nil, "virtio=BC:24:11:00:00:02,bridge=vmbr0")
+        #expect(added.changeClass == .live)
+        #expect(added.steps == [.monitor("netdev_add type=tap,id=net1,ifname=tap100i1,script=no,downscript=no"),
+                                .attachTap(tap: "tap100i1", bridge: "vmbr0", tag: nil),
+                                .monitor("device_add virtio-net-pci,mac=BC:24:11:00:00:02,netdev=net1,bus=pci.0,addr=0x13,id=net1")])
+        let noNetworkHotplug = change("net1", nil, "virtio=BC:24:11:00:00:02,bridge=vmbr0", extra: ["hotplug": "disk"])
+        #expect(noNetworkHotplug.changeClass == .restart && noNetworkHotplug.reason == "hotplug does not include network")
+        let disk = change("virtio1", nil, "local:100/vm-100-disk-1.qcow2,size=1G")
+        #expect(disk.steps == [.monitor("drive_add auto file=/d.qcow2,if=none,id=drive-virtio1,format=qcow2"),
+                               .monitor("device_add virtio-blk-pci,drive=drive-virtio1,id=virtio1,bus=pci.0,addr=0xb")])
+        #expect(change("virtio1", "local:100/vm-100-disk-1.qcow2,size=1G", "local:100/vm-100-disk-1.qcow2,size=2G").changeClass == .none,
+                "growing is the storage kind's")
+        #expect(change("ide0", nil, "local:100/vm-100-disk-1.qcow2").changeClass == .restart)
+        #expect(change("vcpus", "1", "2", extra: ["cores": "2"]).changeClass == .restart, "cpu is not in the default hotplug")
+        #expect(change("vcpus", "1", "2", extra: ["cores": "2", "hotplug": "cpu"]).steps == [.setCPUs(count: 2)])
+        #expect(change("vcpus", "1", "3", extra: ["cores": "2", "hotplug": "cpu"]).changeClass == .restart)
+        #expect(change("memory", "1024", "1536", extra: ["hotplug": "memory"]).reason == "memory hot-plug needs numa: 1")
+        let memory = change("memory", "1024", "1536", extra: ["hotplug": "memory", "numa": "1"], present: ["net0"])
+        #expect(memory.steps == [.monitor("object_add memory-backend-ram,id=mem-dimm0,size=512M"),
+                                 .monitor("device_add pc-dimm,id=dimm0,memdev=mem-dimm0,node=0")])
+        let shrink = change("memory", "2048", "1536", extra: ["hotplug": "memory", "numa": "1"], present: ["dimm0", "dimm1"])
+        #expect(shrink.steps == [.unplug(id: "dimm1"), .qmpIgnoringFailure("object-del", arguments: "{\"id\":\"mem-dimm1\"}")])
+    }
+
+    @Test("machine layouts for hosts without qemu-server: q35 with four PCIe root ports and its PCI bridges")
+    func layouts() throws {
+        let q35 = try #require(QemuMachineLayouts.file(named: "pve-q35-4.0.cfg"))
+        #expect(q35.components(separatedBy: "driver = \"pcie-root-port\"").count == 5)
+        #expect(q35.contains("[device \"pci.3\"]\n  driver = \"pci-bridge\"\n  bus = \"pcidmi\"\n  addr = \"4.0\"\n  chassis_nr = \"4\"\n"))
+        #expect(q35.contains("[device \"uhci-5\"]\n  driver = \"ich9-usb-uhci5\"\n  multifunction = \"on\"\n  bus = \"pcie.0\"\n  addr = \"1a.1\"\n  masterbus = \"ehci-2.0\"\n  firstport = \"2\"\n"))
+        let old = try #require(QemuMachineLayouts.file(named: "pve-q35.cfg"))
+        #expect(old.contains("ioh3420") && !old.contains("pci.3"))
+        #expect(QemuMachineLayouts.file(named: "pve-usb.cfg")?.contains("\n  bus = ") == false)
+        #expect(QemuMachineLayouts.file(named: "other.cfg") == nil)
+    }
+
+    @Test("plans: start, adopt, live update, pending only, --restart, stop template, orphan, frozen")
+    func plans() async throws {
+        let tree = try Tree([
+            "nodes/pve1/qemu-server/100.conf": "onboot: 1\nmemory: 512\nnet0: virtio=BC:24:11:00:00:01,bridge=vmbr0\n",
+            "nodes/pve1/qemu-server/101.conf": "memory: 512\nmachine: pc-i440fx-9.0\nnet0: virtio=BC:24:11:00:00:02,bridge=vmbr0\nnet1: virtio=BC:24:11:00:00:03,bridge=vmbr0\n",
+            "nodes/pve1/qemu-server/102.conf": "memory: 512\nmachine: q35\n",
+            "nodes/pve1/qemu-server/103.conf": "memory: 512\ntemplate: 1\n",
+            "nodes/pve1/qemu-server/104.conf": "memory 512\n",
+            "nodes/pve1/qemu-server/105.conf": "memory: 512\n",
+        ])
+        var records = QemuRecords()
+        records.vms["101"] = QemuVMRecord(pid: 11, running: ["memory": "512", "net0": "virtio=BC:24:11:00:00:02,bridge=vmbr0"],
+                                          startedAt: Date(), accelerator: "tcg")
+        records.vms["102"] = QemuVMRecord(pid: 12, running: ["memory": "512"], startedAt: Date(), accelerator: "tcg")
+        try tree.records(records)
+        let driver = TableDriver(observed: [
+            101: ObservedVM(state: .running(pid: 11, status: "running"), deviceIDs: ["net0"]),
+            102: ObservedVM(state: .running(pid: 12, status: "running"), deviceIDs: []),
+            103: ObservedVM(state: .running(pid: 13, status: "running")),
+            104: ObservedVM(state: .running(pid: 14, status: "running")),
+            105: ObservedVM(state: .running(pid: 15, status: "running")),
+            999: ObservedVM(state: .running(pid: 19, status: "running")),
+        ])
+        let computed = try await tree.compute(driver)
+        let byName = Dictionary(uniqueKeysWithValues: computed.resources.map { ($0.name, $0) })
+        #expect(byName["100"]?.action == .create)
+        #expect(byName["101"]?.action == .update, "a new NIC is live; the machine type waits")
+        #expect(byName["101"]?.changes.first { $0.field == "net1" }?.changeClass == .live)
+        #expect(byName["101"]?.changes.first { $0.field == "machine" }?.changeClass == .restart)
+        #expect(byName["102"]?.action == .pending)
+        #expect(byName["103"]?.action == .delete && byName["103"]?.message == "stop: template: 1")
+        #expect(byName["104"]?.action == .blocked, "a broken config freezes its VM: \(computed.resources)")
+        #expect(byName["105"]?.action == .update && byName["105"]?.message?.hasPrefix("adopt") == true)
+        #expect(byName["999"]?.action == .delete)
+        #expect(computed.notes.contains { $0.contains("TCG") })
+
+        let pendingOnly = Plan(node: "pve1", inputs: [:], resources: computed.resources.filter { $0.name == "102" })
+        #expect(!pendingOnly.hasChanges, "only pending changes: nothing for apply to do")
+        #expect(pendingOnly.summary.pending == 1)
+
+        let restarting = try await tree.compute(driver, only: ["qemu/102"], restart: [])
+        #expect(restarting.resources.map(\.action) == [.replace])
+        if case .restart(let timeout, let spec)? = restarting.vms.first?.action {
+            #expect(timeout == 180)
+            #expect(spec.arguments.contains("accel=tcg,type=q35+pve0"), "\(spec.arguments)")
+        } else {
+            Issue.record("expected a restart: \(restarting.vms.map(\.action))")
+        }
+    }
+}
