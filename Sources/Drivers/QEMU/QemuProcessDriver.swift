@@ -111,6 +111,7 @@ public struct QemuProcessDriver: QemuDriver {
             _ = await waitForExit(pid, seconds: 5)
         }
         cleanUp(vmid)
+        await waitForTapsGone(vmid)
         // Machine layouts the command line reads from the run directory (no qemu-server here).
         for (flag, path) in zip(arguments, arguments.dropFirst()) where flag == "-readconfig" && path.hasPrefix("/var/run/qemu-server/") {
             let name = (path as NSString).lastPathComponent
@@ -149,19 +150,26 @@ public struct QemuProcessDriver: QemuDriver {
         let client = try? QMPClient(path: qmpSocket(vmid), timeout: 3)
         _ = try? client?.execute("system_powerdown")
         let deadline = Date().addingTimeInterval(timeout)
+        var poweredOff = false
         while Date() < deadline {
-            if !Self.isQemu(pid) { break }
+            if !Self.isQemu(pid) {
+                poweredOff = true
+                break
+            }
             if let status = ((try? client?.execute("query-status")) as? [String: Any])?["status"] as? String, status == "shutdown" {
                 _ = try? client?.execute("quit")
+                poweredOff = await waitForExit(pid, seconds: 5)
                 break
             }
             try? await Task.sleep(nanoseconds: 100_000_000)
         }
-        if await waitForExit(pid, seconds: 5) {
+        if poweredOff {
             cleanUp(vmid)
-            if Date() < deadline { return "ACPI shutdown" }
+            await waitForTapsGone(vmid)
+            return "ACPI shutdown"
         }
-        _ = try? QMPClient(path: qmpSocket(vmid), timeout: 3).execute("quit")
+        // QEMU's monitor serves one client at a time: the same connection says quit.
+        _ = try? (client ?? QMPClient(path: qmpSocket(vmid), timeout: 3)).execute("quit")
         var how = "hard stop after \(Int(timeout)) s: quit"
         if !(await waitForExit(pid, seconds: 5)) {
             kill(pid, SIGKILL)
@@ -169,6 +177,7 @@ public struct QemuProcessDriver: QemuDriver {
             guard await waitForExit(pid, seconds: 5) else { throw Failure(description: "QEMU \(pid) of VM \(vmid) survives SIGKILL") }
         }
         cleanUp(vmid)
+        await waitForTapsGone(vmid)
         return how
     }
 
@@ -284,6 +293,17 @@ public struct QemuProcessDriver: QemuDriver {
             try? await Task.sleep(nanoseconds: 50_000_000)
         }
         return !Self.isQemu(pid)
+    }
+
+    /// QEMU's taps go away with its last descriptor, which can be a moment
+    /// after the process is gone; a start before that finds the name busy.
+    func waitForTapsGone(_ vmid: Int, seconds: Double = 5) async {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? []
+            if !names.contains(where: { $0.hasPrefix("tap\(vmid)i") }) { return }
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
     }
 
     func cleanUp(_ vmid: Int) {
