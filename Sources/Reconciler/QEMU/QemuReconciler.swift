@@ -248,7 +248,7 @@ public struct QemuReconciler: Sendable {
     static let defaultStopTimeout = 180.0
 
     /// The file with `values` set in the main section; the keys in `fromPending` leave `[PENDING]`.
-    static func rewritten(_ config: GuestConfig, values: [String: String], removing removed: [String], fromPending: Set<String>) -> String {
+    public static func rewritten(_ config: GuestConfig, values: [String: String], removing removed: [String], fromPending: Set<String>) -> String {
         var config = config
         var main = config.main
         for key in values.keys.sorted() { main[key] = values[key] }

@@ -23,6 +23,18 @@ public enum FuzzSupport {
             if let (arguments, _) = try? QemuCommandLine(vmid: 100, config: config, storage: storage, host: .pve11()).build() {
                 precondition(!arguments.isEmpty, "an empty command line")
                 _ = QemuCommandLine.render(arguments, pretty: true)
+                // The QEMU kind on the same config: its effective values, the values
+                // it would generate and write back, and how each key would change
+                // from a VM running nothing to this config.
+                let effective = QemuReconciler.effectiveConfig(config)
+                let generated = QemuReconciler.generatedValues(vmid: 100, config: effective, seed: "fuzz", macPrefix: "BC:24:11")
+                precondition(generated == QemuReconciler.generatedValues(vmid: 100, config: effective, seed: "fuzz", macPrefix: "BC:24:11"),
+                             "generated values are not deterministic")
+                let parsed = QemuArguments(arguments)
+                for key in effective.keys {
+                    _ = QemuLiveChanges.change(vmid: 100, key: key, running: [:], desired: effective, arguments: parsed, present: [])
+                }
+                _ = QemuReconciler.rewritten(config, values: generated, removing: [], fromPending: Set(config.pending?.entries.map(\.key) ?? []))
             }
         }
     }
