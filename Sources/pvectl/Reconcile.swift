@@ -140,7 +140,11 @@ struct PlanCommand: AsyncParsableCommand {
         ? unavailable on this node, each with the file line it comes from. A
         staged interfaces.new is planned when present.
 
-        Exit codes with --detailed-exitcode: 0 no changes, 2 changes, 1 error.
+        VMs (qemu/100): + start, - stop, ~ live change over QMP, and
+        "~ (pending …)" for changes that wait for a restart (apply --restart).
+
+        Exit codes with --detailed-exitcode: 0 no changes (pending restarts
+        do not count), 2 changes, 1 error.
 
         Examples:
           pvectl plan
@@ -148,6 +152,7 @@ struct PlanCommand: AsyncParsableCommand {
           pvectl plan --only storage/local-lvm
           pvectl plan --only firewall              (rule-level changes with file:line)
           pvectl plan --out /tmp/net.plan --detailed-exitcode
+          pvectl plan --only qemu/100
         """
     )
 
@@ -190,6 +195,8 @@ struct ApplyCommand: AsyncParsableCommand {
           pvectl apply --auto-approve --only network
           pvectl apply --auto-approve --only storage
           pvectl apply --auto-approve --only firewall
+          pvectl apply --auto-approve --only qemu/100            (start it, or change it live)
+          pvectl apply --auto-approve --restart --only qemu/100  (also restart it for pending changes)
           pvectl apply /tmp/net.plan
         """
     )
