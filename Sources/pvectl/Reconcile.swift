@@ -109,7 +109,17 @@ struct ReconcileOptions: ParsableArguments {
         }
         var qemu = QemuReconciler.Computed()
         if ResourceSelector.wants(selectors, kind: "qemu") {
-            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: cpuModels())
+            // A VM cannot start with a disk on a storage this node does not serve.
+            var inactive: [String: String] = [:]
+            let storageForVMs = ResourceSelector.wants(selectors, kind: "storage") ? storage
+                : try await storageReconciler.compute(state, only: [ResourceSelector("storage")!])
+            // Storages this same apply creates or activates first are not in the way.
+            let fixedFirst = ResourceSelector.wants(selectors, kind: "storage")
+                ? Set(storage.resources.filter { [.create, .update].contains($0.action) && !$0.name.contains(":") }.map(\.name)) : []
+            for status in storageForVMs.statuses where !status.active && !fixedFirst.contains(status.storage.id) {
+                inactive[status.storage.id] = status.reason ?? "inactive"
+            }
+            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: cpuModels(), inactiveStorages: inactive)
         }
         if reportProblems { for problem in network.problems + storage.problems + firewall.problems + qemu.problems { printError(problem.description) } }
         let plan = Plan(node: tree.nodeName, inputs: state.digests,

@@ -146,6 +146,19 @@ struct QemuReconcilerTests {
         #expect(shrink.steps == [.unplug(id: "dimm1"), .qmpIgnoringFailure("object-del", arguments: "{\"id\":\"mem-dimm1\"}")])
     }
 
+    @Test("a VM with a disk on a storage this node does not serve is not started: unavailable, with the reason")
+    func inactiveStorage() async throws {
+        let tree = try Tree([
+            "storage.cfg": "dir: slow\n\tpath /srv/slow\n\tcontent images\n",
+            "nodes/pve1/qemu-server/110.conf": "onboot: 1\nmemory: 512\nscsi0: slow:110/vm-110-disk-0.qcow2,size=1G\nide2: none,media=cdrom\n",
+        ])
+        let computed = try await QemuReconciler(driver: TableDriver(), store: StateStore(directory: tree.root + "/state"))
+            .compute(tree.state, only: [ResourceSelector("qemu")!], inactiveStorages: ["slow": "disabled"])
+        #expect(computed.resources.map(\.action) == [.unavailable])
+        #expect(computed.resources.first?.message == "cannot start (onboot: 1): scsi0 is on storage slow, which is not active here (disabled)")
+        #expect(computed.vms.isEmpty)
+    }
+
     @Test("machine layouts for hosts without qemu-server: q35 with four PCIe root ports and its PCI bridges")
     func layouts() throws {
         let q35 = try #require(QemuMachineLayouts.file(named: "pve-q35-4.0.cfg"))

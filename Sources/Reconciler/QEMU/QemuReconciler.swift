@@ -268,7 +268,10 @@ public struct QemuReconciler: Sendable {
         return config.losslessText()
     }
 
-    public func compute(_ state: DesiredState, only: [ResourceSelector], cpuModels: SectionConfigFile? = nil) async throws -> Computed {
+    /// - Parameter inactiveStorages: storages this node cannot serve now, with the
+    ///   reason (from the storage kind): a VM with a disk there cannot start.
+    public func compute(_ state: DesiredState, only: [ResourceSelector], cpuModels: SectionConfigFile? = nil,
+                        inactiveStorages: [String: String] = [:]) async throws -> Computed {
         var computed = Computed()
         computed.records = try store.load("qemu", as: QemuRecords.self) ?? QemuRecords()
         let acceleration = driver.acceleration(setting: accelerationSetting)
@@ -429,6 +432,16 @@ public struct QemuReconciler: Sendable {
                                            order: startup.order))
             case .stopped, .crashed:
                 guard case .run(let why) = intent else { continue }
+                let blockedDisks = desired.keys.sorted().filter { GuestConfig.isDriveKey($0) && !QemuLiveChanges.isCDROM(desired[$0]) }.compactMap { key -> String? in
+                    let volume = QemuLiveChanges.parse(desired[key]!)[""] ?? ""
+                    guard let colon = volume.firstIndex(of: ":"), let reason = inactiveStorages[String(volume[..<colon])] else { return nil }
+                    return "\(key) is on storage \(volume[..<colon]), which is not active here (\(reason))"
+                }
+                if !blockedDisks.isEmpty {
+                    computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .unavailable, source: source, changes: [],
+                                                           message: "cannot start (\(why)): " + blockedDisks.joined(separator: "; ")))
+                    continue
+                }
                 var message = "start: \(why)"
                 if case .crashed(let pid) = runState { message = "start again: QEMU (pid \(pid)) is gone (crashed or killed); \(why)" }
                 else if record != nil { message = "start again: QEMU is not running; \(why)" }
