@@ -166,6 +166,25 @@ struct QemuLifecycleTests {
         #expect(node.pvectl("plan", ["--detailed-exitcode"]).status == 0)
     }
 
+    @Test("a firewalled NIC: the VM's tap goes behind its firewall bridge in the same apply; a stop removes the firewall bridge")
+    func firewalledNIC() async throws {
+        let node = try QemuTestNode(storage: false)
+        let vmid = node.vmid
+        try node.directory.write("root/firewall/cluster.fw", "[OPTIONS]\nenable: 1\n")
+        try node.directory.write("root/firewall/\(vmid).fw", "[OPTIONS]\nenable: 1\n\n[RULES]\nIN ACCEPT -p tcp -dport 22\n")
+        try node.write("memory: 128\nonboot: 1\nstartup: down=1\nnet0: virtio,bridge=vmbr0,firewall=1\n")
+        let only = ["qemu/\(vmid)", "firewall"]
+        let apply = node.pvectl("apply", ["--auto-approve"], only: only)
+        try #require(apply.status == 0, "\(apply.output)\n\(apply.error)")
+        #expect(try node.master("tap\(vmid)i0") == "fwbr\(vmid)i0")
+        #expect(try node.master("fwpr\(vmid)p0") == "vmbr0")
+        #expect(node.pvectl("plan", ["--detailed-exitcode"], only: only).status == 0, "the firewall bridge is not drift for the QEMU kind")
+        try node.write(node.config + "template: 1\n")
+        #expect(node.pvectl("apply", ["--auto-approve"], only: only).status == 0)
+        #expect(try node.namespace.link("fwbr\(vmid)i0") == nil, "pve-bridgedown's clean-up")
+        #expect(node.pvectl("plan", ["--detailed-exitcode"], only: only).status == 0)
+    }
+
     @Test("onboot and startup order on a full run; a removed config stops its VM; a broken config freezes it")
     func ordering() async throws {
         let node = try QemuTestNode(storage: false)

@@ -166,6 +166,7 @@ public struct QemuProcessDriver: QemuDriver {
         if poweredOff {
             cleanUp(vmid)
             await waitForTapsGone(vmid)
+            await removeFirewallBridges(vmid)
             return "ACPI shutdown"
         }
         // QEMU's monitor serves one client at a time: the same connection says quit.
@@ -178,6 +179,7 @@ public struct QemuProcessDriver: QemuDriver {
         }
         cleanUp(vmid)
         await waitForTapsGone(vmid)
+        await removeFirewallBridges(vmid)
         return how
     }
 
@@ -304,6 +306,15 @@ public struct QemuProcessDriver: QemuDriver {
             if !names.contains(where: { $0.hasPrefix("tap\(vmid)i") }) { return }
             try? await Task.sleep(nanoseconds: 20_000_000)
         }
+    }
+
+    /// What pve-bridgedown does when a VM's taps go: its firewall bridges and
+    /// their veth pairs (fwbr/fwpr/fwln) are removed with it.
+    func removeFirewallBridges(_ vmid: Int) async {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? []
+        let leftovers = names.filter { $0.hasPrefix("fwbr\(vmid)i") || $0.hasPrefix("fwpr\(vmid)p") }.sorted()
+        guard !leftovers.isEmpty else { return }
+        _ = try? await Command.run(["ip", "-force", "-batch", "-"], input: leftovers.map { "link del dev \($0)\n" }.joined())
     }
 
     func cleanUp(_ vmid: Int) {
