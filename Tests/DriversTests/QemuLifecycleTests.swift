@@ -92,6 +92,7 @@ struct QemuLifecycleTests {
         vmgenid: 1
         net0: virtio,bridge=vmbr0
         virtio0: vmstore:\(vmid)/vm-\(vmid)-disk-0.qcow2,size=32M
+        ide2: none,media=cdrom
 
         """)
         let plan = node.pvectl("plan", only: ["storage", "qemu/\(vmid)"])
@@ -115,7 +116,9 @@ struct QemuLifecycleTests {
 
         // Live: a NIC, a disk, the balloon, a link; pending: the machine type.
         try FileManager.default.createDirectory(atPath: node.directory.path + "/vz/images/\(vmid)", withIntermediateDirectories: true)
+        try node.directory.write("vz/template/iso/install.iso", String(repeating: "iso9660 ", count: 4096))
         try node.write(node.config.replacingOccurrences(of: "balloon: 128", with: "balloon: 192")
+            .replacingOccurrences(of: "ide2: none,media=cdrom", with: "ide2: vmstore:iso/install.iso,media=cdrom")
             + "net1: e1000,bridge=vmbr0,link_down=1\nvirtio1: vmstore:\(vmid)/vm-\(vmid)-disk-1.qcow2,size=16M\nmachine: pc-i440fx-7.1\n")
         let edit = node.pvectl("plan", ["--detailed-exitcode"], only: ["storage", "qemu/\(vmid)"])
         #expect(edit.status == 2)
@@ -127,6 +130,7 @@ struct QemuLifecycleTests {
         let after = try await node.devices()
         #expect(after.isSuperset(of: ["net1", "virtio1"]), "\(after)")
         #expect(try node.master("tap\(vmid)i1") == "vmbr0")
+        #expect(try await node.qmp("query-block").contains("install.iso"), "the CD-ROM's new medium is inserted")
         let pending = node.pvectl("plan", ["--detailed-exitcode"])
         #expect(pending.status == 0, "only pending changes: exit 0 (\(pending.output))")
         #expect(pending.output.contains("pending"), "\(pending.output)")

@@ -113,6 +113,13 @@ struct QemuReconcilerTests {
             desired[key] = new
             return QemuLiveChanges.change(vmid: 100, key: key, running: running, desired: desired, arguments: arguments, present: present)
         }
+        let cdArguments = QemuArguments(["/usr/bin/kvm", "-drive", "file=/iso/b.iso,if=none,id=drive-ide2,media=cdrom,format=raw,aio=io_uring"])
+        let medium = QemuLiveChanges.change(vmid: 100, key: "ide2", running: ["ide2": "local:iso/a.iso,media=cdrom"],
+                                            desired: ["ide2": "local:iso/b.iso,media=cdrom"], arguments: cdArguments)
+        #expect(medium.steps == [.qmp("blockdev-change-medium", arguments: "{\"filename\":\"/iso/b.iso\",\"format\":\"raw\",\"id\":\"ide2\"}")])
+        let eject = QemuLiveChanges.change(vmid: 100, key: "ide2", running: ["ide2": "local:iso/a.iso,media=cdrom"],
+                                           desired: ["ide2": "none,media=cdrom"], arguments: cdArguments)
+        #expect(eject.steps == [.qmp("eject", arguments: "{\"force\":true,\"id\":\"ide2\"}")])
         let balloon = change("balloon", "512", "768")
         #expect(balloon.changeClass == .live && balloon.steps == [.qmp("balloon", arguments: "{\"value\":805306368}")])
         #expect(change("balloon", "512", "0").changeClass == .restart)

@@ -196,6 +196,9 @@ public enum QemuLiveChanges {
         if isNIC(key) {
             return nicChange(vmid: vmid, change: change, hotplug: hotplug.contains("network"), arguments: arguments)
         }
+        if GuestConfig.isDriveKey(key), isCDROM(old), isCDROM(new), let new {
+            return mediumChange(change, key: key, new: new, arguments: arguments)
+        }
         if isHotplugDisk(key) && !isCDROM(old) && !isCDROM(new) {
             if let old, let new, properties(old, ignoring: ["size"]) == properties(new, ignoring: ["size"]) {
                 // A size change is the storage kind's (it grows the volume and tells QEMU).
@@ -256,6 +259,42 @@ public enum QemuLiveChanges {
         change.changeClass = .live
         change.steps = steps
         return change
+    }
+
+    /// A CD-ROM's medium changes live (eject, or insert the new image), as qemu-server does.
+    static func mediumChange(_ change: QemuKeyChange, key: String, new: String, arguments: QemuArguments) -> QemuKeyChange {
+        var change = change
+        let oldOptions = properties(change.old ?? "", ignoring: [""]), newOptions = properties(new, ignoring: [""])
+        guard oldOptions == newOptions else {
+            change.reason = "only the medium of a CD-ROM drive changes while running"
+            return change
+        }
+        let volume = parse(new)[""] ?? ""
+        if volume == "none" {
+            change.changeClass = .live
+            change.steps = [.qmp("eject", arguments: "{\"force\":true,\"id\":\"\(key)\"}")]
+            return change
+        }
+        guard volume != "cdrom", let path = arguments.drive(id: "drive-" + key).flatMap(mediumPath) else {
+            change.reason = "the host's CD-ROM drive is attached only at start"
+            return change
+        }
+        let format = arguments.drive(id: "drive-" + key).flatMap { QemuArguments.options($0.value)["format"] } ?? "raw"
+        change.changeClass = .live
+        change.steps = [.qmp("blockdev-change-medium", arguments: CanonicalJSON.object(["id": .string(key), "filename": .string(path),
+                                                                                         "format": .string(format)]).text)]
+        return change
+    }
+
+    /// The image file of a `-drive` (`file=`) or `-blockdev` (the innermost `filename`).
+    static func mediumPath(_ drive: (flag: String, value: String)) -> String? {
+        if drive.flag == "-drive" { return QemuArguments.options(drive.value)["file"] }
+        var node = (try? JSONSerialization.jsonObject(with: Data(drive.value.utf8))) as? [String: Any]
+        while let current = node {
+            if let filename = current["filename"] as? String { return filename }
+            node = current["file"] as? [String: Any]
+        }
+        return nil
     }
 
     static func nicChange(vmid: Int, change: QemuKeyChange, hotplug: Bool, arguments: QemuArguments) -> QemuKeyChange {
