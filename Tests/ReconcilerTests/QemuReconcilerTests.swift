@@ -142,6 +142,20 @@ struct QemuReconcilerTests {
         #expect(change("virtio1", "local:100/vm-100-disk-1.qcow2,size=1G", "local:100/vm-100-disk-1.qcow2,size=2G").changeClass == .none,
                 "growing is the storage kind's")
         #expect(change("ide0", nil, "local:100/vm-100-disk-1.qcow2").changeClass == .restart)
+        let limits = change("sata0", "local:100/vm-100-disk-1.qcow2,size=1G", "local:100/vm-100-disk-1.qcow2,mbps_rd=1.5,iops_wr=30,size=1G")
+        #expect(limits.changeClass == .live)
+        #expect(limits.steps.first.map { "\($0)" }?.contains("\"bps_rd\":1572864") == true && limits.steps.first.map { "\($0)" }?.contains("\"iops_wr\":30") == true,
+                "\(limits.steps)")
+        let blockdev = QemuLiveChanges.throttleStep(key: "scsi0", ["mbps_rd": "2", "iops_max": "50"],
+                                                    arguments: QemuArguments(["/usr/bin/kvm", "-blockdev", "{\"driver\":\"throttle\",\"node-name\":\"drive-scsi0\"}"]))
+        let text = "\(blockdev)"
+        #expect(text.hasPrefix("qmp qom-set {\"path\":\"throttle-drive-scsi0\",\"property\":\"limits\",\"value\":{"), "\(text)")
+        #expect(text.contains("\"bps-read\":2097152") && text.contains("\"iops-total-max\":50") && text.contains("\"bps-total\":0")
+                && text.contains("\"iops-write-max\":0"), "\(text)")
+        #expect(change("virtio1", "local:100/vm-100-disk-1.qcow2,size=1G", "local:100/vm-100-disk-1.qcow2,cache=writeback,size=1G").changeClass == .restart,
+                "another option of the same volume waits for a restart")
+        #expect(change("virtio1", "local:100/vm-100-disk-2.qcow2,size=1G", "local:100/vm-100-disk-1.qcow2,size=1G").steps.first == .unplug(id: "virtio1"),
+                "another volume: unplug, then plug the new one")
         #expect(change("vcpus", "1", "2", extra: ["cores": "2"]).changeClass == .restart, "cpu is not in the default hotplug")
         #expect(change("vcpus", "1", "2", extra: ["cores": "2", "hotplug": "cpu"]).steps == [.setCPUs(count: 2)])
         #expect(change("vcpus", "1", "3", extra: ["cores": "2", "hotplug": "cpu"]).changeClass == .restart)

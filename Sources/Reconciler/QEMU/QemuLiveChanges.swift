@@ -199,12 +199,26 @@ public enum QemuLiveChanges {
         if GuestConfig.isDriveKey(key), isCDROM(old), isCDROM(new), let new {
             return mediumChange(change, key: key, new: new, arguments: arguments)
         }
-        if isHotplugDisk(key) && !isCDROM(old) && !isCDROM(new) {
-            if let old, let new, properties(old, ignoring: ["size"]) == properties(new, ignoring: ["size"]) {
+        if GuestConfig.isDriveKey(key), !isCDROM(old), !isCDROM(new), let old, let new {
+            if properties(old, ignoring: ["size"]) == properties(new, ignoring: ["size"]) {
                 // A size change is the storage kind's (it grows the volume and tells QEMU).
                 change.changeClass = .none
                 return change
             }
+            let fixed = throttleKeys.union(["size"])
+            if properties(old, ignoring: fixed) == properties(new, ignoring: fixed) {
+                // Only limits: QEMU changes them in place.
+                change.changeClass = .live
+                change.steps = [throttleStep(key: key, parse(new), arguments: arguments)]
+                return change
+            }
+            if parse(old)[""] == parse(new)[""] {
+                // The same volume with other options: qemu-server leaves that for the next start too.
+                change.reason = "disk options other than limits apply at the next start"
+                return change
+            }
+        }
+        if isHotplugDisk(key) && !isCDROM(old) && !isCDROM(new) {
             guard hotplug.contains("disk") else {
                 change.reason = "hotplug does not include disk"
                 return change
@@ -259,6 +273,47 @@ public enum QemuLiveChanges {
         change.changeClass = .live
         change.steps = steps
         return change
+    }
+
+    /// A disk's bandwidth and IOPS limits (qemu-server's names).
+    static let throttleKeys: Set<String> = ["mbps", "mbps_rd", "mbps_wr", "iops", "iops_rd", "iops_wr", "mbps_max", "mbps_rd_max", "mbps_wr_max",
+                                            "iops_max", "iops_rd_max", "iops_wr_max", "bps_max_length", "bps_rd_max_length", "bps_wr_max_length",
+                                            "iops_max_length", "iops_rd_max_length", "iops_wr_max_length"]
+
+    /// New limits for a running disk: its throttle group's `limits` with
+    /// -blockdev, else `block_set_io_throttle` on the drive (as qemu-server does).
+    static func throttleStep(key: String, _ options: [String: String], arguments: QemuArguments) -> QemuLiveStep {
+        let limits = throttleLimits(options)
+        if arguments.drive(id: "drive-" + key)?.flag == "-blockdev" {
+            var fields: [String: CanonicalJSON] = [:]
+            // Every rate is given (0: none), or QEMU would keep the group's old value.
+            for (name, value) in limits where name.hasPrefix("bps") || name.hasPrefix("iops") {
+                fields[name.replacingOccurrences(of: "_rd", with: "-read").replacingOccurrences(of: "_wr", with: "-write")
+                    .replacingOccurrences(of: "_max_length", with: "-max-length").replacingOccurrences(of: "_max", with: "-max")
+                    .replacingOccurrences(of: "bps", with: "bps-total").replacingOccurrences(of: "iops", with: "iops-total")
+                    .replacingOccurrences(of: "-total-read", with: "-read").replacingOccurrences(of: "-total-write", with: "-write")] = value
+            }
+            return .qmp("qom-set", arguments: CanonicalJSON.object(["path": .string("throttle-drive-" + key), "property": .string("limits"),
+                                                                    "value": .object(fields)]).text)
+        }
+        var members = limits
+        members["device"] = .string("drive-" + key)
+        return .qmp("block_set_io_throttle", arguments: CanonicalJSON.object(members).text)
+    }
+
+    /// Every limit in `block_set_io_throttle`'s names, 0 for none (MB/s become bytes/s).
+    static func throttleLimits(_ options: [String: String]) -> [String: CanonicalJSON] {
+        var members: [String: CanonicalJSON] = [:]
+        for kind in ["", "_rd", "_wr"] {
+            let mbps = Double(options["mbps\(kind)"] ?? "") ?? 0, mbpsMax = Double(options["mbps\(kind)_max"] ?? "") ?? 0
+            members["bps\(kind)"] = .number(Int(mbps * 1_048_576))
+            members["bps\(kind)_max"] = .number(Int(mbpsMax * 1_048_576))
+            members["iops\(kind)"] = .number(Int(options["iops\(kind)"] ?? "") ?? 0)
+            members["iops\(kind)_max"] = .number(Int(options["iops\(kind)_max"] ?? "") ?? 0)
+            if let length = options["bps\(kind)_max_length"].flatMap({ Int($0) }) { members["bps\(kind)_max_length"] = .number(length) }
+            if let length = options["iops\(kind)_max_length"].flatMap({ Int($0) }) { members["iops\(kind)_max_length"] = .number(length) }
+        }
+        return members
     }
 
     /// A CD-ROM's medium changes live (eject, or insert the new image), as qemu-server does.
