@@ -180,6 +180,21 @@ struct QemuReconcilerTests {
         #expect(computed.vms.isEmpty)
     }
 
+    @Test("a start applies [PENDING]: the written file has the pending values in the main section and no pending section")
+    func startMergesPending() async throws {
+        let tree = try Tree([
+            "nodes/pve1/qemu-server/120.conf": "onboot: 1\nmemory: 512\nballoon: 256\nsmbios1: uuid=6cf17dc3-8341-4ecc-aebd-7503f2583fb3\n\n[PENDING]\nmemory: 1024\ndelete: balloon\n",
+        ])
+        let computed = try await tree.compute(TableDriver())
+        let written = try #require(computed.vms.first?.writeBack?.text)
+        #expect(written == "memory: 1024\nonboot: 1\nsmbios1: uuid=6cf17dc3-8341-4ecc-aebd-7503f2583fb3\n", "\(written)")
+        guard case .start(let spec)? = computed.vms.first?.action else {
+            Issue.record("expected a start")
+            return
+        }
+        #expect(spec.running["memory"] == "1024" && spec.running["balloon"] == nil)
+    }
+
     @Test("machine layouts for hosts without qemu-server: q35 with four PCIe root ports and its PCI bridges")
     func layouts() throws {
         let q35 = try #require(QemuMachineLayouts.file(named: "pve-q35-4.0.cfg"))

@@ -261,11 +261,15 @@ public struct QemuReconciler: Sendable {
             if !deletions.isEmpty { section["delete"] = deletions.joined(separator: ",") }
             config.elements[index] = .block(section)
         }
+        let sectionsBefore = config.elements.count
         config.elements.removeAll { element in
             if case .block(let section) = element, section.role == .pending { return section.entries.isEmpty }
             return false
         }
-        return config.losslessText()
+        var text = config.losslessText()
+        // The blank line that separated the removed [PENDING] goes with it.
+        if config.elements.count < sectionsBefore { while text.hasSuffix("\n\n") { text.removeLast() } }
+        return text
     }
 
     /// - Parameter inactiveStorages: storages this node cannot serve now, with the
@@ -340,7 +344,9 @@ public struct QemuReconciler: Sendable {
                                  running: desired, up: startup.up)
             }
             let pendingKeys = Set((guest.config.pending?.effectiveEntries.map(\.key) ?? []).filter { $0 != "delete" } + guest.config.pendingDeletions)
-            func writeBack(keys: Set<String>, fromPending: Set<String>) -> (path: String, text: String, digest: String?)? {
+            func writeBack(keys generatedKeys: Set<String>, fromPending: Set<String>) -> (path: String, text: String, digest: String?)? {
+                // Pending values move into the main section with the generated ones.
+                let keys = generatedKeys.union(fromPending)
                 let values = Dictionary(uniqueKeysWithValues: keys.compactMap { key in desired[key].map { (key, $0) } })
                 let removed = keys.filter { desired[$0] == nil }
                 guard !values.isEmpty || !removed.isEmpty || !fromPending.isEmpty else { return nil }
