@@ -197,6 +197,8 @@ public struct QemuProcessDriver: QemuDriver {
         case .qmpIgnoringFailure(let name, let arguments):
             _ = try? client.execute(name, arguments: try Self.object(arguments))
         case .monitor(let command):
+            // An add whose object exists already was done by an earlier, interrupted apply.
+            if try alreadyPresent(client, command) { return }
             let output = (try client.execute("human-monitor-command", arguments: ["command-line": command]) as? String ?? "")
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             // drive_add answers OK; the other commands answer nothing unless they fail.
@@ -220,6 +222,32 @@ public struct QemuProcessDriver: QemuDriver {
             throw Failure(description: "not a JSON object: \(json)")
         }
         return object
+    }
+
+    /// Whether the device, netdev, object or drive a monitor `*_add` names exists in QEMU.
+    func alreadyPresent(_ client: QMPClient, _ command: String) throws -> Bool {
+        let parts = command.split(separator: " ", maxSplits: 2).map(String.init)
+        guard parts.count >= 2 else { return false }
+        let options = parts.last!.split(separator: ",").reduce(into: [String: String]()) { result, part in
+            let pair = part.split(separator: "=", maxSplits: 1).map(String.init)
+            if pair.count == 2 { result[pair[0]] = pair[1] }
+        }
+        guard let id = options["id"] else { return false }
+        switch parts[0] {
+        case "device_add":
+            return try peripheralIDs(client).contains(id)
+        case "object_add":
+            let objects = try client.execute("qom-list", arguments: ["path": "/objects"]) as? [[String: Any]] ?? []
+            return objects.contains { $0["name"] as? String == id }
+        case "drive_add":
+            let blocks = try client.execute("query-block") as? [[String: Any]] ?? []
+            return blocks.contains { $0["device"] as? String == id }
+        case "netdev_add":
+            let network = try client.execute("human-monitor-command", arguments: ["command-line": "info network"]) as? String ?? ""
+            return network.split(separator: "\n").contains { $0.contains("\(id): index=") }
+        default:
+            return false
+        }
     }
 
     func peripheralIDs(_ client: QMPClient) throws -> Set<String> {
