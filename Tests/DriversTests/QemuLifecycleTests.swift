@@ -93,6 +93,7 @@ struct QemuLifecycleTests {
         net0: virtio,bridge=vmbr0
         virtio0: vmstore:\(vmid)/vm-\(vmid)-disk-0.qcow2,size=32M
         ide2: none,media=cdrom
+        scsihw: virtio-scsi-single
 
         """)
         let plan = node.pvectl("plan", only: ["storage", "qemu/\(vmid)"])
@@ -120,7 +121,8 @@ struct QemuLifecycleTests {
         try node.write(node.config.replacingOccurrences(of: "balloon: 128", with: "balloon: 192")
             .replacingOccurrences(of: "ide2: none,media=cdrom", with: "ide2: vmstore:iso/install.iso,media=cdrom")
             .replacingOccurrences(of: "disk-0.qcow2,size=32M", with: "disk-0.qcow2,iops=200,mbps=10,size=32M")
-            + "net1: e1000,bridge=vmbr0,link_down=1\nvirtio1: vmstore:\(vmid)/vm-\(vmid)-disk-1.qcow2,size=16M\nmachine: pc-i440fx-7.1\n")
+            + "net1: e1000,bridge=vmbr0,link_down=1\nvirtio1: vmstore:\(vmid)/vm-\(vmid)-disk-1.qcow2,size=16M\nmachine: pc-i440fx-7.1\n"
+            + "scsi0: vmstore:\(vmid)/vm-\(vmid)-disk-2.qcow2,iothread=1,size=16M\n")
         let edit = node.pvectl("plan", ["--detailed-exitcode"], only: ["storage", "qemu/\(vmid)"])
         #expect(edit.status == 2)
         #expect(edit.output.contains("machine:") && edit.output.contains("[restart]"), "\(edit.output)")
@@ -131,7 +133,7 @@ struct QemuLifecycleTests {
         try #require(hotplug.status == 0, "\(hotplug.output)\n\(hotplug.error)")
         #expect(node.pid == firstPID, "a live change does not restart the VM")
         let after = try await node.devices()
-        #expect(after.isSuperset(of: ["net1", "virtio1"]), "\(after)")
+        #expect(after.isSuperset(of: ["net1", "virtio1", "scsi0", "virtioscsi0"]), "\(after)")
         #expect(try node.master("tap\(vmid)i1") == "vmbr0")
         let blocks = try await node.qmp("query-block")
         #expect(blocks.contains("install.iso"), "the CD-ROM's new medium is inserted")
@@ -289,7 +291,7 @@ final class SerialConsole: @unchecked Sendable {
 struct QemuGuestTests {
     static let tinyGuest = Corpus.packageRoot.appendingPathComponent("scripts/kernel-vm/tiny-guest").path
 
-    @Test("NIC, disk, CPU and memory hot-plugged by apply arrive in the guest; a NIC unplug is released; stop is an ACPI shutdown")
+    @Test("NIC, disk, CPU and memory hot-plugged by apply arrive in the guest; a NIC and a disk unplug are released; stop is an ACPI shutdown")
     func guestSeesHotplug() async throws {
         let built = NetworkNamespace.capture([Self.tinyGuest])
         try #require(built.status == 0, "tiny-guest: \(built.error)")
@@ -332,13 +334,14 @@ struct QemuGuestTests {
         }
         #expect(grown != nil, "the guest did not see all hot-plugged devices: \(console.lines.suffix(5))")
 
-        // Unplug: the guest releases the NIC (device_del completes).
-        try node.write(node.config.replacingOccurrences(of: "net1: ", with: "#net1: "))
+        // Unplug: the guest releases the NIC and the disk (device_del completes).
+        try node.write(node.config.replacingOccurrences(of: "net1: ", with: "#net1: ").replacingOccurrences(of: "virtio0: ", with: "#virtio0: "))
         let unplug = node.pvectl("apply", ["--auto-approve"])
         #expect(unplug.status == 0, "\(unplug.output)\n\(unplug.error)")
-        let shrunk = try await offPool { console.waitForLine(seconds: 60) { SerialConsole.facts($0)["nics"] == 1 } }
+        let shrunk = try await offPool { console.waitForLine(seconds: 60) { SerialConsole.facts($0)["nics"] == 1 && SerialConsole.facts($0)["disks"] == 0 } }
         #expect(shrunk != nil, "\(console.lines.suffix(5))")
-        #expect(!(try await node.devices()).contains("net1"))
+        let remaining = try await node.devices()
+        #expect(!remaining.contains("net1") && !remaining.contains("virtio0"), "\(remaining)")
 
         // Stop: the guest gets the ACPI power button and powers off.
         try node.write(node.config + "template: 1\n")
