@@ -1,3 +1,4 @@
+import Drivers
 import Foundation
 
 /// A pmxcfs daemon in the foreground on private paths, for tests that mount
@@ -105,32 +106,11 @@ public func waitFor(seconds: Double, _ condition: () -> Bool) -> Bool {
     return condition()
 }
 
-/// Starts a program with posix_spawn (stdout and stderr to /dev/null);
-/// waits are explicit with `reap`, so nothing depends on a run loop.
+/// Starts a program the way the QEMU driver starts daemons (its own session,
+/// default signals, no inherited descriptors, output to /dev/null); waits are
+/// explicit with `reap`, so nothing depends on a run loop.
 public func spawn(_ path: String, _ arguments: [String]) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    var argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    // The child starts with no blocked signals and default handlers: the test
-    // runner's threads block some, and a mask is inherited across exec.
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var empty = sigset_t()
-    sigemptyset(&empty)
-    var all = sigset_t()
-    sigfillset(&all)
-    posix_spawnattr_setsigmask(&attributes, &empty)
-    posix_spawnattr_setsigdefault(&attributes, &all)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    var pid: pid_t = 0
-    let result = posix_spawn(&pid, path, &actions, &attributes, &argv, environ)
-    guard result == 0 else { throw PMXCFSProcess.Failure(description: "cannot start \(path): \(String(cString: strerror(result)))") }
-    return pid
+    try DetachedProcess.spawn([path] + arguments, log: "/dev/null")
 }
 
 /// Waits for a child to exit and returns its exit status (128+signal when killed).

@@ -223,18 +223,7 @@ public enum QemuLiveChanges {
                 change.reason = "hotplug does not include disk"
                 return change
             }
-            var steps: [QemuLiveStep] = []
-            if old != nil { steps += unplugDisk(key) }
-            if new != nil {
-                guard let plug = plugDisk(key, arguments: arguments) else {
-                    change.reason = "no device for \(key) in the command line"
-                    return change
-                }
-                steps += plug
-            }
-            change.changeClass = .live
-            change.steps = steps
-            return change
+            return replaceDevice(change, unplug: unplugDisk(key), plug: new.map { _ in plugDisk(key, arguments: arguments) })
         }
         change.reason = "QEMU cannot change \(key) while running"
         return change
@@ -378,11 +367,17 @@ public enum QemuLiveChanges {
             change.reason = "hotplug does not include network"
             return change
         }
-        var steps: [QemuLiveStep] = []
-        if change.old != nil { steps += unplugNIC(key) }
-        if let new = change.new {
-            guard let plug = plugNIC(vmid: vmid, key: key, value: new, arguments: arguments) else {
-                change.reason = "no device for \(key) in the command line"
+        return replaceDevice(change, unplug: unplugNIC(key), plug: change.new.map { plugNIC(vmid: vmid, key: key, value: $0, arguments: arguments) })
+    }
+
+    /// Unplug the old device (when there was one), then plug the new one
+    /// (`plug` is nil when the key goes away, `.some(nil)` when the command line has no such device).
+    static func replaceDevice(_ change: QemuKeyChange, unplug: [QemuLiveStep], plug: [QemuLiveStep]??) -> QemuKeyChange {
+        var change = change
+        var steps: [QemuLiveStep] = change.old != nil ? unplug : []
+        if let plug {
+            guard let plug else {
+                change.reason = "no device for \(change.key) in the command line"
                 return change
             }
             steps += plug
