@@ -307,7 +307,7 @@ struct QemuGuestTests {
         vcpus: 1
         hotplug: network,disk,cpu,memory
         onboot: 1
-        startup: down=60
+        startup: down=180
         serial0: socket
         net0: virtio,bridge=vmbr0
         args: -kernel \(paths[0]) -initrd \(paths[1]) -append 'console=ttyS0 panic=-1 memhp_default_state=online'
@@ -316,7 +316,7 @@ struct QemuGuestTests {
         let start = node.pvectl("apply", ["--auto-approve"])
         try #require(start.status == 0, "\(start.output)\n\(start.error)")
         let console = try SerialConsole(path: "\(node.runDirectory)/\(vmid).serial0")
-        let booted = try await offPool { console.waitForLine(seconds: 180) { $0.hasPrefix("GUEST nics=") } }
+        let booted = try await offPool { console.waitForLine(seconds: 400) { $0.hasPrefix("GUEST nics=") } }
         let bootFacts = SerialConsole.facts(try #require(booted, "the guest did not boot: \(console.lines.suffix(20))"))
         #expect(bootFacts["nics"] == 1 && bootFacts["disks"] == 0 && bootFacts["cpus"] == 1, "\(booted ?? "")")
         let bootMemory = bootFacts["memkb"] ?? 0
@@ -327,7 +327,7 @@ struct QemuGuestTests {
         let hotplug = node.pvectl("apply", ["--auto-approve"], only: ["storage", "qemu/\(vmid)"])
         try #require(hotplug.status == 0, "\(hotplug.output)\n\(hotplug.error)")
         let grown = try await offPool {
-            console.waitForLine(seconds: 120) { line in
+            console.waitForLine(seconds: 300) { line in
                 let facts = SerialConsole.facts(line)
                 return facts["nics"] == 2 && facts["disks"] == 1 && facts["cpus"] == 2 && (facts["memkb"] ?? 0) > bootMemory + 400_000
             }
@@ -338,7 +338,7 @@ struct QemuGuestTests {
         try node.write(node.config.replacingOccurrences(of: "net1: ", with: "#net1: ").replacingOccurrences(of: "virtio0: ", with: "#virtio0: "))
         let unplug = node.pvectl("apply", ["--auto-approve"])
         #expect(unplug.status == 0, "\(unplug.output)\n\(unplug.error)")
-        let shrunk = try await offPool { console.waitForLine(seconds: 60) { SerialConsole.facts($0)["nics"] == 1 && SerialConsole.facts($0)["disks"] == 0 } }
+        let shrunk = try await offPool { console.waitForLine(seconds: 300) { SerialConsole.facts($0)["nics"] == 1 && SerialConsole.facts($0)["disks"] == 0 } }
         #expect(shrunk != nil, "\(console.lines.suffix(5))")
         let remaining = try await node.devices()
         #expect(!remaining.contains("net1") && !remaining.contains("virtio0"), "\(remaining)")
@@ -348,7 +348,7 @@ struct QemuGuestTests {
         let stop = node.pvectl("apply", ["--auto-approve"])
         #expect(stop.status == 0, "\(stop.output)\n\(stop.error)")
         #expect(stop.output.contains("stopped (ACPI shutdown)"), "\(stop.output)")
-        _ = try await offPool { console.waitForLine(seconds: 5) { $0.contains("powering off") } }
+        _ = try await offPool { console.waitForLine(seconds: 30) { $0.contains("powering off") } }
         #expect(console.lines.contains { $0.contains("GUEST acpi power button") }, "\(console.lines.suffix(5))")
     }
 }

@@ -256,7 +256,7 @@ public struct QemuProcessDriver: QemuDriver {
     }
 
     /// device_del is a request: the guest has to release the device, which QEMU reports with DEVICE_DELETED.
-    func unplug(_ client: QMPClient, id: String, seconds: Double = 30) throws {
+    func unplug(_ client: QMPClient, id: String, seconds: Double = 60) throws {
         guard try peripheralIDs(client).contains(id) else { return }
         try client.execute("device_del", arguments: ["id": id])
         let deadline = Date().addingTimeInterval(seconds)
