@@ -334,6 +334,20 @@ struct QemuGuestTests {
         }
         #expect(grown != nil, "the guest did not see all hot-plugged devices: \(console.lines.suffix(5))")
 
+        // The balloon target: the guest's driver gives 256 MiB back.
+        try node.write(node.config + "balloon: 1280\n")
+        let balloon = node.pvectl("apply", ["--auto-approve"])
+        #expect(balloon.status == 0, "\(balloon.output)\n\(balloon.error)")
+        var actual = 0
+        let deadline = Date().addingTimeInterval(180)
+        while Date() < deadline {
+            let reply = try await node.qmp("query-balloon")
+            actual = ((try JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any])?["actual"] as? Int) ?? 0
+            if actual > 0 && actual <= 1300 << 20 { break }
+            try await Task.sleep(nanoseconds: 200_000_000)
+        }
+        #expect(actual > 0 && actual <= 1300 << 20, "balloon actual \(actual >> 20) MiB")
+
         // Unplug: the guest releases the NIC and the disk (device_del completes).
         try node.write(node.config.replacingOccurrences(of: "net1: ", with: "#net1: ").replacingOccurrences(of: "virtio0: ", with: "#virtio0: "))
         let unplug = node.pvectl("apply", ["--auto-approve"])
