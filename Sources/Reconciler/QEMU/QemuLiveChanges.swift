@@ -154,8 +154,9 @@ public enum QemuLiveChanges {
     ///   - desired: the effective desired config.
     ///   - arguments: the command line `desired` would start with.
     ///   - present: the device ids the running QEMU has, when known.
+    ///   - emulated: the VM runs under TCG.
     public static func change(vmid: Int, key: String, running: [String: String], desired: [String: String],
-                              arguments: QemuArguments, present: Set<String>? = nil) -> QemuKeyChange {
+                              arguments: QemuArguments, present: Set<String>? = nil, emulated: Bool = false) -> QemuKeyChange {
         let old = running[key], new = desired[key]
         var change = QemuKeyChange(key: key, old: old, new: new, changeClass: .restart, steps: [], reason: nil)
         if isConfigOnly(key) {
@@ -184,6 +185,11 @@ public enum QemuLiveChanges {
             let count = Int(new ?? "") ?? sockets * cores
             guard count >= 1, count <= sockets * cores else {
                 change.reason = "vcpus must be between 1 and sockets × cores"
+                return change
+            }
+            if emulated, count < Int(old ?? "") ?? sockets * cores {
+                // Measured with QEMU 7.2: a TCG guest that releases a vCPU takes QEMU down with it.
+                change.reason = "removing vCPUs crashes QEMU under TCG (emulation)"
                 return change
             }
             change.changeClass = .live

@@ -383,7 +383,7 @@ public struct QemuReconciler: Sendable {
                 let keys = Set(desired.keys).union(record.running.keys).filter { !QemuLiveChanges.isConfigOnly($0) }
                 for key in keys.sorted() where desired[key] != record.running[key] {
                     changes.append(QemuLiveChanges.change(vmid: vmid, key: key, running: record.running, desired: desired, arguments: parsedArguments,
-                                                          present: observed.deviceIDs))
+                                                          present: observed.deviceIDs, emulated: forCommand["kvm"] == "0"))
                 }
                 // Drift: devices or tap wiring changed behind pvectl's back.
                 var drift: [QemuKeyChange] = []
