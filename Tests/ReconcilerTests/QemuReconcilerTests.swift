@@ -244,6 +244,8 @@ struct QemuReconcilerTests {
         #expect(byName["103"]?.action == .delete && byName["103"]?.message == "stop: template: 1")
         #expect(byName["104"]?.action == .blocked, "a broken config freezes its VM: \(computed.resources)")
         #expect(byName["105"]?.action == .update && byName["105"]?.message?.hasPrefix("adopt") == true)
+        #expect(computed.vms.first { $0.vmid == 105 }?.writeBack?.text.contains("smbios1: uuid=") == true,
+                "an adopted VM's generated values are written, so a later edit does not generate others")
         #expect(byName["999"]?.action == .delete)
         #expect(computed.notes.contains { $0.contains("TCG") })
 

@@ -373,10 +373,13 @@ public struct QemuReconciler: Sendable {
                     continue
                 }
                 guard let record, record.pid == pid else {
-                    computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .update, source: source, changes: [],
+                    computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .update, source: source,
+                                                           changes: generatedChanges,
                                                            operations: ["record the running QEMU (pid \(pid)) as running this config"],
                                                            message: "adopt: QEMU was started outside pvectl; its configuration is taken to be the file's"))
-                    computed.vms.append(VMPlan(vmid: vmid, action: .adopt(pid: pid, running: desired), writeBack: nil, order: startup.order))
+                    // Generated values are written now too, or the next edit of the file would generate others.
+                    computed.vms.append(VMPlan(vmid: vmid, action: .adopt(pid: pid, running: desired),
+                                               writeBack: writeBack(keys: Set(generated.keys), fromPending: []), order: startup.order))
                     continue
                 }
                 var changes: [QemuKeyChange] = []
