@@ -14,10 +14,14 @@ final class QemuTestNode: @unchecked Sendable {
     let directory: TemporaryDirectory
     let vmid: Int
 
-    init(storage: Bool = true) throws {
+    /// The desired-state root: a directory here, or a pmxcfs mount.
+    let root: String
+
+    init(storage: Bool = true, root: String? = nil) throws {
         namespace = try NetworkNamespace(prefix: "pvq")
         directory = try TemporaryDirectory(prefix: "pvectl-qemu")
         vmid = Int.random(in: 900_000...999_999)
+        self.root = root ?? directory.path + "/root"
         try namespace.run(["ip", "-n", namespace.name, "link", "add", "vmbr0", "type", "bridge"])
         try namespace.run(["ip", "-n", namespace.name, "link", "set", "vmbr0", "up"])
         try FileManager.default.createDirectory(atPath: directory.path + "/run", withIntermediateDirectories: true)
@@ -35,9 +39,12 @@ final class QemuTestNode: @unchecked Sendable {
     }
 
     var runDirectory: String { directory.path + "/run" }
-    var configPath: String { "root/nodes/localhost/qemu-server/\(vmid).conf" }
-    var config: String { directory.read(configPath) ?? "" }
-    func write(_ text: String) throws { try directory.write(configPath, text) }
+    var configPath: String { "\(root)/nodes/localhost/qemu-server/\(vmid).conf" }
+    var config: String { (try? String(contentsOfFile: configPath, encoding: .utf8)) ?? "" }
+    func write(_ text: String) throws {
+        try FileManager.default.createDirectory(atPath: (configPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data(text.utf8).write(to: URL(fileURLWithPath: configPath))
+    }
     var qmpSocket: String { "\(runDirectory)/\(vmid).qmp" }
 
     var pid: Int32? {
@@ -49,7 +56,7 @@ final class QemuTestNode: @unchecked Sendable {
         let selectors = (only ?? ["qemu/\(vmid)"]).flatMap { ["--only", $0] }
         let script = "mount --bind \"$PVQ_RUN\" /run/qemu-server && exec \"$0\" \"$@\""
         return NetworkNamespace.capture(["ip", "netns", "exec", namespace.name, "unshare", "-m", "sh", "-c", script, Self.binary, command,
-                                         "--root", directory.path + "/root", "--node", "localhost", "--state-dir", directory.path + "/state",
+                                         "--root", root, "--node", "localhost", "--state-dir", directory.path + "/state",
                                          "--qemu-accel", "tcg"] + selectors + arguments,
                                         environment: ["PVQ_RUN": runDirectory])
     }
@@ -194,6 +201,23 @@ struct QemuLifecycleTests {
         #expect(node.pvectl("apply", ["--auto-approve"], only: only).status == 0)
         #expect(try node.namespace.link("fwbr\(vmid)i0") == nil, "pve-bridgedown's clean-up")
         #expect(node.pvectl("plan", ["--detailed-exitcode"], only: only).status == 0)
+    }
+
+    @Test("the config lives on a pmxcfs mount: generated values are written back through it",
+          .enabled(if: PMXCFSProcess.unavailableReason == nil, Comment(rawValue: PMXCFSProcess.unavailableReason ?? "")))
+    func writeBackThroughClusterFS() async throws {
+        let cfs = try PMXCFSProcess(node: "localhost")
+        try cfs.start()
+        defer { cfs.stop() }
+        let node = try QemuTestNode(storage: false, root: cfs.mountPoint)
+        try node.write("memory: 128\nonboot: 1\nstartup: down=1\nnet0: virtio,bridge=vmbr0\n")
+        let apply = node.pvectl("apply", ["--auto-approve"])
+        try #require(apply.status == 0, "\(apply.output)\n\(apply.error)")
+        let written = node.config
+        #expect(written.contains("smbios1: uuid=") && written.contains("net0: virtio=BC:24:11:"), "\(written)")
+        #expect(node.pvectl("plan", ["--detailed-exitcode"]).status == 0)
+        try node.write(node.config + "template: 1\n")
+        #expect(node.pvectl("apply", ["--auto-approve"]).status == 0)
     }
 
     @Test("onboot and startup order on a full run; a removed config stops its VM; a broken config freezes it")

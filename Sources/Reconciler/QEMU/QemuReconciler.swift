@@ -566,8 +566,8 @@ public struct QemuReconciler: Sendable {
         if let digest = writeBack.digest, let current = FileManager.default.contents(atPath: writeBack.path), Digest.sha256Hex(current) != digest {
             throw QemuCommandLine.Failure("\(writeBack.path) changed since it was read; run pvectl apply again")
         }
-        let directory = (writeBack.path as NSString).deletingLastPathComponent
-        let temporary = directory + "/.\((writeBack.path as NSString).lastPathComponent).pvectl-\(getpid()).tmp"
+        // Proxmox's own temporary name (file_set_contents), which pmxcfs takes in a guest directory.
+        let temporary = writeBack.path + ".tmp.\(getpid())"
         try Data(writeBack.text.utf8).write(to: URL(fileURLWithPath: temporary))
         guard rename(temporary, writeBack.path) == 0 else {
             let reason = String(cString: strerror(errno))
