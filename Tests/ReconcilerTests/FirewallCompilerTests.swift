@@ -58,6 +58,14 @@ struct FirewallCompilerTests {
         #expect(compiled.sets.first { $0.name == "v4-dc/management" }?.elements == ["192.0.2.0/24"])
     }
 
+    @Test("a policy value that is not ACCEPT, DROP or REJECT is ignored for the default, as pve-firewall skips it (found by fuzzing)")
+    func invalidPolicy() {
+        let compiled = Self.compile(cluster: "[OPTIONS]\nenable: 1\npolicy_out: @DROP\npolicy_in: accept\n")
+        #expect(Self.rules(compiled, "inet/host-out").last == "accept", "policy_out falls back to ACCEPT")
+        #expect(Self.rules(compiled, "inet/host-in").last == "accept", "lower case is accepted")
+        #expect(!compiled.script().contains("@DROP"))
+    }
+
     @Test("local_network: the alias, else the corosync address, else the resolved name, else the first static address")
     func localNetwork() {
         let interfaces = "iface eno1 inet static\n\taddress 198.51.100.10/24\niface vmbr0 inet static\n\taddress 192.0.2.1/25\n"

@@ -562,6 +562,13 @@ private struct Compilation {
         }
     }
 
+    /// A policy option's value; anything but ACCEPT, DROP or REJECT is ignored
+    /// for the default, as pve-firewall skips an option it cannot parse.
+    static func policy(_ value: String?, default fallback: String) -> String {
+        guard let value = value?.uppercased(), ["ACCEPT", "DROP", "REJECT"].contains(value) else { return fallback }
+        return value
+    }
+
     /// The policy at the end of a zone's chain, logged at the zone's log level.
     mutating func addPolicy(_ chain: String, policy: String, logLevel: String?, vmid: Int?) {
         let verdict = switch policy.uppercased() {
@@ -625,7 +632,7 @@ private struct Compilation {
         }
         let corosync = corosyncRules()
         for (text, why) in corosync.inbound { add("host-in", text, origin: why) }
-        addPolicy("host-in", policy: clusterOptions["policy_in"] ?? "DROP", logLevel: hostOptions["log_level_in"], vmid: nil)
+        addPolicy("host-in", policy: Self.policy(clusterOptions["policy_in"], default: "DROP"), logLevel: hostOptions["log_level_in"], vmid: nil)
 
         preamble("host-out", interface: "oifname")
         add("host-out", "meta l4proto igmp accept", origin: "igmp (multicast membership)")
@@ -638,7 +645,7 @@ private struct Compilation {
                 origin: "local_network: SSH, API, consoles, SPICE proxy of the other nodes")
         }
         for (text, why) in corosync.outbound { add("host-out", text, origin: why) }
-        addPolicy("host-out", policy: clusterOptions["policy_out"] ?? "ACCEPT", logLevel: hostOptions["log_level_out"], vmid: nil)
+        addPolicy("host-out", policy: Self.policy(clusterOptions["policy_out"], default: "ACCEPT"), logLevel: hostOptions["log_level_out"], vmid: nil)
 
         chain("input", hook: "type filter hook input priority filter; policy accept;")
         add("input", "jump host-in", origin: "host zone, inbound")
@@ -777,7 +784,7 @@ private struct Compilation {
         }
         addRules(file.rules, direction: inbound ? .inbound : .outbound, chain: name,
                  context: Context(file: file, vmid: guest.vmid, chain: name), interfaceKeyword: nil, netFilter: nic.netName)
-        addPolicy(name, policy: options[inbound ? "policy_in" : "policy_out"] ?? (inbound ? "DROP" : "ACCEPT"),
+        addPolicy(name, policy: Self.policy(options[inbound ? "policy_in" : "policy_out"], default: inbound ? "DROP" : "ACCEPT"),
                   logLevel: options[inbound ? "log_level_in" : "log_level_out"], vmid: guest.vmid)
     }
 
@@ -799,7 +806,7 @@ private struct Compilation {
             origin: "bridged traffic of unfirewalled ports")
         // Routed traffic: the forward zone (FORWARD rules of host.fw and cluster.fw, policy_forward).
         let forwardRules = (input.host?.rules ?? []) + cluster.rules
-        let policy = clusterOptions["policy_forward"] ?? "ACCEPT"
+        let policy = Self.policy(clusterOptions["policy_forward"], default: "ACCEPT")
         if forwardRules.contains(where: { $0.direction == .forward }) || policy.uppercased() != "ACCEPT" {
             chain("host-forward")
             add("host-forward", "ct state invalid drop", origin: "conntrack: invalid")

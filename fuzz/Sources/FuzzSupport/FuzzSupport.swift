@@ -92,7 +92,10 @@ extension FuzzSupport {
         for rule in compiled.rules {
             precondition(!rule.text.contains("\n"), "a rule spans lines: \(rule.text)")
             let table = rule.chain.split(separator: "/").first.map(String.init) ?? ""
-            let words = rule.text.split(separator: " ")
+            // Quoted text (log prefixes) is data, not a chain or set reference.
+            let unquoted = rule.text.split(separator: "\"", omittingEmptySubsequences: false).enumerated()
+                .filter { $0.offset % 2 == 0 }.map(\.element).joined(separator: " ")
+            let words = unquoted.split(separator: " ")
             for (index, word) in words.enumerated() where (word == "jump" || word == "goto") && index + 1 < words.count {
                 let target = words[index + 1].trimmingCharacters(in: CharacterSet(charactersIn: ",}"))
                 precondition(chains.contains("\(table)/\(target)"), "jump to undeclared chain \(target)")
