@@ -237,6 +237,13 @@ struct QemuLifecycleTests {
         #expect(!FileManager.default.fileExists(atPath: "\(node.runDirectory)/\(idle).pid"), "no onboot: left stopped")
         #expect(node.pvectl("plan", ["--detailed-exitcode"], only: ["qemu"]).status == 0)
 
+        // A stale pid file whose pid is another VM's QEMU is not a running VM
+        // (else the QEMU of VM `second` would be stopped as an orphan).
+        let secondPID = try String(contentsOfFile: "\(node.runDirectory)/\(second).pid", encoding: .utf8)
+        try Data(secondPID.utf8).write(to: URL(fileURLWithPath: "\(node.runDirectory)/\(node.vmid + 5).pid"))
+        let stale = node.pvectl("plan", ["--detailed-exitcode"], only: ["qemu"])
+        #expect(stale.status == 0, "\(stale.output)")
+
         // A config that cannot be parsed freezes its VM: it keeps running.
         let path = "root/nodes/localhost/qemu-server/\(first).conf"
         let good = node.directory.read(path) ?? ""

@@ -25,15 +25,21 @@ public struct QemuProcessDriver: QemuDriver {
         return pid
     }
 
-    /// Whether `pid` is a live QEMU (not a zombie, not a recycled pid of another program).
-    static func isQemu(_ pid: Int32) -> Bool {
+    /// Whether `pid` is the live QEMU of VM `vmid`: not a zombie, and its
+    /// command line names this VM's pid file (as qemu-server checks), so a
+    /// stale pid file whose pid now belongs to another program or another
+    /// VM's QEMU is never taken for this VM.
+    static func isQemu(_ pid: Int32, vmid: Int) -> Bool {
         guard let stat = readProcFile("/proc/\(pid)/stat") else { return false }
         // After the parenthesised command name comes the state; Z is a zombie.
         if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z") {
             return false
         }
-        let program = readProcFile("/proc/\(pid)/cmdline")?.split(separator: "\0").first.map(String.init) ?? ""
-        return program.hasSuffix("/kvm") || program.contains("qemu-system")
+        let arguments = (readProcFile("/proc/\(pid)/cmdline") ?? "").split(separator: "\0").map(String.init)
+        guard let program = arguments.first, program.hasSuffix("/kvm") || program.contains("qemu-system") else { return false }
+        return zip(arguments, arguments.dropFirst()).contains { flag, value in
+            flag == "-pidfile" && value.hasSuffix("/qemu-server/\(vmid).pid")
+        }
     }
 
     // MARK: QemuDriver
@@ -68,7 +74,7 @@ public struct QemuProcessDriver: QemuDriver {
     public func runningVMIDs() -> [Int] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
         return names.compactMap { name in
-            guard name.hasSuffix(".pid"), let vmid = Int(name.dropLast(4)), let pid = pid(vmid), Self.isQemu(pid) else { return nil }
+            guard name.hasSuffix(".pid"), let vmid = Int(name.dropLast(4)), let pid = pid(vmid), Self.isQemu(pid, vmid: vmid) else { return nil }
             return vmid
         }
     }
@@ -80,7 +86,7 @@ public struct QemuProcessDriver: QemuDriver {
             observed.tapMasters[tap] = master ?? ""
         }
         guard let pid = pid(vmid) else { return observed }
-        guard Self.isQemu(pid) else {
+        guard Self.isQemu(pid, vmid: vmid) else {
             observed.state = .crashed(pid: pid)
             return observed
         }
@@ -100,15 +106,15 @@ public struct QemuProcessDriver: QemuDriver {
 
     public func start(vmid: Int, arguments: [String]) async throws {
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        if let pid = pid(vmid), Self.isQemu(pid) {
+        if let pid = pid(vmid), Self.isQemu(pid, vmid: vmid) {
             // A powered-off guest held by -no-shutdown is replaced; a running one is not.
             let client = try? QMPClient(path: qmpSocket(vmid), timeout: 3)
             guard ((try? client?.execute("query-status")) as? [String: Any])?["status"] as? String == "shutdown" else {
                 throw Failure(description: "VM \(vmid) is already running (pid \(pid))")
             }
             _ = try? client?.execute("quit")
-            if !(await waitForExit(pid, seconds: 5)) { kill(pid, SIGKILL) }
-            _ = await waitForExit(pid, seconds: 5)
+            if !(await waitForExit(pid, vmid: vmid, seconds: 5)) { kill(pid, SIGKILL) }
+            _ = await waitForExit(pid, vmid: vmid, seconds: 5)
         }
         cleanUp(vmid)
         await waitForTapsGone(vmid)
@@ -133,14 +139,14 @@ public struct QemuProcessDriver: QemuDriver {
         }
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
-            if let pid = pid(vmid), Self.isQemu(pid), (try? QMPClient(path: qmpSocket(vmid), timeout: 2)) != nil { return }
+            if let pid = pid(vmid), Self.isQemu(pid, vmid: vmid), (try? QMPClient(path: qmpSocket(vmid), timeout: 2)) != nil { return }
             try await Task.sleep(nanoseconds: 20_000_000)
         }
         throw Failure(description: "QEMU for VM \(vmid) did not answer on \(qmpSocket(vmid)) within 30 s")
     }
 
     public func stop(vmid: Int, timeout: Double) async throws -> String {
-        guard let pid = pid(vmid), Self.isQemu(pid) else {
+        guard let pid = pid(vmid), Self.isQemu(pid, vmid: vmid) else {
             cleanUp(vmid)
             return "was not running"
         }
@@ -152,13 +158,13 @@ public struct QemuProcessDriver: QemuDriver {
         let deadline = Date().addingTimeInterval(timeout)
         var poweredOff = false
         while Date() < deadline {
-            if !Self.isQemu(pid) {
+            if !Self.isQemu(pid, vmid: vmid) {
                 poweredOff = true
                 break
             }
             if let status = ((try? client?.execute("query-status")) as? [String: Any])?["status"] as? String, status == "shutdown" {
                 _ = try? client?.execute("quit")
-                poweredOff = await waitForExit(pid, seconds: 5)
+                poweredOff = await waitForExit(pid, vmid: vmid, seconds: 5)
                 break
             }
             try? await Task.sleep(nanoseconds: 100_000_000)
@@ -172,10 +178,10 @@ public struct QemuProcessDriver: QemuDriver {
         // QEMU's monitor serves one client at a time: the same connection says quit.
         _ = try? (client ?? QMPClient(path: qmpSocket(vmid), timeout: 3)).execute("quit")
         var how = "hard stop after \(Int(timeout)) s: quit"
-        if !(await waitForExit(pid, seconds: 5)) {
+        if !(await waitForExit(pid, vmid: vmid, seconds: 5)) {
             kill(pid, SIGKILL)
             how = "hard stop after \(Int(timeout)) s: SIGKILL"
-            guard await waitForExit(pid, seconds: 5) else { throw Failure(description: "QEMU \(pid) of VM \(vmid) survives SIGKILL") }
+            guard await waitForExit(pid, vmid: vmid, seconds: 5) else { throw Failure(description: "QEMU \(pid) of VM \(vmid) survives SIGKILL") }
         }
         cleanUp(vmid)
         await waitForTapsGone(vmid)
@@ -316,13 +322,13 @@ public struct QemuProcessDriver: QemuDriver {
         }
     }
 
-    func waitForExit(_ pid: Int32, seconds: Double) async -> Bool {
+    func waitForExit(_ pid: Int32, vmid: Int, seconds: Double) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
-            if !Self.isQemu(pid) { return true }
+            if !Self.isQemu(pid, vmid: vmid) { return true }
             try? await Task.sleep(nanoseconds: 50_000_000)
         }
-        return !Self.isQemu(pid)
+        return !Self.isQemu(pid, vmid: vmid)
     }
 
     /// QEMU's taps go away with its last descriptor, which can be a moment
