@@ -68,17 +68,6 @@ struct ReconcileOptions: ParsableArguments {
         }
     }
 
-    /// `virtual-guest/cpu-models.conf`, the cluster's custom CPU models.
-    func cpuModels() -> SectionConfigFile? {
-        let root = tree.root.hasSuffix("/") ? tree.root : tree.root + "/"
-        let path = root + "virtual-guest/cpu-models.conf"
-        return (try? String(contentsOfFile: path, encoding: .utf8)).map { text in
-            SectionConfigFile.parse(text, file: path) { _ in
-                SectionTypeLayout(known: ["reported-model", "flags", "hv-vendor-id", "phys-bits", "guest-phys-bits", "hidden"])
-            }.0
-        }
-    }
-
     /// Every selected kind's view of one run.
     struct Computation {
         var plan: Plan
@@ -119,7 +108,7 @@ struct ReconcileOptions: ParsableArguments {
             for status in storageForVMs.statuses where !status.active && !fixedFirst.contains(status.storage.id) {
                 inactive[status.storage.id] = status.reason ?? "inactive"
             }
-            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: cpuModels(), inactiveStorages: inactive)
+            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: tree.cpuModels(), inactiveStorages: inactive)
         }
         if reportProblems { for problem in network.problems + storage.problems + firewall.problems + qemu.problems { printError(problem.description) } }
         let plan = Plan(node: tree.nodeName, inputs: state.digests,

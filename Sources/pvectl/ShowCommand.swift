@@ -48,13 +48,7 @@ struct ShowCommand: AsyncParsableCommand {
         }
         if let hostCpuVendor { host.cpuVendor = hostCpuVendor }
         if let hwCapabilities { host.sev = try Self.sev(hwCapabilities) }
-        let root = tree.root.hasSuffix("/") ? tree.root : tree.root + "/"
-        let modelsPath = root + "virtual-guest/cpu-models.conf"
-        let cpuModels = (try? String(contentsOfFile: modelsPath, encoding: .utf8)).map { text in
-            SectionConfigFile.parse(text, file: modelsPath) { _ in
-                SectionTypeLayout(known: ["reported-model", "flags", "hv-vendor-id", "phys-bits", "guest-phys-bits", "hidden"])
-            }.0
-        }
+        let cpuModels = tree.cpuModels()
         var failed = false
         for vmid in vmids {
             guard let guest = state.guests.first(where: { $0.vmid == vmid && $0.kind == .qemu && $0.node == tree.nodeName }) else {
@@ -87,6 +81,18 @@ struct ShowCommand: AsyncParsableCommand {
             guard (sev["sev-support"] as? Bool) == true else { return nil }
             return (sev["cbitpos"] as? Int ?? 0, sev["reduced-phys-bits"] as? Int ?? 0,
                     sev["sev-support-es"] as? Bool ?? false, sev["sev-support-snp"] as? Bool ?? false)
+        }
+    }
+}
+
+extension TreeOptions {
+    /// `virtual-guest/cpu-models.conf`, the cluster's custom CPU models.
+    func cpuModels() -> SectionConfigFile? {
+        let path = (root.hasSuffix("/") ? root : root + "/") + "virtual-guest/cpu-models.conf"
+        return (try? String(contentsOfFile: path, encoding: .utf8)).map { text in
+            SectionConfigFile.parse(text, file: path) { _ in
+                SectionTypeLayout(known: ["reported-model", "flags", "hv-vendor-id", "phys-bits", "guest-phys-bits", "hidden"])
+            }.0
         }
     }
 }

@@ -22,7 +22,7 @@ struct QemuReconcilerTests {
             observed.compactMap { if case .running = $0.value.state { $0.key } else { nil } }
         }
         func observe(vmid: Int, taps: [String]) async -> ObservedVM { observed[vmid] ?? ObservedVM(state: .stopped) }
-        func start(vmid: Int, arguments: [String]) async throws { Issue.record("compute must not start VMs") }
+        func start(vmid: Int, arguments: [String]) async throws -> Int32 { Issue.record("compute must not start VMs"); return 0 }
         func stop(vmid: Int, timeout: Double) async throws -> String { Issue.record("compute must not stop VMs"); return "" }
         func perform(vmid: Int, _ step: QemuLiveStep) async throws { Issue.record("compute must not change VMs") }
     }

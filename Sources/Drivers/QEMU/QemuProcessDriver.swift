@@ -96,15 +96,11 @@ public struct QemuProcessDriver: QemuDriver {
         }
         let status = ((try? client.execute("query-status")) as? [String: Any])?["status"] as? String ?? "unknown"
         observed.state = .running(pid: pid, status: status)
-        if let children = (try? client.execute("qom-list", arguments: ["path": "/machine/peripheral"])) as? [[String: Any]] {
-            observed.deviceIDs = Set(children.compactMap { child in
-                (child["type"] as? String)?.hasPrefix("child<") == true ? child["name"] as? String : nil
-            })
-        }
+        observed.deviceIDs = try? peripheralIDs(client)
         return observed
     }
 
-    public func start(vmid: Int, arguments: [String]) async throws {
+    public func start(vmid: Int, arguments: [String]) async throws -> Int32 {
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
         if let pid = pid(vmid), Self.isQemu(pid, vmid: vmid) {
             // A powered-off guest held by -no-shutdown is replaced; a running one is not.
@@ -139,7 +135,7 @@ public struct QemuProcessDriver: QemuDriver {
         }
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
-            if let pid = pid(vmid), Self.isQemu(pid, vmid: vmid), (try? QMPClient(path: qmpSocket(vmid), timeout: 2)) != nil { return }
+            if let pid = pid(vmid), Self.isQemu(pid, vmid: vmid), (try? QMPClient(path: qmpSocket(vmid), timeout: 2)) != nil { return pid }
             try await Task.sleep(nanoseconds: 20_000_000)
         }
         throw Failure(description: "QEMU for VM \(vmid) did not answer on \(qmpSocket(vmid)) within 30 s")
@@ -233,12 +229,7 @@ public struct QemuProcessDriver: QemuDriver {
     /// Whether the device, netdev, object or drive a monitor `*_add` names exists in QEMU.
     func alreadyPresent(_ client: QMPClient, _ command: String) throws -> Bool {
         let parts = command.split(separator: " ", maxSplits: 2).map(String.init)
-        guard parts.count >= 2 else { return false }
-        let options = parts.last!.split(separator: ",").reduce(into: [String: String]()) { result, part in
-            let pair = part.split(separator: "=", maxSplits: 1).map(String.init)
-            if pair.count == 2 { result[pair[0]] = pair[1] }
-        }
-        guard let id = options["id"] else { return false }
+        guard parts.count >= 2, let id = QemuArguments.options(parts.last!)["id"] else { return false }
         switch parts[0] {
         case "device_add":
             return try peripheralIDs(client).contains(id)
@@ -367,12 +358,49 @@ public enum DetachedProcess {
     static let closeFrom: CloseFrom? = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np").map { unsafeBitCast($0, to: CloseFrom.self) }
 
     public static func spawn(_ arguments: [String], log: String) throws -> pid_t {
+        try launch(arguments, newSession: true) { actions in
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o640)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+    }
+
+    /// Runs a short command and returns its standard output, or nil when it
+    /// cannot start or fails. Synchronous, without Foundation's Process
+    /// (whose run loop needs a socket pair that fails in a fresh network namespace).
+    public static func capture(_ arguments: [String]) -> String? {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return nil }
+        defer { close(fds[0]) }
+        let pid = try? launch(arguments, newSession: false) { actions in
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        }
+        close(fds[1])
+        guard let pid else { return nil }
+        var output: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fds[0], &chunk, chunk.count)
+            if count > 0 { output += chunk[..<count]; continue }
+            if count < 0 && errno == EINTR { continue }
+            break
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        return status == 0 ? String(decoding: output, as: UTF8.self) : nil
+    }
+
+    /// posix_spawnp with the standard descriptors `setUp` arranges, every
+    /// other descriptor closed, no blocked signals and default handlers (the
+    /// caller's threads block some, and a mask is inherited across exec).
+    static func launch(_ arguments: [String], newSession: Bool,
+                       setUp: (inout posix_spawn_file_actions_t) -> Void) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o640)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        setUp(&actions)
         if let closeFrom {
             _ = closeFrom(&actions, 3)
         } else {
@@ -390,47 +418,14 @@ public enum DetachedProcess {
         sigfillset(&all)
         posix_spawnattr_setsigmask(&attributes, &empty)
         posix_spawnattr_setsigdefault(&attributes, &all)
-        // POSIX_SPAWN_SETSID (0x80): the daemon leaves our session and process group.
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | 0x80))
+        // POSIX_SPAWN_SETSID (0x80): a daemon leaves our session and process group.
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | (newSession ? 0x80 : 0)))
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         let result = posix_spawnp(&pid, arguments[0], &actions, &attributes, &argv, environ)
         guard result == 0 else { throw QemuProcessDriver.Failure(description: "cannot start \(arguments[0]): \(String(cString: strerror(result)))") }
         return pid
-    }
-
-    /// Runs a short command and returns its standard output, or nil when it
-    /// cannot start or fails. Synchronous, without Foundation's Process
-    /// (whose run loop needs a socket pair that fails in a fresh network namespace).
-    public static func capture(_ arguments: [String]) -> String? {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { return nil }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        if let closeFrom { _ = closeFrom(&actions, 3) }
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let result = posix_spawnp(&pid, arguments[0], &actions, nil, &argv, environ)
-        close(fds[1])
-        defer { close(fds[0]) }
-        guard result == 0 else { return nil }
-        var output: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = read(fds[0], &chunk, chunk.count)
-            if count > 0 { output += chunk[..<count]; continue }
-            if count < 0 && errno == EINTR { continue }
-            break
-        }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        return status == 0 ? String(decoding: output, as: UTF8.self) : nil
     }
 
     /// The exit status (128+signal when killed), or nil if still running after `seconds`.

@@ -20,6 +20,15 @@ public enum QemuLiveStep: Sendable, Hashable, CustomStringConvertible {
     /// Bring the number of present vCPUs to `count` (`device_add`/`device_del` of CPU devices).
     case setCPUs(count: Int)
 
+    /// A QMP command with its arguments built as canonical JSON.
+    static func qmp(_ name: String, _ members: [String: CanonicalJSON], ignoringFailure: Bool = false) -> QemuLiveStep {
+        let arguments = CanonicalJSON.object(members).text
+        return ignoringFailure ? .qmpIgnoringFailure(name, arguments: arguments) : .qmp(name, arguments: arguments)
+    }
+
+    /// `set_link`: a NIC's link up or down.
+    static func setLink(_ nic: String, up: Bool) -> QemuLiveStep { .qmp("set_link", ["name": .string(nic), "up": .bool(up)]) }
+
     public var description: String {
         switch self {
         case .qmp(let name, let arguments), .qmpIgnoringFailure(let name, let arguments):
@@ -62,14 +71,8 @@ public struct QemuArguments: Sendable {
         }
     }
 
-    static func options(_ text: String) -> [String: String] {
-        var result: [String: String] = [:]
-        for part in text.split(separator: ",") {
-            let pieces = part.split(separator: "=", maxSplits: 1).map(String.init)
-            if pieces.count == 2 { result[pieces[0]] = pieces[1] }
-        }
-        return result
-    }
+    /// `key=value` options of one argument (`virtio-net-pci,mac=…,id=net1`).
+    public static func options(_ text: String) -> [String: String] { QemuLiveChanges.parse(text) }
 
     /// The `-device` string whose `id=` is `id`.
     public func device(id: String) -> String? {
@@ -170,7 +173,7 @@ public enum QemuLiveChanges {
             // balloon: 0 removes the device: that needs a restart, as does adding it.
             if oldTarget != 0 && newTarget != 0 {
                 change.changeClass = .live
-                change.steps = [.qmp("balloon", arguments: "{\"value\":\(newTarget * 1024 * 1024)}")]
+                change.steps = [.qmp("balloon", ["value": .number(newTarget * 1024 * 1024)])]
             } else {
                 change.reason = "the balloon device is added or removed only at start"
             }
@@ -258,7 +261,7 @@ public enum QemuLiveChanges {
             steps += [.monitor("object_add " + backend), .monitor("device_add " + dimm.device)]
         }
         for id in present.filter({ $0.hasPrefix("dimm") && !wantedIDs.contains($0) }).sorted(by: { number($0) > number($1) }) {
-            steps += [.unplug(id: id), .qmpIgnoringFailure("object-del", arguments: "{\"id\":\"mem-\(id)\"}")]
+            steps += [.unplug(id: id), .qmp("object-del", ["id": .string("mem-" + id)], ignoringFailure: true)]
         }
         let staticPart = arguments.pairs.first { $0.flag == "-m" }.flatMap { QemuArguments.options($0.value)["size"] }
         if let new = change.new, let size = Int(new), let base = staticPart.flatMap({ Int($0) }), size < base {
@@ -280,35 +283,32 @@ public enum QemuLiveChanges {
     static func throttleStep(key: String, _ options: [String: String], arguments: QemuArguments) -> QemuLiveStep {
         let limits = throttleLimits(options)
         if arguments.drive(id: "drive-" + key)?.flag == "-blockdev" {
-            var fields: [String: CanonicalJSON] = [:]
             // Every rate is given (0: none), or QEMU would keep the group's old value.
-            for (name, value) in limits where name.hasPrefix("bps") || name.hasPrefix("iops") {
-                fields[name.replacingOccurrences(of: "_rd", with: "-read").replacingOccurrences(of: "_wr", with: "-write")
-                    .replacingOccurrences(of: "_max_length", with: "-max-length").replacingOccurrences(of: "_max", with: "-max")
-                    .replacingOccurrences(of: "bps", with: "bps-total").replacingOccurrences(of: "iops", with: "iops-total")
-                    .replacingOccurrences(of: "-total-read", with: "-read").replacingOccurrences(of: "-total-write", with: "-write")] = value
-            }
-            return .qmp("qom-set", arguments: CanonicalJSON.object(["path": .string("throttle-drive-" + key), "property": .string("limits"),
-                                                                    "value": .object(fields)]).text)
+            return .qmp("qom-set", ["path": .string("throttle-drive-" + key), "property": .string("limits"),
+                                    "value": .object(Dictionary(uniqueKeysWithValues: limits.map { ($0.group, $0.value) }))])
         }
-        var members = limits
+        var members = Dictionary(uniqueKeysWithValues: limits.map { ($0.legacy, $0.value) })
         members["device"] = .string("drive-" + key)
-        return .qmp("block_set_io_throttle", arguments: CanonicalJSON.object(members).text)
+        return .qmp("block_set_io_throttle", members)
     }
 
-    /// Every limit in `block_set_io_throttle`'s names, 0 for none (MB/s become bytes/s).
-    static func throttleLimits(_ options: [String: String]) -> [String: CanonicalJSON] {
-        var members: [String: CanonicalJSON] = [:]
-        for kind in ["", "_rd", "_wr"] {
+    /// Every limit, 0 for none (MB/s become bytes/s), under its
+    /// `block_set_io_throttle` name (`bps_rd_max`) and its throttle-group name (`bps-read-max`).
+    static func throttleLimits(_ options: [String: String]) -> [(legacy: String, group: String, value: CanonicalJSON)] {
+        var limits: [(legacy: String, group: String, value: CanonicalJSON)] = []
+        for (kind, groupKind) in [("", "-total"), ("_rd", "-read"), ("_wr", "-write")] {
             let mbps = Double(options["mbps\(kind)"] ?? "") ?? 0, mbpsMax = Double(options["mbps\(kind)_max"] ?? "") ?? 0
-            members["bps\(kind)"] = .number(Int(mbps * 1_048_576))
-            members["bps\(kind)_max"] = .number(Int(mbpsMax * 1_048_576))
-            members["iops\(kind)"] = .number(Int(options["iops\(kind)"] ?? "") ?? 0)
-            members["iops\(kind)_max"] = .number(Int(options["iops\(kind)_max"] ?? "") ?? 0)
-            if let length = options["bps\(kind)_max_length"].flatMap({ Int($0) }) { members["bps\(kind)_max_length"] = .number(length) }
-            if let length = options["iops\(kind)_max_length"].flatMap({ Int($0) }) { members["iops\(kind)_max_length"] = .number(length) }
+            limits.append(("bps\(kind)", "bps\(groupKind)", .number(Int(mbps * 1_048_576))))
+            limits.append(("bps\(kind)_max", "bps\(groupKind)-max", .number(Int(mbpsMax * 1_048_576))))
+            limits.append(("iops\(kind)", "iops\(groupKind)", .number(Int(options["iops\(kind)"] ?? "") ?? 0)))
+            limits.append(("iops\(kind)_max", "iops\(groupKind)-max", .number(Int(options["iops\(kind)_max"] ?? "") ?? 0)))
+            for rate in ["bps", "iops"] {
+                if let length = options["\(rate)\(kind)_max_length"].flatMap({ Int($0) }) {
+                    limits.append(("\(rate)\(kind)_max_length", "\(rate)\(groupKind)-max-length", .number(length)))
+                }
+            }
         }
-        return members
+        return limits
     }
 
     /// A CD-ROM's medium changes live (eject, or insert the new image), as qemu-server does.
@@ -322,7 +322,7 @@ public enum QemuLiveChanges {
         let volume = parse(new)[""] ?? ""
         if volume == "none" {
             change.changeClass = .live
-            change.steps = [.qmp("eject", arguments: "{\"force\":true,\"id\":\"\(key)\"}")]
+            change.steps = [.qmp("eject", ["force": .bool(true), "id": .string(key)])]
             return change
         }
         guard volume != "cdrom", let path = arguments.drive(id: "drive-" + key).flatMap(mediumPath) else {
@@ -331,8 +331,7 @@ public enum QemuLiveChanges {
         }
         let format = arguments.drive(id: "drive-" + key).flatMap { QemuArguments.options($0.value)["format"] } ?? "raw"
         change.changeClass = .live
-        change.steps = [.qmp("blockdev-change-medium", arguments: CanonicalJSON.object(["id": .string(key), "filename": .string(path),
-                                                                                         "format": .string(format)]).text)]
+        change.steps = [.qmp("blockdev-change-medium", ["id": .string(key), "filename": .string(path), "format": .string(format)])]
         return change
     }
 
@@ -362,7 +361,7 @@ public enum QemuLiveChanges {
                     steps.append(.attachTap(tap: target.tap, bridge: target.bridge, tag: target.tag))
                 }
                 if (oldOptions["link_down"] == "1") != (newOptions["link_down"] == "1") {
-                    steps.append(.qmp("set_link", arguments: "{\"name\":\"\(key)\",\"up\":\(newOptions["link_down"] == "1" ? "false" : "true")}"))
+                    steps.append(.setLink(key, up: newOptions["link_down"] != "1"))
                 }
                 change.changeClass = steps.isEmpty ? .none : .live
                 change.steps = steps
@@ -404,13 +403,13 @@ public enum QemuLiveChanges {
         }
         steps.append(.monitor("device_add " + device))
         if parse(value)["link_down"] == "1" {
-            steps.append(.qmp("set_link", arguments: "{\"name\":\"\(key)\",\"up\":false}"))
+            steps.append(.setLink(key, up: false))
         }
         return steps
     }
 
     static func unplugNIC(_ key: String) -> [QemuLiveStep] {
-        [.unplug(id: key), .qmpIgnoringFailure("netdev_del", arguments: "{\"id\":\"\(key)\"}")]
+        [.unplug(id: key), .qmp("netdev_del", ["id": .string(key)], ignoringFailure: true)]
     }
 
     static func plugDisk(_ key: String, arguments: QemuArguments) -> [QemuLiveStep]? {
@@ -435,11 +434,11 @@ public enum QemuLiveChanges {
 
     static func unplugDisk(_ key: String) -> [QemuLiveStep] {
         [.unplug(id: key),
-         .qmpIgnoringFailure("blockdev-del", arguments: "{\"node-name\":\"drive-\(key)\"}"),
+         .qmp("blockdev-del", ["node-name": .string("drive-" + key)], ignoringFailure: true),
          .monitorIgnoringFailure("drive_del drive-\(key)"),
-         .qmpIgnoringFailure("object-del", arguments: "{\"id\":\"throttle-drive-\(key)\"}"),
-         .qmpIgnoringFailure("object-del", arguments: "{\"id\":\"iothread-\(key)\"}")]
+         .qmp("object-del", ["id": .string("throttle-drive-" + key)], ignoringFailure: true),
+         .qmp("object-del", ["id": .string("iothread-" + key)], ignoringFailure: true)]
             // virtio-scsi-single gives each disk its own controller.
-            + (key.hasPrefix("scsi") ? [.qmpIgnoringFailure("device_del", arguments: "{\"id\":\"virtioscsi\(key.dropFirst(4))\"}")] : [])
+            + (key.hasPrefix("scsi") ? [.qmp("device_del", ["id": .string("virtioscsi\(key.dropFirst(4))")], ignoringFailure: true)] : [])
     }
 }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Resources
 
@@ -50,8 +51,8 @@ public protocol QemuDriver: Sendable {
     /// VMs with a live QEMU (from the pid files).
     func runningVMIDs() -> [Int]
     func observe(vmid: Int, taps: [String]) async -> ObservedVM
-    /// Runs the daemonizing command line and waits until QMP answers.
-    func start(vmid: Int, arguments: [String]) async throws
+    /// Runs the daemonizing command line and waits until QMP answers; returns QEMU's pid.
+    func start(vmid: Int, arguments: [String]) async throws -> Int32
     /// ACPI power-down, then hard stop after `timeout` seconds; returns how it ended.
     func stop(vmid: Int, timeout: Double) async throws -> String
     func perform(vmid: Int, _ step: QemuLiveStep) async throws
@@ -100,7 +101,7 @@ public struct QemuReconciler: Sendable {
 
     public enum Action: Sendable {
         case start(StartSpec)
-        case stop(timeout: Double, forget: Bool)
+        case stop(timeout: Double)
         /// Stop, then start with the new command line (`--restart`).
         case restart(timeout: Double, StartSpec)
         case live([QemuLiveStep], running: [String: String])
@@ -184,15 +185,7 @@ public struct QemuReconciler: Sendable {
 
     /// Bytes derived from the config file, so a plan and the apply after it generate the same values.
     static func derivedBytes(_ seed: String) -> [UInt8] {
-        let hex = Digest.sha256Hex(Data(seed.utf8))
-        var bytes: [UInt8] = []
-        var index = hex.startIndex
-        while index < hex.endIndex {
-            let next = hex.index(index, offsetBy: 2)
-            bytes.append(UInt8(hex[index..<next], radix: 16)!)
-            index = next
-        }
-        return bytes
+        Array(SHA256.hash(data: Data(seed.utf8)))
     }
 
     static func uuid(_ bytes: [UInt8]) -> String {
@@ -316,6 +309,10 @@ public struct QemuReconciler: Sendable {
             let startup = Self.startup(desired["startup"])
             let stopTimeout = startup.down.map(Double.init) ?? Self.defaultStopTimeout
             let record = computed.records.vms[String(vmid)]
+            // A guest that powered itself off (QEMU kept by -no-shutdown) is stopped.
+            var runState = observed.state
+            if case .running(_, "shutdown") = runState { runState = .stopped }
+            if case .running = runState {} else if case .run = intent {} else { continue }
 
             // The command line this config starts with, on this node.
             var forCommand = desired
@@ -360,16 +357,13 @@ public struct QemuReconciler: Sendable {
             let commandText = "start: " + QemuCommandLine.render(Array(arguments.prefix(3)), pretty: false).trimmingCharacters(in: .whitespacesAndNewlines)
                 + " … (\(arguments.count) arguments, \(acceleration.kvm ? "KVM" : "TCG"))"
 
-            // A guest that powered itself off (QEMU kept by -no-shutdown) is stopped.
-            var runState = observed.state
-            if case .running(_, "shutdown") = runState { runState = .stopped }
             switch runState {
             case .running(let pid, _):
                 if case .stop(let why) = intent {
                     computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: source,
                                                            changes: [PlannedChange(field: "state", old: "running", new: "stopped", changeClass: .live)],
                                                            operations: ["ACPI shutdown, hard stop after \(Int(stopTimeout)) s"], message: "stop: \(why)"))
-                    computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: stopTimeout, forget: false), writeBack: nil, order: startup.order))
+                    computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: stopTimeout), writeBack: nil, order: startup.order))
                     continue
                 }
                 guard let record, record.pid == pid else {
@@ -482,7 +476,7 @@ public struct QemuReconciler: Sendable {
                                                    changes: [PlannedChange(field: "state", old: "running", new: "stopped", changeClass: .live)],
                                                    operations: ["ACPI shutdown, hard stop after \(Int(timeout)) s"],
                                                    message: "stop: no config for VM \(vmid) on node \(state.node)"))
-            computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: timeout, forget: true), writeBack: nil, order: recorded?.order))
+            computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: timeout), writeBack: nil, order: recorded?.order))
         }
         return computed
     }
@@ -512,7 +506,7 @@ public struct QemuReconciler: Sendable {
             do {
                 if let writeBack = plan.writeBack { try Self.write(writeBack) ; progress("qemu/\(vmid): wrote \(writeBack.path)") }
                 switch plan.action {
-                case .stop(let timeout, _):
+                case .stop(let timeout):
                     let how = try await driver.stop(vmid: vmid, timeout: timeout)
                     records.vms[String(vmid)] = nil
                     progress("qemu/\(vmid): stopped (\(how))")
@@ -547,16 +541,13 @@ public struct QemuReconciler: Sendable {
     }
 
     func start(vmid: Int, _ spec: StartSpec, progress: @Sendable (String) -> Void) async throws -> QemuVMRecord {
-        try await driver.start(vmid: vmid, arguments: spec.arguments)
-        guard case .running(let pid, _) = await driver.observe(vmid: vmid, taps: []).state else {
-            throw QemuCommandLine.Failure("QEMU for VM \(vmid) exited right after starting")
-        }
+        let pid = try await driver.start(vmid: vmid, arguments: spec.arguments)
         progress("qemu/\(vmid): started (pid \(pid))")
         for tap in spec.taps {
             try await driver.perform(vmid: vmid, .attachTap(tap: tap.tap, bridge: tap.bridge, tag: tap.tag))
         }
         for nic in spec.linkDown {
-            try await driver.perform(vmid: vmid, .qmp("set_link", arguments: "{\"name\":\"\(nic)\",\"up\":false}"))
+            try await driver.perform(vmid: vmid, .setLink(nic, up: false))
         }
         return QemuVMRecord(pid: pid, running: spec.running, startedAt: Date(), accelerator: spec.arguments.contains { $0.contains("accel=tcg") } ? "tcg" : "kvm")
     }
