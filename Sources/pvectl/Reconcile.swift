@@ -280,8 +280,17 @@ struct ApplyCommand: AsyncParsableCommand {
         for path in Set(saved.inputs.keys).union(current.inputs.keys).sorted() where saved.inputs[path] != current.inputs[path] {
             return "\(path) changed"
         }
-        if saved.resources != current.resources { return "the system changed" }
-        return nil
+        guard saved.resources != current.resources else { return nil }
+        // Name what moved, so the operator can tell a concurrent change from their own.
+        let before = Dictionary(saved.resources.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        let after = Dictionary(current.resources.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        for id in Set(before.keys).union(after.keys).sorted() where before[id] != after[id] {
+            let was = before[id].map { "planned \($0.action.rawValue)" } ?? "not planned"
+            let now = after[id].map { "now \($0.action.rawValue)" } ?? "now nothing to do"
+            let detail = before[id]?.action == after[id]?.action ? "its changes differ" : "\(was), \(now)"
+            return "the system changed: \(id) (\(detail))"
+        }
+        return "the system changed: the order of the planned resources differs"
     }
 
     func installStaged(_ staged: String?) throws {

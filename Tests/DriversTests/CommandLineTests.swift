@@ -34,13 +34,17 @@ struct CommandLineTests {
             try namespace.addNIC("eno1")
             try directory.write("interfaces", CommandLineTests.interfaces)
             try FileManager.default.createDirectory(atPath: directory.path + "/root", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: directory.path + "/vz", withIntermediateDirectories: true)
         }
 
-        /// Runs pvectl in the namespace with the shared options.
+        /// Runs pvectl in the namespace with the shared options. The `local`
+        /// storage (/var/lib/vz) is this test's own directory: another test
+        /// creating the host's would change this test's plan between plan and apply.
         func pvectl(_ command: String, _ arguments: [String] = []) throws -> (status: Int32, output: String, error: String) {
-            try namespace.exec([CommandLineTests.binary, command, "--root", directory.path + "/root",
-                                "--interfaces", directory.path + "/interfaces", "--state-dir", directory.path + "/state",
-                                "--node", "pve1"] + arguments, environment: ["NO_COLOR": "1"])
+            namespace.execIsolated([CommandLineTests.binary, command, "--root", directory.path + "/root",
+                                    "--interfaces", directory.path + "/interfaces", "--state-dir", directory.path + "/state",
+                                    "--node", "pve1"] + arguments,
+                                   binding: ["/var/lib/vz": directory.path + "/vz"], environment: ["NO_COLOR": "1"])
         }
     }
 
@@ -85,11 +89,19 @@ struct CommandLineTests {
         #expect(apply.error.contains("out of date"))
         #expect(try setup.namespace.link("vmbr0") == nil)
 
+        // The system moving under a saved plan is refused too, naming what moved.
+        #expect(try setup.pvectl("plan", ["--out", planFile]).status == 0)
+        try setup.namespace.run(["ip", "-n", setup.namespace.name, "link", "add", "vmbr0", "type", "bridge"])
+        let drifted = try setup.pvectl("apply", [planFile])
+        #expect(drifted.status == 1)
+        #expect(drifted.error.contains("the system changed: network/vmbr0 (planned create, now update)"), "\(drifted)")
+
         // A fresh plan applies.
         #expect(try setup.pvectl("plan", ["--out", planFile]).status == 0)
         let ok = try setup.pvectl("apply", [planFile])
         #expect(ok.status == 0, "\(ok)")
-        #expect(try setup.namespace.link("vmbr0") != nil)
+        let addresses = try setup.namespace.exec(["ip", "-json", "address", "show", "vmbr0"])
+        #expect(addresses.output.contains("\"192.0.2.11\""), "\(addresses)")
     }
 
     @Test("interfaces.new is planned when staged and moved into place by apply")

@@ -25,7 +25,7 @@ final class QemuTestNode: @unchecked Sendable {
         try namespace.run(["ip", "-n", namespace.name, "link", "add", "vmbr0", "type", "bridge"])
         try namespace.run(["ip", "-n", namespace.name, "link", "set", "vmbr0", "up"])
         try FileManager.default.createDirectory(atPath: directory.path + "/run", withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: "/run/qemu-server", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory.path + "/local", withIntermediateDirectories: true)
         if storage { try directory.write("root/storage.cfg", "dir: vmstore\n\tpath \(directory.path)/vz\n\tcontent images,iso\n") }
     }
 
@@ -51,14 +51,13 @@ final class QemuTestNode: @unchecked Sendable {
         (try? String(contentsOfFile: "\(runDirectory)/\(vmid).pid", encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 
-    /// pvectl inside the namespace, with this node's run directory bind-mounted on /run/qemu-server.
+    /// pvectl inside the namespace, with this node's run directory on /run/qemu-server
+    /// and its own `local` storage on /var/lib/vz.
     func pvectl(_ command: String, _ arguments: [String] = [], only: [String]? = nil) -> (status: Int32, output: String, error: String) {
         let selectors = (only ?? ["qemu/\(vmid)"]).flatMap { ["--only", $0] }
-        let script = "mount --bind \"$PVQ_RUN\" /run/qemu-server && exec \"$0\" \"$@\""
-        return NetworkNamespace.capture(["ip", "netns", "exec", namespace.name, "unshare", "-m", "sh", "-c", script, Self.binary, command,
-                                         "--root", root, "--node", "localhost", "--state-dir", directory.path + "/state",
-                                         "--qemu-accel", "tcg"] + selectors + arguments,
-                                        environment: ["PVQ_RUN": runDirectory])
+        return namespace.execIsolated([Self.binary, command, "--root", root, "--node", "localhost", "--state-dir", directory.path + "/state",
+                                       "--qemu-accel", "tcg"] + selectors + arguments,
+                                      binding: ["/run/qemu-server": runDirectory, "/var/lib/vz": directory.path + "/local"])
     }
 
     /// One QMP command against the VM, off the cooperative pool.

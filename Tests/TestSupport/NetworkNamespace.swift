@@ -57,6 +57,26 @@ public final class NetworkNamespace: @unchecked Sendable {
         return (try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [[String: Any]])?.first
     }
 
+    /// Runs a command in this namespace and in a mount namespace of its own,
+    /// with test directories bound over host paths (target → source), so that
+    /// what pvectl writes there (the `local` storage at /var/lib/vz, VM pid
+    /// files in /run/qemu-server) stays with the test and never races another
+    /// test's plan. A missing host mount point is created empty.
+    public func execIsolated(_ arguments: [String], binding binds: [String: String],
+                             environment: [String: String] = [:]) -> (status: Int32, output: String, error: String) {
+        var script = ""
+        var variables = environment
+        for (index, target) in binds.keys.sorted().enumerated() {
+            try? FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+            variables["PVT_BIND_SOURCE_\(index)"] = binds[target]
+            variables["PVT_BIND_TARGET_\(index)"] = target
+            script += "mount --bind \"$PVT_BIND_SOURCE_\(index)\" \"$PVT_BIND_TARGET_\(index)\" && "
+        }
+        // unshare -m makes every mount private: the binds never reach the host.
+        return Self.capture(["ip", "netns", "exec", name, "unshare", "-m", "sh", "-c", script + "exec \"$0\" \"$@\""] + arguments,
+                            environment: variables)
+    }
+
     public static func run(_ arguments: [String]) -> Int32 { capture(arguments).status }
 
     /// Runs a command synchronously (setup and teardown must work from deinit).
