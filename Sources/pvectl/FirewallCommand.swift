@@ -33,7 +33,7 @@ struct FirewallCommand: AsyncParsableCommand {
         func run() async throws {
             let state = DesiredState.load(root: tree.root, interfaces: tree.interfaces, node: tree.nodeName, source: tree.source)
             let compiled = FirewallCompiler.compile(FirewallCompiler.Input(
-                state: state, resolvedNodeAddress: NftablesFirewallDriver.resolve(tree.nodeName)))
+                state: state, resolvedNodeAddress: FirewallCompiler.needsNodeAddress(state) ? NftablesFirewallDriver.resolve(tree.nodeName) : nil))
             for problem in state.diagnostics where problem.severity == .error && problem.location.file.hasSuffix(".fw") {
                 printError(problem.description)
             }

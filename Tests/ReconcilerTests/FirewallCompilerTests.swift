@@ -84,6 +84,21 @@ struct FirewallCompilerTests {
         #expect(first.localNetworkOrigin.contains("first static address"))
     }
 
+    @Test("the node name is resolved (maybe over DNS) only when the firewall is on and no alias sets local_network")
+    func nodeNameResolvedOnlyWhenNeeded() throws {
+        func needs(_ cluster: String?) throws -> Bool {
+            let root = FileManager.default.temporaryDirectory.appendingPathComponent("pvectl-fw-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: root) }
+            try FileManager.default.createDirectory(at: root.appendingPathComponent("firewall"), withIntermediateDirectories: true)
+            if let cluster { try Data(cluster.utf8).write(to: root.appendingPathComponent("firewall/cluster.fw")) }
+            return FirewallCompiler.needsNodeAddress(DesiredState.load(root: root.path, interfaces: nil, node: "pve1"))
+        }
+        #expect(try needs(nil) == false)
+        #expect(try needs("[OPTIONS]\npolicy_in: DROP\n") == false)
+        #expect(try needs("[OPTIONS]\nenable: 1\n[ALIASES]\nlocal_network 203.0.113.0/24\n") == false)
+        #expect(try needs("[OPTIONS]\nenable: 1\n") == true)
+    }
+
     @Test("addresses: lists, ranges, networks with host bits, aliases with scopes, ipsets with nomatch, IPv6")
     func addresses() {
         let cluster = """

@@ -39,7 +39,7 @@ public struct NftablesFirewallDriver: FirewallDriver {
         return found ? text : nil
     }
 
-    public func observe(node: String) async throws -> ObservedFirewall {
+    public func observe(resolvingNodeName node: String?) async throws -> ObservedFirewall {
         async let listed = listing()
         async let links = Command.check(ip(["-json", "link", "show"]))
         async let addresses = Command.check(ip(["-json", "address", "show"]))
@@ -64,7 +64,7 @@ public struct NftablesFirewallDriver: FirewallDriver {
         let flags = try await sysctl
         let bridgeNetfilter = flags.succeeded && flags.output.split(separator: "\n").allSatisfy { $0.trimmingCharacters(in: .whitespaces) == "1" }
         return ObservedFirewall(listing: try await listed, bridgeNetfilter: bridgeNetfilter, masters: masters,
-                                hostAddresses: hostAddresses, resolvedNodeAddress: Self.resolve(node))
+                                hostAddresses: hostAddresses, resolvedNodeAddress: node.flatMap(Self.resolve))
     }
 
     /// The first non-loopback address the node name resolves to (/etc/hosts or DNS).

@@ -56,6 +56,14 @@ public enum FirewallCompiler {
         return compiler.result
     }
 
+    /// Whether local_network may depend on the node name's address. Resolving
+    /// it may ask DNS (seconds when nothing answers), so only when the firewall
+    /// is on and no [ALIASES] local_network decides.
+    public static func needsNodeAddress(_ state: DesiredState) -> Bool {
+        guard let cluster = state.clusterFirewall, isOn(cluster.options["enable"], default: false) else { return false }
+        return !cluster.aliases.contains { $0.name?.lowercased() == "local_network" }
+    }
+
     /// Whether a firewall option reads as on (`1`, or upstream's timestamp form for `enable`).
     static func isOn(_ value: String?, default fallback: Bool) -> Bool {
         guard let value else { return fallback }

@@ -11,6 +11,7 @@ public struct ObservedFirewall: Sendable {
     public var masters: [String: String?]
     /// `address/prefix` of the host's addresses, for local_network.
     public var hostAddresses: [String]
+    /// What the node name resolves to; only looked up when local_network needs it.
     public var resolvedNodeAddress: String?
 
     public init(listing: String?, bridgeNetfilter: Bool, masters: [String: String?], hostAddresses: [String] = [], resolvedNodeAddress: String? = nil) {
@@ -24,7 +25,9 @@ public struct ObservedFirewall: Sendable {
 
 /// How the firewall kind changes the host: nftables and the guest NIC plumbing.
 public protocol FirewallDriver: Sendable {
-    func observe(node: String) async throws -> ObservedFirewall
+    /// `resolvingNodeName`: the node name to look up (/etc/hosts, DNS), or nil
+    /// when the plan does not need its address.
+    func observe(resolvingNodeName: String?) async throws -> ObservedFirewall
     /// Loads an `nft -f` script in one transaction; returns the new listing of pvectl's tables.
     func load(script: String) async throws -> String?
     func enableBridgeNetfilter() async throws
@@ -105,7 +108,7 @@ public struct FirewallReconciler: Sendable {
         }
         let observed: ObservedFirewall
         do {
-            observed = try await driver.observe(node: state.node)
+            observed = try await driver.observe(resolvingNodeName: FirewallCompiler.needsNodeAddress(state) ? state.node : nil)
         } catch {
             // A node without nftables can still plan everything else; a firewall it should enforce is reported.
             guard FirewallCompiler.isOn(state.clusterFirewall?.options["enable"], default: false) else { return computed }
