@@ -262,4 +262,23 @@ struct QemuReconcilerTests {
             Issue.record("expected a restart: \(restarting.vms.map(\.action))")
         }
     }
+
+    @Test("a running VM that should stop is stopped even when its config no longer gives a command line; one that should keep running is blocked")
+    func stopWithoutCommandLine() async throws {
+        let tree = try Tree([
+            "nodes/pve1/qemu-server/130.conf": "memory: 512\ntemplate: 1\nscsi0: gone:130/vm-130-disk-0.qcow2,size=1G\n",
+            "nodes/pve1/qemu-server/131.conf": "memory: 512\nscsi0: gone:131/vm-131-disk-0.qcow2,size=1G\n",
+        ])
+        let driver = TableDriver(observed: [
+            130: ObservedVM(state: .running(pid: 30, status: "running")),
+            131: ObservedVM(state: .running(pid: 31, status: "running")),
+        ])
+        let computed = try await tree.compute(driver)
+        let byName = Dictionary(uniqueKeysWithValues: computed.resources.map { ($0.name, $0) })
+        #expect(byName["130"]?.action == .delete && byName["130"]?.message == "stop: template: 1", "\(computed.resources)")
+        #expect(computed.vms.map(\.vmid) == [130])
+        #expect(byName["131"]?.action == .blocked)
+        #expect(byName["131"]?.message?.hasSuffix("; the running VM is left as it is") == true, "\(byName["131"]?.message ?? "")")
+        #expect(computed.problems.map(\.location.file) == [tree.root + "/nodes/pve1/qemu-server/131.conf"])
+    }
 }

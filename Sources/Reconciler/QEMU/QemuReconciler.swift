@@ -313,6 +313,14 @@ public struct QemuReconciler: Sendable {
             var runState = observed.state
             if case .running(_, "shutdown") = runState { runState = .stopped }
             if case .running = runState {} else if case .run = intent {} else { continue }
+            // A stop needs no command line: a config that no longer builds one still stops.
+            if case .running = runState, case .stop(let why) = intent {
+                computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: source,
+                                                       changes: [PlannedChange(field: "state", old: "running", new: "stopped", changeClass: .live)],
+                                                       operations: ["ACPI shutdown, hard stop after \(Int(stopTimeout)) s"], message: "stop: \(why)"))
+                computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: stopTimeout), writeBack: nil, order: startup.order))
+                continue
+            }
 
             // The command line this config starts with, on this node.
             var forCommand = desired
@@ -325,11 +333,13 @@ public struct QemuReconciler: Sendable {
             do {
                 arguments = try QemuCommandLine(vmid: vmid, config: commandConfig, storage: state.storage, host: host, cpuModels: cpuModels).build().arguments
             } catch {
-                if case .run = intent {
-                    computed.problems.append(.error(source, "VM \(vmid) cannot start: \(error)"))
-                    computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .blocked, source: source, changes: [],
-                                                           message: "cannot build its command line: \(error)"))
-                }
+                // Running: its changes cannot be worked out; stopped: it cannot start.
+                let running: Bool = if case .running = runState { true } else { false }
+                computed.problems.append(.error(source, running ? "VM \(vmid): the config does not give a command line: \(error)"
+                                                                : "VM \(vmid) cannot start: \(error)"))
+                computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .blocked, source: source, changes: [],
+                                                       message: "cannot build its command line: \(error)"
+                                                           + (running ? "; the running VM is left as it is" : "")))
                 continue
             }
             let parsedArguments = QemuArguments(arguments)
@@ -359,13 +369,6 @@ public struct QemuReconciler: Sendable {
 
             switch runState {
             case .running(let pid, _):
-                if case .stop(let why) = intent {
-                    computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: source,
-                                                           changes: [PlannedChange(field: "state", old: "running", new: "stopped", changeClass: .live)],
-                                                           operations: ["ACPI shutdown, hard stop after \(Int(stopTimeout)) s"], message: "stop: \(why)"))
-                    computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: stopTimeout), writeBack: nil, order: startup.order))
-                    continue
-                }
                 guard let record, record.pid == pid else {
                     computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .update, source: source,
                                                            changes: generatedChanges,
