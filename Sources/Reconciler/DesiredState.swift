@@ -73,8 +73,11 @@ public struct DesiredState: Sendable {
     /// nothing); unreadable ones are reported.
     /// - Parameter source: where files come from: plain files by default, or a
     ///   running pmxcfs's IPC service (pvectl passes one when --root is its mount).
+    /// `stagedInterfaces`: read `interfaces.new` instead of the interfaces
+    /// file when it exists (what `apply` installs); the continuous loop does
+    /// not, as Proxmox applies a staged file only when asked.
     public static func load(root: String, interfaces interfacesPath: String?, node: String,
-                            source: any TreeSource = FileTreeSource()) -> DesiredState {
+                            source: any TreeSource = FileTreeSource(), stagedInterfaces: Bool = true) -> DesiredState {
         var state = DesiredState(root: root, node: node)
         let fm = source
         func path(_ relative: String) -> String { root.hasSuffix("/") ? root + relative : root + "/" + relative }
@@ -209,7 +212,7 @@ public struct DesiredState: Sendable {
         if let interfacesPath {
             // A staged interfaces.new is what apply would install: it is the desired state.
             let staged = interfacesPath + ".new"
-            let source = fm.fileExists(atPath: staged) ? staged : interfacesPath
+            let source = stagedInterfaces && fm.fileExists(atPath: staged) ? staged : interfacesPath
             if let text = read(source) {
                 let (file, diagnostics) = InterfacesFile.parse(text, file: source)
                 state.interfaces = file

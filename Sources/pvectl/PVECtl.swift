@@ -12,7 +12,7 @@ struct PVECtl: AsyncParsableCommand {
         Desired state lives in /etc/pve (storage.cfg, guest .conf files, firewall
         .fw files) and /etc/network/interfaces, in Proxmox VE's own formats.
         """,
-        subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, StatusCommand.self, ShowCommand.self, FirewallCommand.self, ClusterFSCommand.self]
+        subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, StatusCommand.self, ShowCommand.self, FirewallCommand.self, ClusterFSCommand.self]
     )
 }
 

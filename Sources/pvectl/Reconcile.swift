@@ -40,12 +40,13 @@ struct ReconcileOptions: ParsableArguments {
     }
 
     /// The root may be missing for a network-only run: nothing under it is needed.
-    func load() throws -> DesiredState {
+    func load(stagedInterfaces: Bool = true) throws -> DesiredState {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: tree.root, isDirectory: &isDirectory), !isDirectory.boolValue {
             throw ValidationError("--root \(tree.root) is not a directory")
         }
-        return DesiredState.load(root: tree.root, interfaces: tree.interfaces, node: tree.nodeName, source: tree.source)
+        return DesiredState.load(root: tree.root, interfaces: tree.interfaces, node: tree.nodeName, source: tree.source,
+                                 stagedInterfaces: stagedInterfaces)
     }
 
     var reconciler: NetworkReconciler {
@@ -81,8 +82,8 @@ struct ReconcileOptions: ParsableArguments {
     }
 
     /// Computes the plan of every selected kind.
-    func computePlan(reportProblems: Bool = true) async throws -> Computation {
-        let state = try load()
+    func computePlan(reportProblems: Bool = true, stagedInterfaces: Bool = true) async throws -> Computation {
+        let state = try load(stagedInterfaces: stagedInterfaces)
         let selectors = try selectors
         var network = NetworkReconciler.Computed()
         if ResourceSelector.wants(selectors, kind: "network") {
@@ -115,6 +116,46 @@ struct ReconcileOptions: ParsableArguments {
                         resources: network.resources + storage.resources + firewall.resources + qemu.resources,
                         notes: firewall.notes + qemu.notes)
         return Computation(plan: plan, network: network, storage: storage, firewall: firewall, qemu: qemu, state: state)
+    }
+
+    /// What one apply did: the resources it converged, and failures as
+    /// `kind/id: message`. The first kind with a failure stops the rest (a VM
+    /// must not start on a bridge or storage that did not come up).
+    struct ApplyReport {
+        var applied: [String] = []
+        var failures: [String] = []
+    }
+
+    /// Applies a computation kind by kind: network, then storage (reached over
+    /// it), VMs (on both), the firewall last (it guards VM NICs, so it is
+    /// planned again when VMs changed). `beforeStorage` runs once the network
+    /// succeeded (apply installs a staged interfaces.new there).
+    func applyKinds(_ computation: Computation, log: @escaping @Sendable (String) -> Void,
+                    beforeStorage: () throws -> Void = {}) async throws -> ApplyReport {
+        var report = ApplyReport()
+        let network = try await reconciler.apply(computation.network, log: log)
+        report.applied += network.applied.map { "network/\($0)" }
+        report.failures += network.failed.map { "network/\($0.name): \($0.message)" }
+        guard report.failures.isEmpty else { return report }
+        try beforeStorage()
+        let storage = try await storageReconciler.apply(computation.storage, log: log)
+        report.applied += storage.applied.map { "storage/\($0)" }
+        report.failures += storage.failed.map { "storage/\($0.id): \($0.message)" }
+        guard report.failures.isEmpty else { return report }
+        let qemu = try await qemuReconciler.apply(computation.qemu, progress: log)
+        report.applied += qemu.applied.map { "qemu/\($0)" }
+        report.failures += qemu.failed.map { "qemu/\($0.vmid): \($0.message)" }
+        guard report.failures.isEmpty else { return report }
+        var firewallComputed = computation.firewall
+        let selectors = try selectors
+        if !qemu.applied.isEmpty && ResourceSelector.wants(selectors, kind: "firewall") {
+            let staged = computation.state.interfacesPath?.hasSuffix(".new") ?? true
+            firewallComputed = try await firewallReconciler.compute(try load(stagedInterfaces: staged), only: selectors)
+        }
+        let firewall = try await firewallReconciler.apply(firewallComputed, progress: log)
+        report.applied += firewall.applied.map { "firewall/\($0)" }
+        report.failures += firewall.failed.map { "firewall/\($0.id): \($0.message)" }
+        return report
     }
 }
 
@@ -210,7 +251,7 @@ struct ApplyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let computation = try await options.computePlan()
-        let (plan, network, state) = (computation.plan, computation.network, computation.state)
+        let (plan, state) = (computation.plan, computation.state)
         if let planFile {
             guard let data = FileManager.default.contents(atPath: planFile) else { throw ValidationError("cannot read \(planFile)") }
             let saved = try Plan.load(data)
@@ -242,27 +283,9 @@ struct ApplyCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
-        // The network first: storages may be reached over it (NFS, CIFS).
-        let outcome = try await options.reconciler.apply(network) { line in printOut(line + "\n") }
-        for failure in outcome.failed { printError("error: network/\(failure.name): \(failure.message)") }
-        if !outcome.failed.isEmpty { throw ExitCode(1) }
-        try installStaged(stagedInterfaces)
-        let storageOutcome = try await options.storageReconciler.apply(computation.storage) { line in printOut(line + "\n") }
-        for failure in storageOutcome.failed { printError("error: storage/\(failure.id): \(failure.message)") }
-        if !storageOutcome.failed.isEmpty { throw ExitCode(1) }
-        // VMs after their storage and bridges, before the firewall that guards their NICs.
-        let qemuOutcome = try await options.qemuReconciler.apply(computation.qemu) { line in printOut(line + "\n") }
-        for failure in qemuOutcome.failed { printError("error: qemu/\(failure.vmid): \(failure.message)") }
-        if !qemuOutcome.failed.isEmpty { throw ExitCode(1) }
-        // The firewall last: guest NICs it guards may have just appeared (then it is planned again).
-        var firewall = computation.firewall
-        let selectors = try options.selectors
-        if !qemuOutcome.applied.isEmpty && ResourceSelector.wants(selectors, kind: "firewall") {
-            firewall = try await options.firewallReconciler.compute(try options.load(), only: selectors)
-        }
-        let firewallOutcome = try await options.firewallReconciler.apply(firewall) { line in printOut(line + "\n") }
-        for failure in firewallOutcome.failed { printError("error: firewall/\(failure.id): \(failure.message)") }
-        if !firewallOutcome.failed.isEmpty { throw ExitCode(1) }
+        let report = try await options.applyKinds(computation, log: { printOut($0 + "\n") }, beforeStorage: { try installStaged(stagedInterfaces) })
+        for failure in report.failures { printError("error: \(failure)") }
+        if !report.failures.isEmpty { throw ExitCode(1) }
         // Level-triggered check: a fresh plan must be empty.
         let after = try await options.computePlan(reportProblems: false).plan
         if after.hasChanges {
@@ -270,7 +293,7 @@ struct ApplyCommand: AsyncParsableCommand {
             printError(after.render(colors: false))
             throw ExitCode(1)
         }
-        let converged = outcome.applied.count + storageOutcome.applied.count + qemuOutcome.applied.count + firewallOutcome.applied.count
+        let converged = report.applied.count
         printOut("Apply complete: \(converged) resource\(converged == 1 ? "" : "s") converged.\n")
     }
 

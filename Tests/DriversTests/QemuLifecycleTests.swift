@@ -60,6 +60,14 @@ final class QemuTestNode: @unchecked Sendable {
                                       binding: ["/run/qemu-server": runDirectory, "/var/lib/vz": directory.path + "/local"])
     }
 
+    /// `pvectl run` for this VM in the background, isolated like `pvectl`; its log in run.log.
+    func startLoop() throws -> pid_t {
+        try DetachedProcess.spawn(["/usr/bin/env"] + namespace.isolated(
+            [Self.binary, "run", "--root", root, "--node", "localhost", "--state-dir", directory.path + "/state",
+             "--qemu-accel", "tcg", "--only", "qemu/\(vmid)", "--resync", "3600"],
+            binding: ["/run/qemu-server": runDirectory, "/var/lib/vz": directory.path + "/local"]), log: directory.path + "/run.log")
+    }
+
     /// One QMP command against the VM, off the cooperative pool.
     func qmp(_ command: String, _ arguments: [String: any Sendable]? = nil) async throws -> String {
         let socket = qmpSocket
@@ -258,6 +266,35 @@ struct QemuLifecycleTests {
         #expect(removed.output.contains("no config for VM \(first)"), "\(removed.output)")
         #expect(!FileManager.default.fileExists(atPath: "\(node.runDirectory)/\(first).pid"))
         #expect(FileManager.default.fileExists(atPath: "\(node.runDirectory)/\(second).pid"))
+    }
+
+    @Test("pvectl run: starts the VM, restarts it at once after kill -9 (its tap going is a netlink event), hot-plugs an edit, stops on template")
+    func loop() async throws {
+        let node = try QemuTestNode(storage: false)
+        try node.write("memory: 128\nstartup: down=1\nnet0: virtio,bridge=vmbr0\n")
+        let loop = try node.startLoop()
+        defer {
+            kill(loop, SIGKILL)
+            _ = reap(loop)
+        }
+        let log = { node.directory.read("run.log") ?? "" }
+        #expect(waitFor(seconds: 60) { node.pid.map { kill($0, 0) == 0 } == true }, "started by the first pass: \(log())")
+        let first = try #require(node.pid)
+        #expect(waitFor(seconds: 30) { node.config.contains("net0: virtio=BC:24:11:") }, "generated values written back: \(log())")
+
+        kill(first, SIGKILL)
+        // The resync is an hour away: only the tap's removal can bring the loop back.
+        #expect(waitFor(seconds: 60) { node.pid.map { $0 != first && kill($0, 0) == 0 } == true }, "restarted: \(log())")
+        let second = try #require(node.pid)
+
+        try node.write(node.config + "net1: virtio,bridge=vmbr0\n")
+        #expect(waitFor(seconds: 60) { (try? node.master("tap\(node.vmid)i1")) == "vmbr0" }, "NIC hot-plugged after the edit: \(log())")
+        #expect(node.pid == second, "a live change, no restart")
+
+        try node.write(node.config + "template: 1\n")
+        #expect(waitFor(seconds: 60) { kill(second, 0) != 0 }, "stopped: \(log())")
+        kill(loop, SIGTERM)
+        #expect(waitFor(seconds: 30) { log().contains("stopped") }, "\(log())")
     }
 }
 

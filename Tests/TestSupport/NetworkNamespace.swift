@@ -64,17 +64,20 @@ public final class NetworkNamespace: @unchecked Sendable {
     /// test's plan. A missing host mount point is created empty.
     public func execIsolated(_ arguments: [String], binding binds: [String: String],
                              environment: [String: String] = [:]) -> (status: Int32, output: String, error: String) {
+        Self.capture(isolated(arguments, binding: binds), environment: environment)
+    }
+
+    /// The command line of `execIsolated`, for starting a long-running program.
+    public func isolated(_ arguments: [String], binding binds: [String: String]) -> [String] {
+        func quoted(_ text: String) -> String { "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'" }
         var script = ""
-        var variables = environment
-        for (index, target) in binds.keys.sorted().enumerated() {
+        for target in binds.keys.sorted() {
             try? FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
-            variables["PVT_BIND_SOURCE_\(index)"] = binds[target]
-            variables["PVT_BIND_TARGET_\(index)"] = target
-            script += "mount --bind \"$PVT_BIND_SOURCE_\(index)\" \"$PVT_BIND_TARGET_\(index)\" && "
+            script += "mount --bind \(quoted(binds[target]!)) \(quoted(target)) && "
         }
         // unshare -m makes every mount private: the binds never reach the host.
-        return Self.capture(["ip", "netns", "exec", name, "unshare", "-m", "sh", "-c", script + "exec \"$0\" \"$@\""] + arguments,
-                            environment: variables)
+        // ip netns exec, unshare and sh -c all exec: the pid is the program's.
+        return ["ip", "netns", "exec", name, "unshare", "-m", "sh", "-c", script + "exec \"$0\" \"$@\""] + arguments
     }
 
     public static func run(_ arguments: [String]) -> Int32 { capture(arguments).status }

@@ -1,0 +1,174 @@
+import Foundation
+
+/// The kinds the continuous loop (`pvectl run`) reconciles, in the order a
+/// full pass applies them: bridges before the storages reached over them,
+/// both before the VMs that use them, the firewall last (it guards VM NICs).
+public enum ControllerKind: String, CaseIterable, Comparable, Sendable {
+    case network, storage, qemu, firewall
+
+    public static func < (lhs: ControllerKind, rhs: ControllerKind) -> Bool {
+        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+    }
+
+    /// Kinds whose observations depend on what this kind just changed: a
+    /// recreated bridge loses its VM taps and firewall ports, a storage coming
+    /// up lets VMs start, a VM start adds NICs the firewall guards.
+    public var dependents: [ControllerKind] {
+        switch self {
+        case .network: [.qemu, .firewall]
+        case .storage: [.qemu]
+        case .qemu: [.firewall]
+        case .firewall: []
+        }
+    }
+
+    /// The kinds a changed file concerns. `path` is absolute; `root` is the
+    /// desired-state root and `interfaces` the network file.
+    public static func affected(byChangeOf path: String, root: String, interfaces: String?) -> Set<ControllerKind> {
+        if let interfaces, path == interfaces || path == interfaces + ".new" {
+            // The firewall's local_network may come from the interfaces file.
+            return [.network, .firewall]
+        }
+        let prefix = root.hasSuffix("/") ? root : root + "/"
+        guard path.hasPrefix(prefix) else { return [] }
+        let relative = String(path.dropFirst(prefix.count))
+        let parts = relative.split(separator: "/").map(String.init)
+        guard let first = parts.first else { return [] }
+        switch first {
+        case "storage.cfg": return [.storage, .qemu]
+        case "firewall": return [.firewall]
+        case "corosync.conf": return [.firewall]
+        case "datacenter.cfg": return [.qemu, .firewall]
+        case "ha": return [.qemu]
+        case "virtual-guest": return [.qemu]
+        case "nodes", "qemu-server", "lxc", "local":
+            if parts.last == "host.fw" { return [.firewall] }
+            // A guest config: its disks (storage volumes), the VM, its NICs' firewall.
+            if parts.last?.hasSuffix(".conf") == true { return [.storage, .qemu, .firewall] }
+            // A directory appeared or went (a node, qemu-server/): look at everything it may hold.
+            return parts.last?.contains(".") == true ? [] : [.storage, .qemu, .firewall]
+        default: return []
+        }
+    }
+}
+
+/// The loop's work queue, as Kubernetes controllers keep theirs: keyed by
+/// kind (a key queued twice runs once), each key due at a time (now, or
+/// later after failures: exponential backoff), one pass at a time, and at
+/// most one pass per `minimumInterval` overall (a storm of events cannot
+/// turn into a storm of passes). Pure: time is passed in.
+public struct ControllerQueue: Sendable {
+    public var baseDelay: TimeInterval
+    public var maximumDelay: TimeInterval
+    public var minimumInterval: TimeInterval
+
+    private var due: [ControllerKind: Date] = [:]
+    private var failures: [ControllerKind: Int] = [:]
+    private var lastPass: Date?
+
+    public init(baseDelay: TimeInterval = 1, maximumDelay: TimeInterval = 300, minimumInterval: TimeInterval = 0.1) {
+        self.baseDelay = baseDelay
+        self.maximumDelay = maximumDelay
+        self.minimumInterval = minimumInterval
+    }
+
+    /// Queues a kind to run now. A kind already waiting for a retry keeps its
+    /// backoff: an event does not turn a failing kind into a busy loop.
+    public mutating func add(_ kind: ControllerKind, now: Date) {
+        if failures[kind, default: 0] > 0, let existing = due[kind], existing > now { return }
+        due[kind] = min(due[kind] ?? now, now)
+    }
+
+    public mutating func add<S: Sequence>(_ kinds: S, now: Date) where S.Element == ControllerKind {
+        for kind in kinds { add(kind, now: now) }
+    }
+
+    /// The pass of `kind` failed: it runs again after base × 2^(failures − 1), capped.
+    /// Returns the delay.
+    @discardableResult
+    public mutating func failed(_ kind: ControllerKind, now: Date) -> TimeInterval {
+        let count = failures[kind, default: 0] + 1
+        failures[kind] = count
+        let delay = min(maximumDelay, baseDelay * pow(2, Double(min(count - 1, 30))))
+        due[kind] = now.addingTimeInterval(delay)
+        return delay
+    }
+
+    /// The pass of `kind` converged (or had nothing to do): its backoff is forgotten.
+    public mutating func succeeded(_ kind: ControllerKind) {
+        failures[kind] = nil
+    }
+
+    public func failureCount(_ kind: ControllerKind) -> Int { failures[kind, default: 0] }
+
+    /// The next kind to run at `now`, in apply order among those due, or nil.
+    public mutating func next(now: Date) -> ControllerKind? {
+        if let lastPass, now < lastPass.addingTimeInterval(minimumInterval) { return nil }
+        guard let kind = due.filter({ $0.value <= now }).keys.min() else { return nil }
+        due[kind] = nil
+        lastPass = now
+        return kind
+    }
+
+    /// When `next` can next return a kind: nil when nothing is queued.
+    public var nextWake: Date? {
+        guard let earliest = due.values.min() else { return nil }
+        guard let lastPass else { return earliest }
+        return max(earliest, lastPass.addingTimeInterval(minimumInterval))
+    }
+
+    public var isEmpty: Bool { due.isEmpty }
+}
+
+/// Where event sources (file changes, netlink, timers, signals) drop kinds
+/// for the loop, and where the loop sleeps until one arrives or a deadline
+/// passes. Waking is level-triggered: the loop reads everything posted.
+public actor ControllerInbox {
+    private var posted: Set<ControllerKind> = []
+    private var stopping = false
+    private var waiter: CheckedContinuation<Void, Never>?
+    private var generation = 0
+
+    public init() {}
+
+    public func post<S: Sequence & Sendable>(_ kinds: S) where S.Element == ControllerKind {
+        posted.formUnion(kinds)
+        wake()
+    }
+
+    public func stop() {
+        stopping = true
+        wake()
+    }
+
+    public var isStopping: Bool { stopping }
+
+    /// Everything posted since the last call.
+    public func take() -> Set<ControllerKind> {
+        defer { posted = [] }
+        return posted
+    }
+
+    /// Returns when something is posted, on stop, or at `deadline` (never, when nil).
+    public func wait(until deadline: ContinuousClock.Instant?) async {
+        guard posted.isEmpty && !stopping else { return }
+        generation += 1
+        let mine = generation
+        if let deadline {
+            Task { [weak self] in
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                await self?.timeUp(mine)
+            }
+        }
+        await withCheckedContinuation { waiter = $0 }
+    }
+
+    private func timeUp(_ generation: Int) {
+        if generation == self.generation { wake() }
+    }
+
+    private func wake() {
+        waiter?.resume()
+        waiter = nil
+    }
+}

@@ -1,0 +1,178 @@
+import ArgumentParser
+import Drivers
+import Foundation
+import Logging
+import Reconciler
+import Resources
+import ServiceLifecycle
+
+/// `pvectl run`: the continuous loop. Level-triggered like a Kubernetes
+/// controller: events only say which kind to look at again, and every pass
+/// plans that kind from scratch and applies what differs.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Keep the system matching the desired state (the continuous loop).",
+        discussion: """
+        Applies every selected kind once, then again whenever something changes:
+        a file under --root or the interfaces file (inotify), the kernel's links,
+        addresses or routes (rtnetlink), or every --resync seconds for what no
+        event reports (a VM that died, a mount that went away). A kind that
+        applied something has the kinds on top of it looked at again (network →
+        VMs and firewall, storage → VMs, VMs → firewall).
+
+        Files with errors freeze their resources (logged with file:line); the
+        rest keeps converging. A kind whose apply fails is retried with
+        exponential backoff (1 s doubling to 5 min). Running VMs are never
+        restarted: changes that need a restart stay pending. A staged
+        interfaces.new is left for `pvectl apply`, as Proxmox leaves it for an
+        explicit apply. --report-only KIND logs that kind's drift and changes
+        nothing. SIGTERM or SIGINT ends the loop after the pass in progress.
+
+        Examples:
+          pvectl run
+          pvectl run --only network --only firewall --resync 60
+          pvectl run --report-only firewall
+        """
+    )
+
+    @OptionGroup var options: ReconcileOptions
+
+    @Option(name: .long, help: ArgumentHelp("Seconds between full passes that catch what no event reports.", valueName: "SECONDS"))
+    var resync: Double = 300
+
+    @Option(name: .customLong("report-only"), help: ArgumentHelp("Log this kind's drift and changes without applying them (repeatable).", valueName: "KIND"))
+    var reportOnly: [String] = []
+
+    func validate() throws {
+        guard resync >= 1 else { throw ValidationError("--resync \(resync): at least 1 second") }
+        for kind in reportOnly where ControllerKind(rawValue: kind) == nil {
+            throw ValidationError("--report-only \(kind): expected one of \(ControllerKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if options.restart { throw ValidationError("--restart is for `pvectl apply`: the loop never restarts running VMs") }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardOutput(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+        let logger = Logger(label: "pvectl")
+        let controller = ReconcileLoop(options: options, resync: resync,
+                                       reportOnly: Set(reportOnly.compactMap(ControllerKind.init(rawValue:))), logger: logger)
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: controller)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// The loop as a service: watchers feed an inbox, a work queue decides
+/// which kind runs next, each pass plans and applies one kind.
+struct ReconcileLoop: Service {
+    let options: ReconcileOptions
+    let resync: Double
+    let reportOnly: Set<ControllerKind>
+    let logger: Logger
+
+    func run() async throws {
+        let selectors = try options.selectors
+        let kinds = Set(ControllerKind.allCases.filter { ResourceSelector.wants(selectors, kind: $0.rawValue) })
+        let root = URL(fileURLWithPath: options.tree.root).standardized.path
+        let interfaces = URL(fileURLWithPath: options.tree.interfaces).standardized.path
+        let inbox = ControllerInbox()
+        let onFileChange: @Sendable (String) -> Void = { path in
+            let affected = ControllerKind.affected(byChangeOf: path, root: root, interfaces: interfaces).intersection(kinds)
+            if !affected.isEmpty { Task { await inbox.post(affected) } }
+        }
+        // Four levels reach nodes/<node>/qemu-server/<vmid>.conf; the interfaces file's directory alone.
+        let rootWatcher = try FileChangeWatcher(directories: [root], depth: 3, onChange: onFileChange)
+        let interfacesWatcher = try FileChangeWatcher(directories: [(interfaces as NSString).deletingLastPathComponent], depth: 0,
+                                                      onChange: onFileChange)
+        let kernelKinds = kinds.intersection([.network, .qemu, .firewall])
+        let netlinkWatcher = try NetworkChangeWatcher { Task { await inbox.post(kernelKinds) } }
+        defer {
+            rootWatcher.stop()
+            interfacesWatcher.stop()
+            netlinkWatcher.stop()
+        }
+        logger.info("watching", metadata: ["root": "\(root)", "interfaces": "\(interfaces)", "kinds": "\(kinds.sorted().map(\.rawValue))",
+                                           "resync": "\(Int(resync)) s"])
+
+        await withGracefulShutdownHandler {
+            var queue = ControllerQueue()
+            var nextResync = Date().addingTimeInterval(resync)
+            var notedStaged: Data?
+            queue.add(kinds, now: Date())
+            while await !inbox.isStopping {
+                queue.add(await inbox.take().intersection(kinds), now: Date())
+                if Date() >= nextResync {
+                    queue.add(kinds, now: Date())
+                    nextResync = Date().addingTimeInterval(resync)
+                }
+                if let kind = queue.next(now: Date()) {
+                    await pass(kind, kinds: kinds, queue: &queue, notedStaged: &notedStaged)
+                    continue
+                }
+                let wake = min(queue.nextWake ?? nextResync, nextResync)
+                await inbox.wait(until: .now + .milliseconds(max(0, Int(wake.timeIntervalSinceNow * 1000))))
+            }
+            logger.info("stopped")
+        } onGracefulShutdown: {
+            Task { await inbox.stop() }
+        }
+    }
+
+    /// Plans one kind from scratch and applies what differs.
+    func pass(_ kind: ControllerKind, kinds: Set<ControllerKind>, queue: inout ControllerQueue, notedStaged: inout Data?) async {
+        var passOptions = options
+        let chosen = passOptions.only.filter { ResourceSelector($0)?.kind == kind.rawValue }
+        passOptions.only = chosen.isEmpty ? [kind.rawValue] : chosen
+        var log = logger
+        log[metadataKey: "kind"] = "\(kind.rawValue)"
+        do {
+            let computation = try await passOptions.computePlan(reportProblems: false, stagedInterfaces: false)
+            if kind == .network {
+                let staged = options.tree.interfaces + ".new"
+                let content = FileManager.default.contents(atPath: staged)
+                if let content, content != notedStaged {
+                    log.notice("\(staged) is staged and left alone: `pvectl apply` installs it")
+                }
+                notedStaged = content
+            }
+            for problem in computation.problems { log.error("\(problem.description)") }
+            let plan = computation.plan
+            for resource in plan.resources where resource.action == .blocked {
+                log.warning("\(resource.id) blocked: \(resource.message ?? "")")
+            }
+            guard plan.hasChanges else {
+                queue.succeeded(kind)
+                return
+            }
+            let changing = plan.resources.filter { ![.blocked, .unavailable, .pending].contains($0.action) }
+            if reportOnly.contains(kind) {
+                for resource in changing {
+                    log.notice("drift (report only): \(resource.action.rawValue) \(resource.id)",
+                               metadata: ["changes": "\(resource.changes.map { "\($0.field): \($0.old ?? "-") → \($0.new ?? "-")" })"])
+                }
+                queue.succeeded(kind)
+                return
+            }
+            log.info("applying \(changing.count) change(s): \(changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", "))")
+            let report = try await passOptions.applyKinds(computation, log: { [log] line in log.info("\(line)") })
+            if report.failures.isEmpty {
+                queue.succeeded(kind)
+                log.info("converged: \(report.applied.joined(separator: ", "))")
+                queue.add(Set(kind.dependents).intersection(kinds), now: Date())
+            } else {
+                for failure in report.failures { log.error("\(failure)") }
+                let delay = queue.failed(kind, now: Date())
+                log.warning("retrying in \(Int(delay.rounded(.up))) s (attempt \(queue.failureCount(kind)))")
+            }
+        } catch {
+            log.error("pass failed: \(error)")
+            let delay = queue.failed(kind, now: Date())
+            log.warning("retrying in \(Int(delay.rounded(.up))) s (attempt \(queue.failureCount(kind)))")
+        }
+    }
+}

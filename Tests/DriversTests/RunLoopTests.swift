@@ -1,0 +1,114 @@
+import Drivers
+import Foundation
+import Testing
+import TestSupport
+
+/// `pvectl run` as an operator starts it, in a fresh network namespace: it
+/// converges, repairs what is changed behind its back (netlink), follows file
+/// edits (inotify), freezes on a broken file, leaves interfaces.new staged,
+/// and ends cleanly on SIGTERM.
+@Suite("pvectl run: the continuous loop",
+       .enabled(if: NetworkNamespace.isAvailable, Comment(rawValue: NetworkNamespace.unavailableReason ?? "")))
+struct RunLoopTests {
+    static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
+
+    static func interfaces(mtu: Int? = nil) -> String {
+        """
+        auto lo
+        iface lo inet loopback
+
+        iface eno1 inet manual
+
+        auto vmbr0
+        iface vmbr0 inet static
+        \taddress 192.0.2.10/24
+        \tbridge-ports eno1
+        \tbridge-stp off
+        \tbridge-fd 0
+        \(mtu.map { "\tmtu \($0)\n" } ?? "")
+        """
+    }
+
+    /// The loop in its namespace, killed and reaped when the test ends (also on failure).
+    final class Loop {
+        let namespace: NetworkNamespace
+        let directory: TemporaryDirectory
+        private(set) var pid: pid_t = 0
+        private var reaped = false
+
+        init(_ extra: [String] = []) throws {
+            namespace = try NetworkNamespace()
+            directory = try TemporaryDirectory(prefix: "pvectl-run")
+            try namespace.addNIC("eno1")
+            try directory.write("net/interfaces", RunLoopTests.interfaces())
+            try FileManager.default.createDirectory(atPath: directory.path + "/root", withIntermediateDirectories: true)
+            // A resync far away: whatever is repaired in these tests was repaired by an event.
+            pid = try DetachedProcess.spawn(["/usr/sbin/ip", "netns", "exec", namespace.name, RunLoopTests.binary, "run",
+                                             "--root", directory.path + "/root", "--interfaces", directory.path + "/net/interfaces",
+                                             "--state-dir", directory.path + "/state", "--node", "pve1", "--only", "network",
+                                             "--resync", "3600"] + extra, log: directory.path + "/run.log")
+        }
+
+        deinit {
+            if !reaped {
+                kill(pid, SIGKILL)
+                _ = reap(pid)
+            }
+        }
+
+        var log: String { directory.read("run.log") ?? "" }
+
+        /// Replaces the file the way editors and Proxmox do: a temporary file renamed into place.
+        func write(_ relative: String, _ text: String) throws {
+            try directory.write(relative + ".tmp", text)
+            #expect(rename(directory.path + "/" + relative + ".tmp", directory.path + "/" + relative) == 0)
+        }
+
+        func link(_ name: String) -> [String: Any]? { try? namespace.link(name) }
+
+        /// SIGTERM, then the exit status within `seconds` (nil if it did not end).
+        func terminate(within seconds: Double) -> Int32? {
+            kill(pid, SIGTERM)
+            var status: Int32 = 0
+            let ended = waitFor(seconds: seconds) { waitpid(pid, &status, WNOHANG) == pid }
+            guard ended else { return nil }
+            reaped = true
+            return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        }
+    }
+
+    @Test("converges, repairs a deleted bridge from a netlink event, follows edits, freezes on errors, leaves interfaces.new, stops on SIGTERM")
+    func loop() throws {
+        #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build pvectl first (swift build)")
+        let loop = try Loop()
+        #expect(waitFor(seconds: 30) { loop.link("vmbr0") != nil }, "the first pass creates the bridge: \(loop.log)")
+        #expect(waitFor(seconds: 10) { loop.log.contains("converged: ") }, "\(loop.log)")
+
+        try loop.namespace.run(["ip", "-n", loop.namespace.name, "link", "del", "vmbr0"])
+        #expect(waitFor(seconds: 30) { loop.link("vmbr0") != nil }, "recreated after the netlink event: \(loop.log)")
+
+        try loop.write("net/interfaces", Self.interfaces(mtu: 1400))
+        #expect(waitFor(seconds: 30) { loop.link("vmbr0")?["mtu"] as? Int == 1400 }, "the edit is applied: \(loop.log)")
+
+        try loop.write("net/interfaces.new", Self.interfaces(mtu: 1300))
+        #expect(waitFor(seconds: 30) { loop.log.contains("interfaces.new is staged and left alone") }, "\(loop.log)")
+        #expect(loop.link("vmbr0")?["mtu"] as? Int == 1400, "a staged file waits for pvectl apply")
+        #expect(unlink(loop.directory.path + "/net/interfaces.new") == 0)
+
+        try loop.write("net/interfaces", Self.interfaces(mtu: 1400).replacingOccurrences(of: "mtu 1400", with: "mtu big"))
+        #expect(waitFor(seconds: 30) { loop.log.contains("net/interfaces:12:6: error: mtu") }, "\(loop.log)")
+        #expect(waitFor(seconds: 30) { loop.log.contains("network/* blocked") }, "\(loop.log)")
+        #expect(loop.link("vmbr0")?["mtu"] as? Int == 1400, "a broken file is never read as absent")
+
+        #expect(loop.terminate(within: 30) == 0, "\(loop.log)")
+        #expect(loop.log.contains("stopped"))
+    }
+
+    @Test("--report-only logs the drift and changes nothing")
+    func reportOnly() throws {
+        let loop = try Loop(["--report-only", "network"])
+        #expect(waitFor(seconds: 30) { loop.log.contains("drift (report only): create network/vmbr0") }, "\(loop.log)")
+        #expect(loop.link("vmbr0") == nil)
+        #expect(loop.terminate(within: 30) == 0, "\(loop.log)")
+    }
+}
