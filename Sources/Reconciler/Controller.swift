@@ -172,3 +172,34 @@ public actor ControllerInbox {
         waiter = nil
     }
 }
+
+/// What the loop last did per kind, kept in the state directory so that
+/// `pvectl status` (and an operator after a crash) can see it.
+public struct LoopRecord: Codable, Sendable {
+    public struct KindRecord: Codable, Sendable {
+        public var lastPassAt: Date
+        /// converged (nothing to do), applied, failed, or reported (report-only drift).
+        public var outcome: String
+        public var message: String?
+        public var failures: Int
+        public var retryAt: Date?
+
+        public init(lastPassAt: Date, outcome: String, message: String? = nil, failures: Int = 0, retryAt: Date? = nil) {
+            self.lastPassAt = lastPassAt
+            self.outcome = outcome
+            self.message = message
+            self.failures = failures
+            self.retryAt = retryAt
+        }
+    }
+
+    public var pid: Int32
+    public var startedAt: Date
+    public var stoppedAt: Date?
+    public var kinds: [String: KindRecord] = [:]
+
+    public init(pid: Int32, startedAt: Date) {
+        self.pid = pid
+        self.startedAt = startedAt
+    }
+}

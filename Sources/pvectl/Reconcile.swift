@@ -361,6 +361,23 @@ struct StatusCommand: AsyncParsableCommand {
         }
     }
 
+    /// The continuous loop's last pass per kind, from its record in the state directory.
+    func loopRows(_ selectors: [ResourceSelector]) -> [Row] {
+        guard let loop = try? StateStore(directory: options.stateDir).load("loop", as: LoopRecord.self) else { return [] }
+        // The pid counts only while it is still a `pvectl run` (pids are reused).
+        let commandLine = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(loop.pid)/cmdline")))
+            .map { $0.split(separator: 0).map { String(decoding: $0, as: UTF8.self) } } ?? []
+        let alive = loop.stoppedAt == nil && commandLine.first?.hasSuffix("pvectl") == true && commandLine.contains("run")
+        let formatter = ISO8601DateFormatter()
+        return loop.kinds.sorted { $0.key < $1.key }.filter { ResourceSelector.wants(selectors, kind: $0.key) }.map { kind, entry in
+            var message = entry.outcome + (entry.message.map { $0.isEmpty ? "" : ": \($0)" } ?? "")
+            if alive, let retry = entry.retryAt { message += "; next try \(formatter.string(from: retry))" }
+            if !alive { message = "pvectl run (pid \(loop.pid)) is not running; its last pass: " + message }
+            return Row(id: "loop/\(kind)", condition: !alive ? "Stopped" : entry.failures > 0 ? "Degraded" : "Watching",
+                       updatedAt: entry.lastPassAt, message: message, pendingChanges: [])
+        }
+    }
+
     /// One storage as `pvesm status` shows it.
     struct StorageRow: Codable {
         var name: String
@@ -477,6 +494,7 @@ struct StatusCommand: AsyncParsableCommand {
         for storage in storageRows where pending["storage/" + storage.name] == nil {
             rows.append(Row(id: "storage/" + storage.name, condition: storage.active ? "Ready" : "Inactive", message: storage.reason, pendingChanges: []))
         }
+        rows += loopRows(selectors)
         rows.sort { $0.id < $1.id }
         if options.json {
             let encoder = JSONEncoder()

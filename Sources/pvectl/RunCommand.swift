@@ -99,6 +99,9 @@ struct ReconcileLoop: Service {
         logger.info("watching", metadata: ["root": "\(root)", "interfaces": "\(interfaces)", "kinds": "\(kinds.sorted().map(\.rawValue))",
                                            "resync": "\(Int(resync)) s"])
 
+        let store = StateStore(directory: options.stateDir)
+        var record = LoopRecord(pid: getpid(), startedAt: Date())
+        try store.save(record, as: "loop")
         await withGracefulShutdownHandler {
             var queue = ControllerQueue()
             var nextResync = Date().addingTimeInterval(resync)
@@ -111,20 +114,26 @@ struct ReconcileLoop: Service {
                     nextResync = Date().addingTimeInterval(resync)
                 }
                 if let kind = queue.next(now: Date()) {
-                    await pass(kind, kinds: kinds, queue: &queue, notedStaged: &notedStaged)
+                    let outcome = await pass(kind, kinds: kinds, queue: &queue, notedStaged: &notedStaged)
+                    record.kinds[kind.rawValue] = outcome
+                    do { try store.save(record, as: "loop") } catch { logger.error("cannot record the loop's state: \(error)") }
                     continue
                 }
                 let wake = min(queue.nextWake ?? nextResync, nextResync)
                 await inbox.wait(until: .now + .milliseconds(max(0, Int(wake.timeIntervalSinceNow * 1000))))
             }
+            record.stoppedAt = Date()
+            try? store.save(record, as: "loop")
             logger.info("stopped")
         } onGracefulShutdown: {
             Task { await inbox.stop() }
         }
     }
 
-    /// Plans one kind from scratch and applies what differs.
-    func pass(_ kind: ControllerKind, kinds: Set<ControllerKind>, queue: inout ControllerQueue, notedStaged: inout Data?) async {
+    /// Plans one kind from scratch and applies what differs; returns what it did.
+    func pass(_ kind: ControllerKind, kinds: Set<ControllerKind>, queue: inout ControllerQueue,
+              notedStaged: inout Data?) async -> LoopRecord.KindRecord {
+        let started = Date()
         var passOptions = options
         let chosen = passOptions.only.filter { ResourceSelector($0)?.kind == kind.rawValue }
         passOptions.only = chosen.isEmpty ? [kind.rawValue] : chosen
@@ -145,9 +154,11 @@ struct ReconcileLoop: Service {
             for resource in plan.resources where resource.action == .blocked {
                 log.warning("\(resource.id) blocked: \(resource.message ?? "")")
             }
+            let blocked = plan.resources.filter { $0.action == .blocked }.map(\.id)
+            let note = blocked.isEmpty ? nil : "blocked: \(blocked.joined(separator: ", "))"
             guard plan.hasChanges else {
                 queue.succeeded(kind)
-                return
+                return LoopRecord.KindRecord(lastPassAt: started, outcome: "converged", message: note)
             }
             let changing = plan.resources.filter { ![.blocked, .unavailable, .pending].contains($0.action) }
             if reportOnly.contains(kind) {
@@ -156,7 +167,8 @@ struct ReconcileLoop: Service {
                                metadata: ["changes": "\(resource.changes.map { "\($0.field): \($0.old ?? "-") → \($0.new ?? "-")" })"])
                 }
                 queue.succeeded(kind)
-                return
+                return LoopRecord.KindRecord(lastPassAt: started, outcome: "reported",
+                                             message: "drift: " + changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", "))
             }
             log.info("applying \(changing.count) change(s): \(changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", "))")
             let report = try await passOptions.applyKinds(computation, log: { [log] line in log.info("\(line)") })
@@ -164,15 +176,21 @@ struct ReconcileLoop: Service {
                 queue.succeeded(kind)
                 log.info("converged: \(report.applied.joined(separator: ", "))")
                 queue.add(Set(kind.dependents).intersection(kinds), now: Date())
-            } else {
-                for failure in report.failures { log.error("\(failure)") }
-                let delay = queue.failed(kind, now: Date())
-                log.warning("retrying in \(Int(delay.rounded(.up))) s (attempt \(queue.failureCount(kind)))")
+                return LoopRecord.KindRecord(lastPassAt: started, outcome: "applied",
+                                             message: ([report.applied.joined(separator: ", ")] + [note].compactMap { $0 }).joined(separator: "; "))
             }
+            for failure in report.failures { log.error("\(failure)") }
+            return retry(kind, started: started, queue: &queue, log: log, message: report.failures.joined(separator: "; "))
         } catch {
             log.error("pass failed: \(error)")
-            let delay = queue.failed(kind, now: Date())
-            log.warning("retrying in \(Int(delay.rounded(.up))) s (attempt \(queue.failureCount(kind)))")
+            return retry(kind, started: started, queue: &queue, log: log, message: "\(error)")
         }
+    }
+
+    func retry(_ kind: ControllerKind, started: Date, queue: inout ControllerQueue, log: Logger, message: String) -> LoopRecord.KindRecord {
+        let delay = queue.failed(kind, now: Date())
+        log.warning("retrying in \(Int(delay.rounded(.up))) s (attempt \(queue.failureCount(kind)))")
+        return LoopRecord.KindRecord(lastPassAt: started, outcome: "failed", message: message, failures: queue.failureCount(kind),
+                                     retryAt: Date().addingTimeInterval(delay))
     }
 }

@@ -66,6 +66,15 @@ struct RunLoopTests {
 
         func link(_ name: String) -> [String: Any]? { try? namespace.link(name) }
 
+        /// `pvectl status --json`'s row for the loop's network kind.
+        func loopStatus() -> [String: Any]? {
+            let status = try? namespace.exec([RunLoopTests.binary, "status", "--json", "--only", "network", "--root", directory.path + "/root",
+                                              "--interfaces", directory.path + "/net/interfaces", "--state-dir", directory.path + "/state",
+                                              "--node", "pve1"])
+            let rows = (try? JSONSerialization.jsonObject(with: Data((status?.output ?? "").utf8))) as? [[String: Any]]
+            return rows?.first { $0["id"] as? String == "loop/network" }
+        }
+
         /// SIGTERM, then the exit status within `seconds` (nil if it did not end).
         func terminate(within seconds: Double) -> Int32? {
             kill(pid, SIGTERM)
@@ -99,9 +108,13 @@ struct RunLoopTests {
         #expect(waitFor(seconds: 30) { loop.log.contains("net/interfaces:12:6: error: mtu") }, "\(loop.log)")
         #expect(waitFor(seconds: 30) { loop.log.contains("network/* blocked") }, "\(loop.log)")
         #expect(loop.link("vmbr0")?["mtu"] as? Int == 1400, "a broken file is never read as absent")
+        let watching = loop.loopStatus()
+        #expect(watching?["condition"] as? String == "Watching", "\(String(describing: watching))")
+        #expect((watching?["message"] as? String)?.contains("blocked: network/*") == true, "\(String(describing: watching))")
 
         #expect(loop.terminate(within: 30) == 0, "\(loop.log)")
         #expect(loop.log.contains("stopped"))
+        #expect(loop.loopStatus()?["condition"] as? String == "Stopped")
     }
 
     @Test("--report-only logs the drift and changes nothing")
