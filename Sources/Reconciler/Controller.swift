@@ -127,7 +127,7 @@ public actor ControllerInbox {
     private var posted: Set<ControllerKind> = []
     private var stopping = false
     private var waiter: CheckedContinuation<Void, Never>?
-    private var generation = 0
+    private var timer: Task<Void, Never>?
 
     public init() {}
 
@@ -152,22 +152,19 @@ public actor ControllerInbox {
     /// Returns when something is posted, on stop, or at `deadline` (never, when nil).
     public func wait(until deadline: ContinuousClock.Instant?) async {
         guard posted.isEmpty && !stopping else { return }
-        generation += 1
-        let mine = generation
         if let deadline {
-            Task { [weak self] in
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                await self?.timeUp(mine)
+            timer = Task { [weak self] in
+                // Cancelled when something else wakes the loop first: no sleeper outlives its wait.
+                guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
+                await self?.wake()
             }
         }
         await withCheckedContinuation { waiter = $0 }
     }
 
-    private func timeUp(_ generation: Int) {
-        if generation == self.generation { wake() }
-    }
-
     private func wake() {
+        timer?.cancel()
+        timer = nil
         waiter?.resume()
         waiter = nil
     }

@@ -1,3 +1,4 @@
+import Synchronization
 import ArgumentParser
 import Foundation
 import Reconciler
@@ -17,6 +18,8 @@ struct PVECtl: AsyncParsableCommand {
 }
 
 /// Options every command that reads a desired-state tree shares.
+private let announcedIPC = Mutex(false)
+
 struct TreeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Desired-state root: a plain directory or a mounted cluster file system.", valueName: "DIR"))
     var root: String = "/etc/pve"
@@ -33,7 +36,11 @@ struct TreeOptions: ParsableArguments {
     /// Plain files, or the pmxcfs IPC service when the root is its mount and it answers.
     var source: any TreeSource {
         if let ipc = IPCTreeSource(root: root, service: ipcService, node: nodeName) {
-            FileHandle.standardError.write(Data("reading \(root) through the pmxcfs IPC service \(ipcService)\n".utf8))
+            // Said once per process: the loop loads the tree on every pass.
+            announcedIPC.withLock { announced in
+                if !announced { FileHandle.standardError.write(Data("reading \(root) through the pmxcfs IPC service \(ipcService)\n".utf8)) }
+                announced = true
+            }
             return ipc
         }
         return FileTreeSource()

@@ -106,6 +106,7 @@ struct ReconcileLoop: Service {
             var queue = ControllerQueue()
             var nextResync = Date().addingTimeInterval(resync)
             var notedStaged: Data?
+            var reported: [ControllerKind: [String]] = [:]
             queue.add(kinds, now: Date())
             while await !inbox.isStopping {
                 queue.add(await inbox.take().intersection(kinds), now: Date())
@@ -114,7 +115,7 @@ struct ReconcileLoop: Service {
                     nextResync = Date().addingTimeInterval(resync)
                 }
                 if let kind = queue.next(now: Date()) {
-                    let outcome = await pass(kind, kinds: kinds, queue: &queue, notedStaged: &notedStaged)
+                    let outcome = await pass(kind, kinds: kinds, queue: &queue, notedStaged: &notedStaged, reported: &reported)
                     record.kinds[kind.rawValue] = outcome
                     do { try store.save(record, as: "loop") } catch { logger.error("cannot record the loop's state: \(error)") }
                     continue
@@ -132,7 +133,7 @@ struct ReconcileLoop: Service {
 
     /// Plans one kind from scratch and applies what differs; returns what it did.
     func pass(_ kind: ControllerKind, kinds: Set<ControllerKind>, queue: inout ControllerQueue,
-              notedStaged: inout Data?) async -> LoopRecord.KindRecord {
+              notedStaged: inout Data?, reported: inout [ControllerKind: [String]]) async -> LoopRecord.KindRecord {
         let started = Date()
         var passOptions = options
         let chosen = passOptions.only.filter { ResourceSelector($0)?.kind == kind.rawValue }
@@ -149,10 +150,17 @@ struct ReconcileLoop: Service {
                 }
                 notedStaged = content
             }
-            for problem in computation.problems { log.error("\(problem.description)") }
             let plan = computation.plan
-            for resource in plan.resources where resource.action == .blocked {
-                log.warning("\(resource.id) blocked: \(resource.message ?? "")")
+            // Errors are logged when they change, not on every pass an event causes.
+            let problems = computation.problems.map(\.description)
+                + plan.resources.filter { $0.action == .blocked }.map { "\($0.id) blocked: \($0.message ?? "")" }
+            if problems != reported[kind] {
+                for problem in computation.problems { log.error("\(problem.description)") }
+                for resource in plan.resources where resource.action == .blocked {
+                    log.warning("\(resource.id) blocked: \(resource.message ?? "")")
+                }
+                if problems.isEmpty && !(reported[kind] ?? []).isEmpty { log.notice("the errors are fixed") }
+                reported[kind] = problems
             }
             let blocked = plan.resources.filter { $0.action == .blocked }.map(\.id)
             let note = blocked.isEmpty ? nil : "blocked: \(blocked.joined(separator: ", "))"

@@ -66,6 +66,11 @@ struct RunLoopTests {
 
         func link(_ name: String) -> [String: Any]? { try? namespace.link(name) }
 
+        /// When the loop last recorded a pass (it does after every one).
+        var recordModified: Date? {
+            (try? FileManager.default.attributesOfItem(atPath: directory.path + "/state/loop.json"))?[.modificationDate] as? Date
+        }
+
         /// `pvectl status --json`'s row for the loop's network kind.
         func loopStatus() -> [String: Any]? {
             let status = try? namespace.exec([RunLoopTests.binary, "status", "--json", "--only", "network", "--root", directory.path + "/root",
@@ -111,6 +116,15 @@ struct RunLoopTests {
         let watching = loop.loopStatus()
         #expect(watching?["condition"] as? String == "Watching", "\(String(describing: watching))")
         #expect((watching?["message"] as? String)?.contains("blocked: network/*") == true, "\(String(describing: watching))")
+
+        // Another event, another pass: the same errors are not logged again.
+        let recorded = loop.recordModified
+        try loop.namespace.addNIC("eno2")
+        #expect(waitFor(seconds: 30) { loop.recordModified != recorded }, "a pass after the netlink event: \(loop.log)")
+        #expect(loop.log.components(separatedBy: "error: mtu: type check").count == 2, "logged once: \(loop.log)")
+        try loop.write("net/interfaces", Self.interfaces(mtu: 1450))
+        #expect(waitFor(seconds: 30) { loop.link("vmbr0")?["mtu"] as? Int == 1450 }, "\(loop.log)")
+        #expect(loop.log.contains("the errors are fixed"), "\(loop.log)")
 
         #expect(loop.terminate(within: 30) == 0, "\(loop.log)")
         #expect(loop.log.contains("stopped"))
