@@ -281,4 +281,20 @@ struct QemuReconcilerTests {
         #expect(byName["131"]?.message?.hasSuffix("; the running VM is left as it is") == true, "\(byName["131"]?.message ?? "")")
         #expect(computed.problems.map(\.location.file) == [tree.root + "/nodes/pve1/qemu-server/131.conf"])
     }
+
+    @Test("a guest that powered itself off: its QEMU is quit unless the VM should run, then it starts again")
+    func guestPoweroff() async throws {
+        let tree = try Tree([
+            "nodes/pve1/qemu-server/140.conf": "memory: 512\n",
+            "nodes/pve1/qemu-server/141.conf": "memory: 512\nonboot: 1\n",
+        ])
+        let driver = TableDriver(observed: [
+            140: ObservedVM(state: .running(pid: 40, status: "shutdown")),
+            141: ObservedVM(state: .running(pid: 41, status: "shutdown")),
+        ])
+        let computed = try await tree.compute(driver)
+        let byName = Dictionary(uniqueKeysWithValues: computed.resources.map { ($0.name, $0) })
+        #expect(byName["140"]?.action == .delete && byName["140"]?.message == "clean up: the guest powered itself off", "\(computed.resources)")
+        #expect(byName["141"]?.action == .create, "onboot: started again (the driver replaces the powered-off QEMU)")
+    }
 }

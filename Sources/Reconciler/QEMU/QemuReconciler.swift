@@ -311,7 +311,18 @@ public struct QemuReconciler: Sendable {
             let record = computed.records.vms[String(vmid)]
             // A guest that powered itself off (QEMU kept by -no-shutdown) is stopped.
             var runState = observed.state
-            if case .running(_, "shutdown") = runState { runState = .stopped }
+            if case .running(_, "shutdown") = runState {
+                runState = .stopped
+                // Nobody wants it running: quit the QEMU left behind, as qemu-server's qmeventd does.
+                if case .run = intent {} else {
+                    computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: source,
+                                                           changes: [PlannedChange(field: "state", old: "powered off by the guest (QEMU kept by -no-shutdown)",
+                                                                                   new: "stopped", changeClass: .live)],
+                                                           operations: ["quit QEMU"], message: "clean up: the guest powered itself off"))
+                    computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: stopTimeout), writeBack: nil, order: startup.order))
+                    continue
+                }
+            }
             if case .running = runState {} else if case .run = intent {} else { continue }
             // A stop needs no command line: a config that no longer builds one still stops.
             if case .running = runState, case .stop(let why) = intent {
