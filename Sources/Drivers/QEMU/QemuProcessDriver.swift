@@ -135,7 +135,13 @@ public struct QemuProcessDriver: QemuDriver {
         }
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline {
-            if let pid = pid(vmid), Self.isQemu(pid, vmid: vmid), (try? QMPClient(path: qmpSocket(vmid), timeout: 2)) != nil { return pid }
+            if let pid = pid(vmid) {
+                if Self.isQemu(pid, vmid: vmid), (try? QMPClient(path: qmpSocket(vmid), timeout: 2)) != nil { return pid }
+                // Daemonized, then gone (killed, or crashed): no use waiting for its QMP socket.
+                if kill(pid, 0) != 0 && errno == ESRCH {
+                    throw Failure(description: "QEMU for VM \(vmid) (pid \(pid)) exited right after starting")
+                }
+            }
             try await Task.sleep(nanoseconds: 20_000_000)
         }
         throw Failure(description: "QEMU for VM \(vmid) did not answer on \(qmpSocket(vmid)) within 30 s")
