@@ -16,8 +16,10 @@ struct RunCommand: AsyncParsableCommand {
         discussion: """
         Applies every selected kind once, then again whenever something changes:
         a file under --root or the interfaces file (inotify), the kernel's links,
-        addresses or routes (rtnetlink), or every --resync seconds for what no
-        event reports (a VM that died, a mount that went away). A kind that
+        addresses or routes (rtnetlink), a VM's QEMU reporting an event or
+        exiting (on qmeventd's socket, /var/run/qmeventd.sock, unless qmeventd
+        itself serves it), or every --resync seconds for what no event reports
+        (a mount that went away). A kind that
         applied something has the kinds on top of it looked at again (network →
         VMs and firewall, storage → VMs, VMs → firewall).
 
@@ -70,6 +72,11 @@ struct RunCommand: AsyncParsableCommand {
 /// The loop as a service: watchers feed an inbox, a work queue decides
 /// which kind runs next, each pass plans and applies one kind.
 struct ReconcileLoop: Service {
+    /// QMP events after which a VM's state may differ from its config.
+    /// (Not RESET, STOP or RESUME: a guest rebooting or paused is still running,
+    /// and a guest without a boot disk resets every few seconds.)
+    static let qemuEventsToFollow: Set<String> = ["SHUTDOWN", "GUEST_PANICKED", "DEVICE_DELETED"]
+
     let options: ReconcileOptions
     let resync: Double
     let reportOnly: Set<ControllerKind>
@@ -91,10 +98,33 @@ struct ReconcileLoop: Service {
                                                       onChange: onFileChange)
         let kernelKinds = kinds.intersection([.network, .qemu, .firewall])
         let netlinkWatcher = try NetworkChangeWatcher { Task { await inbox.post(kernelKinds) } }
+        // QEMU's own events (qmeventd's socket): a guest powering off, a QEMU exiting.
+        var qemuEvents: QemuEventListener?
+        if kinds.contains(.qemu) {
+            do {
+                qemuEvents = try QemuEventListener { [logger] event in
+                    switch event {
+                    case .qmp(let name, let pid) where Self.qemuEventsToFollow.contains(name):
+                        logger.info("QEMU event \(name) from pid \(pid)")
+                    case .connected(let pid):
+                        logger.info("following the events of QEMU pid \(pid)")
+                        return
+                    case .disconnected(let pid):
+                        logger.info("QEMU pid \(pid) closed its event connection")
+                    case .qmp:
+                        return
+                    }
+                    Task { await inbox.post([ControllerKind.qemu]) }
+                }
+            } catch {
+                logger.warning("not following QEMU events: \(error); a guest's own poweroff is seen at the next resync")
+            }
+        }
         defer {
             rootWatcher.stop()
             interfacesWatcher.stop()
             netlinkWatcher.stop()
+            qemuEvents?.stop()
         }
         logger.info("watching", metadata: ["root": "\(root)", "interfaces": "\(interfaces)", "kinds": "\(kinds.sorted().map(\.rawValue))",
                                            "resync": "\(Int(resync)) s"])

@@ -24,7 +24,7 @@ final class QemuTestNode: @unchecked Sendable {
         self.root = root ?? directory.path + "/root"
         try namespace.run(["ip", "-n", namespace.name, "link", "add", "vmbr0", "type", "bridge"])
         try namespace.run(["ip", "-n", namespace.name, "link", "set", "vmbr0", "up"])
-        try FileManager.default.createDirectory(atPath: directory.path + "/run", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: directory.path + "/local", withIntermediateDirectories: true)
         if storage { try directory.write("root/storage.cfg", "dir: vmstore\n\tpath \(directory.path)/vz\n\tcontent images,iso\n") }
     }
@@ -38,7 +38,10 @@ final class QemuTestNode: @unchecked Sendable {
         }
     }
 
-    var runDirectory: String { directory.path + "/run" }
+    /// This node's /run: VM pid files and QMP sockets in qemu-server/, and
+    /// qmeventd.sock, where its VMs send their events.
+    var runRoot: String { directory.path + "/run" }
+    var runDirectory: String { runRoot + "/qemu-server" }
     var configPath: String { "\(root)/nodes/localhost/qemu-server/\(vmid).conf" }
     var config: String { (try? String(contentsOfFile: configPath, encoding: .utf8)) ?? "" }
     func write(_ text: String) throws {
@@ -57,15 +60,15 @@ final class QemuTestNode: @unchecked Sendable {
         let selectors = (only ?? ["qemu/\(vmid)"]).flatMap { ["--only", $0] }
         return namespace.execIsolated([Self.binary, command, "--root", root, "--node", "localhost", "--state-dir", directory.path + "/state",
                                        "--qemu-accel", "tcg"] + selectors + arguments,
-                                      binding: ["/run/qemu-server": runDirectory, "/var/lib/vz": directory.path + "/local"])
+                                      binding: ["/run": runRoot, "/var/lib/vz": directory.path + "/local"])
     }
 
     /// `pvectl run` for this VM in the background, isolated like `pvectl`; its log in run.log.
-    func startLoop() throws -> pid_t {
+    func startLoop(only: String) throws -> pid_t {
         try DetachedProcess.spawn(["/usr/bin/env"] + namespace.isolated(
             [Self.binary, "run", "--root", root, "--node", "localhost", "--state-dir", directory.path + "/state",
-             "--qemu-accel", "tcg", "--only", "qemu/\(vmid)", "--resync", "3600"],
-            binding: ["/run/qemu-server": runDirectory, "/var/lib/vz": directory.path + "/local"]), log: directory.path + "/run.log")
+             "--qemu-accel", "tcg", "--only", only, "--resync", "3600"],
+            binding: ["/run": runRoot, "/var/lib/vz": directory.path + "/local"]), log: directory.path + "/run.log")
     }
 
     /// One QMP command against the VM, off the cooperative pool.
@@ -268,28 +271,44 @@ struct QemuLifecycleTests {
         #expect(FileManager.default.fileExists(atPath: "\(node.runDirectory)/\(second).pid"))
     }
 
-    @Test("pvectl run: starts the VM, restarts it at once after kill -9 (its tap going is a netlink event), hot-plugs an edit, stops on template")
+    @Test("pvectl run: starts VMs; a QEMU killed with -9 is started again at once (its event connection closing, its tap going); hot-plugs an edit; stops on template")
     func loop() async throws {
         let node = try QemuTestNode(storage: false)
-        try node.write("memory: 128\nstartup: down=1\nnet0: virtio,bridge=vmbr0\n")
-        let loop = try node.startLoop()
+        let plain = node.vmid + 1
+        try node.write("memory: 128\nonboot: 1\nstartup: down=1\nnet0: virtio,bridge=vmbr0\n")
+        try node.directory.write("root/nodes/localhost/qemu-server/\(plain).conf", "memory: 128\nonboot: 1\nstartup: down=1\n")
+        let loop = try node.startLoop(only: "qemu")
         defer {
             kill(loop, SIGKILL)
             _ = reap(loop)
         }
         let log = { node.directory.read("run.log") ?? "" }
-        #expect(waitFor(seconds: 60) { node.pid.map { kill($0, 0) == 0 } == true }, "started by the first pass: \(log())")
-        let first = try #require(node.pid)
+        func pid(_ vmid: Int) -> Int32? {
+            (try? String(contentsOfFile: "\(node.runDirectory)/\(vmid).pid", encoding: .utf8))
+                .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }.flatMap { kill($0, 0) == 0 ? $0 : nil }
+        }
+        // "started" is logged once QEMU answers on QMP: the start is complete.
+        #expect(waitFor(seconds: 60) { log().contains("qemu/\(node.vmid): started") && log().contains("qemu/\(plain): started") },
+                "started by the first pass: \(log())")
         #expect(waitFor(seconds: 30) { node.config.contains("net0: virtio=BC:24:11:") }, "generated values written back: \(log())")
 
+        // No NIC, and the resync an hour away: only its event connection closing tells.
+        let plainFirst = try #require(pid(plain))
+        #expect(waitFor(seconds: 30) { log().contains("following the events of QEMU pid \(plainFirst)") }, "\(log())")
+        kill(plainFirst, SIGKILL)
+        #expect(waitFor(seconds: 60) { pid(plain).map { $0 != plainFirst } == true && log().contains("qemu/\(plain): started (pid \(pid(plain) ?? 0))") },
+                "restarted: \(log())")
+        #expect(waitFor(seconds: 10) { log().contains("QEMU pid \(plainFirst) closed its event connection") }, "\(log())")
+
+        let first = try #require(pid(node.vmid))
         kill(first, SIGKILL)
-        // The resync is an hour away: only the tap's removal can bring the loop back.
-        #expect(waitFor(seconds: 60) { node.pid.map { $0 != first && kill($0, 0) == 0 } == true }, "restarted: \(log())")
-        let second = try #require(node.pid)
+        #expect(waitFor(seconds: 60) { pid(node.vmid).map { $0 != first } == true && log().contains("qemu/\(node.vmid): started (pid \(pid(node.vmid) ?? 0))") },
+                "restarted: \(log())")
+        let second = try #require(pid(node.vmid))
 
         try node.write(node.config + "net1: virtio,bridge=vmbr0\n")
         #expect(waitFor(seconds: 60) { (try? node.master("tap\(node.vmid)i1")) == "vmbr0" }, "NIC hot-plugged after the edit: \(log())")
-        #expect(node.pid == second, "a live change, no restart")
+        #expect(pid(node.vmid) == second, "a live change, no restart")
 
         try node.write(node.config + "template: 1\n")
         #expect(waitFor(seconds: 60) { kill(second, 0) != 0 }, "stopped: \(log())")
@@ -298,7 +317,6 @@ struct QemuLifecycleTests {
     }
 }
 
-/// Lines a guest prints on its serial port (`serial0: socket`), read from QEMU's unix socket.
 final class SerialConsole: @unchecked Sendable {
     // @unchecked: used from one test at a time, each call off the cooperative pool.
     private let socket: Int32

@@ -12,7 +12,6 @@ public final class DescriptorWatcher: @unchecked Sendable {
     let descriptor: Int32
     private let wakeRead: Int32
     private let wakeWrite: Int32
-    private var thread: Thread?
 
     init(descriptor: Int32) throws {
         self.descriptor = descriptor
@@ -34,12 +33,12 @@ public final class DescriptorWatcher: @unchecked Sendable {
         close(wakeWrite)
     }
 
-    /// Starts the thread; `onReadable` is called on it each time the descriptor is readable.
+    /// Starts the thread; `onReadable` is called on it each time the descriptor
+    /// is readable. The thread keeps the watcher (and so its descriptors) alive
+    /// until it ends: after `stop()`, or when the descriptor hangs up.
     func start(name: String, onReadable: @escaping @Sendable () -> Void) {
-        let descriptor = descriptor
-        let wake = wakeRead
-        let thread = Thread {
-            var fds = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+        let thread = Thread { [self] in
+            var fds = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
             while true {
                 let ready = poll(&fds, 2, -1)
                 if ready < 0 && errno == EINTR { continue }
@@ -49,7 +48,6 @@ public final class DescriptorWatcher: @unchecked Sendable {
             }
         }
         thread.name = name
-        self.thread = thread
         thread.start()
     }
 
