@@ -12,21 +12,9 @@ import TestSupport
 struct RunLoopTests {
     static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
 
+    /// The end-to-end tests' file, with an MTU on vmbr0 (line 13) when given.
     static func interfaces(mtu: Int? = nil) -> String {
-        """
-        auto lo
-        iface lo inet loopback
-
-        iface eno1 inet manual
-
-        auto vmbr0
-        iface vmbr0 inet static
-        \taddress 192.0.2.10/24
-        \tbridge-ports eno1
-        \tbridge-stp off
-        \tbridge-fd 0
-        \(mtu.map { "\tmtu \($0)\n" } ?? "")
-        """
+        CommandLineTests.interfaces.replacingOccurrences(of: "\tbridge-fd 0\n", with: "\tbridge-fd 0\n" + (mtu.map { "\tmtu \($0)\n" } ?? ""))
     }
 
     /// The loop in its namespace, killed and reaped when the test ends (also on failure).
@@ -110,7 +98,7 @@ struct RunLoopTests {
         #expect(unlink(loop.directory.path + "/net/interfaces.new") == 0)
 
         try loop.write("net/interfaces", Self.interfaces(mtu: 1400).replacingOccurrences(of: "mtu 1400", with: "mtu big"))
-        #expect(waitFor(seconds: 30) { loop.log.contains("net/interfaces:12:6: error: mtu") }, "\(loop.log)")
+        #expect(waitFor(seconds: 30) { loop.log.contains("net/interfaces:13:6: error: mtu") }, "\(loop.log)")
         #expect(waitFor(seconds: 30) { loop.log.contains("network/* blocked") }, "\(loop.log)")
         #expect(loop.link("vmbr0")?["mtu"] as? Int == 1400, "a broken file is never read as absent")
         let watching = loop.loopStatus()

@@ -46,6 +46,11 @@ struct QemuReconcilerTests {
         }
     }
 
+    /// The plan's resources by VMID.
+    static func byVMID(_ computed: QemuReconciler.Computed) -> [String: ResourcePlan] {
+        Dictionary(uniqueKeysWithValues: computed.resources.map { ($0.name, $0) })
+    }
+
     static func config(_ text: String) -> GuestConfig { GuestConfig.parse(text, file: "/pve/100.conf", kind: .qemu).0 }
 
     @Test("which VMs run: template, HA state, onboot, named with --only, else left alone")
@@ -235,7 +240,7 @@ struct QemuReconcilerTests {
             999: ObservedVM(state: .running(pid: 19, status: "running")),
         ])
         let computed = try await tree.compute(driver)
-        let byName = Dictionary(uniqueKeysWithValues: computed.resources.map { ($0.name, $0) })
+        let byName = Self.byVMID(computed)
         #expect(byName["100"]?.action == .create)
         #expect(byName["101"]?.action == .update, "a new NIC is live; the machine type waits")
         #expect(byName["101"]?.changes.first { $0.field == "net1" }?.changeClass == .live)
@@ -274,7 +279,7 @@ struct QemuReconcilerTests {
             131: ObservedVM(state: .running(pid: 31, status: "running")),
         ])
         let computed = try await tree.compute(driver)
-        let byName = Dictionary(uniqueKeysWithValues: computed.resources.map { ($0.name, $0) })
+        let byName = Self.byVMID(computed)
         #expect(byName["130"]?.action == .delete && byName["130"]?.message == "stop: template: 1", "\(computed.resources)")
         #expect(computed.vms.map(\.vmid) == [130])
         #expect(byName["131"]?.action == .blocked)
@@ -293,7 +298,7 @@ struct QemuReconcilerTests {
             141: ObservedVM(state: .running(pid: 41, status: "shutdown")),
         ])
         let computed = try await tree.compute(driver)
-        let byName = Dictionary(uniqueKeysWithValues: computed.resources.map { ($0.name, $0) })
+        let byName = Self.byVMID(computed)
         #expect(byName["140"]?.action == .delete && byName["140"]?.message == "clean up: the guest powered itself off", "\(computed.resources)")
         #expect(byName["141"]?.action == .create, "onboot: started again (the driver replaces the powered-off QEMU)")
     }
