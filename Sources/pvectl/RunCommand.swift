@@ -92,7 +92,7 @@ struct ReconcileLoop: Service {
             let affected = ControllerKind.affected(byChangeOf: path, root: root, interfaces: interfaces).intersection(kinds)
             if !affected.isEmpty { Task { await inbox.post(affected) } }
         }
-        // Four levels reach nodes/<node>/qemu-server/<vmid>.conf; the interfaces file's directory alone.
+        // Three levels below the root reach nodes/<node>/qemu-server/; of the interfaces file, its directory alone.
         let rootWatcher = try FileChangeWatcher(directories: [root], depth: 3, onChange: onFileChange)
         let interfacesWatcher = try FileChangeWatcher(directories: [(interfaces as NSString).deletingLastPathComponent], depth: 0,
                                                       onChange: onFileChange)
