@@ -46,6 +46,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(name: .customLong("report-only"), help: ArgumentHelp("Log this kind's drift and changes without applying them (repeatable).", valueName: "KIND"))
     var reportOnly: [String] = []
 
+    @Flag(name: .long, help: "Also log every event and every pass that found nothing to do.")
+    var verbose = false
+
     func validate() throws {
         guard resync >= 1 else { throw ValidationError("--resync \(resync): at least 1 second") }
         for kind in reportOnly where ControllerKind(rawValue: kind) == nil {
@@ -55,9 +58,10 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let level: Logger.Level = verbose ? .debug : .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardOutput(label: label)
-            handler.logLevel = .info
+            handler.logLevel = level
             return handler
         }
         let logger = Logger(label: "pvectl")
@@ -88,8 +92,9 @@ struct ReconcileLoop: Service {
         let root = URL(fileURLWithPath: options.tree.root).standardized.path
         let interfaces = URL(fileURLWithPath: options.tree.interfaces).standardized.path
         let inbox = ControllerInbox()
-        let onFileChange: @Sendable (String) -> Void = { path in
+        let onFileChange: @Sendable (String) -> Void = { [logger] path in
             let affected = ControllerKind.affected(byChangeOf: path, root: root, interfaces: interfaces).intersection(kinds)
+            logger.debug("changed: \(path) → \(affected.sorted().map(\.rawValue))")
             if !affected.isEmpty { Task { await inbox.post(affected) } }
         }
         // Three levels below the root reach nodes/<node>/qemu-server/; of the interfaces file, its directory alone.
@@ -97,7 +102,10 @@ struct ReconcileLoop: Service {
         let interfacesWatcher = try FileChangeWatcher(directories: [(interfaces as NSString).deletingLastPathComponent], depth: 0,
                                                       onChange: onFileChange)
         let kernelKinds = kinds.intersection([.network, .qemu, .firewall])
-        let netlinkWatcher = try NetworkChangeWatcher { Task { await inbox.post(kernelKinds) } }
+        let netlinkWatcher = try NetworkChangeWatcher { [logger] in
+            logger.debug("the kernel's network changed")
+            Task { await inbox.post(kernelKinds) }
+        }
         // QEMU's own events (qmeventd's socket): a guest powering off, a QEMU exiting.
         var qemuEvents: QemuEventListener?
         if kinds.contains(.qemu) {
@@ -195,6 +203,7 @@ struct ReconcileLoop: Service {
             let blocked = plan.resources.filter { $0.action == .blocked }.map(\.id)
             let note = blocked.isEmpty ? nil : "blocked: \(blocked.joined(separator: ", "))"
             guard plan.hasChanges else {
+                log.debug("nothing to do")
                 queue.succeeded(kind)
                 return LoopRecord.KindRecord(lastPassAt: started, outcome: "converged", message: note)
             }

@@ -89,6 +89,13 @@ struct RunLoopTests {
         try loop.namespace.run(["ip", "-n", loop.namespace.name, "link", "del", "vmbr0"])
         #expect(waitFor(seconds: 30) { loop.link("vmbr0") != nil }, "recreated after the netlink event: \(loop.log)")
 
+        // A burst of 1,400 link events (it may overrun the netlink socket's buffer) does not end the watch.
+        let burst = (0..<700).map { "link add bx\($0) type veth peer name by\($0)" }.joined(separator: "\n") + "\n"
+        try loop.directory.write("burst", burst)
+        try loop.namespace.run(["ip", "-n", loop.namespace.name, "-batch", loop.directory.path + "/burst"])
+        try loop.namespace.run(["ip", "-n", loop.namespace.name, "link", "del", "vmbr0"])
+        #expect(waitFor(seconds: 30) { loop.link("vmbr0") != nil }, "recreated after a netlink overrun: \(loop.log)")
+
         try loop.write("net/interfaces", Self.interfaces(mtu: 1400))
         #expect(waitFor(seconds: 30) { loop.link("vmbr0")?["mtu"] as? Int == 1400 }, "the edit is applied: \(loop.log)")
 

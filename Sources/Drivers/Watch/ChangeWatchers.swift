@@ -43,8 +43,10 @@ public final class DescriptorWatcher: @unchecked Sendable {
                 let ready = poll(&fds, 2, -1)
                 if ready < 0 && errno == EINTR { continue }
                 if ready < 0 || fds[1].revents != 0 { return }
-                if fds[0].revents & Int16(POLLIN) != 0 { onReadable() }
-                if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { return }
+                // POLLERR is read too: on a netlink socket it is an overrun
+                // (ENOBUFS), which the read reports and clears; the watch goes on.
+                if fds[0].revents & Int16(POLLIN | POLLERR) != 0 { onReadable() }
+                if fds[0].revents & Int16(POLLHUP | POLLNVAL) != 0 { return }
             }
         }
         thread.name = name
@@ -164,6 +166,9 @@ public final class NetworkChangeWatcher: @unchecked Sendable {
         // struct sockaddr_nl: family, pad, pid (0: the kernel assigns), multicast groups.
         let groups: UInt32 = 0x1 /* RTMGRP_LINK */ | 0x10 /* RTMGRP_IPV4_IFADDR */ | 0x40 /* RTMGRP_IPV4_ROUTE */
             | 0x100 /* RTMGRP_IPV6_IFADDR */ | 0x400 /* RTMGRP_IPV6_ROUTE */
+        // Room for a burst (an apply of many bridges); an overrun is still reported as a change.
+        var bufferSize: Int32 = 1 << 20
+        _ = setsockopt(socketDescriptor, SOL_SOCKET, SO_RCVBUF, &bufferSize, socklen_t(MemoryLayout<Int32>.size))
         var address: (UInt16, UInt16, UInt32, UInt32) = (UInt16(AF_NETLINK), 0, 0, groups)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketDescriptor, $0, 12) }
