@@ -140,8 +140,11 @@ public struct Plan: Codable, Hashable, Sendable {
         self.summary = summary
     }
 
+    /// The resources `apply` changes; blocked, unavailable and restart-pending ones are not.
+    public var changingResources: [ResourcePlan] { resources.filter { ![.blocked, .unavailable, .pending].contains($0.action) } }
+
     /// Whether `apply` has something to do; changes pending a guest restart do not count.
-    public var hasChanges: Bool { resources.contains { ![.blocked, .unavailable, .pending].contains($0.action) } }
+    public var hasChanges: Bool { !changingResources.isEmpty }
 
     public func jsonData() throws -> Data {
         let encoder = JSONEncoder()

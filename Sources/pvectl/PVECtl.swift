@@ -1,8 +1,8 @@
-import Synchronization
 import ArgumentParser
 import Foundation
 import Reconciler
 import Resources
+import Synchronization
 
 @main
 struct PVECtl: AsyncParsableCommand {

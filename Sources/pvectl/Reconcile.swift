@@ -365,8 +365,7 @@ struct StatusCommand: AsyncParsableCommand {
     func loopRows(_ selectors: [ResourceSelector]) -> [Row] {
         guard let loop = try? StateStore(directory: options.stateDir).load("loop", as: LoopRecord.self) else { return [] }
         // The pid counts only while it is still a `pvectl run` (pids are reused).
-        let commandLine = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(loop.pid)/cmdline")))
-            .map { $0.split(separator: 0).map { String(decoding: $0, as: UTF8.self) } } ?? []
+        let commandLine = processArguments(loop.pid)
         let alive = loop.stoppedAt == nil && commandLine.first?.hasSuffix("pvectl") == true && commandLine.contains("run")
         let formatter = ISO8601DateFormatter()
         return loop.kinds.sorted { $0.key < $1.key }.filter { ResourceSelector.wants(selectors, kind: $0.key) }.map { kind, entry in

@@ -189,25 +189,23 @@ struct ReconcileLoop: Service {
                 notedStaged = content
             }
             let plan = computation.plan
+            let blocked = plan.resources.filter { $0.action == .blocked }
             // Errors are logged when they change, not on every pass an event causes.
-            let problems = computation.problems.map(\.description)
-                + plan.resources.filter { $0.action == .blocked }.map { "\($0.id) blocked: \($0.message ?? "")" }
-            if problems != reported[kind] {
-                for problem in computation.problems { log.error("\(problem.description)") }
-                for resource in plan.resources where resource.action == .blocked {
-                    log.warning("\(resource.id) blocked: \(resource.message ?? "")")
-                }
-                if problems.isEmpty && !(reported[kind] ?? []).isEmpty { log.notice("the errors are fixed") }
-                reported[kind] = problems
+            let errors = computation.problems.map(\.description)
+            let warnings = blocked.map { "\($0.id) blocked: \($0.message ?? "")" }
+            if errors + warnings != reported[kind] {
+                for error in errors { log.error("\(error)") }
+                for warning in warnings { log.warning("\(warning)") }
+                if errors.isEmpty && warnings.isEmpty && !(reported[kind] ?? []).isEmpty { log.notice("the errors are fixed") }
+                reported[kind] = errors + warnings
             }
-            let blocked = plan.resources.filter { $0.action == .blocked }.map(\.id)
-            let note = blocked.isEmpty ? nil : "blocked: \(blocked.joined(separator: ", "))"
-            guard plan.hasChanges else {
+            let note = blocked.isEmpty ? nil : "blocked: \(blocked.map(\.id).joined(separator: ", "))"
+            let changing = plan.changingResources
+            guard !changing.isEmpty else {
                 log.debug("nothing to do")
                 queue.succeeded(kind)
                 return LoopRecord.KindRecord(lastPassAt: started, outcome: "converged", message: note)
             }
-            let changing = plan.resources.filter { ![.blocked, .unavailable, .pending].contains($0.action) }
             if reportOnly.contains(kind) {
                 for resource in changing {
                     log.notice("drift (report only): \(resource.action.rawValue) \(resource.id)",

@@ -50,7 +50,10 @@ final class QemuTestNode: @unchecked Sendable {
     }
     var qmpSocket: String { "\(runDirectory)/\(vmid).qmp" }
 
-    var pid: Int32? {
+    var pid: Int32? { pid(of: vmid) }
+
+    /// The pid in a VM's pid file (the process may be gone).
+    func pid(of vmid: Int) -> Int32? {
         (try? String(contentsOfFile: "\(runDirectory)/\(vmid).pid", encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 
@@ -283,10 +286,7 @@ struct QemuLifecycleTests {
             _ = reap(loop)
         }
         let log = { node.directory.read("run.log") ?? "" }
-        func pid(_ vmid: Int) -> Int32? {
-            (try? String(contentsOfFile: "\(node.runDirectory)/\(vmid).pid", encoding: .utf8))
-                .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }.flatMap { kill($0, 0) == 0 ? $0 : nil }
-        }
+        func pid(_ vmid: Int) -> Int32? { node.pid(of: vmid).flatMap { kill($0, 0) == 0 ? $0 : nil } }
         // "started" is logged once QEMU answers on QMP: the start is complete.
         #expect(waitFor(seconds: 60) { log().contains("qemu/\(node.vmid): started") && log().contains("qemu/\(plain): started") },
                 "started by the first pass: \(log())")

@@ -12,7 +12,7 @@ public final class QMPClient {
     }
 
     private let socket: Int32
-    private var buffer: [UInt8] = []
+    private let lines = QMPLines()
     private let timeout: Double
     /// Events received so far (`{"event": ..., "data": ..., "timestamp": ...}`), oldest first.
     public private(set) var events: [[String: Any]] = []
@@ -24,16 +24,9 @@ public final class QMPClient {
         self.timeout = timeout
         socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard socket >= 0 else { throw Failure("socket: \(String(cString: strerror(errno)))") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+        guard let connected = withUnixAddress(path, { connect(socket, $0, $1) }) else {
             close(socket)
             throw Failure("socket path too long: \(path)")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes + [0]) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard connected == 0 else {
             let reason = String(cString: strerror(errno))
@@ -99,22 +92,51 @@ public final class QMPClient {
 
     private func readMessage() throws -> [String: Any] {
         while true {
-            if let newline = buffer.firstIndex(of: 0x0A) {
-                let line = Array(buffer[..<newline])
-                buffer.removeSubrange(...newline)
-                if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) { continue }
-                guard let object = try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
-                    throw Failure("QMP sent something that is not a JSON object")
-                }
-                return object
-            }
+            if let object = try lines.next() { return object }
             var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
             let ready = poll(&descriptor, 1, Int32(timeout * 1000))
             guard ready > 0 else { throw Failure(ready == 0 ? "QMP: no reply within \(timeout) s" : "QMP poll failed") }
             var chunk = [UInt8](repeating: 0, count: 65536)
             let count = recv(socket, &chunk, chunk.count, 0)
             guard count > 0 else { throw Failure("QMP: QEMU closed the connection") }
-            buffer += chunk[..<count]
+            lines.append(chunk[..<count])
         }
+    }
+}
+
+/// QMP's framing: one JSON object per line. Shared by the client and the
+/// event listener (qmeventd's socket).
+final class QMPLines: @unchecked Sendable {
+    // @unchecked: each instance is read by one thread (its connection's).
+    private var buffer: [UInt8] = []
+
+    func append(_ bytes: ArraySlice<UInt8>) { buffer += bytes }
+
+    /// The next whole message, or nil until a line is complete. A line that is
+    /// not a JSON object is dropped with an error.
+    func next() throws -> [String: Any]? {
+        while let newline = buffer.firstIndex(of: 0x0A) {
+            let line = Array(buffer[..<newline])
+            buffer.removeSubrange(...newline)
+            if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) { continue }
+            guard let object = try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
+                throw QMPClient.Failure("QMP sent something that is not a JSON object")
+            }
+            return object
+        }
+        return nil
+    }
+}
+
+/// Hands `body` (connect, bind) the unix socket address of `path`; nil when
+/// the path does not fit in one.
+func withUnixAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T? {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes + [0]) }
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
 }

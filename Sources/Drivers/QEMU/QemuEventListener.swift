@@ -35,7 +35,7 @@ public final class QemuEventListener: @unchecked Sendable {
         unlink(path)
         let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard descriptor >= 0 else { throw WatchError(message: "socket: \(String(cString: strerror(errno)))") }
-        guard Self.withAddress(path, { bind(descriptor, $0, $1) }) == 0, listen(descriptor, 64) == 0 else {
+        guard withUnixAddress(path, { bind(descriptor, $0, $1) }) == 0, listen(descriptor, 64) == 0 else {
             let reason = String(cString: strerror(errno))
             close(descriptor)
             throw WatchError(message: "cannot listen on \(path): \(reason)")
@@ -56,20 +56,7 @@ public final class QemuEventListener: @unchecked Sendable {
         let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard probe >= 0 else { return false }
         defer { close(probe) }
-        return withAddress(path) { connect(probe, $0, $1) } == 0
-    }
-
-    static func withAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return -1 }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in bytes.enumerated() { raw[index] = byte }
-        }
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        return withUnixAddress(path) { connect(probe, $0, $1) } == 0
     }
 
     private func acceptAll(_ onEvent: @escaping @Sendable (Event) -> Void) {
@@ -85,19 +72,26 @@ public final class QemuEventListener: @unchecked Sendable {
             guard let watcher = try? DescriptorWatcher(descriptor: client) else { continue }
             onEvent(.connected(pid: pid))
             lock.withLock { connections[client] = watcher }
-            let buffer = LineBuffer()
+            let lines = QMPLines()
             watcher.start(name: "pvectl-qmp-event") { [weak self, weak watcher] in
                 var chunk = [UInt8](repeating: 0, count: 16 * 1024)
                 while true {
                     let count = chunk.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
                     if count > 0 {
-                        for line in buffer.append(chunk[0..<count]) {
-                            guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else { continue }
-                            if object["QMP"] != nil {
+                        lines.append(chunk[0..<count])
+                        while true {
+                            let message: [String: Any]
+                            do {
+                                guard let next = try lines.next() else { break }
+                                message = next
+                            } catch {
+                                continue  // not a JSON object: dropped
+                            }
+                            if message["QMP"] != nil {
                                 // The greeting: capabilities negotiation turns events on.
                                 let negotiate = Array(#"{"execute":"qmp_capabilities"}"#.utf8) + [10]
                                 _ = negotiate.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                            } else if let name = object["event"] as? String {
+                            } else if let name = message["event"] as? String {
                                 onEvent(.qmp(name: name, pid: pid))
                             }
                         }
@@ -112,22 +106,6 @@ public final class QemuEventListener: @unchecked Sendable {
                     return
                 }
             }
-        }
-    }
-
-    /// Splits a byte stream into lines (QMP sends one JSON object per line).
-    final class LineBuffer: @unchecked Sendable {
-        // @unchecked: used by one connection's thread only.
-        private var pending: [UInt8] = []
-
-        func append(_ bytes: ArraySlice<UInt8>) -> [[UInt8]] {
-            pending += bytes
-            var lines: [[UInt8]] = []
-            while let newline = pending.firstIndex(of: 10) {
-                lines.append(Array(pending[..<newline]))
-                pending.removeSubrange(...newline)
-            }
-            return lines
         }
     }
 }

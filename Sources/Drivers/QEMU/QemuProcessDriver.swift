@@ -35,7 +35,7 @@ public struct QemuProcessDriver: QemuDriver {
         if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z") {
             return false
         }
-        let arguments = (readProcFile("/proc/\(pid)/cmdline") ?? "").split(separator: "\0").map(String.init)
+        let arguments = processArguments(pid)
         guard let program = arguments.first, program.hasSuffix("/kvm") || program.contains("qemu-system") else { return false }
         return zip(arguments, arguments.dropFirst()).contains { flag, value in
             flag == "-pidfile" && value.hasSuffix("/qemu-server/\(vmid).pid")

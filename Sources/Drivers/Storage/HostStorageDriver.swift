@@ -297,6 +297,11 @@ public struct StorageDriverError: Error, CustomStringConvertible {
 /// A /proc file read to its end. Foundation's String(contentsOfFile:) trusts
 /// the size stat reports, which is 0 for procfs, and returns one page: a host
 /// with many mounts (every `ip netns add` is one) lost the rest of mountinfo.
+/// A process's command line (`/proc/PID/cmdline`), empty when it is gone.
+public func processArguments(_ pid: Int32) -> [String] {
+    (readProcFile("/proc/\(pid)/cmdline") ?? "").split(separator: "\0").map(String.init)
+}
+
 func readProcFile(_ path: String) -> String? {
     guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
     defer { try? handle.close() }

@@ -18,7 +18,7 @@ public final class DescriptorWatcher: @unchecked Sendable {
         var ends: [Int32] = [0, 0]
         guard pipe(&ends) == 0 else {
             close(descriptor)
-            throw WatchError(message: "pipe2: \(String(cString: strerror(errno)))")
+            throw WatchError(message: "pipe: \(String(cString: strerror(errno)))")
         }
         wakeRead = ends[0]
         wakeWrite = ends[1]

@@ -134,6 +134,16 @@ public struct QemuReconciler: Sendable {
         public var acceleration: QemuAcceleration?
         public var statuses: [VMStatus] = []
         public init() {}
+
+        /// Plans a stop: ACPI shutdown, hard stop after `timeout` (a QEMU whose
+        /// guest already powered off is quit at once).
+        mutating func stop(_ vmid: Int, source: SourceLocation?, from old: String, timeout: Double, order: Int?,
+                           operation: String? = nil, message: String) {
+            resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: source,
+                                          changes: [PlannedChange(field: "state", old: old, new: "stopped", changeClass: .live)],
+                                          operations: [operation ?? "ACPI shutdown, hard stop after \(Int(timeout)) s"], message: message))
+            vms.append(VMPlan(vmid: vmid, action: .stop(timeout: timeout), writeBack: nil, order: order))
+        }
     }
 
     /// Whether and why a VM should run.
@@ -315,21 +325,15 @@ public struct QemuReconciler: Sendable {
                 runState = .stopped
                 // Nobody wants it running: quit the QEMU left behind, as qemu-server's qmeventd does.
                 if case .run = intent {} else {
-                    computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: source,
-                                                           changes: [PlannedChange(field: "state", old: "powered off by the guest (QEMU kept by -no-shutdown)",
-                                                                                   new: "stopped", changeClass: .live)],
-                                                           operations: ["quit QEMU"], message: "clean up: the guest powered itself off"))
-                    computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: stopTimeout), writeBack: nil, order: startup.order))
+                    computed.stop(vmid, source: source, from: "powered off by the guest (QEMU kept by -no-shutdown)", timeout: stopTimeout,
+                                  order: startup.order, operation: "quit QEMU", message: "clean up: the guest powered itself off")
                     continue
                 }
             }
             if case .running = runState {} else if case .run = intent {} else { continue }
             // A stop needs no command line: a config that no longer builds one still stops.
             if case .running = runState, case .stop(let why) = intent {
-                computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: source,
-                                                       changes: [PlannedChange(field: "state", old: "running", new: "stopped", changeClass: .live)],
-                                                       operations: ["ACPI shutdown, hard stop after \(Int(stopTimeout)) s"], message: "stop: \(why)"))
-                computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: stopTimeout), writeBack: nil, order: startup.order))
+                computed.stop(vmid, source: source, from: "running", timeout: stopTimeout, order: startup.order, message: "stop: \(why)")
                 continue
             }
 
@@ -486,11 +490,8 @@ public struct QemuReconciler: Sendable {
             // The timeout of the config it was started with, when pvectl started it.
             let recorded = computed.records.vms[String(vmid)].map { Self.startup($0.running["startup"]) }
             let timeout = recorded?.down.map(Double.init) ?? Self.defaultStopTimeout
-            computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .delete, source: nil,
-                                                   changes: [PlannedChange(field: "state", old: "running", new: "stopped", changeClass: .live)],
-                                                   operations: ["ACPI shutdown, hard stop after \(Int(timeout)) s"],
-                                                   message: "stop: no config for VM \(vmid) on node \(state.node)"))
-            computed.vms.append(VMPlan(vmid: vmid, action: .stop(timeout: timeout), writeBack: nil, order: recorded?.order))
+            computed.stop(vmid, source: nil, from: "running", timeout: timeout, order: recorded?.order,
+                          message: "stop: no config for VM \(vmid) on node \(state.node)")
         }
         return computed
     }
