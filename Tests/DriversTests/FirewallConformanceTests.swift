@@ -11,8 +11,7 @@ import TestSupport
 /// assertion becomes a TCP connection, UDP datagram or raw packet between
 /// the zones' namespaces. The verdict is what the kernel did with it.
 @Suite("Firewall conformance (pve-firewall test cases, real packets)", .serialized,
-       .enabled(if: NetworkNamespace.isAvailable && Corpus.isAvailable,
-                Comment(rawValue: NetworkNamespace.unavailableReason ?? "needs ../shared/conformance")))
+       .needsConformance, .enabled(if: NetworkNamespace.isAvailable, Comment(rawValue: NetworkNamespace.unavailableReason ?? "")))
 struct FirewallConformanceTests {
     static let directory = "pve-firewall/test"
 
@@ -91,6 +90,11 @@ struct FirewallConformanceTests {
             return "a stray ICMP \(type) (no matching request or connection) is INVALID to conntrack and dropped before any rule"
         }
         return nil
+    }
+
+    @Test("the corpus holds pve-firewall's test cases")
+    func casesFound() {
+        #expect(Self.cases.count >= 10, "found \(Self.cases.count) test directories under \(Self.directory)")
     }
 
     @Test("pve-firewall case", arguments: cases)

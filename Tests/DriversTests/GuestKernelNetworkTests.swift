@@ -98,9 +98,9 @@ struct GuestKernelNetworkTests {
             }
             let common = "--root \(dir)/root --interfaces \(dir)/interfaces --state-dir \(dir)/state --node guest"
             script += "mkdir -p \(dir)/root\n"
-            script += "ip netns exec a\(index) \(binary) apply --auto-approve \(common) > \(dir)/apply.log 2>&1; echo $? > \(dir)/apply.status\n"
-            script += "ip netns exec a\(index) \(binary) plan --detailed-exitcode \(common) > \(dir)/plan.log 2>&1; echo $? > \(dir)/plan.status\n"
-            script += "\(ifupdown2) b\(index) \(dir)/interfaces-ifupdown2 \(dir)/ifupdown2 ifreload -a > \(dir)/ifreload.log 2>&1; echo $? > \(dir)/ifreload.status\n"
+            script += "ip netns exec a\(index) \(binary.shellQuoted) apply --auto-approve \(common) > \(dir)/apply.log 2>&1; echo $? > \(dir)/apply.status\n"
+            script += "ip netns exec a\(index) \(binary.shellQuoted) plan --detailed-exitcode \(common) > \(dir)/plan.log 2>&1; echo $? > \(dir)/plan.status\n"
+            script += "\(ifupdown2.shellQuoted) b\(index) \(dir)/interfaces-ifupdown2 \(dir)/ifupdown2 ifreload -a > \(dir)/ifreload.log 2>&1; echo $? > \(dir)/ifreload.status\n"
             for side in ["a", "b"] {
                 script += "ip -n \(side)\(index) -json -details link show > \(dir)/\(side)-link.json\n"
                 script += "ip -n \(side)\(index) -json address show > \(dir)/\(side)-addr.json\n"
@@ -221,5 +221,44 @@ struct GuestKernelNetworkTests {
             if applied && converged && differences.isEmpty { matched += 1 }
         }
         Corpus.report("guest kernel (bonds, VLANs) converge and equal ifupdown2", passed: matched, total: cases.count)
+    }
+}
+
+/// The harness shows the guest the checkout wherever it is: a clone under
+/// /tmp (which the guest covers with its own tmpfs) whose path holds spaces,
+/// with an output folder whose path holds a comma (QEMU's option separator).
+/// The clone here is a copy of what the guest needs: the harness, the built
+/// pvectl and the example tree, at the same relative places.
+@Suite("Guest-kernel harness", .enabled(if: NetworkNamespace.isAvailable, Comment(rawValue: NetworkNamespace.unavailableReason ?? "")))
+struct GuestHarnessTests {
+    @Test("a checkout under /tmp with spaces in its path is visible in the guest, at its own path")
+    func checkoutUnderTmp() throws {
+        let root = Corpus.packageRoot
+        try #require(FileManager.default.isExecutableFile(atPath: root.appendingPathComponent(".build/debug/pvectl").path),
+                     "build pvectl first (swift build)")
+        let scratch = try TemporaryDirectory(prefix: "pvectl-harness")
+        #expect(scratch.path.hasPrefix("/tmp/"))
+        let clone = scratch.url.appendingPathComponent("a clone, with 'spaces'")
+        for relative in ["scripts/lib.sh", "scripts/kernel-vm/run", "scripts/kernel-vm/init", "scripts/kernel-vm/stage2.sh",
+                         ".build/debug/pvectl", "examples/homelab"] {
+            let target = clone.appendingPathComponent(relative)
+            try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try FileManager.default.copyItem(at: root.appendingPathComponent(relative), to: target)
+        }
+        let out = scratch.url.appendingPathComponent("out, here")
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        let pvectl = clone.appendingPathComponent(".build/debug/pvectl").path
+        let example = clone.appendingPathComponent("examples/homelab").path
+        let script = """
+        \(pvectl.shellQuoted) validate --root \(example.shellQuoted) --interfaces \(example.shellQuoted)/network/interfaces --node pve1
+        echo "validate exit $?"
+        """
+        try script.write(to: out.appendingPathComponent("guest.sh"), atomically: true, encoding: .utf8)
+        // The kernel and initramfs prepared for this checkout serve the clone too.
+        let cache = ProcessInfo.processInfo.environment["PVECTL_VM_CACHE"] ?? root.appendingPathComponent(".cache/kernel-vm").path
+        let run = NetworkNamespace.capture([clone.appendingPathComponent("scripts/kernel-vm/run").path, "test", out.path,
+                                            out.appendingPathComponent("guest.sh").path], environment: ["PVECTL_VM_CACHE": cache])
+        #expect(run.status == 0, "the guest run failed (\(run.status)): \(run.error)\n\(run.output)")
+        #expect(run.output.contains("validate exit 0"), "\(run.output)")
     }
 }

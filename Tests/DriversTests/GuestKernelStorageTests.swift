@@ -98,21 +98,21 @@ struct GuestKernelStorageTests {
       lvs --reportformat json -o lv_name,lv_attr,lv_size --units b --nosuffix > $out/$1-lvs.json 2>&1
       cat /proc/self/mountinfo > $out/$1-mounts.txt
     }
-    $P apply --auto-approve $common > $out/apply1.log 2>&1; echo $? > $out/apply1.status
-    $P plan --detailed-exitcode $common > $out/plan1.log 2>&1; echo $? > $out/plan1.status
-    $P status --json --only storage --root $out/root --node pve1 --state-dir /tmp/state > $out/status1.json 2>$out/status1.err
+    "$P" apply --auto-approve $common > $out/apply1.log 2>&1; echo $? > $out/apply1.status
+    "$P" plan --detailed-exitcode $common > $out/plan1.log 2>&1; echo $? > $out/plan1.status
+    "$P" status --json --only storage --root $out/root --node pve1 --state-dir /tmp/state > $out/status1.json 2>$out/status1.err
     capture phase1
     qemu-img info --output=json /mnt/pve/nfsshare/images/100/vm-100-disk-2.qcow2 > $out/nfs-image.json 2>&1
     e2fsck -n /dev/mapper/pvt-vm--200--disk--0 > $out/fsck1.log 2>&1; echo $? > $out/fsck1.status
     touch /mnt/pve/smb/dump/written-through-cifs && ls /srv/smb/dump > $out/smb-server-side.txt 2>&1
     cp -r $out/phase2/. $out/root/
-    $P apply --auto-approve $common > $out/apply2.log 2>&1; echo $? > $out/apply2.status
-    $P plan --detailed-exitcode $common > $out/plan2.log 2>&1; echo $? > $out/plan2.status
+    "$P" apply --auto-approve $common > $out/apply2.log 2>&1; echo $? > $out/apply2.status
+    "$P" plan --detailed-exitcode $common > $out/plan2.log 2>&1; echo $? > $out/plan2.status
     capture phase2
     dumpe2fs -h /dev/mapper/pvt-vm--200--disk--0 > $out/fs2.txt 2>&1
     ls /srv/nfs/images/100 > $out/nfs-after.txt 2>&1
     cp -r $out/phase3/. $out/root/
-    $P apply --auto-approve $common > $out/apply3.log 2>&1; echo $? > $out/apply3.status
+    "$P" apply --auto-approve $common > $out/apply3.log 2>&1; echo $? > $out/apply3.status
     capture phase3
     echo guest done
     """#
@@ -145,7 +145,7 @@ struct GuestKernelStorageTests {
         try out.write("phase2/nodes/pve1/qemu-server/100.conf", "scsi0: thin:vm-100-disk-0,size=96M\nscsi1: plainlvm:vm-100-disk-1,size=16M\n")
         try out.write("phase2/nodes/pve1/lxc/200.conf", "rootfs: thin:vm-200-disk-0,size=48M\n")
         try out.write("phase3/nodes/pve1/qemu-server/100.conf", "scsi0: thin:vm-100-disk-0,size=32M\nscsi1: plainlvm:vm-100-disk-1,size=16M\n")
-        try out.write("guest.sh", Self.guestScript.replacingOccurrences(of: "@BINARY@", with: Self.binary))
+        try out.write("guest.sh", Self.guestScript.replacingOccurrences(of: "@BINARY@", with: Self.binary.shellQuoted))
         let run = NetworkNamespace.capture([Self.harness, "test", out.path, out.path + "/guest.sh"])
         try #require(run.status == 0, "the guest run failed (\(run.status)): \(run.error)\n\(run.output)")
         func read(_ name: String) -> String { out.read(name)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "missing" }

@@ -61,7 +61,7 @@ struct KernelNetworkTests {
         NetworkReconciler(driver: KernelNetworkDriver(namespace: namespace.name), store: StateStore(directory: state.path))
     }
 
-    @Test("every admin-guide example this kernel supports converges: apply, then plan shows nothing")
+    @Test("every admin-guide example this kernel supports converges: apply, then plan shows nothing", .needsSeeds)
     func guideExamplesConverge() async throws {
         #expect(hostExamples.count >= 10, "found \(hostExamples.count) host-kernel examples in the guide")
         var converged = 0

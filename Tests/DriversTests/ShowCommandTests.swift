@@ -7,7 +7,7 @@ import TestSupport
 /// `pvectl showcmd` through the binary: upstream's expected command line for
 /// a corpus config, byte for byte; and with the `installed` profile, the
 /// command this machine's QEMU really starts and answers QMP on.
-@Suite("pvectl showcmd", .enabled(if: Corpus.isAvailable, "needs ../shared/conformance"))
+@Suite("pvectl showcmd", .needsConformance)
 struct ShowCommandTests {
     static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
 

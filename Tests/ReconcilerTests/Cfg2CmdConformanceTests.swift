@@ -9,7 +9,7 @@ import TestSupport
 /// whitespace and line continuations folded), every EXPECT_ERROR case must
 /// fail with that text. The pass count is printed; a floor keeps it from
 /// falling back.
-@Suite("QEMU command line conformance (qemu-server cfg2cmd)", .enabled(if: Corpus.isAvailable, "needs ../shared/conformance"))
+@Suite("QEMU command line conformance (qemu-server cfg2cmd)", .needsConformance)
 struct Cfg2CmdConformanceTests {
     static let directory = "qemu-server/src/test/cfg2cmd"
     /// Cases passing when this floor was last raised; a change that loses one fails.

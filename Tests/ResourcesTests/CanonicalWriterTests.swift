@@ -5,11 +5,10 @@ import TestSupport
 
 /// The canonical writers reproduce what Proxmox itself writes, checked against
 /// upstream's expected outputs.
-@Suite("Canonical writers match upstream's expected outputs")
+@Suite("Canonical writers match upstream's expected outputs", .needsConformance)
 struct CanonicalWriterTests {
     @Test("qemu-server parse-config: write_vm_config after a non-strict parse")
     func qemuParseConfig() throws {
-        try #require(Corpus.isAvailable, "conformance data not found at \(Corpus.conformance.path)")
         let inputs = Corpus.files(under: "qemu-server/src/test/parse-config-input") { $0.hasSuffix(".conf") }
         #expect(inputs.count == 10)
         var passed = 0
@@ -28,7 +27,6 @@ struct CanonicalWriterTests {
 
     @Test("qemu-server parse-config: strict mode rejects what upstream rejects")
     func qemuStrictErrors() throws {
-        try #require(Corpus.isAvailable)
         let errors = Corpus.files(under: "qemu-server/src/test/parse-config-expected") { $0.hasSuffix(".strict.error") }
         #expect(!errors.isEmpty)
         for errorFile in errors {
@@ -43,7 +41,6 @@ struct CanonicalWriterTests {
 
     @Test("corosync.conf: parse, write, parse is stable and the text matches without blank lines")
     func corosyncRoundTrip() throws {
-        try #require(Corpus.isAvailable)
         let files = Corpus.files(under: "pve-cluster/src/test/corosync_configs") { $0.hasSuffix(".conf") }
         #expect(files.count == 3)
         var passed = 0
@@ -65,7 +62,6 @@ struct CanonicalWriterTests {
 
     @Test("SectionConfig: upstream's parse/write vectors")
     func sectionConfigVectors() throws {
-        try #require(Corpus.isAvailable)
         let json = try JSONSerialization.jsonObject(with: Corpus.data("pve-common/_derived/section_config_cases.json")) as! [String: Any]
         let cases = json["cases"] as! [[String: Any]]
         var passed = 0

@@ -5,7 +5,7 @@ import TestSupport
 
 /// The macro table the product carries, against the one upstream ships
 /// (proxmox-ve-rs `macros.json`, read at test time).
-@Suite("Firewall macros match upstream's", .enabled(if: Corpus.isAvailable, "needs ../shared/conformance"))
+@Suite("Firewall macros match upstream's", .needsConformance)
 struct FirewallMacroConformanceTests {
     @Test("every upstream macro exists with the same protocols, ports and ICMP types, in order")
     func macros() throws {

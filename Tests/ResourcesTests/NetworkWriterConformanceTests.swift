@@ -5,7 +5,7 @@ import TestSupport
 
 /// Replays pve-common's /etc/network/interfaces reader/writer scenarios
 /// (recorded as steps in the conformance data) against PVENetworkConfig.
-@Suite("Network writer matches pve-common's scenarios")
+@Suite("Network writer matches pve-common's scenarios", .needsConformance)
 struct NetworkWriterConformanceTests {
     static let scenarios: [String] = {
         guard Corpus.isAvailable else { return [] }
@@ -69,6 +69,11 @@ struct NetworkWriterConformanceTests {
             }
         }
         config.interfaces[name] = iface
+    }
+
+    @Test("the corpus holds pve-common's scenarios")
+    func scenariosFound() {
+        #expect(Self.scenarios.count >= 10, "found \(Self.scenarios.count) scenarios")
     }
 
     @Test("scenario", arguments: scenarios)

@@ -5,14 +5,13 @@ import TestSupport
 
 /// Guest configs upstream accepts must validate against our specs: this is
 /// how the specs are kept complete and no stricter than Proxmox.
-@Suite("Specs accept what upstream accepts")
+@Suite("Specs accept what upstream accepts", .needsConformance)
 struct SpecCoverageTests {
     /// The cfg2cmd inputs upstream expects to fail, read from their description.
     static func expectsError(_ text: String) -> Bool { text.contains("EXPECT_ERROR") }
 
     @Test("qemu-server cfg2cmd configs")
     func qemuConfigs() throws {
-        try #require(Corpus.isAvailable)
         let files = Corpus.files(under: "qemu-server/src/test/cfg2cmd") { $0.hasSuffix(".conf") }
         var passed = 0
         var total = 0
@@ -33,7 +32,6 @@ struct SpecCoverageTests {
     /// (its parser warns and drops it); they round-trip in RoundTripTests.
     @Test("pve-container distro setup configs")
     func lxcConfigs() throws {
-        try #require(Corpus.isAvailable)
         let files = Corpus.files(under: "pve-container/src/test") { $0.hasSuffix("/config") }
         var passed = 0
         for file in files {
@@ -48,7 +46,6 @@ struct SpecCoverageTests {
 
     @Test("firewall example and test configs")
     func firewallConfigs() throws {
-        try #require(Corpus.isAvailable)
         let files = Corpus.files(under: ".") { $0.hasSuffix(".fw") && !$0.contains("test-errors") }
         var passed = 0
         for file in files {

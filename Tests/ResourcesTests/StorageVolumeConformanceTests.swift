@@ -5,7 +5,7 @@ import TestSupport
 
 /// pve-storage's own vectors (`conformance/pve-storage/_derived/`): every case
 /// must give upstream's result or upstream's error text.
-@Suite("pve-storage volume vectors", .enabled(if: Corpus.isAvailable, "needs ../shared/conformance"))
+@Suite("pve-storage volume vectors", .needsConformance)
 struct StorageVolumeConformanceTests {
     static let directory = "pve-storage/_derived/"
 

@@ -69,11 +69,10 @@ public final class NetworkNamespace: @unchecked Sendable {
 
     /// The command line of `execIsolated`, for starting a long-running program.
     public func isolated(_ arguments: [String], binding binds: [String: String]) -> [String] {
-        func quoted(_ text: String) -> String { "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'" }
         var script = ""
         for target in binds.keys.sorted() {
             try? FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
-            script += "mount --bind \(quoted(binds[target]!)) \(quoted(target)) && "
+            script += "mount --bind \(binds[target]!.shellQuoted) \(target.shellQuoted) && "
         }
         // unshare -m makes every mount private: the binds never reach the host.
         // ip netns exec, unshare and sh -c all exec: the pid is the program's.

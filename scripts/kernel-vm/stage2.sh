@@ -10,6 +10,12 @@ mount -t tmpfs tmpfs /tmp
 mkdir -p /dev/shm /dev/pts /run/netns /run/network
 mount -t tmpfs tmpfs /dev/shm
 mount -t devpts devpts /dev/pts
+# A checkout below one of those tmpfs mounts (a clone under /tmp) is shown
+# again at its own path.
+repo=$(cat /mnt/out/repo.path 2>/dev/null)
+if [ -n "$repo" ] && [ -d /.checkout ]; then
+  mkdir -p "$repo" && mount --bind /.checkout "$repo" || echo "stage2: cannot show the checkout at $repo"
+fi
 ip link set lo up
 echo "guest kernel $(uname -r)"
 sh /mnt/out/test.sh > /mnt/out/result.txt 2>&1
