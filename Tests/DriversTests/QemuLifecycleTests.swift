@@ -382,6 +382,8 @@ struct QemuGuestTests {
         try #require(built.status == 0, "tiny-guest: \(built.error)")
         let paths = built.output.split(separator: "\n").map(String.init)
         try #require(paths.count == 2)
+        // Quoted in `args` (split as shell words): the checkout's path may hold spaces or quotes.
+        func word(_ path: String) -> String { path.contains("'") ? "\"\(path)\"" : "'\(path)'" }
         let node = try QemuTestNode()
         let vmid = node.vmid
         try node.write("""
@@ -395,7 +397,7 @@ struct QemuGuestTests {
         startup: down=180
         serial0: socket
         net0: virtio,bridge=vmbr0
-        args: -kernel \(paths[0]) -initrd \(paths[1]) -append 'console=ttyS0 panic=-1 memhp_default_state=online'
+        args: -kernel \(word(paths[0])) -initrd \(word(paths[1])) -append 'console=ttyS0 panic=-1 memhp_default_state=online'
 
         """)
         let start = node.pvectl("apply", ["--auto-approve"])
