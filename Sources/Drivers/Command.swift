@@ -21,13 +21,47 @@ public struct CommandError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// A tool pvectl needs is not on this machine: said as such, with the
+/// Debian package that has it, instead of a failure of the tool.
+public struct MissingExecutable: Error, CustomStringConvertible, Sendable {
+    public var name: String
+
+    /// The Debian package of the tools pvectl runs.
+    static let packages = [
+        "ip": "iproute2", "bridge": "iproute2", "nft": "nftables", "sysctl": "procps", "qemu-img": "qemu-utils",
+        "mount.nfs": "nfs-common", "mount.cifs": "cifs-utils", "lvs": "lvm2", "lvcreate": "lvm2", "lvextend": "lvm2",
+        "vgchange": "lvm2", "lvchange": "lvm2", "mkfs.ext4": "e2fsprogs", "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs",
+        "btrfs": "btrfs-progs", "mount": "mount", "umount": "mount", "findmnt": "util-linux",
+    ]
+
+    public var description: String {
+        "\(name) is not installed" + (Self.packages[name].map { " (Debian package \($0))" } ?? "")
+    }
+}
+
 /// Runs external tools (ip, bridge, sh) through swift-subprocess.
 public enum Command {
+    /// The full path of a program found on PATH, or nil.
+    public static func locate(_ name: String) -> String? {
+        if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        return path.split(separator: ":").lazy.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// The program a command line runs in the end (`ip netns exec NS nft …` runs nft).
+    static func programs(_ arguments: [String]) -> [String] {
+        if arguments.count > 4 && arguments[0] == "ip" && arguments[1] == "netns" && arguments[2] == "exec" {
+            return [arguments[0], arguments[4]]
+        }
+        return [arguments[0]]
+    }
+
     /// Output larger than this is an error rather than silently cut.
     static let outputLimit = 64 << 20
 
     public static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) async throws -> CommandResult {
         precondition(!arguments.isEmpty)
+        if let missing = programs(arguments).first(where: { locate($0) == nil }) { throw MissingExecutable(name: missing) }
         let executable: Executable = arguments[0].hasPrefix("/") ? .path(.init(arguments[0])) : .name(arguments[0])
         let env: Environment = environment.isEmpty ? .inherit : .inherit.updating(Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(stringLiteral: $0.key), Optional($0.value)) }))
         let result = try await Subprocess.run(

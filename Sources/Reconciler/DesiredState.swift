@@ -175,7 +175,9 @@ public struct DesiredState: Sendable {
                 slots.set(index, LoadedGuest(digest: digest, diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "file is not valid UTF-8")]))
                 return
             }
-            let (config, diagnostics) = GuestConfig.parse(text, file: entry.path, kind: entry.kind)
+            let (parsed, diagnostics) = GuestConfig.parse(text, file: entry.path, kind: entry.kind)
+            // Parsed once into the values upstream stores: `onboot: yes` is onboot 1 for every kind that reads it.
+            let config = parsed.withCanonicalBooleans(Specs.guest(entry.kind))
             slots.set(index, LoadedGuest(guest: Guest(vmid: entry.vmid, node: entry.node, config: config, path: entry.path),
                                          digest: digest, diagnostics: diagnostics))
         }

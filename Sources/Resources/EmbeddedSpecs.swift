@@ -57,6 +57,8 @@ formats:
 # Firewall files: cluster.fw, host.fw, <vmid>.fw. Options are per scope.
 # Every firewall change is applied atomically (nft -f) and is class live.
 kind: firewall
+# pve-firewall's option parser takes a boolean as 0 or 1 only (`enable: yes` is an error there).
+boolean_spellings: ["0", "1"]
 scopes:
   cluster:
     enable: {type: integer, min: 0, default: "0", class: live, description: Enable the firewall cluster wide.}

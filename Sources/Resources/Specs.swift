@@ -93,10 +93,15 @@ public struct KindSpec: Sendable, Decodable {
     public var ruleOptions: [String: OptionSpec]
     public var macros: [String]
     public var methods: [String]
+    /// How this format spells a boolean: nil for every spelling Proxmox's
+    /// JSON schema takes (1/0, yes/no, on/off, true/false); the firewall's own
+    /// option parser takes only 0 and 1.
+    public var booleanSpellings: [String]?
 
     enum CodingKeys: String, CodingKey {
         case kind, options, formats, types, properties, scopes, macros, methods
         case ruleOptions = "rule_options"
+        case booleanSpellings = "boolean_spellings"
     }
 
     public init(from decoder: Decoder) throws {
@@ -111,6 +116,17 @@ public struct KindSpec: Sendable, Decodable {
         ruleOptions = try c.decodeIfPresent([String: OptionSpec].self, forKey: .ruleOptions) ?? [:]
         macros = try c.decodeIfPresent([String].self, forKey: .macros) ?? []
         methods = try c.decodeIfPresent([String].self, forKey: .methods) ?? []
+        booleanSpellings = try c.decodeIfPresent([String].self, forKey: .booleanSpellings)
+        if let spellings = booleanSpellings {
+            // Declared once for the format, enforced on every boolean of it.
+            func restrict(_ options: inout [String: OptionSpec]) {
+                for key in options.keys where options[key]!.type == .boolean { options[key]!.values = spellings }
+            }
+            restrict(&self.options)
+            restrict(&ruleOptions)
+            for scope in scopes.keys { restrict(&scopes[scope]!) }
+            for format in formats.keys { restrict(&formats[format]!.keys) }
+        }
     }
 
     /// The spec of a key, resolving indexed keys: `net3` → `net[n]` when 3 < count.
@@ -151,6 +167,9 @@ public enum ValueChecker {
     public static func check(_ value: String, _ spec: OptionSpec, formats: [String: FormatSpec]) -> String? {
         switch spec.type {
         case .boolean:
+            if let spellings = spec.values {
+                return spellings.contains(value) ? nil : "type check ('boolean') failed - got '\(value)' (this file takes \(spellings.joined(separator: " or ")))"
+            }
             return BooleanValue.parse(value) == nil ? "type check ('boolean') failed - got '\(value)'" : nil
         case .integer:
             guard let number = Int(value) ?? (value.hasPrefix("+") ? Int(value.dropFirst()) : nil) else {

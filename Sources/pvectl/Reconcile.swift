@@ -113,7 +113,8 @@ struct ReconcileOptions: ParsableArguments {
         }
         if reportProblems { for problem in network.problems + storage.problems + firewall.problems + qemu.problems { printError(problem.description) } }
         let plan = Plan(node: tree.nodeName, inputs: state.digests,
-                        resources: network.resources + storage.resources + firewall.resources + qemu.resources,
+                        resources: network.resources + storage.resources + firewall.resources + qemu.resources
+                            + UnmanagedKinds.plan(state, only: selectors),
                         notes: firewall.notes + qemu.notes)
         return Computation(plan: plan, network: network, storage: storage, firewall: firewall, qemu: qemu, state: state)
     }

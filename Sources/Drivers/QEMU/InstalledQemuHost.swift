@@ -19,6 +19,9 @@ public enum InstalledQemuHost {
             bridgeMTU: bridgeMTUs()) { target in
                 target == arch ? binary : "/usr/bin/qemu-system-\(target)"
             }
+        if !FileManager.default.isExecutableFile(atPath: binary) {
+            profile.missingQEMU = "\((binary as NSString).lastPathComponent) is not installed (Debian package qemu-system-\(arch == "x86_64" ? "x86" : arch))"
+        }
         profile.pciDevices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/bus/pci/devices"))?.sorted() ?? []
         profile.proxmoxQEMU = versionText(of: binary).contains("pve")
         if !FileManager.default.fileExists(atPath: profile.bootSplash ?? "") { profile.bootSplash = nil }

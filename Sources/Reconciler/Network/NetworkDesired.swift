@@ -89,12 +89,12 @@ public enum NetworkDesiredState {
             if kind == .bridge {
                 var b = DesiredInterface.Bridge()
                 b.ports = words(last("bridge-ports")?.value).filter { $0 != "none" }
-                b.stp = ["on", "yes", "1"].contains(last("bridge-stp")?.value.lowercased() ?? "off")
+                b.stp = BooleanValue.parse(last("bridge-stp")?.value ?? "off") ?? false
                 // ifupdown2's default forward delay is the kernel's (15 s).
                 b.forwardDelay = last("bridge-fd").flatMap { Double($0.value) }.map { Int($0) } ?? 15
-                b.vlanAware = ["yes", "on", "1"].contains(last("bridge-vlan-aware")?.value.lowercased() ?? "no")
+                b.vlanAware = BooleanValue.parse(last("bridge-vlan-aware")?.value ?? "no") ?? false
                 b.vids = last("bridge-vids")?.value
-                b.disableMACLearning = ["yes", "on", "1"].contains(last("bridge-disable-mac-learning")?.value.lowercased() ?? "no")
+                b.disableMACLearning = BooleanValue.parse(last("bridge-disable-mac-learning")?.value ?? "no") ?? false
                 bridge = b
             }
             var bond: DesiredInterface.Bond?

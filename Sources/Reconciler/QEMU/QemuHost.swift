@@ -15,6 +15,9 @@ public struct QemuHostProfile: Sendable {
     public var cpuCount: Int
     /// MTU of each bridge; bridges not listed have 1500.
     public var bridgeMTU: [String: Int]
+    /// Why this node has no QEMU to start VMs with ("qemu-system-x86_64 is not
+    /// installed (Debian package qemu-system-x86)"); nil when it has one.
+    public var missingQEMU: String?
     /// The binary for an architecture (`/usr/bin/kvm` on the native one).
     public var binary: @Sendable (String) -> String
     /// Host PCI devices (`0000:01:00.0`), for passthrough of all functions of a slot.

@@ -337,6 +337,13 @@ public struct QemuReconciler: Sendable {
                 continue
             }
 
+            // Without a QEMU binary there is nothing to start with (its version would read as 0.0.0).
+            let isRunning: Bool = if case .running = runState { true } else { false }
+            if !isRunning, case .run(let why) = intent, let missing = host.missingQEMU {
+                computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .unavailable, source: source, changes: [],
+                                                       message: "cannot start (\(why)): \(missing)"))
+                continue
+            }
             // The command line this config starts with, on this node.
             var forCommand = desired
             if !acceleration.kvm && forCommand["kvm"] != "0" { forCommand["kvm"] = "0" }
@@ -349,12 +356,11 @@ public struct QemuReconciler: Sendable {
                 arguments = try QemuCommandLine(vmid: vmid, config: commandConfig, storage: state.storage, host: host, cpuModels: cpuModels).build().arguments
             } catch {
                 // Running: its changes cannot be worked out; stopped: it cannot start.
-                let running: Bool = if case .running = runState { true } else { false }
-                computed.problems.append(.error(source, running ? "VM \(vmid): the config does not give a command line: \(error)"
+                computed.problems.append(.error(source, isRunning ? "VM \(vmid): the config does not give a command line: \(error)"
                                                                 : "VM \(vmid) cannot start: \(error)"))
                 computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .blocked, source: source, changes: [],
                                                        message: "cannot build its command line: \(error)"
-                                                           + (running ? "; the running VM is left as it is" : "")))
+                                                           + (isRunning ? "; the running VM is left as it is" : "")))
                 continue
             }
             let parsedArguments = QemuArguments(arguments)

@@ -13,7 +13,8 @@ public enum StorageDesiredState {
         var sawLocal = false
         for section in file.sections {
             var properties: [String: String] = [:]
-            for property in section.properties { properties[property.key] = property.value ?? "" }
+            // A key without a value is a boolean set to 1, as upstream's SectionConfig reads `disable` alone.
+            for property in section.properties { properties[property.key] = property.value ?? "1" }
             if section.id == "local" {
                 sawLocal = true
                 if section.type != "dir" || (properties["path"].map { $0 != "/var/lib/vz" } ?? false) {
@@ -36,8 +37,7 @@ public enum StorageDesiredState {
     }
 
     static func flag(_ value: String?) -> Bool? {
-        guard let value else { return nil }
-        return ["1", "yes", "on", "true"].contains(value.lowercased())
+        value.flatMap(BooleanValue.parse)
     }
 
     static func storage(id: String, type: String, properties: [String: String], source: SourceLocation?, node: String) -> DesiredStorage {
