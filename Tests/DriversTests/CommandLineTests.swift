@@ -76,6 +76,33 @@ struct CommandLineTests {
         #expect(rows.first { $0["id"] as? String == "network/vmbr0" }?["condition"] as? String == "Ready")
     }
 
+    @Test("what pvectl does not manage, or cannot run for want of a tool, is said so, never 'matches'")
+    func unmanagedAndMissing() throws {
+        let setup = try Setup()
+        try setup.directory.write("root/nodes/pve1/lxc/200.conf", "hostname: ns1\nmemory: 512\nonboot: 1\nostype: debian\n")
+        let containers = try setup.pvectl("plan", ["--only", "lxc", "--detailed-exitcode"])
+        #expect(containers.status == 0, "\(containers)")
+        #expect(containers.output.contains("? lxc/200 (unavailable)"), "\(containers.output)")
+        #expect(containers.output.contains("lxc: not managed by this version of pvectl"))
+        #expect(!containers.output.contains("matches"))
+
+        // A PATH with the tools the namespace setup needs, but no nft: the firewall says nft is not installed.
+        try setup.directory.write("root/firewall/cluster.fw", "[OPTIONS]\n\nenable: 1\n")
+        let bin = setup.directory.path + "/bin"
+        try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+        for tool in ["ip", "unshare", "sh", "mount", "sysctl"] {
+            let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map { "\($0)/\(tool)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+            try FileManager.default.createSymbolicLink(atPath: "\(bin)/\(tool)", withDestinationPath: try #require(found, "\(tool) on this machine"))
+        }
+        let firewall = setup.namespace.execIsolated([Self.binary, "plan", "--only", "firewall", "--root", setup.directory.path + "/root",
+                                                     "--interfaces", setup.directory.path + "/interfaces", "--state-dir",
+                                                     setup.directory.path + "/state", "--node", "pve1"],
+                                                    binding: [:], environment: ["NO_COLOR": "1", "PATH": bin])
+        #expect(firewall.output.contains("? firewall/ruleset (unavailable)"), "\(firewall)")
+        #expect(firewall.output.contains("nft is not installed (Debian package nftables)"), "\(firewall)")
+        #expect(!firewall.output.contains("matches"))
+    }
+
     @Test("a saved plan is refused once an input changed")
     func stalePlan() throws {
         let setup = try Setup()

@@ -11,11 +11,13 @@ struct QemuReconcilerTests {
     /// Answers observations from a table; never changes anything.
     struct TableDriver: QemuDriver {
         var observed: [Int: ObservedVM] = [:]
+        var missingQEMU: String?
         func acceleration(setting: String) -> QemuAcceleration { QemuAcceleration(kvm: false, reason: "test node") }
         func hostProfile(node: String, acceleration: QemuAcceleration) -> QemuHostProfile {
             var profile = QemuHostProfile.pve11()
             profile.kvmAvailable = acceleration.kvm
             profile.bridgeScripts = false
+            profile.missingQEMU = missingQEMU
             return profile
         }
         func runningVMIDs() -> [Int] {
@@ -187,6 +189,18 @@ struct QemuReconcilerTests {
         #expect(computed.resources.map(\.action) == [.unavailable])
         #expect(computed.resources.first?.message == "cannot start (onboot: 1): scsi0 is on storage slow, which is not active here (disabled)")
         #expect(computed.vms.isEmpty)
+    }
+
+    @Test("a node without QEMU says so: a VM that should run is unavailable because the binary is missing, not blocked by a version 0.0.0")
+    func missingQEMU() async throws {
+        let tree = try Tree(["nodes/pve1/qemu-server/120.conf": "onboot: 1\nmemory: 512\n", "nodes/pve1/qemu-server/121.conf": "memory: 512\n"])
+        var driver = TableDriver()
+        driver.missingQEMU = "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)"
+        let computed = try await tree.compute(driver)
+        #expect(computed.resources.map(\.id) == ["qemu/120"])
+        #expect(computed.resources.first?.action == .unavailable)
+        #expect(computed.resources.first?.message == "cannot start (onboot: 1): qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
+        #expect(computed.problems.isEmpty)
     }
 
     @Test("a start applies [PENDING]: the written file has the pending values in the main section and no pending section")
