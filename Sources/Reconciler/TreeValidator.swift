@@ -5,13 +5,23 @@ import Resources
 /// references between files (guest disks → storage, NICs → bridges, VMIDs
 /// unique across nodes, firewall groups). Never stops at the first problem.
 public enum TreeValidator {
+    /// Every check on desired state, the plan's included: `pvectl plan` shows
+    /// these same diagnostics, so validate and plan never disagree about a file.
     public static func validate(_ state: DesiredState) -> [Diagnostic] {
         var diagnostics = state.diagnostics
-        if let storage = state.storage { diagnostics += StorageValidator.validate(storage) }
+        if let storage = state.storage {
+            diagnostics += StorageValidator.validate(storage)
+            // What the storage kind reads from storage.cfg and the volume names, per storage type, of every node's guests.
+            let (storages, problems) = StorageDesiredState.storages(from: storage, node: state.node)
+            diagnostics += problems + StorageDesiredState.volumes(state, storages: storages, guests: state.guests).problems
+        }
         if let datacenter = state.datacenter { diagnostics += DatacenterValidator.validate(datacenter) }
         if let corosync = state.corosync { diagnostics += CorosyncValidator.validate(corosync) }
         if let users = state.users { diagnostics += UserConfigValidator.validate(users) }
-        if let interfaces = state.interfaces { diagnostics += InterfacesValidator.validate(interfaces) + checkInterfaceReferences(interfaces) }
+        if let interfaces = state.interfaces {
+            diagnostics += InterfacesValidator.validate(interfaces) + checkInterfaceReferences(interfaces)
+                + NetworkDesiredState.interfaces(from: interfaces).diagnostics
+        }
 
         // Guest files are independent: validate them on all cores.
         let guests = state.guests
@@ -38,7 +48,13 @@ public enum TreeValidator {
                 diagnostics.append(.warning(SourceLocation(file: file.file, line: 1), "firewall rules for VMID \(vmid), which has no guest config"))
             }
         }
-        return diagnostics.sorted()
+        // What the firewall compiler leaves out (unknown ipsets, aliases, groups, rules it cannot compile), as the plan notes it.
+        if state.clusterFirewall != nil || state.hostFirewall != nil || !state.guestFirewalls.isEmpty {
+            diagnostics += FirewallCompiler.compile(FirewallCompiler.Input(state: state)).skipped
+        }
+        // The same finding reached by two checks is said once.
+        var seen: Set<String> = []
+        return diagnostics.sorted().filter { seen.insert($0.description).inserted }
     }
 
     /// Bridges a guest NIC may use: bridges of the interfaces file and SDN
@@ -60,9 +76,11 @@ public enum TreeValidator {
         for section in guest.config.sections where section.role == .main || section.role == .pending {
             for entry in section.entries where entry.key.hasPrefix("net") && Int(entry.key.dropFirst(3)) != nil {
                 guard let bridge = PropertyString(parsing: entry.value)["bridge"] else { continue }
+                // A warning: a bridge made outside the interfaces file (by hand, by an SDN plugin) serves as well; QEMU fails to
+                // start only where no bridge of that name exists.
                 if !bridges.contains(bridge) {
-                    diagnostics.append(.error(entry.valueLocation,
-                                              "\(entry.key): bridge '\(bridge)' is not defined in the interfaces file (bridges: \(bridges.sorted().joined(separator: ", ")))"))
+                    diagnostics.append(.warning(entry.valueLocation,
+                                                "\(entry.key): bridge '\(bridge)' is not defined in the interfaces file (bridges: \(bridges.sorted().joined(separator: ", ")))"))
                 }
             }
         }
@@ -114,8 +132,7 @@ public enum TreeValidator {
                 let needed = contentType(key: entry.key, kind: guest.kind, value: parsed)
                 let content = storages.content[storageID] ?? []
                 if !content.contains(needed) {
-                    diagnostics.append(.error(entry.valueLocation,
-                                              "\(entry.key): storage '\(storageID)' does not allow content '\(needed)' (content: \(content.sorted().joined(separator: ",")))"))
+                    diagnostics.append(.error(entry.valueLocation, "\(entry.key): " + contentProblem(storage: storageID, needed: needed, content: content)))
                 }
                 if let allowed = storages.nodes[storageID], !allowed.contains(guest.node) {
                     diagnostics.append(.error(entry.valueLocation,
@@ -124,6 +141,11 @@ public enum TreeValidator {
             }
         }
         return diagnostics
+    }
+
+    /// One wording for a volume on a storage without its content type, for validate and the storage kind.
+    static func contentProblem(storage: String, needed: String, content: Set<String>) -> String {
+        "storage '\(storage)' does not allow content '\(needed)' (content: \(content.sorted().joined(separator: ",")))"
     }
 
     static func checkUniqueVMIDs(_ guests: [DesiredState.Guest]) -> [Diagnostic] {

@@ -77,8 +77,23 @@ struct ReconcileOptions: ParsableArguments {
         var firewall: FirewallReconciler.Computed
         var qemu: QemuReconciler.Computed
         var state: DesiredState
+        /// `pvectl validate`'s diagnostics for the files of the selected kinds.
+        var checks: [Diagnostic]
 
-        var problems: [Diagnostic] { network.problems + storage.problems + firewall.problems + qemu.problems }
+        /// Errors: plan exits 1 and apply refuses, as validate exits 1, on any of them (`pvectl run` instead goes on
+        /// with what they do not touch). Each finding said once: a check and a kind may reach the same one.
+        var problems: [Diagnostic] {
+            var seen: Set<String> = []
+            return (checks.filter { $0.severity == .error } + network.problems + storage.problems + firewall.problems + qemu.problems)
+                .filter { seen.insert($0.description).inserted }
+        }
+
+        /// Everything to tell the operator: the checks `pvectl validate` makes, warnings included, then what only a
+        /// plan finds (the system's side); each finding said once.
+        var findings: [Diagnostic] {
+            var seen: Set<String> = []
+            return (checks + network.problems + storage.problems + firewall.problems + qemu.problems).filter { seen.insert($0.description).inserted }
+        }
     }
 
     /// Computes the plan of every selected kind.
@@ -111,12 +126,24 @@ struct ReconcileOptions: ParsableArguments {
             }
             qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: tree.cpuModels(), inactiveStorages: inactive)
         }
-        if reportProblems { for problem in network.problems + storage.problems + firewall.problems + qemu.problems { printError(problem.description) } }
+        let checks = TreeValidator.validate(state).filter { concernsSelection($0, selectors: selectors) }
         let plan = Plan(node: tree.nodeName, inputs: state.digests,
                         resources: network.resources + storage.resources + firewall.resources + qemu.resources
                             + UnmanagedKinds.plan(state, only: selectors),
                         notes: firewall.notes + qemu.notes)
-        return Computation(plan: plan, network: network, storage: storage, firewall: firewall, qemu: qemu, state: state)
+        let computation = Computation(plan: plan, network: network, storage: storage, firewall: firewall, qemu: qemu, state: state,
+                                      checks: checks)
+        if reportProblems { for finding in computation.findings { printError(finding.description) } }
+        return computation
+    }
+
+    /// Whether a diagnostic is about a file of a selected kind (all of them without --only).
+    func concernsSelection(_ diagnostic: Diagnostic, selectors: [ResourceSelector]) -> Bool {
+        guard !selectors.isEmpty else { return true }
+        let file = diagnostic.location.file
+        var kinds = Set(ControllerKind.affected(byChangeOf: file, root: tree.root, interfaces: tree.interfaces).map(\.rawValue))
+        if file.contains("/lxc/") { kinds.insert("lxc") }
+        return selectors.contains { kinds.contains($0.kind) }
     }
 
     /// What one apply did: the resources it converged, and failures as

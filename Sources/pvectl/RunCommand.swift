@@ -191,8 +191,9 @@ struct ReconcileLoop: Service {
             let plan = computation.plan
             let blocked = plan.resources.filter { $0.action == .blocked }
             // Errors are logged when they change, not on every pass an event causes.
-            let errors = computation.problems.map(\.description)
-            let warnings = blocked.map { "\($0.id) blocked: \($0.message ?? "")" }
+            let errors = computation.findings.filter { $0.severity == .error }.map(\.description)
+            let warnings = computation.findings.filter { $0.severity == .warning }.map(\.description)
+                + blocked.map { "\($0.id) blocked: \($0.message ?? "")" }
             if errors + warnings != reported[kind] {
                 for error in errors { log.error("\(error)") }
                 for warning in warnings { log.warning("\(warning)") }

@@ -50,10 +50,12 @@ struct FirewallApplyTests {
     IN HTTP(ACCEPT) -source +admins
     IN Ping(ACCEPT)
     |IN ACCEPT -p tcp -dport 23
-    IN ACCEPT -dport 81
     IN ACCEPT -p tcp -dport 80 -source 198.51.100.66
 
     """
+
+    /// host.fw with a rule pve-firewall flags and skips on line 8 (a port without a protocol).
+    static let hostWithBadRule = host.replacingOccurrences(of: "IN ACCEPT -p tcp -dport 80", with: "IN ACCEPT -dport 81\nIN ACCEPT -p tcp -dport 80")
 
     static let guest = """
     [OPTIONS]
@@ -134,6 +136,18 @@ struct FirewallApplyTests {
         #expect(setup.nft(["add", "table", "inet", "operators-own"]).status == 0)
         #expect(setup.nft(["add", "chain", "inet", "operators-own", "keep"]).status == 0)
 
+        // A rule with an error: plan shows it with its line, says it would be left out, and fails as validate does;
+        // apply refuses. Fixed, the plan goes ahead.
+        try setup.directory.write("root/nodes/pve1/host.fw", Self.hostWithBadRule)
+        let refused = setup.pvectl("plan", ["--detailed-exitcode"])
+        #expect(refused.status == 1, "\(refused.error)")
+        #expect(refused.error.contains("host.fw:8:1: error: -dport requires -p"), "\(refused.error)")
+        #expect(refused.output.contains("host.fw:8:1: warning: rule skipped: -dport needs -p"), "\(refused.output)")
+        let notApplied = setup.pvectl("apply", ["--auto-approve"])
+        #expect(notApplied.status == 1 && notApplied.error.contains("nothing applied"), "\(notApplied.error)")
+        #expect(setup.nft(["list", "table", "inet", "pvectl"]).status != 0, "a refused apply loaded a ruleset")
+        try setup.directory.write("root/nodes/pve1/host.fw", Self.host)
+
         let plan = setup.pvectl("plan", ["--detailed-exitcode"])
         #expect(plan.status == 2, "\(plan.error)")
         #expect(plan.output.contains("local_network = 192.0.2.0/24 from [ALIASES] local_network"), "\(plan.output)")
@@ -142,8 +156,6 @@ struct FirewallApplyTests {
         // Each rule with its origin and file line: host.fw's HTTP macro on line 5.
         #expect(plan.output.contains("+ inet/host-in: ip saddr @v4-dc/admins ip saddr != @v4-dc/admins-nomatch meta l4proto tcp tcp dport 80 accept  ← IN HTTP(ACCEPT) -source +admins"), "\(plan.output)")
         #expect(plan.output.contains("line 5"), "\(plan.output)")
-        // The rule without -p is reported with its line and left out, not silently dropped.
-        #expect(plan.output.contains("host.fw:8:1: warning: rule skipped: -dport needs -p"), "\(plan.output)")
         #expect(!plan.output.contains("dport 23"), "a disabled rule must not be compiled")
 
         let apply = setup.pvectl("apply", ["--auto-approve"])
@@ -170,7 +182,7 @@ struct FirewallApplyTests {
         // An edit is one added rule with its line; a swap is a move.
         try setup.directory.write("root/nodes/pve1/host.fw", Self.host + "IN ACCEPT -p udp -dport 5000\n")
         let edited = setup.pvectl("plan")
-        #expect(edited.output.contains("+ inet/host-in: meta l4proto udp udp dport 5000 accept  ← IN ACCEPT -p udp -dport 5000  [live]  line 10"), "\(edited.output)")
+        #expect(edited.output.contains("+ inet/host-in: meta l4proto udp udp dport 5000 accept  ← IN ACCEPT -p udp -dport 5000  [live]  line 9"), "\(edited.output)")
         #expect(!edited.output.contains("- inet/"), "\(edited.output)")
         let swapped = Self.host.replacingOccurrences(of: "IN HTTP(ACCEPT) -source +admins\nIN Ping(ACCEPT)", with: "IN Ping(ACCEPT)\nIN HTTP(ACCEPT) -source +admins")
         try setup.directory.write("root/nodes/pve1/host.fw", swapped)

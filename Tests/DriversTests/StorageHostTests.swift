@@ -120,7 +120,7 @@ struct StorageHostTests {
                                   "name: web\nscsi0: vols:100/vm-100-disk-0.qcow2,size=2G\nvirtio1: vols:100/vm-100-disk-1.raw,size=32M\n")
         let refused = setup.pvectl("apply", ["--auto-approve"], only: ["vols"])
         #expect(refused.status == 1)
-        #expect(refused.error.contains(setup.root + "/nodes/pve1/qemu-server/100.conf:3:1: error: virtio1: size=32M is smaller than the volume's 64M"),
+        #expect(refused.error.contains(setup.root + "/nodes/pve1/qemu-server/100.conf:3:10: error: virtio1: size=32M is smaller than the volume's 64M"),
                 "\(refused.error)")
         #expect(Self.virtualSize(images + "/100/vm-100-disk-0.qcow2") == 1 << 30, "nothing applied while a change is refused")
         #expect(Self.virtualSize(images + "/100/vm-100-disk-1.raw") == 64 << 20)
@@ -146,10 +146,10 @@ struct StorageHostTests {
         ])
         let plan = setup.pvectl("plan", [], only: ["isos", "vols"])
         #expect(plan.status == 1)
-        #expect(plan.output.contains("does not hold images"))
+        #expect(plan.output.contains("does not allow content 'images'"))
         #expect(plan.output.contains("belongs to guest 102, not 101"))
         #expect(plan.output.contains("no size= says how large"))
-        #expect(plan.error.contains("storage 'nosuch' is not defined in storage.cfg"))
+        #expect(plan.error.contains("storage 'nosuch' does not exist in storage.cfg"))
         #expect(plan.error.contains("asks for a new 8 GiB disk"))
     }
 

@@ -71,11 +71,14 @@ public enum StorageDesiredState {
     /// The volumes named by the main section of each local guest's config
     /// (not snapshots, not pending values): disks, EFI and TPM state, rootfs
     /// and mount points. CD-ROMs, `none`, host paths and bind mounts are not volumes.
-    public static func volumes(_ state: DesiredState, storages: [DesiredStorage]) -> (volumes: [DesiredVolume], problems: [Diagnostic]) {
+    /// `guests` defaults to this node's; `pvectl validate` checks every node's
+    /// guests through the same code.
+    public static func volumes(_ state: DesiredState, storages: [DesiredStorage],
+                               guests: [DesiredState.Guest]? = nil) -> (volumes: [DesiredVolume], problems: [Diagnostic]) {
         var volumes: [DesiredVolume] = []
         var problems: [Diagnostic] = []
         let byID = Dictionary(storages.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-        for guest in state.localGuests.sorted(by: { $0.vmid < $1.vmid }) {
+        for guest in (guests ?? state.localGuests).sorted(by: { $0.vmid < $1.vmid }) {
             if state.frozen.contains(ResourceID(kind: guest.kind.rawValue, name: String(guest.vmid))) { continue }
             for entry in guest.config.main.entries where GuestConfig.isDriveKey(entry.key) {
                 let isContainerKey = entry.key == "rootfs" || entry.key.hasPrefix("mp")
@@ -84,10 +87,8 @@ public enum StorageDesiredState {
                 guard let text = value["file"] ?? value["volume"] ?? value.bareValue else { continue }
                 if text == "none" || text == "cdrom" || text.hasPrefix("/") || value["media"] == "cdrom" { continue }
                 guard let (storageID, volname) = StorageVolumes.parseVolumeID(text) else { continue }
-                guard let storage = byID[storageID] else {
-                    problems.append(.error(entry.valueLocation, "\(entry.key): storage '\(storageID)' is not defined in storage.cfg"))
-                    continue
-                }
+                // A storage missing from storage.cfg is reported by the reference checks (TreeValidator.checkVolumes).
+                guard let storage = byID[storageID] else { continue }
                 let volume: StorageVolumes.Volume
                 do {
                     volume = try StorageVolumes.parseVolname(volname, storageType: storage.type)
@@ -108,7 +109,7 @@ public enum StorageDesiredState {
                     continue
                 }
                 volumes.append(DesiredVolume(volumeID: text, storage: storageID, volname: volname, volume: volume, guestKind: guest.kind,
-                                             vmid: guest.vmid, key: entry.key, sizeBytes: size, source: entry.location, hostPath: hostPath))
+                                             vmid: guest.vmid, key: entry.key, sizeBytes: size, source: entry.valueLocation, hostPath: hostPath))
             }
         }
         return (volumes, problems)

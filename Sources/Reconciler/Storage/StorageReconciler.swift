@@ -95,9 +95,7 @@ public struct StorageReconciler: Sendable {
                 continue
             }
             if let (plan, steps) = await planVolume(volume, storage: storage) {
-                if plan.action == .blocked, let source = plan.source {
-                    computed.problems.append(.error(SourceLocation(file: source.file, line: source.line), plan.message ?? "blocked"))
-                }
+                if plan.action == .blocked { computed.problems.append(.error(volume.source, plan.message ?? "blocked")) }
                 add(&computed, (plan, steps))
             }
         }
@@ -259,7 +257,9 @@ public struct StorageReconciler: Sendable {
         }
         // Allocation: only what upstream would allocate for this guest on this storage.
         let needed = isContainer ? "rootdir" : "images"
-        guard storage.content.contains(needed) else { return blocked("storage '\(storage.id)' does not hold \(needed) (content \(storage.content.sorted().joined(separator: ",")))") }
+        guard storage.content.contains(needed) else {
+            return blocked(TreeValidator.contentProblem(storage: storage.id, needed: needed, content: storage.content))
+        }
         guard volume.volume.vmid == String(volume.vmid) else {
             return blocked("volume \(volume.volname) belongs to guest \(volume.volume.vmid ?? "?"), not \(volume.vmid)")
         }
