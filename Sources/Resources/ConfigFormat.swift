@@ -112,7 +112,8 @@ public enum ConfigFormat: String, CaseIterable, Sendable {
         switch document {
         case .sections(let parsed): return Result(diagnostics: diagnostics, canonical: parsed.canonicalText())
         case .guest(let parsed):
-            return Result(diagnostics: diagnostics, canonical: parsed.canonicalText(spec: dropInvalid ? Specs.guest(parsed.kind) : nil))
+            guard dropInvalid else { return Result(diagnostics: diagnostics, canonical: parsed.canonicalText(spec: nil)) }
+            return Result(diagnostics: parsed.recoveredByNonStrictParse(diagnostics), canonical: parsed.canonicalText(spec: Specs.guest(parsed.kind)))
         case .interfaces:
             // The canonical form is Proxmox's attribute model written out.
             do {

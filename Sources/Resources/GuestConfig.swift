@@ -292,6 +292,26 @@ public struct GuestConfig: Hashable, Sendable {
         renderLossless(elements, trailingNewline: trailingNewline)
     }
 
+    /// The section errors a non-strict parse (Proxmox reading a config to rewrite it) only warns about, as warnings
+    /// that say what the rewrite does: an unknown section is dropped, of a repeated section the last one is kept.
+    /// `canonicalText` writes exactly that; other diagnostics are returned unchanged.
+    public func recoveredByNonStrictParse(_ diagnostics: [Diagnostic]) -> [Diagnostic] {
+        var seen: Set<Role> = []
+        var outcome: [Int: String] = [:]
+        for section in sections {
+            if case .unknown = section.role {
+                outcome[section.location.line] = "dropped"
+            } else if !seen.insert(section.role).inserted {
+                outcome[section.location.line] = "the last one is kept"
+            }
+        }
+        return diagnostics.map { diagnostic in
+            guard diagnostic.severity == .error, diagnostic.location.file == file,
+                  let what = outcome[diagnostic.location.line] else { return diagnostic }
+            return .warning(diagnostic.location, diagnostic.message + " (\(what))")
+        }
+    }
+
     /// What Proxmox writes after reading the file non-strictly: values that
     /// fail their type check and unknown sections are dropped, duplicate
     /// sections and keys keep the last one, sections come in upstream's order

@@ -12,12 +12,13 @@ struct Format: ParsableCommand {
         The format is detected from the path (storage.cfg, qemu-server/<vmid>.conf,
         lxc/<vmid>.conf, interfaces, *.fw, corosync.conf, datacenter.cfg, user.cfg)
         unless --format is given. A file with parse errors is not rewritten: its
-        errors are printed and the command exits 1.
+        errors are printed and the command exits 1. Warnings are printed too.
 
         Examples:
           pvectl fmt /etc/pve/storage.cfg
           pvectl fmt --check /etc/pve/qemu-server/*.conf
           pvectl fmt --format interfaces --write /etc/network/interfaces.new
+          pvectl fmt --drop-invalid --write /etc/pve/qemu-server/100.conf
         """
     )
 
@@ -30,7 +31,10 @@ struct Format: ParsableCommand {
     @Flag(name: [.short, .long], help: "Rewrite files in place (atomically) instead of printing.")
     var write = false
 
-    @Flag(name: .long, help: "Drop guest values that fail their type check, as Proxmox does when it rewrites a config.")
+    @Flag(name: .long, help: """
+        Read guest configs as Proxmox does when it rewrites one (its non-strict parse): values that fail their type \
+        check and unknown sections are dropped, of a repeated section the last one is kept; each is said as a warning.
+        """)
     var dropInvalid = false
 
     @Argument(help: ArgumentHelp("Files to format.", valueName: "FILE"))
@@ -63,6 +67,9 @@ struct Format: ParsableCommand {
                 failed = true
                 continue
             }
+            // Warnings are shown whatever the output: what --drop-invalid drops is said.
+            let warnings = result.diagnostics.filter { $0.severity == .warning }
+            if !warnings.isEmpty { FileHandle.standardError.write(Data((warnings.map(\.description).joined(separator: "\n") + "\n").utf8)) }
             if check {
                 if canonical != text {
                     FileHandle.standardError.write(Data("\(file): not canonical\n".utf8))
