@@ -676,6 +676,16 @@ public struct QemuCommandLine {
 
     static let deprecatedCPUModels = ["Icelake-Client": "Icelake-Server", "Icelake-Client-noTSX": "Icelake-Server-noTSX"]
 
+    /// The x86-64 micro-architecture levels are CPU models of Proxmox's QEMU;
+    /// stock QEMU (7.2 here) has none of them, so they are spelled out on
+    /// qemu64 with the level's features (x86-64 psABI levels v2 to v4).
+    static let levelModels: [String: [String]] = {
+        let v2 = ["cx16", "lahf_lm", "pni", "popcnt", "sse4.1", "sse4.2", "ssse3"]
+        let v3 = v2 + ["abm", "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave"]
+        let v4 = v3 + ["avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl"]
+        return ["x86-64-v2": v2, "x86-64-v2-AES": v2 + ["aes"], "x86-64-v3": v3, "x86-64-v4": v4]
+    }()
+
     struct CPUFlag {
         var op: String
         var value: String?
@@ -703,6 +713,7 @@ public struct QemuCommandLine {
         var custom: SectionConfigFile.Section?
         var hidden = false
         var hvVendor: String?
+        var levelFeatures: [(String, CPUFlag)] = []
         if conf["cpu"] != nil {
             cputype = cpu["cputype"] ?? cpu.bareValue ?? cputype
             if cputype.hasPrefix("custom-") {
@@ -714,6 +725,10 @@ public struct QemuCommandLine {
                 hvVendor = Self.property(model, "hv-vendor-id")
             }
             if let replacement = Self.deprecatedCPUModels[cputype] { cputype = replacement }
+            if !host.proxmoxQEMU, let features = Self.levelModels[cputype] {
+                levelFeatures = features.map { ($0, CPUFlag(op: "+", reason: "\(cputype) on a QEMU without that model")) }
+                cputype = "qemu64"
+            }
             if let value = cpu["hidden"] { hidden = Self.boolean(value) == true }
             if let value = cpu["hv-vendor-id"] { hvVendor = value }
         }
@@ -749,6 +764,7 @@ public struct QemuCommandLine {
             pve.append(("cet-ibt", CPUFlag(op: "-")))
             pve.append(("cet-ss", CPUFlag(op: "-")))
         }
+        apply(levelFeatures)
         apply(pve)
 
         if kvm && winversion >= 6 && !(conf["bios"] == "ovmf" && winversion < 8) {
