@@ -58,7 +58,7 @@ for n in range(guests):
     if n % 5 == 4:
         text = (f"#container {vmid}\narch: amd64\ncores: 2\nhostname: ct{vmid}\nmemory: 1024\n"
                 f"net0: name=eth0,bridge={bridge},firewall=1,hwaddr={mac},ip=dhcp,type=veth\n"
-                f"onboot: 1\nostype: debian\nrootfs: local-lvm:subvol-{vmid}-disk-0,size=8G\nswap: 512\nunprivileged: 1\n")
+                f"onboot: 1\nostype: debian\nrootfs: local-lvm:vm-{vmid}-disk-0,size=8G\nswap: 512\nunprivileged: 1\n")
         path = os.path.join(root, "nodes", node, "lxc", f"{vmid}.conf")
     else:
         text = (f"#vm {vmid}\nagent: 1\nboot: order=scsi0;net0\ncores: 4\ncpu: x86-64-v2-AES\n"

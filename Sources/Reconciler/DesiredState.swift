@@ -62,6 +62,8 @@ public struct DesiredState: Sendable {
     public var frozen: Set<ResourceID> = []
     /// Path → SHA-256 of every input read, so a saved plan can detect edits.
     public var digests: [String: String] = [:]
+    /// How many input files were read (with or without digests).
+    public var filesRead = 0
 
     public var localGuests: [Guest] { guests.filter { $0.node == node } }
 
@@ -77,7 +79,8 @@ public struct DesiredState: Sendable {
     /// file when it exists (what `apply` installs); the continuous loop does
     /// not, as Proxmox applies a staged file only when asked.
     public static func load(root: String, interfaces interfacesPath: String?, node: String,
-                            source: any TreeSource = FileTreeSource(), stagedInterfaces: Bool = true) -> DesiredState {
+                            source: any TreeSource = FileTreeSource(), stagedInterfaces: Bool = true,
+                            digests computeDigests: Bool = true) -> DesiredState {
         var state = DesiredState(root: root, node: node)
         let fm = source
         func path(_ relative: String) -> String { root.hasSuffix("/") ? root + relative : root + "/" + relative }
@@ -87,7 +90,8 @@ public struct DesiredState: Sendable {
                 state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "cannot read file"))
                 return nil
             }
-            state.digests[file] = Digest.sha256Hex(data)
+            state.filesRead += 1
+            if computeDigests { state.digests[file] = Digest.sha256Hex(data) }
             guard let text = String(data: data, encoding: .utf8) else {
                 state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "file is not valid UTF-8"))
                 return nil
@@ -99,11 +103,8 @@ public struct DesiredState: Sendable {
             if diagnostics.hasErrors { state.frozen.formUnion(ids) }
         }
 
-        if let text = read(path("storage.cfg")) {
-            let (file, diagnostics) = SectionConfigFile.parse(text, file: path("storage.cfg")) { Specs.storage.sectionLayout(forType: $0) }
-            state.storage = file
-            record(diagnostics, freezing: [ResourceID(kind: "storage", name: "*")])
-        }
+        // storage.cfg and the interfaces file are parsed beside the guest files below, on the cores those leave free.
+        let storageText = read(path("storage.cfg"))
         if let text = read(path("datacenter.cfg")) {
             let (file, diagnostics) = DatacenterConfig.parse(text, file: path("datacenter.cfg"))
             state.datacenter = file
@@ -161,16 +162,45 @@ public struct DesiredState: Sendable {
             var guest: Guest?
             var digest: String?
             var diagnostics: [Diagnostic]
+            var read = true
         }
+        // A staged interfaces.new is what apply would install: it is the desired state.
+        let interfacesSource = interfacesPath.map { path in
+            stagedInterfaces && fm.fileExists(atPath: path + ".new") ? path + ".new" : path
+        }
+        let interfacesText = interfacesSource.flatMap { read($0) }
         let files = guestFiles
         let slots = UnsafeResultSlots<LoadedGuest>(count: files.count)
-        DispatchQueue.concurrentPerform(iterations: files.count) { index in
-            let entry = files[index]
-            guard let data = fm.contents(atPath: entry.path) else {
-                slots.set(index, LoadedGuest(diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "cannot read file")]))
+        let storageSlot = UnsafeResultSlots<(SectionConfigFile, [Diagnostic])>(count: 1)
+        let interfacesSlot = UnsafeResultSlots<(InterfacesFile, [Diagnostic])>(count: 1)
+        let storageFile = path("storage.cfg")
+        // The two single files first, so that they do not end up last on one core.
+        DispatchQueue.concurrentPerform(iterations: files.count + 2) { iteration in
+            if iteration == 0 {
+                if let storageText {
+                    let storageSpec = Specs.storage
+                    var layouts: [String: SectionTypeLayout?] = [:]
+                    storageSlot.set(0, SectionConfigFile.parse(storageText, file: storageFile) { type in
+                        if let known = layouts[type] { return known }
+                        let layout = storageSpec.sectionLayout(forType: type)
+                        layouts[type] = layout
+                        return layout
+                    })
+                }
                 return
             }
-            let digest = Digest.sha256Hex(data)
+            if iteration == 1 {
+                if let interfacesText, let interfacesSource { interfacesSlot.set(0, InterfacesFile.parse(interfacesText, file: interfacesSource)) }
+                return
+            }
+            let index = iteration - 2
+            let entry = files[index]
+            guard let data = fm.contents(atPath: entry.path) else {
+                slots.set(index, LoadedGuest(diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "cannot read file")], read: false))
+                return
+            }
+            // Digests serve saved plans (what changed since); `validate` has no use for them.
+            let digest = computeDigests ? Digest.sha256Hex(data) : nil
             guard let text = String(data: data, encoding: .utf8) else {
                 slots.set(index, LoadedGuest(digest: digest, diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "file is not valid UTF-8")]))
                 return
@@ -181,8 +211,13 @@ public struct DesiredState: Sendable {
             slots.set(index, LoadedGuest(guest: Guest(vmid: entry.vmid, node: entry.node, config: config, path: entry.path),
                                          digest: digest, diagnostics: diagnostics))
         }
+        if let (file, diagnostics) = storageSlot[0] {
+            state.storage = file
+            record(diagnostics, freezing: [ResourceID(kind: "storage", name: "*")])
+        }
         for (index, loaded) in slots.values.enumerated() {
             let entry = files[index]
+            if loaded.read { state.filesRead += 1 }
             if let digest = loaded.digest { state.digests[entry.path] = digest }
             if let guest = loaded.guest { state.guests.append(guest) }
             record(loaded.diagnostics, freezing: [ResourceID(kind: entry.kind.rawValue, name: String(entry.vmid))])
@@ -211,16 +246,10 @@ public struct DesiredState: Sendable {
             }
         }
 
-        if let interfacesPath {
-            // A staged interfaces.new is what apply would install: it is the desired state.
-            let staged = interfacesPath + ".new"
-            let source = stagedInterfaces && fm.fileExists(atPath: staged) ? staged : interfacesPath
-            if let text = read(source) {
-                let (file, diagnostics) = InterfacesFile.parse(text, file: source)
-                state.interfaces = file
-                state.interfacesPath = source
-                record(diagnostics, freezing: [ResourceID(kind: "network", name: "*")])
-            }
+        if let (file, diagnostics) = interfacesSlot[0] {
+            state.interfaces = file
+            state.interfacesPath = interfacesSource
+            record(diagnostics, freezing: [ResourceID(kind: "network", name: "*")])
         }
         return state
     }

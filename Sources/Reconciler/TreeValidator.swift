@@ -9,31 +9,39 @@ public enum TreeValidator {
     /// these same diagnostics, so validate and plan never disagree about a file.
     public static func validate(_ state: DesiredState) -> [Diagnostic] {
         var diagnostics = state.diagnostics
-        if let storage = state.storage {
-            diagnostics += StorageValidator.validate(storage)
-            // What the storage kind reads from storage.cfg and the volume names, per storage type, of every node's guests.
-            let (storages, problems) = StorageDesiredState.storages(from: storage, node: state.node)
-            diagnostics += problems + StorageDesiredState.volumes(state, storages: storages, guests: state.guests).problems
-        }
+        // What the storage kind reads from storage.cfg; the volume names, per storage type, of every node's guests are
+        // checked with the other per-guest checks below, in the same pass.
+        let storageKind = state.storage.map { StorageDesiredState.storages(from: $0, node: state.node) }
+        let storagesByID = storageKind.map { StorageDesiredState.storagesByID($0.storages) }
         if let datacenter = state.datacenter { diagnostics += DatacenterValidator.validate(datacenter) }
         if let corosync = state.corosync { diagnostics += CorosyncValidator.validate(corosync) }
         if let users = state.users { diagnostics += UserConfigValidator.validate(users) }
-        if let interfaces = state.interfaces {
-            diagnostics += InterfacesValidator.validate(interfaces) + checkInterfaceReferences(interfaces)
-                + NetworkDesiredState.interfaces(from: interfaces).diagnostics
-        }
 
-        // Guest files are independent: validate them on all cores.
+        // Guest files are independent: validate them on all cores, beside storage.cfg and the interfaces file (the first
+        // two iterations, so that neither ends up last on one core).
         let guests = state.guests
-        let perGuest = UnsafeResultSlots<[Diagnostic]>(count: guests.count)
+        let perGuest = UnsafeResultSlots<[Diagnostic]>(count: guests.count + 2)
         let bridges = bridgeNames(state)
         let storages = state.storage.map { StorageIndex($0) }
-        DispatchQueue.concurrentPerform(iterations: guests.count) { index in
-            let guest = guests[index]
-            var found = GuestValidator.validate(guest.config, spec: Specs.guest(guest.kind))
-            if let storages { found += checkVolumes(guest, storages: storages) }
-            if guest.node == state.node, let bridges { found += checkBridges(guest, bridges: bridges) }
-            perGuest.set(index, found)
+        DispatchQueue.concurrentPerform(iterations: guests.count + 2) { iteration in
+            switch iteration {
+            case 0:
+                perGuest.set(0, (state.storage.map { StorageValidator.validate($0) } ?? []) + (storageKind?.problems ?? []))
+            case 1:
+                perGuest.set(1, state.interfaces.map { interfaces in
+                    InterfacesValidator.validate(interfaces) + checkInterfaceReferences(interfaces)
+                        + NetworkDesiredState.interfaces(from: interfaces).diagnostics
+                } ?? [])
+            default:
+                let guest = guests[iteration - 2]
+                var found = GuestValidator.validate(guest.config, spec: Specs.guest(guest.kind))
+                if let storages { found += checkVolumes(guest, storages: storages) }
+                if let storagesByID, !state.frozen.contains(ResourceID(kind: guest.kind.rawValue, name: String(guest.vmid))) {
+                    found += StorageDesiredState.volumes(of: guest, storages: storagesByID).problems
+                }
+                if guest.node == state.node, let bridges { found += checkBridges(guest, bridges: bridges) }
+                perGuest.set(iteration, found)
+            }
         }
         for found in perGuest.values { diagnostics += found }
         diagnostics += checkUniqueVMIDs(state.guests)
@@ -217,4 +225,7 @@ final class UnsafeResultSlots<Value>: @unchecked Sendable {
 
     /// Every slot's value, in index order; all slots must have been set.
     var values: [Value] { buffer.map { $0! } }
+
+    /// One slot, nil when its iteration set nothing.
+    subscript(index: Int) -> Value? { buffer[index] }
 }

@@ -20,7 +20,7 @@ extension KindSpec {
         case .boolean:
             return BooleanValue.canonical(value) ?? value
         case .property:
-            guard let name = option.format, let format = formats[name] else { return value }
+            guard Self.mayHoldSpelledBoolean(value), let name = option.format, let format = formats[name] else { return value }
             var parsed = PropertyString(parsing: value)
             var changed = false
             for index in parsed.entries.indices {
@@ -35,6 +35,25 @@ extension KindSpec {
         default:
             return value
         }
+    }
+
+    /// Whether a property string may hold a boolean spelled otherwise than 1 or 0: some value (the first, or one after
+    /// `=` or `,`) starts with a letter of yes, no, on, off, true or false. Most property strings have none, and are not parsed.
+    static func mayHoldSpelledBoolean(_ value: String) -> Bool {
+        var atValueStart = true
+        for byte in value.utf8 {
+            if atValueStart {
+                switch byte {
+                case UInt8(ascii: " "), UInt8(ascii: "\t"): continue
+                case UInt8(ascii: "y"), UInt8(ascii: "Y"), UInt8(ascii: "n"), UInt8(ascii: "N"), UInt8(ascii: "o"), UInt8(ascii: "O"),
+                     UInt8(ascii: "t"), UInt8(ascii: "T"), UInt8(ascii: "f"), UInt8(ascii: "F"):
+                    return true
+                default: atValueStart = false
+                }
+            }
+            if byte == UInt8(ascii: "=") || byte == UInt8(ascii: ",") { atValueStart = true }
+        }
+        return false
     }
 }
 

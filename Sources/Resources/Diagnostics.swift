@@ -104,6 +104,31 @@ extension StringProtocol {
     var isBlank: Bool { allSatisfy { $0 == " " || $0 == "\t" || $0 == "\r" } }
 }
 
+// Every parser trims every line: ASCII whitespace is checked by byte, the usual case; a non-ASCII byte at either end
+// falls back to Unicode's whitespace (the generic `trimmed`).
+extension Substring {
+    var trimmed: String {
+        let bytes = utf8
+        var start = bytes.startIndex
+        var end = bytes.endIndex
+        func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || (0x09...0x0d).contains(byte) }
+        while start < end, isSpace(bytes[start]) { start = bytes.index(after: start) }
+        while end > start, isSpace(bytes[bytes.index(before: end)]) { end = bytes.index(before: end) }
+        if start < end, bytes[start] >= 0x80 || bytes[bytes.index(before: end)] >= 0x80 {
+            var unicodeStart = startIndex
+            var unicodeEnd = endIndex
+            while unicodeStart < unicodeEnd, self[unicodeStart].isWhitespace { unicodeStart = index(after: unicodeStart) }
+            while unicodeEnd > unicodeStart, self[index(before: unicodeEnd)].isWhitespace { unicodeEnd = index(before: unicodeEnd) }
+            return String(self[unicodeStart..<unicodeEnd])
+        }
+        return String(self[start..<end])
+    }
+}
+
+extension String {
+    var trimmed: String { self[...].trimmed }
+}
+
 /// Joins raw lines back into the file text (the inverse of `SourceLines`).
 func joinLines(_ lines: [String]) -> String {
     lines.joined(separator: "\n")

@@ -259,14 +259,32 @@ public enum ValueChecker {
 /// few, but are checked against every value of every file.
 final class PatternCache: Sendable {
     static let shared = PatternCache()
-    private let storage = Mutex<[String: NSRegularExpression?]>([:])
+    /// The embedded specs' patterns, compiled once: read on every core without a lock.
+    private let compiled: [String: NSRegularExpression]
+    /// Patterns of specs decoded later (tests decode their own).
+    private let others = Mutex<[String: NSRegularExpression?]>([:])
+
+    private init() {
+        var compiled: [String: NSRegularExpression] = [:]
+        for spec in Specs.all {
+            let options = spec.options.values + spec.formats.values.flatMap(\.keys.values)
+            for pattern in options.compactMap(\.pattern) where compiled[pattern] == nil {
+                compiled[pattern] = Self.compile(pattern)
+            }
+        }
+        self.compiled = compiled
+    }
+
+    private static func compile(_ pattern: String) -> NSRegularExpression? {
+        try? NSRegularExpression(pattern: "^(?:" + pattern + ")$")
+    }
 
     func matches(_ value: String, _ pattern: String) -> Bool {
-        let regex = storage.withLock { cache -> NSRegularExpression? in
+        let regex = compiled[pattern] ?? others.withLock { cache -> NSRegularExpression? in
             if let cached = cache[pattern] { return cached }
-            let compiled = try? NSRegularExpression(pattern: "^(?:" + pattern + ")$")
-            cache[pattern] = compiled
-            return compiled
+            let regex = Self.compile(pattern)
+            cache[pattern] = regex
+            return regex
         }
         guard let regex else { return true }
         let range = NSRange(value.startIndex..<value.endIndex, in: value)
@@ -334,15 +352,22 @@ public enum Specs {
     }
 
     private static let loaded: [String: KindSpec] = {
-        var result: [String: KindSpec] = [:]
-        for (file, text) in EmbeddedSpecs.files {
-            // The embedded specs are checked by the test suite; a broken one is a build defect.
-            result[String(file.dropLast(5))] = try! decode(text, name: file)
+        // Every command needs them at start: decoded on all cores. The embedded specs are checked by the test suite;
+        // a broken one is a build defect.
+        let files = Array(EmbeddedSpecs.files)
+        let decoded = Mutex<[String: KindSpec]>([:])
+        DispatchQueue.concurrentPerform(iterations: files.count) { index in
+            let (file, text) = files[index]
+            let spec = try! decode(text, name: file)
+            decoded.withLock { $0[String(file.dropLast(5))] = spec }
         }
-        return result
+        return decoded.withLock { $0 }
     }()
 
     public static func spec(_ kind: String) -> KindSpec? { loaded[kind] }
+
+    /// Every embedded spec.
+    static var all: Dictionary<String, KindSpec>.Values { loaded.values }
 
     public static var qemu: KindSpec { loaded["qemu"]! }
     public static var lxc: KindSpec { loaded["lxc"]! }

@@ -111,8 +111,25 @@ public enum StorageVolumes {
 
     /// `local:100/vm-100-disk-0.qcow2` → ("local", "100/vm-100-disk-0.qcow2").
     public static func parseVolumeID(_ volumeID: String) -> (storage: String, volname: String)? {
-        guard let groups = match(volumeID, volumeIDPattern), let storage = groups[1], let volname = groups[2] else { return nil }
-        return (storage, volname)
+        // Printable ASCII, the usual case, is split by hand (the pattern's storage ID cannot hold ':', so the first ':'
+        // splits); anything else goes through upstream's pattern, whose case folding and line terminators then apply.
+        let bytes = volumeID.utf8
+        guard bytes.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) else {
+            guard let groups = match(volumeID, volumeIDPattern), let storage = groups[1], let volname = groups[2] else { return nil }
+            return (storage, volname)
+        }
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        let storage = bytes[..<colon]
+        let afterColon = bytes.index(after: colon)
+        func isAlphanumeric(_ byte: UInt8) -> Bool {
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte | 0x20) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+        }
+        guard storage.count >= 2, afterColon < bytes.endIndex,
+              let first = storage.first, (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first | 0x20),
+              let last = storage.last, isAlphanumeric(last),
+              storage.allSatisfy({ isAlphanumeric($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") })
+        else { return nil }
+        return (String(volumeID[..<colon]), String(volumeID[afterColon...]))
     }
 
     /// A disk file name: `(name, format, isBase)`.

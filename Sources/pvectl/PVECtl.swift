@@ -52,12 +52,13 @@ struct TreeOptions: ParsableArguments {
         return String(host.split(separator: ".").first ?? Substring(host))
     }
 
-    func load() throws -> DesiredState {
+    /// - Parameter digests: whether to hash every input (a saved plan needs them; validate does not).
+    func load(digests: Bool = true) throws -> DesiredState {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw ValidationError("--root \(root) is not a directory")
         }
-        return DesiredState.load(root: root, interfaces: interfaces, node: nodeName, source: source)
+        return DesiredState.load(root: root, interfaces: interfaces, node: nodeName, source: source, digests: digests)
     }
 }
 
@@ -80,7 +81,7 @@ struct Validate: ParsableCommand {
     var quiet = false
 
     func run() throws {
-        let state = try tree.load()
+        let state = try tree.load(digests: false)
         let diagnostics = TreeValidator.validate(state)
         var output = ""
         for diagnostic in diagnostics where !(quiet && diagnostic.severity == .warning) {
@@ -89,7 +90,7 @@ struct Validate: ParsableCommand {
         FileHandle.standardOutput.write(Data(output.utf8))
         let errors = diagnostics.filter { $0.severity == .error }.count
         let warnings = diagnostics.count - errors
-        let files = state.digests.count
+        let files = state.filesRead
         FileHandle.standardError.write(Data("\(errors) error\(errors == 1 ? "" : "s"), \(warnings) warning\(warnings == 1 ? "" : "s") in \(files) file\(files == 1 ? "" : "s")\n".utf8))
         if errors > 0 { throw ExitCode(1) }
     }

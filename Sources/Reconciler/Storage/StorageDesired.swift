@@ -75,42 +75,64 @@ public enum StorageDesiredState {
     /// guests through the same code.
     public static func volumes(_ state: DesiredState, storages: [DesiredStorage],
                                guests: [DesiredState.Guest]? = nil) -> (volumes: [DesiredVolume], problems: [Diagnostic]) {
+        let byID = storagesByID(storages)
+        let ordered = (guests ?? state.localGuests).sorted(by: { $0.vmid < $1.vmid })
+        // Guests are independent: on all cores, merged in VMID order.
+        let perGuest = UnsafeResultSlots<(volumes: [DesiredVolume], problems: [Diagnostic])>(count: ordered.count)
+        DispatchQueue.concurrentPerform(iterations: ordered.count) { index in
+            let guest = ordered[index]
+            let frozen = state.frozen.contains(ResourceID(kind: guest.kind.rawValue, name: String(guest.vmid)))
+            perGuest.set(index, frozen ? ([], []) : Self.volumes(of: guest, storages: byID))
+        }
         var volumes: [DesiredVolume] = []
         var problems: [Diagnostic] = []
-        let byID = Dictionary(storages.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-        for guest in (guests ?? state.localGuests).sorted(by: { $0.vmid < $1.vmid }) {
-            if state.frozen.contains(ResourceID(kind: guest.kind.rawValue, name: String(guest.vmid))) { continue }
-            for entry in guest.config.main.entries where GuestConfig.isDriveKey(entry.key) {
-                let isContainerKey = entry.key == "rootfs" || entry.key.hasPrefix("mp")
-                if isContainerKey != (guest.kind == .lxc) { continue }
-                let value = PropertyString(parsing: entry.value)
-                guard let text = value["file"] ?? value["volume"] ?? value.bareValue else { continue }
-                if text == "none" || text == "cdrom" || text.hasPrefix("/") || value["media"] == "cdrom" { continue }
-                guard let (storageID, volname) = StorageVolumes.parseVolumeID(text) else { continue }
-                // A storage missing from storage.cfg is reported by the reference checks (TreeValidator.checkVolumes).
-                guard let storage = byID[storageID] else { continue }
-                let volume: StorageVolumes.Volume
-                do {
-                    volume = try StorageVolumes.parseVolname(volname, storageType: storage.type)
-                } catch {
-                    // `local-lvm:32` is the API's way to ask for a new disk; a config file names its volume.
-                    if Int(volname) != nil {
-                        problems.append(.error(entry.valueLocation, "\(entry.key): '\(text)' asks for a new \(volname) GiB disk, which only the API allocates; name the volume (e.g. \(storageID):\(suggestedName(storage: storage, vmid: guest.vmid, kind: guest.kind)))"))
-                    } else {
-                        problems.append(.error(entry.valueLocation, "\(entry.key): \(error.description)"))
-                    }
-                    continue
+        for found in perGuest.values {
+            volumes += found.volumes
+            problems += found.problems
+        }
+        return (volumes, problems)
+    }
+
+    /// Storages by ID, the first of a repeated ID winning (storage.cfg's own problem reports the repeat).
+    public static func storagesByID(_ storages: [DesiredStorage]) -> [String: DesiredStorage] {
+        Dictionary(storages.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// One guest's volumes on the storages of this node, and the names its storage types cannot hold.
+    public static func volumes(of guest: DesiredState.Guest,
+                               storages byID: [String: DesiredStorage]) -> (volumes: [DesiredVolume], problems: [Diagnostic]) {
+        var volumes: [DesiredVolume] = []
+        var problems: [Diagnostic] = []
+        for entry in guest.config.main.entries where GuestConfig.isDriveKey(entry.key) {
+            let isContainerKey = entry.key == "rootfs" || entry.key.hasPrefix("mp")
+            if isContainerKey != (guest.kind == .lxc) { continue }
+            let value = PropertyString(parsing: entry.value)
+            guard let text = value["file"] ?? value["volume"] ?? value.bareValue else { continue }
+            if text == "none" || text == "cdrom" || text.hasPrefix("/") || value["media"] == "cdrom" { continue }
+            guard let (storageID, volname) = StorageVolumes.parseVolumeID(text) else { continue }
+            // A storage missing from storage.cfg is reported by the reference checks (TreeValidator.checkVolumes).
+            guard let storage = byID[storageID] else { continue }
+            let volume: StorageVolumes.Volume
+            do {
+                volume = try StorageVolumes.parseVolname(volname, storageType: storage.type)
+            } catch {
+                // `local-lvm:32` is the API's way to ask for a new disk; a config file names its volume.
+                if Int(volname) != nil {
+                    problems.append(.error(entry.valueLocation, "\(entry.key): '\(text)' asks for a new \(volname) GiB disk, which only the API allocates; name the volume (e.g. \(storageID):\(suggestedName(storage: storage, vmid: guest.vmid, kind: guest.kind)))"))
+                } else {
+                    problems.append(.error(entry.valueLocation, "\(entry.key): \(error.description)"))
                 }
-                if volume.vtype == "iso" { continue }
-                guard let hostPath = hostPath(storage: storage, volname: volname, volume: volume) else { continue }
-                let size = value["size"].flatMap { SizeValue.bytes($0) }
-                if value["size"] != nil && size == nil {
-                    problems.append(.error(entry.valueLocation, "\(entry.key): size '\(value["size"]!)' is not a size (e.g. 32G)"))
-                    continue
-                }
-                volumes.append(DesiredVolume(volumeID: text, storage: storageID, volname: volname, volume: volume, guestKind: guest.kind,
-                                             vmid: guest.vmid, key: entry.key, sizeBytes: size, source: entry.valueLocation, hostPath: hostPath))
+                continue
             }
+            if volume.vtype == "iso" { continue }
+            guard let hostPath = hostPath(storage: storage, volname: volname, volume: volume) else { continue }
+            let size = value["size"].flatMap { SizeValue.bytes($0) }
+            if value["size"] != nil && size == nil {
+                problems.append(.error(entry.valueLocation, "\(entry.key): size '\(value["size"]!)' is not a size (e.g. 32G)"))
+                continue
+            }
+            volumes.append(DesiredVolume(volumeID: text, storage: storageID, volname: volname, volume: volume, guestKind: guest.kind,
+                                         vmid: guest.vmid, key: entry.key, sizeBytes: size, source: entry.valueLocation, hostPath: hostPath))
         }
         return (volumes, problems)
     }
