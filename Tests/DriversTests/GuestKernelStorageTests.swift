@@ -185,7 +185,7 @@ struct GuestKernelStorageTests {
 
         // Phase 3: a shrink is refused at its line, nothing changes.
         #expect(read("apply3.status") == "1")
-        #expect(read("apply3.log").contains("/mnt/out/root/nodes/pve1/qemu-server/100.conf:1:1: error: scsi0: size=32M is smaller than the volume's 96M"),
+        #expect(read("apply3.log").contains("/mnt/out/root/nodes/pve1/qemu-server/100.conf:1:8: error: scsi0: size=32M is smaller than the volume's 96M"),
                 "\(read("apply3.log"))")
         #expect(Self.volumes(out.read("phase3-lvs.json"))["vm-100-disk-0"]?.lv_size == String(96 << 20))
     }

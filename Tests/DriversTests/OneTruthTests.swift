@@ -11,20 +11,8 @@ import TestSupport
 struct OneTruthTests {
     static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
 
-    static let interfaces = """
-    auto lo
-    iface lo inet loopback
-
-    iface eno1 inet manual
-
-    auto vmbr0
-    iface vmbr0 inet static
-    \taddress 192.0.2.10/24
-    \tbridge-ports eno1
-    \tbridge-stp off
-    \tbridge-fd 0
-
-    """
+    /// vmbr0 on eno1, the bridge every guest below uses (the same file the end-to-end tests apply).
+    static let interfaces = CommandLineTests.interfaces
 
     static let storage = """
     dir: local
