@@ -17,6 +17,15 @@ public struct SourceLocation: Hashable, Sendable, Comparable, Codable, CustomStr
     }
 }
 
+/// What kind of problem a diagnostic is, for code that acts on it: a code, never the wording, decides.
+public struct DiagnosticCode: RawRepresentable, Hashable, Sendable {
+    public let rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    /// A firewall rule line that cannot be read: pve-firewall skips that rule, the rest of its file stands.
+    public static let firewallRuleLine = DiagnosticCode(rawValue: "firewall-rule-line")
+}
+
 /// One problem found in an input, printed as `path:line:column: error: message`.
 public struct Diagnostic: Error, Hashable, Sendable, CustomStringConvertible, Comparable {
     public enum Severity: String, Sendable, Hashable {
@@ -27,11 +36,21 @@ public struct Diagnostic: Error, Hashable, Sendable, CustomStringConvertible, Co
     public var location: SourceLocation
     public var severity: Severity
     public var message: String
+    /// Set where some code acts on this kind of problem (not printed).
+    public var code: DiagnosticCode?
 
-    public init(_ severity: Severity = .error, at location: SourceLocation, _ message: String) {
+    public init(_ severity: Severity = .error, at location: SourceLocation, _ message: String, code: DiagnosticCode? = nil) {
         self.location = location
         self.severity = severity
         self.message = message
+        self.code = code
+    }
+
+    /// The same diagnostic with a code.
+    public func coded(_ code: DiagnosticCode) -> Diagnostic {
+        var copy = self
+        copy.code = code
+        return copy
     }
 
     public static func error(_ location: SourceLocation, _ message: String) -> Diagnostic {

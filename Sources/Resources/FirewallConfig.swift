@@ -252,7 +252,7 @@ public struct FirewallConfig: Hashable, Sendable {
             case .rules, .group:
                 switch parseRule(content, location: location(index, column)) {
                 case .success(let rule): current!.rules.append(rule)
-                case .failure(let error): diagnostics.append(error)
+                case .failure(let error): diagnostics.append(error.coded(.firewallRuleLine))
                 }
             }
         }

@@ -87,11 +87,10 @@ public struct FirewallReconciler: Sendable {
         public init() {}
     }
 
-    /// Messages of FirewallConfig.parse that concern one rule line: that rule
+    /// Errors of FirewallConfig.parse that concern one rule line: that rule
     /// is skipped; any other parse error freezes the file's firewall.
     static func isRuleLineError(_ diagnostic: Diagnostic) -> Bool {
-        ["expected a rule", "rule has no action", "unknown action", "unexpected '", "unknown rule option", "option '-"]
-            .contains { diagnostic.message.hasPrefix($0) }
+        diagnostic.code == .firewallRuleLine
     }
 
     public func compute(_ state: DesiredState, only: [ResourceSelector]) async throws -> Computed {
