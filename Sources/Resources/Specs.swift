@@ -292,33 +292,31 @@ final class PatternCache: Sendable {
     }
 }
 
-/// Address syntax checks without resolving anything.
+/// The one reading of IP addresses, for validation and for what the kinds build from them: the C library's
+/// `inet_pton`, as `ip`, `nft` and the kernel's tools read them (no leading zeros in an IPv4 octet, as pve-common's
+/// IPV4RE; IPv6 with `::` and an embedded IPv4 tail). Nothing is resolved.
 public enum IPAddress {
-    public static func isIPv4(_ text: String) -> Bool {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts.allSatisfy { part in
-            !part.isEmpty && part.count <= 3 && part.allSatisfy { $0.isASCII && $0.isNumber } && Int(part)! <= 255
-        }
+    public enum Family: Int, Sendable, Hashable {
+        case v4 = 4
+        case v6 = 6
     }
 
-    public static func isIPv6(_ text: String) -> Bool {
-        guard text.contains(":"), text.count <= 45 else { return false }
-        var body = Substring(text)
-        var groupsAvailable = 8
-        if let lastColon = body.lastIndex(of: ":"), body[body.index(after: lastColon)...].contains(".") {
-            guard isIPv4(String(body[body.index(after: lastColon)...])) else { return false }
-            body = body[...lastColon]
-            if body.hasSuffix(":") && !body.hasSuffix("::") { body = body.dropLast() }
-            groupsAvailable = 6
+    /// The address family and its bytes in network order; nil when the text is not an address.
+    public static func parse(_ text: String) -> (family: Family, bytes: [UInt8])? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 {
+            return (.v4, withUnsafeBytes(of: &v4) { Array($0) })
         }
-        if body.contains(":::") { return false }
-        let doubleColons = body.components(separatedBy: "::").count - 1
-        guard doubleColons <= 1 else { return false }
-        let groups = body.split(separator: ":", omittingEmptySubsequences: true)
-        guard groups.allSatisfy({ $0.count <= 4 && $0.allSatisfy(\.isHexDigit) }) else { return false }
-        if doubleColons == 1 { return groups.count < groupsAvailable }
-        return groups.count == groupsAvailable && !body.hasPrefix(":") && !body.hasSuffix(":")
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 {
+            return (.v6, withUnsafeBytes(of: &v6) { Array($0) })
+        }
+        return nil
     }
+
+    public static func isIPv4(_ text: String) -> Bool { parse(text)?.family == .v4 }
+
+    public static func isIPv6(_ text: String) -> Bool { parse(text)?.family == .v6 }
 
     /// `192.0.2.1/24` or `2001:db8::1/64`.
     public static func isCIDR(_ text: String) -> Bool {

@@ -206,6 +206,11 @@ public enum FirewallValidator {
                 diagnostics.append(.error(rule.location, "-\(option.key): \(message)"))
             }
         }
+        // pve-firewall's parse_address_list: +ipset, an alias name, or addresses, networks and ranges it can read.
+        for key in ["source", "dest"] {
+            guard let value = rule[key], !isAddressReference(value) else { continue }
+            diagnostics.append(.error(rule.location, "-\(key): '\(value)' is not an address, network, range, list, alias or +ipset"))
+        }
         let proto = rule["p"]
         for portOption in ["dport", "sport"] where rule[portOption] != nil && rule.macro == nil {
             if let proto {
@@ -223,6 +228,18 @@ public enum FirewallValidator {
             diagnostics.append(.error(rule.location, "-icmp-type requires -p icmp or ipv6-icmp"))
         }
         return diagnostics
+    }
+
+    /// `+ipset`, an alias (`name`, `dc/name`, `guest/name`) or an address list.
+    static func isAddressReference(_ text: String) -> Bool {
+        if text.hasPrefix("+") { return text.count > 1 && !text.contains(where: \.isWhitespace) }
+        var name = Substring(text)
+        if name.hasPrefix("dc/") || name.hasPrefix("guest/") { name = name[name.index(after: name.firstIndex(of: "/")!)...] }
+        if let first = name.first, first.isASCII, first.isLetter, name.count >= 2,
+           name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) {
+            return true
+        }
+        return isAddressSpec(text)
     }
 
     /// An address, network, range (a-b), list (a,b) or ipset/alias reference.

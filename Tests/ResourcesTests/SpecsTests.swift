@@ -77,5 +77,17 @@ struct SpecsTests {
         #expect(!IPAddress.isIPv6("2001:db8::g"))
         #expect(IPAddress.isCIDR("2001:db8::/32"))
         #expect(!IPAddress.isCIDR("192.0.2.0/33"))
+        // One reading for validation and the firewall compiler: no leading zeros (pve-common's IPV4RE, inet_pton).
+        #expect(!IPAddress.isIPv4("01.2.3.4"))
+        #expect(!IPAddress.isCIDR("192.0.2.010/24"))
+        #expect(IPAddress.parse("192.0.2.1")?.bytes == [192, 0, 2, 1])
+        #expect(IPAddress.parse("::1")?.family == .v6)
+    }
+
+    @Test("a firewall address the compiler cannot read fails validation: both use IPAddress")
+    func firewallAddressAgreement() {
+        let text = "[RULES]\nIN ACCEPT -source 010.0.0.1 -p tcp -dport 22\n"
+        let diagnostics = ConfigFormat.firewall.validate(text, file: "firewall/cluster.fw")
+        #expect(diagnostics.contains { $0.severity == .error && $0.location.line == 2 }, "\(diagnostics)")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Resources
 
 /// One address, network or range as nftables needs it: the family it belongs
 /// to and its normalised spelling (host bits cleared, /32 and /128 dropped),
@@ -50,16 +51,10 @@ struct FirewallAddress: Hashable, Sendable {
         return FirewallAddress(family: family, text: normal)
     }
 
+    /// Through the one address parser validation uses too, so validate never passes an address the compiler skips.
     static func bytes(of text: String) -> (Family, [UInt8])? {
-        var v4 = in_addr()
-        if inet_pton(AF_INET, text, &v4) == 1 {
-            return (.v4, withUnsafeBytes(of: &v4) { Array($0) })
-        }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, text, &v6) == 1 {
-            return (.v6, withUnsafeBytes(of: &v6) { Array($0) })
-        }
-        return nil
+        guard let (family, bytes) = IPAddress.parse(text) else { return nil }
+        return (family == .v4 ? .v4 : .v6, bytes)
     }
 
     static func string(of bytes: [UInt8], family: Family) -> String? {
