@@ -62,6 +62,8 @@ public struct DesiredState: Sendable {
     public var frozen: Set<ResourceID> = []
     /// Path → SHA-256 of every input read, so a saved plan can detect edits.
     public var digests: [String: String] = [:]
+    /// `virtual-guest/cpu-models.conf`.
+    public var cpuModels: SectionConfigFile?
     /// How many input files were read (with or without digests).
     public var filesRead = 0
 
@@ -118,6 +120,14 @@ public struct DesiredState: Sendable {
         if let text = read(path("user.cfg")) {
             let (file, diagnostics) = UserConfig.parse(text, file: path("user.cfg"))
             state.users = file
+            record(diagnostics, freezing: [])
+        }
+        // The cluster's custom CPU models (`cpu: custom-NAME`): read here, with a digest, so a saved plan notices an edit.
+        if let text = read(path("virtual-guest/cpu-models.conf")) {
+            let (file, diagnostics) = SectionConfigFile.parse(text, file: path("virtual-guest/cpu-models.conf")) { _ in
+                SectionTypeLayout(known: ["reported-model", "flags", "hv-vendor-id", "phys-bits", "guest-phys-bits", "hidden"])
+            }
+            state.cpuModels = file
             record(diagnostics, freezing: [])
         }
         for relative in sectionConfigFiles {

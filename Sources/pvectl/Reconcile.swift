@@ -124,7 +124,7 @@ struct ReconcileOptions: ParsableArguments {
             for status in storageForVMs.statuses where !status.active && !fixedFirst.contains(status.storage.id) {
                 inactive[status.storage.id] = status.reason ?? "inactive"
             }
-            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: tree.cpuModels(), inactiveStorages: inactive)
+            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: state.cpuModels, inactiveStorages: inactive)
         }
         let checks = TreeValidator.validate(state).filter { concernsSelection($0, selectors: selectors) }
         let plan = Plan(node: tree.nodeName, inputs: state.digests,

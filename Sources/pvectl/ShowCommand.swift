@@ -48,7 +48,7 @@ struct ShowCommand: AsyncParsableCommand {
         }
         if let hostCpuVendor { host.cpuVendor = hostCpuVendor }
         if let hwCapabilities { host.sev = try Self.sev(hwCapabilities) }
-        let cpuModels = tree.cpuModels()
+        let cpuModels = state.cpuModels
         var failed = false
         for vmid in vmids {
             guard let guest = state.guests.first(where: { $0.vmid == vmid && $0.kind == .qemu && $0.node == tree.nodeName }) else {
@@ -81,18 +81,6 @@ struct ShowCommand: AsyncParsableCommand {
             guard (sev["sev-support"] as? Bool) == true else { return nil }
             return (sev["cbitpos"] as? Int ?? 0, sev["reduced-phys-bits"] as? Int ?? 0,
                     sev["sev-support-es"] as? Bool ?? false, sev["sev-support-snp"] as? Bool ?? false)
-        }
-    }
-}
-
-extension TreeOptions {
-    /// `virtual-guest/cpu-models.conf`, the cluster's custom CPU models.
-    func cpuModels() -> SectionConfigFile? {
-        let path = (root.hasSuffix("/") ? root : root + "/") + "virtual-guest/cpu-models.conf"
-        return (try? String(contentsOfFile: path, encoding: .utf8)).map { text in
-            SectionConfigFile.parse(text, file: path) { _ in
-                SectionTypeLayout(known: ["reported-model", "flags", "hv-vendor-id", "phys-bits", "guest-phys-bits", "hidden"])
-            }.0
         }
     }
 }

@@ -123,6 +123,14 @@ struct CommandLineTests {
         #expect(drifted.status == 1)
         #expect(drifted.error.contains("the system changed: network/vmbr0 (planned create, now update)"), "\(drifted)")
 
+        // Every input a plan reads is in its digests: an edited cpu-models.conf refuses a saved plan too.
+        try setup.directory.write("root/virtual-guest/cpu-models.conf", "cpu-model: fast\n\treported-model kvm64\n")
+        #expect(try setup.pvectl("plan", ["--out", planFile]).status == 0)
+        try setup.directory.write("root/virtual-guest/cpu-models.conf", "cpu-model: fast\n\treported-model qemu64\n")
+        let edited = try setup.pvectl("apply", [planFile])
+        #expect(edited.status == 1)
+        #expect(edited.error.contains("virtual-guest/cpu-models.conf changed"), "\(edited)")
+
         // A fresh plan applies.
         #expect(try setup.pvectl("plan", ["--out", planFile]).status == 0)
         let ok = try setup.pvectl("apply", [planFile])
