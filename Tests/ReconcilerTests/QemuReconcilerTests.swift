@@ -317,3 +317,18 @@ struct QemuReconcilerTests {
         #expect(byName["141"]?.action == .create, "onboot: started again (the driver replaces the powered-off QEMU)")
     }
 }
+
+/// The command line asks the host profile whether a serial device exists: the Reconciler itself looks at no file.
+@Suite("QEMU command line: host facts come from the host profile")
+struct QemuHostFactsTests {
+    static let config = GuestConfig.parse("memory: 512\nserial0: /dev/ttyS9\n", file: "qemu-server/100.conf", kind: .qemu).0
+
+    @Test("a serial device the profile knows as a character device is used; otherwise upstream's error")
+    func serialDevice() throws {
+        var host = QemuHostProfile.pve11()
+        #expect(throws: (any Error).self) { try QemuCommandLine(vmid: 100, config: Self.config, storage: nil, host: host).build() }
+        host.isCharacterDevice = { $0 == "/dev/ttyS9" }
+        let arguments = try QemuCommandLine(vmid: 100, config: Self.config, storage: nil, host: host).build().arguments
+        #expect(arguments.joined(separator: " ").contains("-chardev serial,id=serial0,path=/dev/ttyS9 -device isa-serial,chardev=serial0"))
+    }
+}

@@ -23,6 +23,10 @@ public enum InstalledQemuHost {
             profile.missingQEMU = "\((binary as NSString).lastPathComponent) is not installed (Debian package qemu-system-\(arch == "x86_64" ? "x86" : arch))"
         }
         profile.pciDevices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/bus/pci/devices"))?.sorted() ?? []
+        profile.isCharacterDevice = { path in
+            var info = stat()
+            return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFCHR
+        }
         profile.proxmoxQEMU = versionText(of: binary).contains("pve")
         if !FileManager.default.fileExists(atPath: profile.bootSplash ?? "") { profile.bootSplash = nil }
         profile.bridgeScripts = FileManager.default.isExecutableFile(atPath: "/usr/libexec/qemu-server/pve-bridge")

@@ -248,8 +248,7 @@ public struct QemuCommandLine {
                 devices += ["-chardev", "socket,id=serial\(index),path=/var/run/qemu-server/\(vmid).serial\(index),server=on,wait=off"]
                 devices += arch == "aarch64" && index == 0 ? ["-serial", "chardev:serial\(index)"] : ["-device", "isa-serial,chardev=serial\(index)"]
             } else {
-                var info = stat()
-                guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFCHR else { throw Failure("no such serial device") }
+                guard host.isCharacterDevice(path) else { throw Failure("no such serial device") }
                 devices += ["-chardev", "serial,id=serial\(index),path=\(path)", "-device", "isa-serial,chardev=serial\(index)"]
             }
         }

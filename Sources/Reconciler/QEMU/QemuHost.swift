@@ -39,6 +39,9 @@ public struct QemuHostProfile: Sendable {
     public var proxmoxQEMU = true
     /// AMD SEV facts of the host CPU (query-sev-capabilities), nil without SEV.
     public var sev: (cbitpos: Int, reducedPhysBits: Int, es: Bool, snp: Bool)?
+    /// Whether a path (a `serialN: /dev/...` device) is a character device on this host. The installed profile asks
+    /// the host; the Reconciler itself looks at no file. Upstream's test profile has none.
+    public var isCharacterDevice: @Sendable (String) -> Bool = { _ in false }
 
     public init(qemuVersion: QemuVersion, arch: String = "x86_64", cpuVendor: String = "GenuineIntel", nodeName: String,
                 iscsiInitiator: String?, kvmAvailable: Bool, vhostNet: Bool, cpuCount: Int, bridgeMTU: [String: Int] = [:],
