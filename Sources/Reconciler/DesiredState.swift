@@ -64,6 +64,8 @@ public struct DesiredState: Sendable {
     public var digests: [String: String] = [:]
     /// `virtual-guest/cpu-models.conf`.
     public var cpuModels: SectionConfigFile?
+    /// CIFS storages with a password file (`priv/storage/<id>.pw`).
+    public var storageCredentials: Set<String> = []
     /// How many input files were read (with or without digests).
     public var filesRead = 0
 
@@ -224,6 +226,10 @@ public struct DesiredState: Sendable {
         if let (file, diagnostics) = storageSlot[0] {
             state.storage = file
             record(diagnostics, freezing: [ResourceID(kind: "storage", name: "*")])
+            // A CIFS storage's password file, as pve-storage keeps it; only whether it exists is read here.
+            for section in file.sections where section.type == "cifs" && fm.fileExists(atPath: path("priv/storage/\(section.id).pw")) {
+                state.storageCredentials.insert(section.id)
+            }
         }
         for (index, loaded) in slots.values.enumerated() {
             let entry = files[index]

@@ -48,9 +48,8 @@ public struct StorageReconciler: Sendable {
             return computed
         }
         var (storages, storageProblems) = StorageDesiredState.storages(from: file, node: state.node)
-        for index in storages.indices where storages[index].type == "cifs" {
-            let credentials = (state.root.hasSuffix("/") ? state.root : state.root + "/") + "priv/storage/\(storages[index].id).pw"
-            if FileManager.default.fileExists(atPath: credentials) { storages[index].credentialsFile = credentials }
+        for index in storages.indices where storages[index].type == "cifs" && state.storageCredentials.contains(storages[index].id) {
+            storages[index].credentialsFile = (state.root.hasSuffix("/") ? state.root : state.root + "/") + "priv/storage/\(storages[index].id).pw"
         }
         for problem in storageProblems where problem.severity == .error { computed.problems.append(problem) }
 
