@@ -27,6 +27,7 @@ struct QemuReconcilerTests {
         func start(vmid: Int, arguments: [String]) async throws -> Int32 { Issue.record("compute must not start VMs"); return 0 }
         func stop(vmid: Int, timeout: Double) async throws -> String { Issue.record("compute must not stop VMs"); return "" }
         func perform(vmid: Int, _ step: QemuLiveStep) async throws { Issue.record("compute must not change VMs") }
+        func writeConfig(path: String, text: String, expectedDigest: String?) throws { Issue.record("compute must not write configs") }
     }
 
     final class Tree {

@@ -44,6 +44,21 @@ public struct QemuProcessDriver: QemuDriver {
 
     // MARK: QemuDriver
 
+    /// Replaces the config file atomically, unless it changed since it was read: Proxmox's own temporary name
+    /// (file_set_contents), which pmxcfs takes in a guest directory, then a rename.
+    public func writeConfig(path: String, text: String, expectedDigest: String?) throws {
+        if let expectedDigest, let current = FileManager.default.contents(atPath: path), Digest.sha256Hex(current) != expectedDigest {
+            throw Failure(description: "\(path) changed since it was read; run pvectl apply again")
+        }
+        let temporary = path + ".tmp.\(getpid())"
+        try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
+        guard rename(temporary, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw Failure(description: "cannot replace \(path): \(reason)")
+        }
+    }
+
     /// `kvm` and `tcg` are taken as given; `auto` uses KVM only when
     /// /dev/kvm is there and the CPU has hardware virtualization (vmx/svm):
     /// a nested /dev/kvm without it accepts QMP but cannot run guests.

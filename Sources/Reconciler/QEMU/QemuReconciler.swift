@@ -56,6 +56,9 @@ public protocol QemuDriver: Sendable {
     /// ACPI power-down, then hard stop after `timeout` seconds; returns how it ended.
     func stop(vmid: Int, timeout: Double) async throws -> String
     func perform(vmid: Int, _ step: QemuLiveStep) async throws
+    /// Writes generated values back into a guest config, as qemu-server does, refused when the file no longer has
+    /// `expectedDigest` (someone edited it since it was read).
+    func writeConfig(path: String, text: String, expectedDigest: String?) throws
 }
 
 /// What pvectl knows about a QEMU it started: the config it runs.
@@ -525,7 +528,10 @@ public struct QemuReconciler: Sendable {
         for plan in stops + others + starts {
             let vmid = plan.vmid
             do {
-                if let writeBack = plan.writeBack { try Self.write(writeBack) ; progress("qemu/\(vmid): wrote \(writeBack.path)") }
+                if let writeBack = plan.writeBack {
+                    try driver.writeConfig(path: writeBack.path, text: writeBack.text, expectedDigest: writeBack.digest)
+                    progress("qemu/\(vmid): wrote \(writeBack.path)")
+                }
                 switch plan.action {
                 case .stop(let timeout):
                     let how = try await driver.stop(vmid: vmid, timeout: timeout)
@@ -571,20 +577,5 @@ public struct QemuReconciler: Sendable {
             try await driver.perform(vmid: vmid, .setLink(nic, up: false))
         }
         return QemuVMRecord(pid: pid, running: spec.running, startedAt: Date(), accelerator: spec.arguments.contains { $0.contains("accel=tcg") } ? "tcg" : "kvm")
-    }
-
-    /// Replaces the config file atomically, unless it changed since it was read.
-    static func write(_ writeBack: (path: String, text: String, digest: String?)) throws {
-        if let digest = writeBack.digest, let current = FileManager.default.contents(atPath: writeBack.path), Digest.sha256Hex(current) != digest {
-            throw QemuCommandLine.Failure("\(writeBack.path) changed since it was read; run pvectl apply again")
-        }
-        // Proxmox's own temporary name (file_set_contents), which pmxcfs takes in a guest directory.
-        let temporary = writeBack.path + ".tmp.\(getpid())"
-        try Data(writeBack.text.utf8).write(to: URL(fileURLWithPath: temporary))
-        guard rename(temporary, writeBack.path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(atPath: temporary)
-            throw QemuCommandLine.Failure("cannot replace \(writeBack.path): \(reason)")
-        }
     }
 }
