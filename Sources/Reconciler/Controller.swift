@@ -52,18 +52,56 @@ public enum ControllerKind: String, CaseIterable, Comparable, Sendable {
     }
 }
 
+/// What the loop queues: a whole kind (`qemu`) or one resource of it (`qemu/100`), so that one failing VM backs off
+/// alone and an edit of one VM's config plans that VM only.
+public struct ResourceKey: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var kind: ControllerKind
+    /// nil: every resource of the kind.
+    public var name: String?
+
+    public init(_ kind: ControllerKind, _ name: String? = nil) {
+        self.kind = kind
+        self.name = name
+    }
+
+    public var description: String { name.map { "\(kind.rawValue)/\($0)" } ?? kind.rawValue }
+
+    /// In apply order; within a kind the whole kind first, then by name.
+    public static func < (lhs: ResourceKey, rhs: ResourceKey) -> Bool {
+        if lhs.kind != rhs.kind { return lhs.kind < rhs.kind }
+        switch (lhs.name, rhs.name) {
+        case (nil, nil): return false
+        case (nil, _): return true
+        case (_, nil): return false
+        case (let left?, let right?): return left.localizedStandardCompare(right) == .orderedAscending
+        }
+    }
+
+    /// The keys a changed file concerns: as `ControllerKind.affected`, but a VM's own config
+    /// (`qemu-server/<vmid>.conf`) concerns that VM alone, not every VM.
+    public static func affected(byChangeOf path: String, root: String, interfaces: String?) -> Set<ResourceKey> {
+        let kinds = ControllerKind.affected(byChangeOf: path, root: root, interfaces: interfaces)
+        let parts = path.split(separator: "/")
+        let vmid = parts.count >= 2 && parts[parts.count - 2] == "qemu-server" && parts.last?.hasSuffix(".conf") == true
+            ? parts.last.flatMap { Int($0.dropLast(5)) } : nil
+        return Set(kinds.map { kind in kind == .qemu && vmid != nil ? ResourceKey(.qemu, String(vmid!)) : ResourceKey(kind) })
+    }
+}
+
 /// The loop's work queue, as Kubernetes controllers keep theirs: keyed by
-/// kind (a key queued twice runs once), each key due at a time (now, or
-/// later after failures: exponential backoff), one pass at a time, and at
-/// most one pass per `minimumInterval` overall (a storm of events cannot
-/// turn into a storm of passes). Pure: time is passed in.
-public struct ControllerQueue: Sendable {
+/// resource or kind (a key queued twice runs once), each key due at a time
+/// (now, or later after its own failures: exponential backoff), one pass at a
+/// time, and at most one pass per `minimumInterval` overall (a storm of events
+/// cannot turn into a storm of passes). Pure: time is passed in.
+public typealias ControllerQueue = WorkQueue<ControllerKind>
+
+public struct WorkQueue<Key: Hashable & Comparable & Sendable>: Sendable {
     public var baseDelay: TimeInterval
     public var maximumDelay: TimeInterval
     public var minimumInterval: TimeInterval
 
-    private var due: [ControllerKind: Date] = [:]
-    private var failures: [ControllerKind: Int] = [:]
+    private var due: [Key: Date] = [:]
+    private var failures: [Key: Int] = [:]
     private var lastPass: Date?
 
     public init(baseDelay: TimeInterval = 1, maximumDelay: TimeInterval = 300, minimumInterval: TimeInterval = 0.1) {
@@ -74,19 +112,19 @@ public struct ControllerQueue: Sendable {
 
     /// Queues a kind to run now. A kind already waiting for a retry keeps its
     /// backoff: an event does not turn a failing kind into a busy loop.
-    public mutating func add(_ kind: ControllerKind, now: Date) {
+    public mutating func add(_ kind: Key, now: Date) {
         if failures[kind, default: 0] > 0, let existing = due[kind], existing > now { return }
         due[kind] = min(due[kind] ?? now, now)
     }
 
-    public mutating func add<S: Sequence>(_ kinds: S, now: Date) where S.Element == ControllerKind {
+    public mutating func add<S: Sequence>(_ kinds: S, now: Date) where S.Element == Key {
         for kind in kinds { add(kind, now: now) }
     }
 
     /// The pass of `kind` failed: it runs again after base × 2^(failures − 1), capped.
     /// Returns the delay.
     @discardableResult
-    public mutating func failed(_ kind: ControllerKind, now: Date) -> TimeInterval {
+    public mutating func failed(_ kind: Key, now: Date) -> TimeInterval {
         let count = failures[kind, default: 0] + 1
         failures[kind] = count
         let delay = min(maximumDelay, baseDelay * pow(2, Double(min(count - 1, 30))))
@@ -95,14 +133,14 @@ public struct ControllerQueue: Sendable {
     }
 
     /// The pass of `kind` converged (or had nothing to do): its backoff is forgotten.
-    public mutating func succeeded(_ kind: ControllerKind) {
+    public mutating func succeeded(_ kind: Key) {
         failures[kind] = nil
     }
 
-    public func failureCount(_ kind: ControllerKind) -> Int { failures[kind, default: 0] }
+    public func failureCount(_ kind: Key) -> Int { failures[kind, default: 0] }
 
     /// The next kind to run at `now`, in apply order among those due, or nil.
-    public mutating func next(now: Date) -> ControllerKind? {
+    public mutating func next(now: Date) -> Key? {
         if let lastPass, now < lastPass.addingTimeInterval(minimumInterval) { return nil }
         guard let kind = due.filter({ $0.value <= now }).keys.min() else { return nil }
         due[kind] = nil
@@ -118,21 +156,31 @@ public struct ControllerQueue: Sendable {
     }
 
     public var isEmpty: Bool { due.isEmpty }
+
+    /// Forgets queued keys a pass just covered (the resources of a kind that ran whole); their backoff stays.
+    public mutating func drop(where covered: (Key) -> Bool) {
+        for key in due.keys where covered(key) && failures[key, default: 0] == 0 { due[key] = nil }
+    }
 }
 
 /// Where event sources (file changes, netlink, timers, signals) drop kinds
 /// for the loop, and where the loop sleeps until one arrives or a deadline
 /// passes. Waking is level-triggered: the loop reads everything posted.
 public actor ControllerInbox {
-    private var posted: Set<ControllerKind> = []
+    private var posted: Set<ResourceKey> = []
     private var stopping = false
     private var waiter: CheckedContinuation<Void, Never>?
     private var timer: Task<Void, Never>?
 
     public init() {}
 
+    /// Whole kinds.
     public func post<S: Sequence & Sendable>(_ kinds: S) where S.Element == ControllerKind {
-        posted.formUnion(kinds)
+        post(keys: kinds.map { ResourceKey($0) })
+    }
+
+    public func post<S: Sequence & Sendable>(keys: S) where S.Element == ResourceKey {
+        posted.formUnion(keys)
         wake()
     }
 
@@ -144,7 +192,7 @@ public actor ControllerInbox {
     public var isStopping: Bool { stopping }
 
     /// Everything posted since the last call.
-    public func take() -> Set<ControllerKind> {
+    public func take() -> Set<ResourceKey> {
         defer { posted = [] }
         return posted
     }

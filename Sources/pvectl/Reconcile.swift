@@ -28,6 +28,16 @@ struct ReconcileOptions: ParsableArguments {
         guard ["auto", "kvm", "tcg"].contains(qemuAccel) else { throw ValidationError("--qemu-accel \(qemuAccel): expected auto, kvm or tcg") }
     }
 
+    /// What one pass of `pvectl run` looks at (`qemu/100` after an edit of its config), narrower than what the
+    /// operator selected; nil outside the loop. It never names a VM: `--only qemu/100` from the operator starts VM 100,
+    /// a pass for it does not.
+    var passScope: [String]?
+
+    /// What this run plans: the loop's pass scope, or the operator's `--only`.
+    var scope: [ResourceSelector] {
+        get throws { try passScope.map { $0.compactMap(ResourceSelector.init) } ?? selectors }
+    }
+
     var selectors: [ResourceSelector] {
         get throws {
             try only.map { text in
@@ -99,7 +109,8 @@ struct ReconcileOptions: ParsableArguments {
     /// Computes the plan of every selected kind.
     func computePlan(reportProblems: Bool = true, stagedInterfaces: Bool = true) async throws -> Computation {
         let state = try load(stagedInterfaces: stagedInterfaces)
-        let selectors = try selectors
+        let selectors = try scope
+        let namedVMs = Set(try self.selectors.filter { $0.kind == "qemu" }.compactMap { $0.name.flatMap { Int($0) } })
         var network = NetworkReconciler.Computed()
         if ResourceSelector.wants(selectors, kind: "network") {
             network = try await reconciler.compute(state, only: selectors)
@@ -124,7 +135,8 @@ struct ReconcileOptions: ParsableArguments {
             for status in storageForVMs.statuses where !status.active && !fixedFirst.contains(status.storage.id) {
                 inactive[status.storage.id] = status.reason ?? "inactive"
             }
-            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: state.cpuModels, inactiveStorages: inactive)
+            qemu = try await qemuReconciler.compute(state, only: selectors, cpuModels: state.cpuModels, inactiveStorages: inactive,
+                                                    named: namedVMs)
         }
         let checks = TreeValidator.validate(state).filter { concernsSelection($0, selectors: selectors) }
         let plan = Plan(node: tree.nodeName, inputs: state.digests,
@@ -175,7 +187,7 @@ struct ReconcileOptions: ParsableArguments {
         report.failures += qemu.failed.map { "qemu/\($0.vmid): \($0.message)" }
         guard report.failures.isEmpty else { return report }
         var firewallComputed = computation.firewall
-        let selectors = try selectors
+        let selectors = try scope
         if !qemu.applied.isEmpty && ResourceSelector.wants(selectors, kind: "firewall") {
             let staged = computation.state.interfacesPath?.hasSuffix(".new") ?? true
             firewallComputed = try await firewallReconciler.compute(try load(stagedInterfaces: staged), only: selectors)

@@ -24,8 +24,9 @@ struct RunCommand: AsyncParsableCommand {
         VMs and firewall, storage → VMs, VMs → firewall).
 
         Files with errors freeze their resources (logged with file:line); the
-        rest keeps converging. A kind whose apply fails is retried with
-        exponential backoff (1 s doubling to 5 min). Running VMs are never
+        rest keeps converging. An edit of one VM's config plans that VM alone.
+        A kind, or a VM, whose apply fails is retried with its own exponential
+        backoff (1 s doubling to 5 min). Running VMs are never
         restarted: changes that need a restart stay pending. A staged
         interfaces.new is left for `pvectl apply`, as Proxmox leaves it for an
         explicit apply. --report-only KIND logs that kind's drift and changes
@@ -92,10 +93,14 @@ struct ReconcileLoop: Service {
         let root = URL(fileURLWithPath: options.tree.root).standardized.path
         let interfaces = URL(fileURLWithPath: options.tree.interfaces).standardized.path
         let inbox = ControllerInbox()
+        // A key is followed when its kind is, and a resource key when the operator's --only takes that resource.
+        let follows: @Sendable (ResourceKey) -> Bool = { key in
+            kinds.contains(key.kind) && (key.name.map { ResourceSelector.select(selectors, kind: key.kind.rawValue, name: $0) } ?? true)
+        }
         let onFileChange: @Sendable (String) -> Void = { [logger] path in
-            let affected = ControllerKind.affected(byChangeOf: path, root: root, interfaces: interfaces).intersection(kinds)
-            logger.debug("changed: \(path) → \(affected.sorted().map(\.rawValue))")
-            if !affected.isEmpty { Task { await inbox.post(affected) } }
+            let affected = ResourceKey.affected(byChangeOf: path, root: root, interfaces: interfaces).filter(follows)
+            logger.debug("changed: \(path) → \(affected.sorted().map(\.description))")
+            if !affected.isEmpty { Task { await inbox.post(keys: affected) } }
         }
         // Three levels below the root reach nodes/<node>/qemu-server/; of the interfaces file, its directory alone.
         let rootWatcher = try FileChangeWatcher(directories: [root], depth: 3, onChange: onFileChange)
@@ -141,20 +146,23 @@ struct ReconcileLoop: Service {
         var record = LoopRecord(pid: getpid(), startedAt: Date())
         try store.save(record, as: "loop")
         await withGracefulShutdownHandler {
-            var queue = ControllerQueue()
+            var queue = WorkQueue<ResourceKey>()
             var nextResync = Date().addingTimeInterval(resync)
             var notedStaged: Data?
-            var reported: [ControllerKind: [String]] = [:]
-            queue.add(kinds, now: Date())
+            var reported: [ResourceKey: [String]] = [:]
+            let wholeKinds = kinds.map { ResourceKey($0) }
+            queue.add(wholeKinds, now: Date())
             while await !inbox.isStopping {
-                queue.add(await inbox.take().intersection(kinds), now: Date())
+                queue.add(await inbox.take().filter(follows), now: Date())
                 if Date() >= nextResync {
-                    queue.add(kinds, now: Date())
+                    queue.add(wholeKinds, now: Date())
                     nextResync = Date().addingTimeInterval(resync)
                 }
-                if let kind = queue.next(now: Date()) {
-                    let outcome = await pass(kind, kinds: kinds, queue: &queue, notedStaged: &notedStaged, reported: &reported)
-                    record.kinds[kind.rawValue] = outcome
+                if let key = queue.next(now: Date()) {
+                    // A pass of the whole kind covers the resources of it that wait.
+                    if key.name == nil { queue.drop { $0.kind == key.kind && $0.name != nil } }
+                    let outcome = await pass(key, kinds: kinds, queue: &queue, notedStaged: &notedStaged, reported: &reported)
+                    record.kinds[key.kind.rawValue] = outcome
                     do { try store.save(record, as: "loop") } catch { logger.error("cannot record the loop's state: \(error)") }
                     continue
                 }
@@ -169,15 +177,18 @@ struct ReconcileLoop: Service {
         }
     }
 
-    /// Plans one kind from scratch and applies what differs; returns what it did.
-    func pass(_ kind: ControllerKind, kinds: Set<ControllerKind>, queue: inout ControllerQueue,
-              notedStaged: inout Data?, reported: inout [ControllerKind: [String]]) async -> LoopRecord.KindRecord {
+    /// Plans one kind, or one resource of it, from scratch and applies what differs; returns what it did.
+    func pass(_ key: ResourceKey, kinds: Set<ControllerKind>, queue: inout WorkQueue<ResourceKey>,
+              notedStaged: inout Data?, reported: inout [ResourceKey: [String]]) async -> LoopRecord.KindRecord {
         let started = Date()
+        let kind = key.kind
         var passOptions = options
         let chosen = passOptions.only.filter { ResourceSelector($0)?.kind == kind.rawValue }
         passOptions.only = chosen.isEmpty ? [kind.rawValue] : chosen
+        // One resource: planned alone, without counting as named by the operator (a VM is not started for an edit).
+        if key.name != nil { passOptions.passScope = [key.description] }
         var log = logger
-        log[metadataKey: "kind"] = "\(kind.rawValue)"
+        log[metadataKey: "kind"] = "\(key)"
         do {
             let computation = try await passOptions.computePlan(reportProblems: false, stagedInterfaces: false)
             if kind == .network {
@@ -194,17 +205,17 @@ struct ReconcileLoop: Service {
             let errors = computation.findings.filter { $0.severity == .error }.map(\.description)
             let warnings = computation.findings.filter { $0.severity == .warning }.map(\.description)
                 + blocked.map { "\($0.id) blocked: \($0.message ?? "")" }
-            if errors + warnings != reported[kind] {
+            if errors + warnings != reported[key] {
                 for error in errors { log.error("\(error)") }
                 for warning in warnings { log.warning("\(warning)") }
-                if errors.isEmpty && warnings.isEmpty && !(reported[kind] ?? []).isEmpty { log.notice("the errors are fixed") }
-                reported[kind] = errors + warnings
+                if errors.isEmpty && warnings.isEmpty && !(reported[key] ?? []).isEmpty { log.notice("the errors are fixed") }
+                reported[key] = errors + warnings
             }
             let note = blocked.isEmpty ? nil : "blocked: \(blocked.map(\.id).joined(separator: ", "))"
             let changing = plan.changingResources
             guard !changing.isEmpty else {
                 log.debug("nothing to do")
-                queue.succeeded(kind)
+                queue.succeeded(key)
                 return LoopRecord.KindRecord(lastPassAt: started, outcome: "converged", message: note)
             }
             if reportOnly.contains(kind) {
@@ -212,31 +223,31 @@ struct ReconcileLoop: Service {
                     log.notice("drift (report only): \(resource.action.rawValue) \(resource.id)",
                                metadata: ["changes": "\(resource.changes.map { "\($0.field): \($0.old ?? "-") → \($0.new ?? "-")" })"])
                 }
-                queue.succeeded(kind)
+                queue.succeeded(key)
                 return LoopRecord.KindRecord(lastPassAt: started, outcome: "reported",
                                              message: "drift: " + changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", "))
             }
             log.info("applying \(changing.count) change(s): \(changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", "))")
             let report = try await passOptions.applyKinds(computation, log: { [log] line in log.info("\(line)") })
             if report.failures.isEmpty {
-                queue.succeeded(kind)
+                queue.succeeded(key)
                 log.info("converged: \(report.applied.joined(separator: ", "))")
-                queue.add(Set(kind.dependents).intersection(kinds), now: Date())
+                queue.add(Set(kind.dependents).intersection(kinds).map { ResourceKey($0) }, now: Date())
                 return LoopRecord.KindRecord(lastPassAt: started, outcome: "applied",
                                              message: ([report.applied.joined(separator: ", ")] + [note].compactMap { $0 }).joined(separator: "; "))
             }
             for failure in report.failures { log.error("\(failure)") }
-            return retry(kind, started: started, queue: &queue, log: log, message: report.failures.joined(separator: "; "))
+            return retry(key, started: started, queue: &queue, log: log, message: report.failures.joined(separator: "; "))
         } catch {
             log.error("pass failed: \(error)")
-            return retry(kind, started: started, queue: &queue, log: log, message: "\(error)")
+            return retry(key, started: started, queue: &queue, log: log, message: "\(error)")
         }
     }
 
-    func retry(_ kind: ControllerKind, started: Date, queue: inout ControllerQueue, log: Logger, message: String) -> LoopRecord.KindRecord {
-        let delay = queue.failed(kind, now: Date())
-        log.warning("retrying in \(Int(delay.rounded(.up))) s (attempt \(queue.failureCount(kind)))")
-        return LoopRecord.KindRecord(lastPassAt: started, outcome: "failed", message: message, failures: queue.failureCount(kind),
+    func retry(_ key: ResourceKey, started: Date, queue: inout WorkQueue<ResourceKey>, log: Logger, message: String) -> LoopRecord.KindRecord {
+        let delay = queue.failed(key, now: Date())
+        log.warning("retrying in \(Int(delay.rounded(.up))) s (attempt \(queue.failureCount(key)))")
+        return LoopRecord.KindRecord(lastPassAt: started, outcome: "failed", message: message, failures: queue.failureCount(key),
                                      retryAt: Date().addingTimeInterval(delay))
     }
 }

@@ -28,6 +28,47 @@ struct ControllerTests {
         #expect(ControllerKind.affected(byChangeOf: "/srv/pve/storage.cfg", root: "/srv/pve/", interfaces: nil) == [.storage, .qemu])
     }
 
+    @Test("a VM's own config concerns that VM alone; everything else whole kinds")
+    func affectedKeys() {
+        func keys(_ path: String) -> [String] {
+            ResourceKey.affected(byChangeOf: path, root: "/etc/pve", interfaces: "/etc/network/interfaces").sorted().map(\.description)
+        }
+        #expect(keys("/etc/pve/nodes/pve1/qemu-server/100.conf") == ["storage", "qemu/100", "firewall"])
+        #expect(keys("/etc/pve/nodes/pve1/lxc/200.conf") == ["storage", "qemu", "firewall"])
+        #expect(keys("/etc/pve/storage.cfg") == ["storage", "qemu"])
+        #expect(keys("/etc/pve/nodes/pve2") == ["storage", "qemu", "firewall"])
+        #expect(keys("/etc/network/interfaces") == ["network", "firewall"])
+    }
+
+    @Test("per resource: a failing VM backs off alone, another VM's edit runs at once, a whole-kind pass covers both")
+    func perResourceBackoff() {
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        var queue = WorkQueue<ResourceKey>(baseDelay: 1, maximumDelay: 8, minimumInterval: 0)
+        let failing = ResourceKey(.qemu, "100"), edited = ResourceKey(.qemu, "101")
+        queue.add(failing, now: now)
+        #expect(queue.next(now: now) == failing)
+        #expect(queue.failed(failing, now: now) == 1)
+        queue.add([failing, edited], now: now)
+        #expect(queue.next(now: now) == edited, "the other VM does not wait for the failing one")
+        #expect(queue.next(now: now) == nil)
+        #expect(queue.failureCount(failing) == 1 && queue.failureCount(edited) == 0)
+        #expect(queue.next(now: now.addingTimeInterval(1)) == failing)
+        #expect(queue.failed(failing, now: now.addingTimeInterval(1)) == 2, "it failed again: due at +3 s")
+
+        // Order: kinds in apply order, a whole kind before its resources, resources by name.
+        queue.add([ResourceKey(.firewall), ResourceKey(.qemu, "99"), ResourceKey(.qemu, "100"), ResourceKey(.qemu), ResourceKey(.network)],
+                  now: now.addingTimeInterval(2))
+        let later = now.addingTimeInterval(2)
+        #expect(queue.next(now: later) == ResourceKey(.network))
+        #expect(queue.next(now: later) == ResourceKey(.qemu))
+        // The whole-kind pass covered the waiting VMs; one still backing off keeps its retry.
+        queue.drop { $0.kind == .qemu && $0.name != nil }
+        #expect(queue.next(now: later) == ResourceKey(.firewall))
+        #expect(queue.next(now: later) == nil)
+        #expect(queue.next(now: now.addingTimeInterval(3)) == ResourceKey(.qemu, "100"), "its backoff survived the event and the drop")
+        #expect(queue.next(now: now.addingTimeInterval(10)) == nil)
+    }
+
     @Test("kinds queued twice run once, in apply order, no faster than the rate limit")
     func collapseAndOrder() {
         let start = Date(timeIntervalSince1970: 1_000_000)
@@ -81,7 +122,7 @@ struct ControllerTests {
         let waiter = Task { await inbox.wait(until: nil) }
         await inbox.post([ControllerKind.qemu])
         await waiter.value
-        #expect(await inbox.take() == [.qemu])
+        #expect(await inbox.take() == [ResourceKey(.qemu)])
         #expect(await inbox.take().isEmpty)
 
         let stopped = Task { await inbox.wait(until: nil) }

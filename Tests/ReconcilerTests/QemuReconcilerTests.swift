@@ -204,6 +204,17 @@ struct QemuReconcilerTests {
         #expect(computed.problems.isEmpty)
     }
 
+    @Test("a VM planned alone (the loop after an edit of its config) is not named: without onboot it is not started")
+    func scopedIsNotNamed() async throws {
+        let tree = try Tree(["nodes/pve1/qemu-server/121.conf": "memory: 512\n"])
+        let reconciler = QemuReconciler(driver: TableDriver(), store: StateStore(directory: tree.root + "/state"))
+        let only = [ResourceSelector("qemu/121")!]
+        let scoped = try await reconciler.compute(tree.state, only: only, named: [])
+        #expect(scoped.resources.isEmpty, "\(scoped.resources)")
+        let named = try await reconciler.compute(tree.state, only: only)
+        #expect(named.resources.first?.changes.first { $0.field == "state" }?.new == "running", "named by the operator, it starts")
+    }
+
     @Test("a start applies [PENDING]: the written file has the pending values in the main section and no pending section")
     func startMergesPending() async throws {
         let tree = try Tree([

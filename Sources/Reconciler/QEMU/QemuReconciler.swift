@@ -280,8 +280,10 @@ public struct QemuReconciler: Sendable {
 
     /// - Parameter inactiveStorages: storages this node cannot serve now, with the
     ///   reason (from the storage kind): a VM with a disk there cannot start.
+    /// - Parameter named: the VMs the operator named with `--only qemu/<vmid>` (they should run); nil takes them from
+    ///   `only`. The loop narrows `only` to the one VM an event concerns without naming it.
     public func compute(_ state: DesiredState, only: [ResourceSelector], cpuModels: SectionConfigFile? = nil,
-                        inactiveStorages: [String: String] = [:]) async throws -> Computed {
+                        inactiveStorages: [String: String] = [:], named: Set<Int>? = nil) async throws -> Computed {
         var computed = Computed()
         computed.records = try store.load("qemu", as: QemuRecords.self) ?? QemuRecords()
         let acceleration = driver.acceleration(setting: accelerationSetting)
@@ -294,7 +296,7 @@ public struct QemuReconciler: Sendable {
                 return (vmid, section["state"] ?? "started")
             }, uniquingKeysWith: { a, _ in a })
         let macPrefix = state.datacenter?["mac_prefix"] ?? "BC:24:11"
-        let named = Set(only.filter { $0.kind == "qemu" }.compactMap { $0.name.flatMap { Int($0) } })
+        let named = named ?? Set(only.filter { $0.kind == "qemu" }.compactMap { $0.name.flatMap { Int($0) } })
         let local = state.localGuests.filter { $0.kind == .qemu }
         var seen: Set<Int> = []
 
