@@ -88,7 +88,8 @@ public enum TreeValidator {
                 // start only where no bridge of that name exists.
                 if !bridges.contains(bridge) {
                     diagnostics.append(.warning(entry.valueLocation,
-                                                "\(entry.key): bridge '\(bridge)' is not defined in the interfaces file (bridges: \(bridges.sorted().joined(separator: ", ")))"))
+                                                "\(entry.key): bridge '\(bridge)' is not defined in the interfaces file "
+                                                    + "(bridges: \(bridges.sorted().joined(separator: ", ")))"))
                 }
             }
         }
@@ -140,11 +141,13 @@ public enum TreeValidator {
                 let needed = contentType(key: entry.key, kind: guest.kind, value: parsed)
                 let content = storages.content[storageID] ?? []
                 if !content.contains(needed) {
-                    diagnostics.append(.error(entry.valueLocation, "\(entry.key): " + contentProblem(storage: storageID, needed: needed, content: content)))
+                    diagnostics.append(.error(entry.valueLocation,
+                                              "\(entry.key): " + contentProblem(storage: storageID, needed: needed, content: content)))
                 }
                 if let allowed = storages.nodes[storageID], !allowed.contains(guest.node) {
                     diagnostics.append(.error(entry.valueLocation,
-                                              "\(entry.key): storage '\(storageID)' is not available on node '\(guest.node)' (nodes: \(allowed.sorted().joined(separator: ",")))"))
+                                              "\(entry.key): storage '\(storageID)' is not available on node '\(guest.node)' "
+                                                + "(nodes: \(allowed.sorted().joined(separator: ",")))"))
                 }
             }
         }

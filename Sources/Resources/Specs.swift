@@ -168,7 +168,8 @@ public enum ValueChecker {
         switch spec.type {
         case .boolean:
             if let spellings = spec.values {
-                return spellings.contains(value) ? nil : "type check ('boolean') failed - got '\(value)' (this file takes \(spellings.joined(separator: " or ")))"
+                return spellings.contains(value) ? nil
+                    : "type check ('boolean') failed - got '\(value)' (this file takes \(spellings.joined(separator: " or ")))"
             }
             return BooleanValue.parse(value) == nil ? "type check ('boolean') failed - got '\(value)'" : nil
         case .integer:

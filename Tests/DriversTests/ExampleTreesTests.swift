@@ -40,7 +40,9 @@ struct ExampleTreesTests {
             return words.count >= 2 && words[0] == "iface" && words[1].hasPrefix("en") && !words[1].contains(".") ? String(words[1]) : nil
         })
         for nic in nics.sorted() { try namespace.addNIC(nic) }
-        for folder in ["vz", "run"] { try FileManager.default.createDirectory(atPath: scratch.path + "/" + folder, withIntermediateDirectories: true) }
+        for folder in ["vz", "run"] {
+            try FileManager.default.createDirectory(atPath: scratch.path + "/" + folder, withIntermediateDirectories: true)
+        }
         let plan = namespace.execIsolated([Self.binary, "plan", "--detailed-exitcode", "--state-dir", scratch.path + "/state",
                                            "--qemu-accel", "tcg"] + common,
                                           binding: ["/var/lib/vz": scratch.path + "/vz", "/run": scratch.path + "/run"],

@@ -20,7 +20,8 @@ public enum InstalledQemuHost {
                 target == arch ? binary : "/usr/bin/qemu-system-\(target)"
             }
         if !FileManager.default.isExecutableFile(atPath: binary) {
-            profile.missingQEMU = "\((binary as NSString).lastPathComponent) is not installed (Debian package qemu-system-\(arch == "x86_64" ? "x86" : arch))"
+            let package = "qemu-system-\(arch == "x86_64" ? "x86" : arch)"
+            profile.missingQEMU = "\((binary as NSString).lastPathComponent) is not installed (Debian package \(package))"
         }
         profile.pciDevices = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/bus/pci/devices"))?.sorted() ?? []
         profile.isCharacterDevice = { path in

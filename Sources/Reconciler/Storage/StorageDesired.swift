@@ -118,7 +118,9 @@ public enum StorageDesiredState {
             } catch {
                 // `local-lvm:32` is the API's way to ask for a new disk; a config file names its volume.
                 if Int(volname) != nil {
-                    problems.append(.error(entry.valueLocation, "\(entry.key): '\(text)' asks for a new \(volname) GiB disk, which only the API allocates; name the volume (e.g. \(storageID):\(suggestedName(storage: storage, vmid: guest.vmid, kind: guest.kind)))"))
+                    let example = "\(storageID):\(suggestedName(storage: storage, vmid: guest.vmid, kind: guest.kind))"
+                    problems.append(.error(entry.valueLocation, "\(entry.key): '\(text)' asks for a new \(volname) GiB disk, "
+                                           + "which only the API allocates; name the volume (e.g. \(example))"))
                 } else {
                     problems.append(.error(entry.valueLocation, "\(entry.key): \(error.description)"))
                 }
