@@ -2,6 +2,7 @@ import Foundation
 @testable import Reconciler
 import Resources
 import Testing
+import TestSupport
 
 /// The QEMU kind's pure core: which VMs run, what the config QEMU should run
 /// is, which values get generated and written back, how each change reaches a
@@ -213,6 +214,46 @@ struct QemuReconcilerTests {
         #expect(scoped.resources.isEmpty, "\(scoped.resources)")
         let named = try await reconciler.compute(tree.state, only: only)
         #expect(named.resources.first?.changes.first { $0.field == "state" }?.new == "running", "named by the operator, it starts")
+    }
+
+    /// Starts "succeed" with increasing pids; write-backs are kept, not written.
+    final class StartingDriver: QemuDriver, @unchecked Sendable {
+        // @unchecked: one apply at a time, calls in sequence.
+        var started: [Int] = []
+        func acceleration(setting: String) -> QemuAcceleration { QemuAcceleration(kvm: false, reason: "test node") }
+        func hostProfile(node: String, acceleration: QemuAcceleration) -> QemuHostProfile {
+            var profile = QemuHostProfile.pve11()
+            profile.bridgeScripts = false
+            return profile
+        }
+        func runningVMIDs() -> [Int] { [] }
+        func observe(vmid: Int, taps: [String]) async -> ObservedVM { ObservedVM(state: .stopped) }
+        func start(vmid: Int, arguments: [String]) async throws -> Int32 {
+            started.append(vmid)
+            return Int32(1000 + started.count)
+        }
+        func stop(vmid: Int, timeout: Double) async throws -> String { "ACPI shutdown" }
+        func perform(vmid: Int, _ step: QemuLiveStep) async throws {}
+        func writeConfig(path: String, text: String, expectedDigest: String?) throws {}
+    }
+
+    @Test("startup order and up= waits go through the injected clock: recorded, not slept; the records carry its time")
+    func startupWaitsOnTheClock() async throws {
+        let tree = try Tree([
+            "nodes/pve1/qemu-server/130.conf": "onboot: 1\nmemory: 512\nstartup: order=2,up=30\n",
+            "nodes/pve1/qemu-server/131.conf": "onboot: 1\nmemory: 512\nstartup: order=1,up=45\n",
+            "nodes/pve1/qemu-server/132.conf": "onboot: 1\nmemory: 512\nstartup: order=3,up=60\n",
+        ])
+        let driver = StartingDriver()
+        let clock = TestClock()
+        let reconciler = QemuReconciler(driver: driver, store: StateStore(directory: tree.root + "/state"), clock: clock)
+        let computed = try await reconciler.compute(tree.state, only: [ResourceSelector("qemu")!])
+        let outcome = try await reconciler.apply(computed) { _ in }
+        #expect(outcome.failed.isEmpty, "\(outcome.failed)")
+        #expect(driver.started == [131, 130, 132])
+        #expect(clock.waits == [45, 30], "a wait after each start but the last")
+        let records = try #require(try StateStore(directory: tree.root + "/state").load("qemu", as: QemuRecords.self))
+        #expect(records.vms["132"]?.startedAt == Date(timeIntervalSince1970: 1_700_000_000 + 75))
     }
 
     @Test("a start applies [PENDING]: the written file has the pending values in the main section and no pending section")

@@ -54,10 +54,12 @@ public struct FirewallRecords: Codable, Sendable {
 public struct FirewallReconciler: Sendable {
     public var driver: any FirewallDriver
     public var store: StateStore
+    public var clock: any ReconcilerClock
 
-    public init(driver: any FirewallDriver, store: StateStore) {
+    public init(driver: any FirewallDriver, store: StateStore, clock: any ReconcilerClock = SystemClock()) {
         self.driver = driver
         self.store = store
+        self.clock = clock
     }
 
     public enum Step: Sendable, CustomStringConvertible {
@@ -285,7 +287,7 @@ public struct FirewallReconciler: Sendable {
                         records.scriptDigest = Digest.sha256Hex(Data(script.utf8))
                         records.listingDigest = listing.map { Digest.sha256Hex(Data($0.utf8)) }
                         records.rules = computed.compiled?.enabled == true ? computed.compiled?.rules ?? [] : []
-                        records.appliedAt = Date()
+                        records.appliedAt = clock.now()
                     }
                     try store.save(records, as: "firewall")
                 }

@@ -36,10 +36,12 @@ public struct ResourceSelector: Hashable, Sendable, CustomStringConvertible {
 public struct NetworkReconciler: Sendable {
     public var driver: any NetworkDriver
     public var store: StateStore
+    public var clock: any ReconcilerClock
 
-    public init(driver: any NetworkDriver, store: StateStore) {
+    public init(driver: any NetworkDriver, store: StateStore, clock: any ReconcilerClock = SystemClock()) {
         self.driver = driver
         self.store = store
+        self.clock = clock
     }
 
     public struct Computed: Sendable {
@@ -96,7 +98,7 @@ public struct NetworkReconciler: Sendable {
     public func apply(_ computed: Computed, log: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
         guard let diff = computed.diff else { return ApplyOutcome(applied: [], failed: []) }
         var records = computed.records
-        let now = Date()
+        let now = clock.now()
         let planned = Set(diff.steps.keys)
         for name in planned {
             if var record = records.interfaces[name] {
@@ -143,7 +145,7 @@ public struct NetworkReconciler: Sendable {
                 outcome.failed.append((name, record.message ?? ""))
             } else if let want = desiredByName[name] {
                 records.interfaces[name] = AppliedInterface(config: want, created: wasCreated, generation: want.generation,
-                                                            status: .applied, updatedAt: Date())
+                                                            status: .applied, updatedAt: clock.now())
                 outcome.applied.append(name)
             } else {
                 // Removed from the file and torn down.
@@ -156,7 +158,7 @@ public struct NetworkReconciler: Sendable {
             let previous = records.interfaces[want.name]
             if previous?.status == .applied && previous?.generation == want.generation { continue }
             records.interfaces[want.name] = AppliedInterface(config: want, created: previous?.created ?? false, generation: want.generation,
-                                                             status: .applied, updatedAt: Date())
+                                                             status: .applied, updatedAt: clock.now())
         }
         try store.save(records, as: "network")
         return outcome

@@ -81,14 +81,17 @@ public struct QemuRecords: Codable, Sendable {
 public struct QemuReconciler: Sendable {
     public var driver: any QemuDriver
     public var store: StateStore
+    public var clock: any ReconcilerClock
     /// `auto`, `kvm` or `tcg` (`--qemu-accel`).
     public var accelerationSetting: String
     /// Restart running guests whose changes need it: nil none, empty all, else these VMIDs.
     public var restart: Set<Int>?
 
-    public init(driver: any QemuDriver, store: StateStore, accelerationSetting: String = "auto", restart: Set<Int>? = nil) {
+    public init(driver: any QemuDriver, store: StateStore, accelerationSetting: String = "auto", restart: Set<Int>? = nil,
+                clock: any ReconcilerClock = SystemClock()) {
         self.driver = driver
         self.store = store
+        self.clock = clock
         self.accelerationSetting = accelerationSetting
         self.restart = restart
     }
@@ -543,7 +546,7 @@ public struct QemuReconciler: Sendable {
                     records.vms[String(vmid)] = try await start(vmid: vmid, spec, progress: progress)
                     if let up = spec.up, up > 0, plan.vmid != starts.last?.vmid {
                         progress("qemu/\(vmid): waiting \(up) s (startup up=\(up)) before the next guest")
-                        try await Task.sleep(nanoseconds: UInt64(up) * 1_000_000_000)
+                        try await clock.sleep(seconds: Double(up))
                     }
                 case .restart(let timeout, let spec):
                     let how = try await driver.stop(vmid: vmid, timeout: timeout)
@@ -556,7 +559,7 @@ public struct QemuReconciler: Sendable {
                     }
                     records.vms[String(vmid)]?.running = running
                 case .adopt(let pid, let running):
-                    records.vms[String(vmid)] = QemuVMRecord(pid: pid, running: running, startedAt: Date(),
+                    records.vms[String(vmid)] = QemuVMRecord(pid: pid, running: running, startedAt: clock.now(),
                                                              accelerator: computed.acceleration?.kvm == false ? "tcg" : "kvm")
                     progress("qemu/\(vmid): adopted the running QEMU (pid \(pid))")
                 }
@@ -578,6 +581,7 @@ public struct QemuReconciler: Sendable {
         for nic in spec.linkDown {
             try await driver.perform(vmid: vmid, .setLink(nic, up: false))
         }
-        return QemuVMRecord(pid: pid, running: spec.running, startedAt: Date(), accelerator: spec.arguments.contains { $0.contains("accel=tcg") } ? "tcg" : "kvm")
+        return QemuVMRecord(pid: pid, running: spec.running, startedAt: clock.now(),
+                            accelerator: spec.arguments.contains { $0.contains("accel=tcg") } ? "tcg" : "kvm")
     }
 }

@@ -8,10 +8,12 @@ import Resources
 public struct StorageReconciler: Sendable {
     public var driver: any StorageDriver
     public var store: StateStore
+    public var clock: any ReconcilerClock
 
-    public init(driver: any StorageDriver, store: StateStore) {
+    public init(driver: any StorageDriver, store: StateStore, clock: any ReconcilerClock = SystemClock()) {
         self.driver = driver
         self.store = store
+        self.clock = clock
     }
 
     /// One storage as `status` shows it.
@@ -325,7 +327,7 @@ public struct StorageReconciler: Sendable {
                     try await driver.perform(step)
                     switch step {
                     case .mount(let fs, let source, let target, _):
-                        records.mounts[target] = StorageRecords.MountRecord(target: target, source: source, fileSystem: fs, mountedAt: Date())
+                        records.mounts[target] = StorageRecords.MountRecord(target: target, source: source, fileSystem: fs, mountedAt: clock.now())
                         try store.save(records, as: "storage")
                     case .unmount(let target):
                         records.mounts[target] = nil
