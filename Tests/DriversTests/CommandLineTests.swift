@@ -35,16 +35,19 @@ struct CommandLineTests {
             try directory.write("interfaces", CommandLineTests.interfaces)
             try FileManager.default.createDirectory(atPath: directory.path + "/root", withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: directory.path + "/vz", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: directory.path + "/run", withIntermediateDirectories: true)
         }
 
         /// Runs pvectl in the namespace with the shared options. The `local`
         /// storage (/var/lib/vz) is this test's own directory: another test
-        /// creating the host's would change this test's plan between plan and apply.
+        /// creating the host's would change this test's plan between plan and apply. /run is its own too: a QEMU another
+        /// test runs (its pid file in /run/qemu-server) would otherwise be planned for a stop here.
         func pvectl(_ command: String, _ arguments: [String] = []) throws -> (status: Int32, output: String, error: String) {
             namespace.execIsolated([CommandLineTests.binary, command, "--root", directory.path + "/root",
                                     "--interfaces", directory.path + "/interfaces", "--state-dir", directory.path + "/state",
                                     "--node", "pve1"] + arguments,
-                                   binding: ["/var/lib/vz": directory.path + "/vz"], environment: ["NO_COLOR": "1"])
+                                   binding: ["/var/lib/vz": directory.path + "/vz", "/run": directory.path + "/run"],
+                                   environment: ["NO_COLOR": "1"])
         }
     }
 
@@ -97,7 +100,7 @@ struct CommandLineTests {
         let firewall = setup.namespace.execIsolated([Self.binary, "plan", "--only", "firewall", "--root", setup.directory.path + "/root",
                                                      "--interfaces", setup.directory.path + "/interfaces", "--state-dir",
                                                      setup.directory.path + "/state", "--node", "pve1"],
-                                                    binding: [:], environment: ["NO_COLOR": "1", "PATH": bin])
+                                                    binding: ["/run": setup.directory.path + "/run"], environment: ["NO_COLOR": "1", "PATH": bin])
         #expect(firewall.output.contains("? firewall/ruleset (unavailable)"), "\(firewall)")
         #expect(firewall.output.contains("nft is not installed (Debian package nftables)"), "\(firewall)")
         #expect(!firewall.output.contains("matches"))

@@ -101,10 +101,12 @@ struct OneTruthTests {
         for (path, text) in broken.files { files[path == "interfaces" ? path : "root/" + path] = text }
         for (path, text) in files { try directory.write(path, text) }
         try FileManager.default.createDirectory(atPath: directory.path + "/vz", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory.path + "/run", withIntermediateDirectories: true)
         let common = ["--root", directory.path + "/root", "--interfaces", directory.path + "/interfaces", "--node", "pve1"]
         let validate = NetworkNamespace.capture([Self.binary, "validate"] + common, environment: ["NO_COLOR": "1"])
         let plan = namespace.execIsolated([Self.binary, "plan", "--state-dir", directory.path + "/state"] + common,
-                                          binding: ["/var/lib/vz": directory.path + "/vz"], environment: ["NO_COLOR": "1"])
+                                          binding: ["/var/lib/vz": directory.path + "/vz", "/run": directory.path + "/run"],
+                                          environment: ["NO_COLOR": "1"])
         let validated = Self.diagnostics(validate.output)
         let planned = Self.diagnostics(plan.error)
         #expect(validated.contains { $0.contains(broken.expected) }, "validate misses '\(broken.expected)':\n\(validate.output)\(validate.error)")
