@@ -60,9 +60,7 @@ public enum TreeValidator {
         if state.clusterFirewall != nil || state.hostFirewall != nil || !state.guestFirewalls.isEmpty {
             diagnostics += FirewallCompiler.compile(FirewallCompiler.Input(state: state)).skipped
         }
-        // The same finding reached by two checks is said once.
-        var seen: Set<String> = []
-        return diagnostics.sorted().filter { seen.insert($0.description).inserted }
+        return diagnostics.sorted().saidOnce()
     }
 
     /// Bridges a guest NIC may use: bridges of the interfaces file and SDN

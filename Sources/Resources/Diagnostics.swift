@@ -148,6 +148,14 @@ extension String {
     var trimmed: String { self[...].trimmed }
 }
 
+extension Array where Element == Diagnostic {
+    /// Each finding once, in order: two checks may reach the same one.
+    public func saidOnce() -> [Diagnostic] {
+        var seen: Set<String> = []
+        return filter { seen.insert($0.description).inserted }
+    }
+}
+
 /// Joins raw lines back into the file text (the inverse of `SourceLines`).
 func joinLines(_ lines: [String]) -> String {
     lines.joined(separator: "\n")

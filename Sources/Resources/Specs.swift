@@ -297,9 +297,11 @@ final class PatternCache: Sendable {
 /// `inet_pton`, as `ip`, `nft` and the kernel's tools read them (no leading zeros in an IPv4 octet, as pve-common's
 /// IPV4RE; IPv6 with `::` and an embedded IPv4 tail). Nothing is resolved.
 public enum IPAddress {
-    public enum Family: Int, Sendable, Hashable {
+    public enum Family: Int, Sendable, Hashable, Comparable {
         case v4 = 4
         case v6 = 6
+
+        public static func < (lhs: Family, rhs: Family) -> Bool { lhs.rawValue < rhs.rawValue }
     }
 
     /// The address family and its bytes in network order; nil when the text is not an address.

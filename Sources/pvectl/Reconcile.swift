@@ -92,18 +92,14 @@ struct ReconcileOptions: ParsableArguments {
 
         /// Errors: plan exits 1 and apply refuses, as validate exits 1, on any of them (`pvectl run` instead goes on
         /// with what they do not touch). Each finding said once: a check and a kind may reach the same one.
-        var problems: [Diagnostic] {
-            var seen: Set<String> = []
-            return (checks.filter { $0.severity == .error } + network.problems + storage.problems + firewall.problems + qemu.problems)
-                .filter { seen.insert($0.description).inserted }
-        }
+        var problems: [Diagnostic] { (checks.filter { $0.severity == .error } + kindProblems).saidOnce() }
 
         /// Everything to tell the operator: the checks `pvectl validate` makes, warnings included, then what only a
         /// plan finds (the system's side); each finding said once.
-        var findings: [Diagnostic] {
-            var seen: Set<String> = []
-            return (checks + network.problems + storage.problems + firewall.problems + qemu.problems).filter { seen.insert($0.description).inserted }
-        }
+        var findings: [Diagnostic] { (checks + kindProblems).saidOnce() }
+
+        /// What the kinds' plans found.
+        var kindProblems: [Diagnostic] { network.problems + storage.problems + firewall.problems + qemu.problems }
     }
 
     /// Computes the plan of every selected kind.

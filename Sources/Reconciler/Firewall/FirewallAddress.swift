@@ -5,15 +5,8 @@ import Resources
 /// to and its normalised spelling (host bits cleared, /32 and /128 dropped),
 /// because nft refuses a prefix with host bits set.
 struct FirewallAddress: Hashable, Sendable {
-    enum Family: Int, Sendable, Comparable {
-        case v4 = 4
-        case v6 = 6
-
-        static func < (lhs: Family, rhs: Family) -> Bool { lhs.rawValue < rhs.rawValue }
-        /// The nftables payload keyword: `ip saddr` or `ip6 saddr`.
-        var payload: String { self == .v4 ? "ip" : "ip6" }
-        var setType: String { self == .v4 ? "ipv4_addr" : "ipv6_addr" }
-    }
+    /// The address parser's family, with what nftables calls it.
+    typealias Family = IPAddress.Family
 
     var family: Family
     /// `192.0.2.0/24`, `192.0.2.7`, `192.0.2.1-192.0.2.9`.
@@ -53,8 +46,7 @@ struct FirewallAddress: Hashable, Sendable {
 
     /// Through the one address parser validation uses too, so validate never passes an address the compiler skips.
     static func bytes(of text: String) -> (Family, [UInt8])? {
-        guard let (family, bytes) = IPAddress.parse(text) else { return nil }
-        return (family == .v4 ? .v4 : .v6, bytes)
+        IPAddress.parse(text).map { ($0.family, $0.bytes) }
     }
 
     static func string(of bytes: [UInt8], family: Family) -> String? {
@@ -92,4 +84,10 @@ struct FirewallAddress: Hashable, Sendable {
         let eui = [octets[0] ^ 0x02, octets[1], octets[2], 0xFF, 0xFE, octets[3], octets[4], octets[5]]
         return string(of: [0xFE, 0x80, 0, 0, 0, 0, 0, 0] + eui, family: .v6)
     }
+}
+
+extension IPAddress.Family {
+    /// The nftables payload keyword: `ip saddr` or `ip6 saddr`.
+    var payload: String { self == .v4 ? "ip" : "ip6" }
+    var setType: String { self == .v4 ? "ipv4_addr" : "ipv6_addr" }
 }
