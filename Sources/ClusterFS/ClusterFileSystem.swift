@@ -233,7 +233,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard let existing = vmlist[target.vmid] else { return 0 }
         if existing.node == target.node && existing.type == target.type { return 0 }
         // Migration: the same VMID moved between nodes (same type).
-        if let source, let from = guestConfig(source), from.vmid == target.vmid, from.node == existing.node, from.type == existing.type, from.type == target.type {
+        if let source, let from = guestConfig(source), from.vmid == target.vmid, from.node == existing.node,
+           from.type == existing.type, from.type == target.type {
             return 0
         }
         return -EEXIST
@@ -721,7 +722,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
                 if line.first == UInt8(ascii: "[") { break }
                 for property in properties {
                     let name = Array(property.utf8)
-                    guard line.count > name.count + 1, line.starts(with: name), line[line.startIndex + name.count] == UInt8(ascii: ":") else { continue }
+                    guard line.count > name.count + 1, line.starts(with: name),
+                          line[line.startIndex + name.count] == UInt8(ascii: ":") else { continue }
                     let value = String(decoding: line[(line.startIndex + name.count + 1)...], as: UTF8.self)
                         .trimmingCharacters(in: .whitespaces)
                     if !value.isEmpty { found[property] = value }

@@ -63,7 +63,9 @@ public enum Command {
         precondition(!arguments.isEmpty)
         if let missing = programs(arguments).first(where: { locate($0) == nil }) { throw MissingExecutable(name: missing) }
         let executable: Executable = arguments[0].hasPrefix("/") ? .path(.init(arguments[0])) : .name(arguments[0])
-        let env: Environment = environment.isEmpty ? .inherit : .inherit.updating(Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(stringLiteral: $0.key), Optional($0.value)) }))
+        let env: Environment = environment.isEmpty ? .inherit : .inherit.updating(Dictionary(uniqueKeysWithValues: environment.map {
+            (Environment.Key(stringLiteral: $0.key), Optional($0.value))
+        }))
         let result = try await Subprocess.run(
             executable,
             arguments: Arguments(Array(arguments.dropFirst())),

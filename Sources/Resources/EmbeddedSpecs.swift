@@ -13,9 +13,11 @@ options:
   fencing: {type: enum, values: [watchdog, hardware, both], default: watchdog, class: reload, description: HA fencing mode.}
   ha: {type: property, format: ha, class: reload, description: HA manager settings.}
   http_proxy: {type: string, pattern: "^http://.*$", class: reload, description: Proxy for downloads.}
-  keyboard: {type: enum, values: [de, de-ch, da, en-gb, en-us, es, fi, fr, fr-be, fr-ca, fr-ch, hu, is, it, ja, lt, mk, nl, no, pl, pt, pt-br, sv, sl, tr], class: none, description: Default keyboard layout.}
+  keyboard: {type: enum, values: [de, de-ch, da, en-gb, en-us, es, fi, fr, fr-be, fr-ca, fr-ch, hu, is, it, ja, lt, mk, nl, no, pl, pt, pt-br,
+      sv, sl, tr], class: none, description: Default keyboard layout.}
   language: {type: string, class: none, description: Default GUI language.}
-  mac_prefix: {type: string, pattern: "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){0,2}:?$", default: "BC:24:11", class: reload, description: Prefix of generated MAC addresses.}
+  mac_prefix: {type: string, pattern: "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){0,2}:?$", default: "BC:24:11", class: reload,
+      description: Prefix of generated MAC addresses.}
   max_workers: {type: integer, min: 1, class: reload, description: Maximum parallel workers for bulk actions.}
   migration: {type: property, format: migration, class: reload, description: Migration network and type.}
   migration_unsecure: {type: boolean, class: reload, description: Migrate without SSH tunnel (deprecated).}
@@ -69,13 +71,17 @@ scopes:
     ebtables: {type: boolean, default: "1", class: live, description: Enable ebtables rules cluster wide.}
   host:
     enable: {type: boolean, default: "1", class: live, description: Enable the host firewall.}
-    log_level_in: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live, description: Log level for incoming traffic.}
-    log_level_out: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live, description: Log level for outgoing traffic.}
-    log_level_forward: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live, description: Log level for forwarded traffic.}
+    log_level_in: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live,
+        description: Log level for incoming traffic.}
+    log_level_out: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live,
+        description: Log level for outgoing traffic.}
+    log_level_forward: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live,
+        description: Log level for forwarded traffic.}
     log_nf_conntrack: {type: boolean, default: "0", class: live, description: Log conntrack information.}
     ndp: {type: boolean, default: "1", class: live, description: Allow NDP.}
     nf_conntrack_allow_invalid: {type: boolean, default: "0", class: live, description: Allow invalid packets in conntrack.}
-    nf_conntrack_helpers: {type: string, pattern: "^((amanda|ftp|irc|netbios-ns|pptp|sane|sip|snmp|tftp),?)*$", class: live, description: Conntrack helpers.}
+    nf_conntrack_helpers: {type: string, pattern: "^((amanda|ftp|irc|netbios-ns|pptp|sane|sip|snmp|tftp),?)*$", class: live,
+        description: Conntrack helpers.}
     nf_conntrack_max: {type: integer, min: 32768, default: "262144", class: live, description: Maximum tracked connections.}
     nf_conntrack_tcp_timeout_established: {type: integer, min: 7875, default: "432000", class: live, description: Conntrack established timeout.}
     nf_conntrack_tcp_timeout_syn_recv: {type: integer, min: 30, max: 60, default: "60", class: live, description: Conntrack syn recv timeout.}
@@ -84,8 +90,10 @@ scopes:
     protection_synflood: {type: boolean, default: "0", class: live, description: Enable synflood protection.}
     protection_synflood_burst: {type: integer, min: 0, default: "1000", class: live, description: Synflood burst.}
     protection_synflood_rate: {type: integer, min: 0, default: "200", class: live, description: Synflood rate per second per IP.}
-    smurf_log_level: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], class: live, description: Log level for SMURFS filter.}
-    tcp_flags_log_level: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], class: live, description: Log level for illegal TCP flags.}
+    smurf_log_level: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], class: live,
+        description: Log level for SMURFS filter.}
+    tcp_flags_log_level: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], class: live,
+        description: Log level for illegal TCP flags.}
     tcpflags: {type: boolean, default: "0", class: live, description: Filter illegal combinations of TCP flags.}
   guest:
     dhcp: {type: boolean, default: "0", class: live, description: Enable DHCP.}
@@ -94,8 +102,10 @@ scopes:
     ips: {type: boolean, class: live, description: Send traffic through an intrusion prevention system (NFQUEUE).}
     ips_queues: {type: string, pattern: "^\\d+(:\\d+)?$", class: live, description: NFQUEUE queue or range for IPS.}
     layer2_protocols: {type: string, class: none, description: Obsolete layer-2 protocol filter; Proxmox VE ignores it.}
-    log_level_in: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live, description: Log level for incoming traffic.}
-    log_level_out: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live, description: Log level for outgoing traffic.}
+    log_level_in: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live,
+        description: Log level for incoming traffic.}
+    log_level_out: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], default: nolog, class: live,
+        description: Log level for outgoing traffic.}
     macfilter: {type: boolean, default: "1", class: live, description: MAC address filter.}
     ndp: {type: boolean, default: "0", class: live, description: Allow NDP.}
     policy_in: {type: enum, values: [ACCEPT, REJECT, DROP], default: DROP, class: live, description: Input policy.}
@@ -110,7 +120,11 @@ rule_options:
   sport: {type: string, pattern: "^[a-z0-9\\-]+(:\\d+)?(,[a-z0-9\\-]+(:\\d+)?)*$", class: live, description: Source ports or ranges (needs -p).}
   icmp-type: {type: string, class: live, description: ICMP type (needs -p icmp or ipv6-icmp).}
   log: {type: enum, values: [emerg, alert, crit, err, warning, notice, info, debug, nolog], class: live, description: Log level of this rule.}
-macros: [Amanda, Auth, BGP, BitTorrent, BitTorrent32, CVS, Ceph, Citrix, DAAP, DCC, DHCPfwd, DHCPv6, DNS, Distcc, FTP, Finger, GNUnet, GRE, Git, HKP, HTTP, HTTP/3, HTTPS, ICPV2, ICQ, IMAP, IMAPS, IPIP, IPsec, IPsecah, IPsecnat, IRC, Jetdirect, L2TP, LDAP, LDAPS, MDNS, MSNP, MSSQL, Mail, Munin, MySQL, NNTP, NNTPS, NTP, NeighborDiscovery, OSPF, OpenVPN, PBS, PCA, PMG, POP3, POP3S, PPtP, Ping, PostgreSQL, Printer, RDP, RIP, RNDC, Razor, Rdate, Rsync, SANE, SMB, SMBswat, SMTP, SMTPS, SNMP, SPAMD, SPICEproxy, SSH, SVN, SixXS, Squid, Submission, Syslog, TFTP, Telnet, Telnets, Time, Trcrt, VNC, VNCL, Web, Webcache, Webmin, Whois]
+macros: [Amanda, Auth, BGP, BitTorrent, BitTorrent32, CVS, Ceph, Citrix, DAAP, DCC, DHCPfwd, DHCPv6, DNS, Distcc, FTP, Finger, GNUnet, GRE, Git, HKP,
+    HTTP, HTTP/3, HTTPS, ICPV2, ICQ, IMAP, IMAPS, IPIP, IPsec, IPsecah, IPsecnat, IRC, Jetdirect, L2TP, LDAP, LDAPS, MDNS, MSNP, MSSQL, Mail, Munin,
+    MySQL, NNTP, NNTPS, NTP, NeighborDiscovery, OSPF, OpenVPN, PBS, PCA, PMG, POP3, POP3S, PPtP, Ping, PostgreSQL, Printer, RDP, RIP, RNDC, Razor,
+    Rdate, Rsync, SANE, SMB, SMBswat, SMTP, SMTPS, SNMP, SPAMD, SPICEproxy, SSH, SVN, SixXS, Squid, Submission, Syslog, TFTP, Telnet, Telnets, Time,
+    Trcrt, VNC, VNCL, Web, Webcache, Webmin, Whois]
 formats:
   log-ratelimit:
     default_key: enable
@@ -136,14 +150,17 @@ options:
   env: {type: string, class: restart, description: "Environment for the init process, NUL-separated VAR=value."}
   features: {type: property, format: features, class: restart, description: Advanced container features.}
   hookscript: {type: string, class: reload, description: Volume of a script run at lifecycle events.}
-  hostname: {type: string, pattern: "^[a-zA-Z0-9]([a-zA-Z0-9\\-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9\\-]*[a-zA-Z0-9])?)*$", class: restart, description: Host name.}
-  lock: {type: enum, values: [backup, create, destroyed, disk, fstrim, migrate, mounted, rollback, snapshot, snapshot-delete], class: forbidden, description: Lock held by an operation in progress.}
+  hostname: {type: string, pattern: "^[a-zA-Z0-9]([a-zA-Z0-9\\-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9\\-]*[a-zA-Z0-9])?)*$", class: restart,
+      description: Host name.}
+  lock: {type: enum, values: [backup, create, destroyed, disk, fstrim, migrate, mounted, rollback, snapshot, snapshot-delete], class: forbidden,
+      description: Lock held by an operation in progress.}
   memory: {type: integer, min: 16, default: "512", class: live, description: Memory limit in MiB.}
   mp[n]: {type: property, format: mountpoint, count: 256, class: restart, description: Mount point.}
   nameserver: {type: string, class: restart, description: DNS servers.}
   net[n]: {type: property, format: net, count: 32, class: live, description: Network interface.}
   onboot: {type: boolean, default: "0", class: reload, description: Start at boot.}
-  ostype: {type: enum, values: [alpine, archlinux, centos, debian, devuan, fedora, gentoo, nixos, opensuse, ubuntu, unmanaged], class: restart, description: Distribution inside the container.}
+  ostype: {type: enum, values: [alpine, archlinux, centos, debian, devuan, fedora, gentoo, nixos, opensuse, ubuntu, unmanaged], class: restart,
+      description: Distribution inside the container.}
   parent: {type: string, class: forbidden, description: Snapshot the current state derives from.}
   protection: {type: boolean, default: "0", class: reload, description: Protect the container from removal.}
   rootfs: {type: property, format: rootfs, class: restart, description: Root file system volume.}
@@ -242,7 +259,8 @@ options:
   bridge-stp: {type: enum, values: ["on", "off", "yes", "no"], default: "off", class: live, description: Spanning tree protocol.}
   bridge-fd: {type: number, min: 0, max: 30, default: "0", class: live, description: Forward delay in seconds.}
   bridge-vlan-aware: {type: boolean, default: "no", class: live, description: VLAN filtering on the bridge.}
-  bridge-vids: {type: string, pattern: "^\\d+(-\\d+)?([ ,;]\\d+(-\\d+)?)*$", default: "2-4094", class: live, description: VLAN ids allowed on the bridge ports.}
+  bridge-vids: {type: string, pattern: "^\\d+(-\\d+)?([ ,;]\\d+(-\\d+)?)*$", default: "2-4094", class: live,
+      description: VLAN ids allowed on the bridge ports.}
   bridge-pvid: {type: integer, min: 1, max: 4094, default: "1", class: live, description: Port VLAN id.}
   bridge-disable-mac-learning: {type: boolean, default: "no", class: live, description: Disable MAC learning on bridge ports.}
   bridge-access: {type: integer, min: 1, max: 4094, class: live, description: Access VLAN of a bridge port.}
@@ -260,9 +278,11 @@ options:
   bridge-pathcost: {type: string, class: live, description: Port path cost.}
   bond-slaves: {type: string, class: live, description: "Members of the bond, or 'none'."}
   slaves: {type: string, class: live, description: "Members of the bond (ifupdown1 spelling of bond-slaves)."}
-  bond-mode: {type: enum, values: [balance-rr, active-backup, balance-xor, broadcast, 802.3ad, balance-tlb, balance-alb, "0", "1", "2", "3", "4", "5", "6"], default: balance-rr, class: replace, description: Bonding mode.}
+  bond-mode: {type: enum, values: [balance-rr, active-backup, balance-xor, broadcast, 802.3ad, balance-tlb, balance-alb,
+      "0", "1", "2", "3", "4", "5", "6"], default: balance-rr, class: replace, description: Bonding mode.}
   bond-miimon: {type: integer, min: 0, default: "100", class: live, description: Link monitoring interval in ms.}
-  bond-xmit-hash-policy: {type: enum, values: [layer2, layer2+3, layer3+4, encap2+3, encap3+4, vlan+srcmac], class: live, description: Transmit hash policy.}
+  bond-xmit-hash-policy: {type: enum, values: [layer2, layer2+3, layer3+4, encap2+3, encap3+4, vlan+srcmac], class: live,
+      description: Transmit hash policy.}
   bond-primary: {type: string, class: live, description: Preferred slave (active-backup).}
   bond-lacp-rate: {type: enum, values: [slow, fast, "0", "1"], class: replace, description: LACPDU rate (802.3ad).}
   bond-min-links: {type: integer, min: 0, class: live, description: Minimum links up for carrier.}
@@ -345,7 +365,8 @@ options:
   freeze: {type: boolean, class: restart, description: Freeze the CPU at startup.}
   hookscript: {type: string, class: reload, description: Volume of a script run at lifecycle events.}
   hostpci[n]: {type: property, format: hostpci, count: 16, class: restart, description: Host PCI device passed through.}
-  hotplug: {type: string, pattern: "^(0|1|(network|disk|cpu|memory|usb|cloudinit)(,(network|disk|cpu|memory|usb|cloudinit))*)$", default: "network,disk,usb", class: reload, description: Hotplug features enabled.}
+  hotplug: {type: string, pattern: "^(0|1|(network|disk|cpu|memory|usb|cloudinit)(,(network|disk|cpu|memory|usb|cloudinit))*)$",
+      default: "network,disk,usb", class: reload, description: Hotplug features enabled.}
   hugepages: {type: enum, values: ["any", "2", "1024"], class: restart, description: Use huge pages for guest memory.}
   ide[n]: {type: property, format: drive, count: 4, class: live, description: IDE disk or CD-ROM.}
   import-working-storage: {type: string, class: none, description: Storage used as scratch space for imports.}
@@ -353,22 +374,26 @@ options:
   ipconfig[n]: {type: property, format: ipconfig, count: 32, class: restart, description: Cloud-init IP configuration of netN.}
   ivshmem: {type: property, format: ivshmem, class: restart, description: Inter-VM shared memory.}
   keephugepages: {type: boolean, default: "0", class: reload, description: Keep huge pages after shutdown.}
-  keyboard: {type: enum, values: [de, de-ch, da, en-gb, en-us, es, fi, fr, fr-be, fr-ca, fr-ch, hu, is, it, ja, lt, mk, nl, no, pl, pt, pt-br, sv, sl, tr], class: restart, description: VNC keyboard layout.}
+  keyboard: {type: enum, values: [de, de-ch, da, en-gb, en-us, es, fi, fr, fr-be, fr-ca, fr-ch, hu, is, it, ja, lt, mk, nl, no, pl, pt, pt-br,
+      sv, sl, tr], class: restart, description: VNC keyboard layout.}
   kvm: {type: boolean, default: "1", class: restart, description: Enable hardware virtualization.}
   localtime: {type: boolean, class: restart, description: Real-time clock in local time.}
-  lock: {type: enum, values: [backup, clone, create, migrate, rollback, snapshot, snapshot-delete, suspending, suspended], class: forbidden, description: Lock held by an operation in progress.}
+  lock: {type: enum, values: [backup, clone, create, migrate, rollback, snapshot, snapshot-delete, suspending, suspended], class: forbidden,
+      description: Lock held by an operation in progress.}
   machine: {type: property, format: machine, class: restart, description: Machine type.}
   memory: {type: property, format: memory, class: restart, description: Memory in MiB.}
   meta: {type: property, format: meta, class: none, description: Creation metadata.}
   migrate_downtime: {type: number, min: 0, default: "0.1", class: reload, description: Maximum migration downtime in seconds.}
   migrate_speed: {type: integer, min: 0, default: "0", class: reload, description: Maximum migration speed in MB/s.}
-  name: {type: string, pattern: "^[a-zA-Z0-9]([a-zA-Z0-9\\-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9\\-]*[a-zA-Z0-9])?)*$", class: reload, description: DNS name of the VM.}
+  name: {type: string, pattern: "^[a-zA-Z0-9]([a-zA-Z0-9\\-]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([a-zA-Z0-9\\-]*[a-zA-Z0-9])?)*$", class: reload,
+      description: DNS name of the VM.}
   nameserver: {type: string, class: restart, description: Cloud-init DNS servers.}
   net[n]: {type: property, format: net, count: 32, class: live, description: Network device.}
   numa: {type: boolean, default: "0", class: restart, description: Enable NUMA.}
   numa[n]: {type: property, format: numa, count: 8, class: restart, description: NUMA topology node.}
   onboot: {type: boolean, default: "0", class: reload, description: Start at boot.}
-  ostype: {type: enum, values: [other, wxp, w2k, w2k3, w2k8, wvista, win7, win8, win10, win11, l24, l26, solaris], default: other, class: restart, description: Guest operating system.}
+  ostype: {type: enum, values: [other, wxp, w2k, w2k3, w2k8, wvista, win7, win8, win10, win11, l24, l26, solaris], default: other, class: restart,
+      description: Guest operating system.}
   parallel[n]: {type: string, pattern: "^/dev/(parport\\d+|usb/lp\\d+)$", count: 3, class: restart, description: Host parallel device.}
   parent: {type: string, class: forbidden, description: Snapshot the current state derives from.}
   protection: {type: boolean, default: "0", class: reload, description: Protect the VM from removal.}
@@ -378,7 +403,8 @@ options:
   runningmachine: {type: string, class: forbidden, description: Machine of a snapshot with RAM.}
   sata[n]: {type: property, format: drive, count: 6, class: live, description: SATA disk or CD-ROM.}
   scsi[n]: {type: property, format: drive, count: 31, class: live, description: SCSI disk or CD-ROM.}
-  scsihw: {type: enum, values: [lsi, lsi53c810, virtio-scsi-pci, virtio-scsi-single, megasas, pvscsi], default: lsi, class: restart, description: SCSI controller model.}
+  scsihw: {type: enum, values: [lsi, lsi53c810, virtio-scsi-pci, virtio-scsi-single, megasas, pvscsi], default: lsi, class: restart,
+      description: SCSI controller model.}
   searchdomain: {type: string, class: restart, description: Cloud-init DNS search domains.}
   serial[n]: {type: string, pattern: "^(/dev/.+|socket)$", count: 4, class: restart, description: Serial device.}
   shares: {type: integer, min: 0, max: 50000, default: "1000", class: live, description: Memory shares for auto-ballooning.}
@@ -388,7 +414,8 @@ options:
   sockets: {type: integer, min: 1, default: "1", class: restart, description: CPU sockets.}
   spice_enhancements: {type: property, format: spice-enhancements, class: restart, description: SPICE features.}
   sshkeys: {type: string, class: restart, description: Cloud-init SSH public keys (URL-encoded).}
-  startdate: {type: string, pattern: "^(now|\\d{4}-\\d{1,2}-\\d{1,2}(T\\d{1,2}:\\d{1,2}:\\d{1,2})?)$", default: now, class: restart, description: Initial real-time clock date.}
+  startdate: {type: string, pattern: "^(now|\\d{4}-\\d{1,2}-\\d{1,2}(T\\d{1,2}:\\d{1,2}:\\d{1,2})?)$", default: now, class: restart,
+      description: Initial real-time clock date.}
   startup: {type: property, format: startup, class: reload, description: Start and shutdown order.}
   tablet: {type: boolean, default: "1", class: live, description: USB tablet for absolute pointer.}
   tags: {type: string, class: none, description: Tags, separated by ';'.}
@@ -401,7 +428,8 @@ options:
   vga: {type: property, format: vga, class: restart, description: Display adapter.}
   virtio[n]: {type: property, format: drive, count: 16, class: live, description: VirtIO block disk.}
   virtiofs[n]: {type: property, format: virtiofs, count: 10, class: restart, description: Host directory shared through virtiofs.}
-  vmgenid: {type: string, pattern: "^(1|0|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$", class: restart, description: VM generation ID.}
+  vmgenid: {type: string, pattern: "^(1|0|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$", class: restart,
+      description: VM generation ID.}
   vmstate: {type: string, class: forbidden, description: Volume holding the RAM of a snapshot or hibernated VM.}
   watchdog: {type: property, format: watchdog, class: restart, description: Virtual watchdog.}
 formats:
@@ -552,7 +580,9 @@ formats:
   machine:
     default_key: type
     keys:
-      type: {type: string, pattern: "^(pc|pc(-i440fx)?-\\d+(\\.\\d+)+(\\+pve\\d+)?(\\.pxe)?|q35|pc-q35-\\d+(\\.\\d+)+(\\+pve\\d+)?(\\.pxe)?|virt(?:-\\d+(\\.\\d+)+)?(\\+pve\\d+)?)$"}
+      # Single-quoted so the backslashes need no escaping and the line stays short.
+      type: {type: string,
+          pattern: '^(pc|pc(-i440fx)?-\d+(\.\d+)+(\+pve\d+)?(\.pxe)?|q35|pc-q35-\d+(\.\d+)+(\+pve\d+)?(\.pxe)?|virt(?:-\d+(\.\d+)+)?(\+pve\d+)?)$'}
       viommu: {type: enum, values: [intel, virtio]}
       enable-s3: {type: boolean}
       enable-s4: {type: boolean}
@@ -568,9 +598,11 @@ formats:
   net:
     default_key: model
     # `virtio=AA:BB:CC:DD:EE:FF`: the model names a key whose value is the MAC.
-    model_keys: [e1000, e1000-82540em, e1000-82544gc, e1000-82545em, e1000e, i82551, i82557b, i82559er, ne2k_isa, ne2k_pci, pcnet, rtl8139, virtio, vmxnet3]
+    model_keys: [e1000, e1000-82540em, e1000-82544gc, e1000-82545em, e1000e, i82551, i82557b, i82559er, ne2k_isa, ne2k_pci, pcnet,
+        rtl8139, virtio, vmxnet3]
     keys:
-      model: {type: enum, values: [e1000, e1000-82540em, e1000-82544gc, e1000-82545em, e1000e, i82551, i82557b, i82559er, ne2k_isa, ne2k_pci, pcnet, rtl8139, virtio, vmxnet3]}
+      model: {type: enum, values: [e1000, e1000-82540em, e1000-82544gc, e1000-82545em, e1000e, i82551, i82557b, i82559er, ne2k_isa, ne2k_pci, pcnet,
+          rtl8139, virtio, vmxnet3]}
       bridge: {type: string, pattern: "^[-_.\\w\\d]+$"}
       firewall: {type: boolean}
       link_down: {type: boolean}
@@ -621,7 +653,8 @@ formats:
   vga:
     default_key: type
     keys:
-      type: {type: enum, values: [cirrus, qxl, qxl2, qxl3, qxl4, none, serial0, serial1, serial2, serial3, std, virtio, virtio-gl, vmware], default: std}
+      type: {type: enum, values: [cirrus, qxl, qxl2, qxl3, qxl4, none, serial0, serial1, serial2, serial3, std, virtio, virtio-gl, vmware],
+          default: std}
       memory: {type: integer, min: 4, max: 512}
       clipboard: {type: enum, values: [vnc]}
   virtiofs:
@@ -643,24 +676,35 @@ formats:
 # properties it takes; `required` ones are written first by Proxmox.
 kind: storage
 types:
-  dir: {required: [path], optional: [content, content-dirs, shared, disable, nodes, prune-backups, max-protected-backups, maxfiles, format, preallocation, mkdir, create-base-path, create-subdirs, is_mountpoint, bwlimit, snapshot-as-volume-chain, comment]}
-  nfs: {required: [server, export, path], optional: [content, content-dirs, disable, nodes, prune-backups, max-protected-backups, maxfiles, format, preallocation, options, mkdir, create-base-path, create-subdirs, bwlimit, snapshot-as-volume-chain, comment]}
-  cifs: {required: [server, share, path], optional: [content, content-dirs, disable, nodes, prune-backups, max-protected-backups, maxfiles, format, preallocation, username, domain, smbversion, subdir, options, mkdir, create-base-path, create-subdirs, bwlimit, snapshot-as-volume-chain, comment]}
-  lvm: {required: [vgname], optional: [base, content, disable, nodes, shared, saferemove, saferemove-stepsize, saferemove_throughput, tagged_only, bwlimit, snapshot-as-volume-chain, comment]}
+  dir: {required: [path], optional: [content, content-dirs, shared, disable, nodes, prune-backups, max-protected-backups, maxfiles, format,
+      preallocation, mkdir, create-base-path, create-subdirs, is_mountpoint, bwlimit, snapshot-as-volume-chain, comment]}
+  nfs: {required: [server, export, path], optional: [content, content-dirs, disable, nodes, prune-backups, max-protected-backups, maxfiles, format,
+      preallocation, options, mkdir, create-base-path, create-subdirs, bwlimit, snapshot-as-volume-chain, comment]}
+  cifs: {required: [server, share, path], optional: [content, content-dirs, disable, nodes, prune-backups, max-protected-backups, maxfiles,
+      format, preallocation, username, domain, smbversion, subdir, options, mkdir, create-base-path, create-subdirs, bwlimit,
+      snapshot-as-volume-chain, comment]}
+  lvm: {required: [vgname], optional: [base, content, disable, nodes, shared, saferemove, saferemove-stepsize, saferemove_throughput, tagged_only,
+      bwlimit, snapshot-as-volume-chain, comment]}
   lvmthin: {required: [vgname, thinpool], optional: [content, disable, nodes, bwlimit, comment]}
-  btrfs: {required: [path], optional: [content, disable, nodes, shared, prune-backups, max-protected-backups, maxfiles, format, preallocation, is_mountpoint, mkdir, create-base-path, create-subdirs, bwlimit, comment]}
+  btrfs: {required: [path], optional: [content, disable, nodes, shared, prune-backups, max-protected-backups, maxfiles, format, preallocation,
+      is_mountpoint, mkdir, create-base-path, create-subdirs, bwlimit, comment]}
   zfspool: {required: [pool], optional: [blocksize, sparse, mountpoint, content, disable, nodes, bwlimit, comment]}
-  zfs: {required: [portal, target, pool, blocksize, iscsiprovider], optional: [sparse, comstar_hg, comstar_tg, lio_tpg, nowritecache, zfs-base-path, content, disable, nodes, bwlimit, comment]}
+  zfs: {required: [portal, target, pool, blocksize, iscsiprovider], optional: [sparse, comstar_hg, comstar_tg, lio_tpg, nowritecache, zfs-base-path,
+      content, disable, nodes, bwlimit, comment]}
   iscsi: {required: [portal, target], optional: [content, disable, nodes, bwlimit, comment]}
   iscsidirect: {required: [portal, target], optional: [disable, nodes, bwlimit, comment]}
   rbd: {required: [pool], optional: [monhost, username, krbd, namespace, data-pool, content, disable, nodes, bwlimit, keyring, comment]}
-  cephfs: {required: [], optional: [path, monhost, username, subdir, fs-name, fuse, content, disable, nodes, prune-backups, max-protected-backups, maxfiles, bwlimit, keyring, comment]}
-  pbs: {required: [server, datastore], optional: [port, username, fingerprint, namespace, content, disable, nodes, prune-backups, max-protected-backups, maxfiles, encryption-key, master-pubkey, bwlimit, comment]}
-  glusterfs: {required: [server, volume], optional: [server2, transport, path, content, disable, nodes, prune-backups, max-protected-backups, maxfiles, format, bwlimit, comment]}
+  cephfs: {required: [], optional: [path, monhost, username, subdir, fs-name, fuse, content, disable, nodes, prune-backups, max-protected-backups,
+      maxfiles, bwlimit, keyring, comment]}
+  pbs: {required: [server, datastore], optional: [port, username, fingerprint, namespace, content, disable, nodes, prune-backups,
+      max-protected-backups, maxfiles, encryption-key, master-pubkey, bwlimit, comment]}
+  glusterfs: {required: [server, volume], optional: [server2, transport, path, content, disable, nodes, prune-backups, max-protected-backups,
+      maxfiles, format, bwlimit, comment]}
   esxi: {required: [server, username], optional: [skip-cert-verification, content, disable, nodes, comment]}
 properties:
   path: {type: string, pattern: "^/.*$", class: replace, description: File system path.}
-  content: {type: list, values: [images, rootdir, vztmpl, iso, backup, snippets, import, none], class: reload, description: Content types the storage holds.}
+  content: {type: list, values: [images, rootdir, vztmpl, iso, backup, snippets, import, none], class: reload,
+      description: Content types the storage holds.}
   content-dirs: {type: string, class: reload, description: "Overrides of content directories: vtype=subdir,..."}
   shared: {type: boolean, default: "0", class: reload, description: The same content is reachable from every node.}
   disable: {type: boolean, default: "0", class: reload, description: Storage is disabled.}
@@ -669,7 +713,8 @@ properties:
   max-protected-backups: {type: integer, min: -1, class: reload, description: "Maximal number of protected backups per guest; -1 is unlimited."}
   maxfiles: {type: integer, min: 0, class: reload, description: Maximal number of backups per guest (deprecated).}
   format: {type: enum, values: [raw, qcow2, subvol, vmdk], class: reload, description: Default image format.}
-  preallocation: {type: enum, values: ["off", metadata, falloc, full], default: metadata, class: reload, description: Preallocation for raw and qcow2 images.}
+  preallocation: {type: enum, values: ["off", metadata, falloc, full], default: metadata, class: reload,
+      description: Preallocation for raw and qcow2 images.}
   mkdir: {type: boolean, default: "1", class: reload, description: Create the directory if missing (deprecated).}
   create-base-path: {type: boolean, default: "1", class: reload, description: Create the base directory if missing.}
   create-subdirs: {type: boolean, default: "1", class: reload, description: Populate the directory with content subdirectories.}

@@ -201,7 +201,8 @@ public struct FirewallConfig: Hashable, Sendable {
                 currentStart = index
                 current = nil
                 guard let (kind, comment) = parseHeader(content, scope: scope) else {
-                    diagnostics.append(.error(location(index), "unknown section header '\(content)' (expected [OPTIONS], [ALIASES], [RULES], [IPSET name] or [group name])"))
+                    diagnostics.append(.error(location(index), "unknown section header '\(content)' "
+                                              + "(expected [OPTIONS], [ALIASES], [RULES], [IPSET name] or [group name])"))
                     continue
                 }
                 if seen.contains(kind) {
@@ -242,7 +243,8 @@ public struct FirewallConfig: Hashable, Sendable {
                 let needed = isAlias ? 2 : 1
                 guard words.count == needed else {
                     diagnostics.append(.error(location(index, column),
-                                              isAlias ? "expected 'name address', got '\(content)'" : "expected one address, range, alias or ipset name, got '\(content)'"))
+                                              isAlias ? "expected 'name address', got '\(content)'"
+                                                  : "expected one address, range, alias or ipset name, got '\(content)'"))
                     continue
                 }
                 let cidr = words[needed - 1]

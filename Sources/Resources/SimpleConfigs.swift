@@ -45,7 +45,8 @@ public struct DatacenterConfig: Hashable, Sendable {
                 continue
             }
             let location = SourceLocation(file: file, line: index + 1, column: line.column(of: line.firstNonBlankIndex))
-            guard let colon = line.firstIndex(of: ":"), line[line.firstNonBlankIndex..<colon].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }),
+            guard let colon = line.firstIndex(of: ":"),
+                  line[line.firstNonBlankIndex..<colon].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }),
                   line.firstNonBlankIndex < colon else {
                 diagnostics.append(.error(location, "expected 'key: value', got '\(line.trimmed)'"))
                 elements.append(.trivia(String(raw)))
@@ -126,7 +127,9 @@ public struct UserConfig: Hashable, Sendable {
                 continue
             }
             if !range.contains(fields.count) {
-                diagnostics.append(.error(location, "'\(kind)' entry has \(fields.count) fields, expected \(range.lowerBound == range.upperBound ? "\(range.lowerBound)" : "\(range.lowerBound) to \(range.upperBound)")"))
+                diagnostics.append(.error(location, "'\(kind)' entry has \(fields.count) fields, expected "
+                                          + (range.lowerBound == range.upperBound ? "\(range.lowerBound)"
+                                                : "\(range.lowerBound) to \(range.upperBound)")))
             }
             var line = Line(kind: kind, fields: fields, location: location)
             line.stamp(rawLines: [raw], location: location)

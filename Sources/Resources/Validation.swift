@@ -63,7 +63,8 @@ public enum StorageValidator {
         var diagnostics: [Diagnostic] = []
         for section in file.sections {
             guard let typeSpec = spec.types[section.type] else {
-                diagnostics.append(.error(section.location, "unknown storage type '\(section.type)' (expected one of: \(spec.types.keys.sorted().joined(separator: ", ")))"))
+                diagnostics.append(.error(section.location, "unknown storage type '\(section.type)' "
+                                          + "(expected one of: \(spec.types.keys.sorted().joined(separator: ", ")))"))
                 continue
             }
             if !isValidStorageID(section.id) {
@@ -164,7 +165,8 @@ public enum FirewallValidator {
                         continue
                     }
                     if let message = ValueChecker.check(option.value, optionSpec, formats: spec.formats) {
-                        diagnostics.append(problem(SourceLocation(file: file.file, line: option.location.line, column: option.valueColumn), option.key, message))
+                        diagnostics.append(problem(SourceLocation(file: file.file, line: option.location.line, column: option.valueColumn),
+                                                   option.key, message))
                     }
                 }
             case .aliases:
@@ -173,7 +175,8 @@ public enum FirewallValidator {
                                               "alias '\(entry.name ?? "")': '\(entry.cidr)' is not an address or network"))
                 }
             case .ipset:
-                for entry in section.entries where !isAddressSpec(entry.cidr) && !aliases.contains(entry.cidr.lowercased()) && !entry.cidr.contains("/") {
+                for entry in section.entries
+                where !isAddressSpec(entry.cidr) && !aliases.contains(entry.cidr.lowercased()) && !entry.cidr.contains("/") {
                     // Names that are not addresses must be aliases (possibly cluster-wide).
                     if entry.cidr.first?.isLetter != true {
                         diagnostics.append(.error(SourceLocation(file: file.file, line: entry.location.line, column: entry.cidrColumn),
@@ -268,7 +271,9 @@ public enum CorosyncValidator {
         var ids: [String: SourceLocation] = [:]
         for node in config.nodes {
             if let name = node["name"] {
-                if let first = names[name] { diagnostics.append(.error(node.location, "node name '\(name)' is used twice (first at line \(first.line))")) }
+                if let first = names[name] {
+                    diagnostics.append(.error(node.location, "node name '\(name)' is used twice (first at line \(first.line))"))
+                }
                 names[name] = node.location
             } else {
                 diagnostics.append(.error(node.location, "node has no name"))

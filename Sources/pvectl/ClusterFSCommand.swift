@@ -53,7 +53,8 @@ struct ClusterFSCommand: ParsableCommand {
             case "members": try ClusterFSCommand.finish(client.request(.getClusterInfo), what: what)
             case "vmlist": try ClusterFSCommand.finish(client.request(.getGuestList), what: what)
             case "clusterlog":
-                try ClusterFSCommand.finish(client.request(.getClusterLog, body: [UInt8](repeating: 0, count: 16) + Array("root@pam".utf8) + [0]), what: what)
+                try ClusterFSCommand.finish(client.request(.getClusterLog, body: [UInt8](repeating: 0, count: 16) + Array("root@pam".utf8) + [0]),
+                                            what: what)
             default: throw ValidationError("expected version, members, vmlist or clusterlog")
             }
         }

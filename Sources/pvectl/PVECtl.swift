@@ -13,7 +13,8 @@ struct PVECtl: AsyncParsableCommand {
         Desired state lives in /etc/pve (storage.cfg, guest .conf files, firewall
         .fw files) and /etc/network/interfaces, in Proxmox VE's own formats.
         """,
-        subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, StatusCommand.self, ShowCommand.self, FirewallCommand.self, ClusterFSCommand.self]
+        subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, StatusCommand.self, ShowCommand.self,
+                      FirewallCommand.self, ClusterFSCommand.self]
     )
 }
 
@@ -91,7 +92,8 @@ struct Validate: ParsableCommand {
         let errors = diagnostics.filter { $0.severity == .error }.count
         let warnings = diagnostics.count - errors
         let files = state.filesRead
-        FileHandle.standardError.write(Data("\(errors) error\(errors == 1 ? "" : "s"), \(warnings) warning\(warnings == 1 ? "" : "s") in \(files) file\(files == 1 ? "" : "s")\n".utf8))
+        FileHandle.standardError.write(Data(("\(errors) error\(errors == 1 ? "" : "s"), \(warnings) warning\(warnings == 1 ? "" : "s") "
+                                             + "in \(files) file\(files == 1 ? "" : "s")\n").utf8))
         if errors > 0 { throw ExitCode(1) }
     }
 }

@@ -34,7 +34,9 @@ struct ShowCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The QEMU version to generate for.", valueName: "X.Y[.Z]")) var qemuVersion: String?
     @Option(name: .long, help: ArgumentHelp("The host architecture (x86_64, aarch64).", valueName: "ARCH")) var hostArch: String?
     @Option(name: .long, help: ArgumentHelp("GenuineIntel or AuthenticAMD.", valueName: "VENDOR")) var hostCpuVendor: String?
-    @Option(name: .long, help: ArgumentHelp("Host capabilities: amd-turin-9005 or JSON {\"amd-sev\": {cbitpos, reduced-phys-bits, sev-support-es, sev-support-snp}}.", valueName: "KEY|JSON"))
+    @Option(name: .long, help: ArgumentHelp("Host capabilities: amd-turin-9005 or JSON "
+                                                + "{\"amd-sev\": {cbitpos, reduced-phys-bits, sev-support-es, sev-support-snp}}.",
+                                            valueName: "KEY|JSON"))
     var hwCapabilities: String?
 
     func run() async throws {

@@ -3,7 +3,8 @@ import Testing
 import TestSupport
 @testable import ClusterFS
 
-@Suite("The pve2 IPC service of a running pmxcfs", .enabled(if: PMXCFSProcess.unavailableReason == nil, Comment(rawValue: PMXCFSProcess.unavailableReason ?? "")))
+@Suite("The pve2 IPC service of a running pmxcfs",
+       .enabled(if: PMXCFSProcess.unavailableReason == nil, Comment(rawValue: PMXCFSProcess.unavailableReason ?? "")))
 struct IPCTests {
     static let pvectl = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
 
@@ -37,8 +38,10 @@ struct IPCTests {
         #expect(text(client.request(.getStatus, body: getBody)) == "192.0.2.10")
 
         let ident = Array("root@pam".utf8) + [0], tag = Array("test".utf8) + [0]
-        #expect(client.request(.logClusterMessage, body: [6, UInt8(ident.count), UInt8(tag.count)] + ident + tag + Array("started".utf8) + [0]).0 == 0)
-        let log = try #require(try JSONSerialization.jsonObject(with: Data(client.request(.getClusterLog, body: [UInt8](repeating: 0, count: 16) + Array("root@pam\0".utf8)).1)) as? [String: Any])
+        #expect(client.request(.logClusterMessage,
+                               body: [6, UInt8(ident.count), UInt8(tag.count)] + ident + tag + Array("started".utf8) + [0]).0 == 0)
+        let log = try #require(try JSONSerialization.jsonObject(with: Data(client.request(.getClusterLog,
+            body: [UInt8](repeating: 0, count: 16) + Array("root@pam\0".utf8)).1)) as? [String: Any])
         let entries = try #require(log["data"] as? [[String: Any]])
         #expect(entries.first?["msg"] as? String == "started")
         #expect(entries.first?["tag"] as? String == "test")
@@ -46,7 +49,8 @@ struct IPCTests {
 
         // Properties come from the main section only, not from snapshots.
         let propertiesBody: [UInt8] = withUnsafeBytes(of: UInt32(100).littleEndian, Array.init) + [2] + Array("lock\0name\0".utf8)
-        let properties = try #require(try JSONSerialization.jsonObject(with: Data(client.request(.getGuestConfigProperties, body: propertiesBody).1)) as? [String: [String: String]])
+        let properties = try #require(try JSONSerialization.jsonObject(with: Data(client.request(.getGuestConfigProperties, body: propertiesBody).1))
+            as? [String: [String: String]])
         #expect(properties["100"] == ["lock": "backup", "name": "web"])
         #expect(text(client.request(.getGuestConfigProperties, body: propertiesBody)) == "{\n\"100\":{\"lock\": \"backup\",\"name\": \"web\"}\n}\n")
         // Every guest (vmid 0); guests without the property are left out.
@@ -65,7 +69,8 @@ struct IPCTests {
         #expect(writeFile(daemon.path("priv/token.cfg"), "secret\n") == 0)
         #expect(writeFile(daemon.path("user.cfg"), "user:root@pam:1:0:::::\n") == 0)
         func run(_ user: String, _ group: String, _ arguments: [String]) -> (status: Int32, output: String, error: String) {
-            NetworkNamespace.capture(["setpriv", "--reuid", user, "--regid", group, "--clear-groups", Self.pvectl, "cfs"] + arguments + ["--service", daemon.ipcName])
+            NetworkNamespace.capture(["setpriv", "--reuid", user, "--regid", group, "--clear-groups", Self.pvectl, "cfs"]
+                                     + arguments + ["--service", daemon.ipcName])
         }
         let publicRead = run("www-data", "www-data", ["get", "user.cfg"])
         #expect(publicRead.status == 0 && publicRead.output == "user:root@pam:1:0:::::\n", "\(publicRead)")

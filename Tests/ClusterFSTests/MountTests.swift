@@ -18,7 +18,8 @@ func readFile(_ path: String) -> String? {
     FileManager.default.contents(atPath: path).map { String(decoding: $0, as: UTF8.self) }
 }
 
-@Suite("pmxcfs mounted with real FUSE", .enabled(if: PMXCFSProcess.unavailableReason == nil, Comment(rawValue: PMXCFSProcess.unavailableReason ?? "")))
+@Suite("pmxcfs mounted with real FUSE",
+       .enabled(if: PMXCFSProcess.unavailableReason == nil, Comment(rawValue: PMXCFSProcess.unavailableReason ?? "")))
 struct MountTests {
     @Test("the tree through the kernel: ownership, modes, symlinks, refused operations, errno values")
     func posixSemantics() throws {

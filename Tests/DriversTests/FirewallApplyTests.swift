@@ -114,10 +114,12 @@ struct FirewallApplyTests {
                             let (s, d) = (topology.resolve(from)!, topology.resolve(to)!)
                             let wait: TimeInterval = expect == .drop ? 0.6 : 3
                             return switch proto {
-                            case "udp": try PacketProbe.udp(from: s.namespace, sourceIP: source, to: d.namespace, destinationIP: destination, port: port, wait: wait)
+                            case "udp": try PacketProbe.udp(from: s.namespace, sourceIP: source, to: d.namespace, destinationIP: destination,
+                                                            port: port, wait: wait)
                             case "icmp": try PacketProbe.raw(from: s.namespace, sourceIP: source, to: d.namespace, destinationIP: destination,
                                                              proto: Int32(IPPROTO_ICMP), wait: wait)
-                            default: try PacketProbe.tcp(from: s.namespace, sourceIP: source, to: d.namespace, destinationIP: destination, port: port, wait: wait)
+                            default: try PacketProbe.tcp(from: s.namespace, sourceIP: source, to: d.namespace, destinationIP: destination,
+                                                         port: port, wait: wait)
                             }
                         }
                         cleanup()
@@ -168,7 +170,8 @@ struct FirewallApplyTests {
         #expect(again.status == 0, "\(again.output)")
         #expect(again.output.contains("No changes."), "\(again.output)")
         let status = setup.pvectl("status")
-        #expect(status.output.contains("firewall/ruleset") && status.output.contains("Ready") && status.output.contains("1 guest NIC(s) behind firewall bridges"),
+        #expect(status.output.contains("firewall/ruleset") && status.output.contains("Ready")
+                && status.output.contains("1 guest NIC(s) behind firewall bridges"),
                 "\(status.output)")
 
         // Drift: someone flushes a chain; the plan says so and apply repairs it.
@@ -182,9 +185,11 @@ struct FirewallApplyTests {
         // An edit is one added rule with its line; a swap is a move.
         try setup.directory.write("root/nodes/pve1/host.fw", Self.host + "IN ACCEPT -p udp -dport 5000\n")
         let edited = setup.pvectl("plan")
-        #expect(edited.output.contains("+ inet/host-in: meta l4proto udp udp dport 5000 accept  ← IN ACCEPT -p udp -dport 5000  [live]  line 9"), "\(edited.output)")
+        #expect(edited.output.contains("+ inet/host-in: meta l4proto udp udp dport 5000 accept  ← IN ACCEPT -p udp -dport 5000  [live]  line 9"),
+                "\(edited.output)")
         #expect(!edited.output.contains("- inet/"), "\(edited.output)")
-        let swapped = Self.host.replacingOccurrences(of: "IN HTTP(ACCEPT) -source +admins\nIN Ping(ACCEPT)", with: "IN Ping(ACCEPT)\nIN HTTP(ACCEPT) -source +admins")
+        let swapped = Self.host.replacingOccurrences(of: "IN HTTP(ACCEPT) -source +admins\nIN Ping(ACCEPT)",
+                                                     with: "IN Ping(ACCEPT)\nIN HTTP(ACCEPT) -source +admins")
         try setup.directory.write("root/nodes/pve1/host.fw", swapped)
         let moved = setup.pvectl("plan")
         #expect(moved.output.contains("~ inet/host-in: #"), "\(moved.output)")
@@ -231,7 +236,8 @@ struct FirewallApplyTests {
             ("host", host, "vm100", "192.0.2.100", "tcp", 22, .drop, "the host is outside the guest's zone too"),
         ]
         for (from, source, to, destination, proto, port, expected, why) in cases {
-            let verdict = try await setup.probe(from: from, source: source, to: to, destination: destination, proto: proto, port: port, expect: expected)
+            let verdict = try await setup.probe(from: from, source: source, to: to, destination: destination, proto: proto, port: port,
+                                                expect: expected)
             #expect(verdict == expected, "\(from) \(source) → \(to) \(destination) \(proto)/\(port): expected \(expected), got \(verdict) (\(why))")
         }
     }

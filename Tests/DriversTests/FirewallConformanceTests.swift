@@ -137,7 +137,9 @@ struct FirewallConformanceTests {
             played += 1
             if verdict.rawValue == assertion.action { matched += 1 }
             #expect(verdict.rawValue == assertion.action,
-                    "\(name) line \(assertion.line): \(assertion.from) → \(assertion.to) \(assertion.proto) \(assertion.source ?? "-")→\(assertion.dest ?? "-") dport \(assertion.dport ?? "-"): expected \(assertion.action), got \(verdict)")
+                    Comment(rawValue: "\(name) line \(assertion.line): \(assertion.from) → \(assertion.to) \(assertion.proto) "
+                                          + "\(assertion.source ?? "-")→\(assertion.dest ?? "-") dport \(assertion.dport ?? "-"): "
+                                          + "expected \(assertion.action), got \(verdict)"))
         }
         print("conformance pve-firewall \(name): \(matched)/\(played) verdicts match with real packets; \(skipped.count) not reproducible")
         for reason in skipped { print("  not reproducible: \(reason)") }

@@ -124,7 +124,8 @@ struct GuestKernelNetworkTests {
         var vlans: String?
 
         var description: String {
-            "kind=\(kind ?? "-") mtu=\(mtu.map(String.init) ?? "-") up=\(up) master=\(master ?? "-") addresses=\(addresses) \(attributes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) vlans=\(vlans ?? "-")"
+            "kind=\(kind ?? "-") mtu=\(mtu.map(String.init) ?? "-") up=\(up) master=\(master ?? "-") addresses=\(addresses) "
+                + "\(attributes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) vlans=\(vlans ?? "-")"
         }
     }
 
@@ -214,7 +215,8 @@ struct GuestKernelNetworkTests {
             #expect(!a.links.isEmpty, "case \(index): nothing to compare")
             var differences: [String] = []
             for name in Set(a.links.keys).union(b.links.keys).sorted() where a.links[name] != b.links[name] {
-                differences.append("\(name):\n    pvectl:    \(a.links[name].map(\.description) ?? "absent")\n    ifupdown2: \(b.links[name].map(\.description) ?? "absent")")
+                differences.append("\(name):\n    pvectl:    \(a.links[name].map(\.description) ?? "absent")\n"
+                                   + "    ifupdown2: \(b.links[name].map(\.description) ?? "absent")")
             }
             if a.routes != b.routes { differences.append("routes: pvectl \(a.routes.sorted()) ifupdown2 \(b.routes.sorted())") }
             #expect(differences.isEmpty, "case \(index) differs from ifupdown2:\n\(differences.joined(separator: "\n"))\n\(text)")

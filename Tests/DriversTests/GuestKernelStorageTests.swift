@@ -9,7 +9,9 @@ import TestSupport
 enum GuestStorageRequirements {
     static var unavailableReason: String? {
         if getuid() != 0 { return "needs root" }
-        if !FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64") { return "needs qemu-system-x86_64 (scripts/test installs it)" }
+        if !FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64") {
+            return "needs qemu-system-x86_64 (scripts/test installs it)"
+        }
         for tool in ["/usr/sbin/lvcreate", "/usr/sbin/rpc.nfsd", "/usr/sbin/smbd", "/usr/sbin/mount.cifs", "/usr/sbin/mount.nfs"]
         where !FileManager.default.isExecutableFile(atPath: tool) {
             return "needs \(tool) (scripts/test installs lvm2, nfs-kernel-server, samba, cifs-utils)"
@@ -139,7 +141,7 @@ struct GuestKernelStorageTests {
         let out = try TemporaryDirectory(prefix: "pvectl-vm-storage")
         try out.write("root/storage.cfg", Self.storage)
         try out.write("root/nodes/pve1/qemu-server/100.conf",
-                      "scsi0: thin:vm-100-disk-0,size=64M\nscsi1: plainlvm:vm-100-disk-1,size=16M\nscsi2: nfsshare:100/vm-100-disk-2.qcow2,size=32M\n")
+            "scsi0: thin:vm-100-disk-0,size=64M\nscsi1: plainlvm:vm-100-disk-1,size=16M\nscsi2: nfsshare:100/vm-100-disk-2.qcow2,size=32M\n")
         try out.write("root/nodes/pve1/lxc/200.conf", "rootfs: thin:vm-200-disk-0,size=32M\n")
         try out.write("phase2/storage.cfg", Self.storage2)
         try out.write("phase2/nodes/pve1/qemu-server/100.conf", "scsi0: thin:vm-100-disk-0,size=96M\nscsi1: plainlvm:vm-100-disk-1,size=16M\n")
@@ -165,7 +167,8 @@ struct GuestKernelStorageTests {
         #expect(mounts1.contains("/mnt/pve/smb") && mounts1.contains(" - cifs //127.0.0.1/public "))
         #expect(read("nfs-image.json").contains("\"virtual-size\": \(32 << 20)"), "qcow2 on the NFS share: \(read("nfs-image.json"))")
         #expect(read("smb-server-side.txt").contains("written-through-cifs"), "the CIFS mount reaches the server's share")
-        let status = try #require(try JSONSerialization.jsonObject(with: Data(read("status1.json").utf8)) as? [[String: Any]], "\(read("status1.err"))")
+        let status = try #require(try JSONSerialization.jsonObject(with: Data(read("status1.json").utf8)) as? [[String: Any]],
+                                  "\(read("status1.err"))")
         for name in ["thin", "plainlvm", "nfsshare", "smb"] {
             let row = status.first { $0["name"] as? String == name }
             #expect(row?["active"] as? Bool == true, "\(name): \(String(describing: row))")
@@ -185,7 +188,8 @@ struct GuestKernelStorageTests {
 
         // Phase 3: a shrink is refused at its line, nothing changes.
         #expect(read("apply3.status") == "1")
-        #expect(read("apply3.log").contains("/mnt/out/root/nodes/pve1/qemu-server/100.conf:1:8: error: scsi0: size=32M is smaller than the volume's 96M"),
+        #expect(read("apply3.log")
+                    .contains("/mnt/out/root/nodes/pve1/qemu-server/100.conf:1:8: error: scsi0: size=32M is smaller than the volume's 96M"),
                 "\(read("apply3.log"))")
         #expect(Self.volumes(out.read("phase3-lvs.json"))["vm-100-disk-0"]?.lv_size == String(96 << 20))
     }

@@ -26,13 +26,19 @@ struct IfupdownComparisonTests {
         var vlanFiltering: Int?
 
         var description: String {
-            "kind=\(kind ?? "-") mtu=\(mtu.map(String.init) ?? "-") up=\(up) master=\(master ?? "-") addresses=\(addresses) stp=\(stp.map(String.init) ?? "-") fd=\(forwardDelay.map(String.init) ?? "-") vlan_filtering=\(vlanFiltering.map(String.init) ?? "-")"
+            "kind=\(kind ?? "-") mtu=\(mtu.map(String.init) ?? "-") up=\(up) master=\(master ?? "-") addresses=\(addresses) "
+                + "stp=\(stp.map(String.init) ?? "-") fd=\(forwardDelay.map(String.init) ?? "-") "
+                + "vlan_filtering=\(vlanFiltering.map(String.init) ?? "-")"
         }
     }
 
     static func state(of namespace: NetworkNamespace, names: [String]) throws -> (links: [String: LinkState], routes: Set<String>) {
-        let links = try JSONSerialization.jsonObject(with: Data(NetworkNamespace.capture(["ip", "-n", namespace.name, "-json", "-details", "link", "show"]).output.utf8)) as? [[String: Any]] ?? []
-        let addresses = try JSONSerialization.jsonObject(with: Data(NetworkNamespace.capture(["ip", "-n", namespace.name, "-json", "address", "show"]).output.utf8)) as? [[String: Any]] ?? []
+        let links = try JSONSerialization.jsonObject(
+            with: Data(NetworkNamespace.capture(["ip", "-n", namespace.name, "-json", "-details", "link", "show"]).output.utf8)
+        ) as? [[String: Any]] ?? []
+        let addresses = try JSONSerialization.jsonObject(
+            with: Data(NetworkNamespace.capture(["ip", "-n", namespace.name, "-json", "address", "show"]).output.utf8)
+        ) as? [[String: Any]] ?? []
         var byName: [String: LinkState] = [:]
         for link in links {
             guard let name = link["ifname"] as? String, names.contains(name) else { continue }
@@ -83,10 +89,12 @@ struct IfupdownComparisonTests {
                 for name in [ours.name, theirs.name] { try? FileManager.default.removeItem(atPath: "/tmp/pvectl-hook-vmbr1-\(name)") }
             }
 
-            let reconciler = NetworkReconciler(driver: KernelNetworkDriver(namespace: ours.name), store: StateStore(directory: directory.path + "/state"))
+            let reconciler = NetworkReconciler(driver: KernelNetworkDriver(namespace: ours.name),
+                                               store: StateStore(directory: directory.path + "/state"))
             let outcome = try await reconciler.apply(try await reconciler.compute(desired(oursText), only: [])) { _ in }
             #expect(outcome.failed.isEmpty, "\(outcome.failed)")
-            let ifreload = NetworkNamespace.capture([Self.wrapper, theirs.name, directory.path + "/interfaces", directory.path + "/ifupdown2", "ifreload", "-a"])
+            let ifreload = NetworkNamespace.capture([Self.wrapper, theirs.name, directory.path + "/interfaces", directory.path + "/ifupdown2",
+                                                     "ifreload", "-a"])
             #expect(ifreload.status == 0, "ifreload -a failed: \(ifreload.error)")
 
             let names = NetworkDesiredState.interfaces(from: InterfacesFile.parse(oursText, file: "interfaces").0).interfaces.map(\.name)
@@ -95,7 +103,8 @@ struct IfupdownComparisonTests {
             #expect(!a.links.isEmpty && a.links.count == b.links.count, "nothing to compare in file \(index)")
             var differences: [String] = []
             for name in Set(a.links.keys).union(b.links.keys).sorted() where a.links[name] != b.links[name] {
-                differences.append("\(name):\n    pvectl:    \(a.links[name].map(\.description) ?? "absent")\n    ifupdown2: \(b.links[name].map(\.description) ?? "absent")")
+                differences.append("\(name):\n    pvectl:    \(a.links[name].map(\.description) ?? "absent")\n"
+                                   + "    ifupdown2: \(b.links[name].map(\.description) ?? "absent")")
             }
             if a.routes != b.routes { differences.append("routes: pvectl \(a.routes.sorted()) ifupdown2 \(b.routes.sorted())") }
             #expect(differences.isEmpty, "file \(index) differs:\n\(differences.joined(separator: "\n"))\n\(template)")

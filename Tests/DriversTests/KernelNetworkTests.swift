@@ -75,7 +75,8 @@ struct KernelNetworkTests {
             let outcome = try await reconciler.apply(computed) { _ in }
             #expect(outcome.failed.isEmpty, "\(outcome.failed)\n\(example)")
             let again = try await reconciler.compute(desired(example), only: [])
-            #expect(again.resources.isEmpty, "not converged:\n\(Plan(node: "pve1", inputs: [:], resources: again.resources).render(colors: false))\n\(example)")
+            #expect(again.resources.isEmpty,
+                    "not converged:\n\(Plan(node: "pve1", inputs: [:], resources: again.resources).render(colors: false))\n\(example)")
             if outcome.failed.isEmpty && again.resources.isEmpty { converged += 1 }
         }
         Corpus.report("seeds network examples converge on the host kernel", passed: converged, total: hostExamples.count)
@@ -121,7 +122,8 @@ struct KernelNetworkTests {
         let logged = LogLines()
         _ = try await reconciler.apply(try await reconciler.compute(desired(text), only: [])) { logged.append($0) }
         #expect(try await reconciler.compute(desired(text), only: []).resources.isEmpty)
-        #expect(FileManager.default.contents(atPath: "/tmp/pvectl-hook-vmbr1-\(namespace.name)").map { String(decoding: $0, as: UTF8.self) } == "vmbr1 is up\n")
+        #expect(FileManager.default.contents(atPath: "/tmp/pvectl-hook-vmbr1-\(namespace.name)").map { String(decoding: $0, as: UTF8.self) }
+                == "vmbr1 is up\n")
         #expect(logged.lines.contains { $0.hasPrefix("post-up vmbr1: echo") })
 
         let bridge = try #require(try namespace.link("vmbr0"))
@@ -165,7 +167,8 @@ struct KernelNetworkTests {
         #expect(try namespace.link("vmbr1") == nil)
         let hookFile = "/tmp/pvectl-hook-vmbr1-\(namespace.name)"
         defer { try? FileManager.default.removeItem(atPath: hookFile) }
-        #expect(FileManager.default.contents(atPath: hookFile).map { String(decoding: $0, as: UTF8.self) } == "vmbr1 is gone\n", "post-down did not run")
+        #expect(FileManager.default.contents(atPath: hookFile).map { String(decoding: $0, as: UTF8.self) } == "vmbr1 is gone\n",
+                "post-down did not run")
         #expect(try namespace.link("docker0") != nil)
         #expect(try namespace.link("veth0stray") != nil)
         #expect(try namespace.exec(["ip", "-br", "address", "show", "docker0"]).output.contains("203.0.113.1/24"))

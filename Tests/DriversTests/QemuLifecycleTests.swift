@@ -54,7 +54,8 @@ final class QemuTestNode: @unchecked Sendable {
 
     /// The pid in a VM's pid file (the process may be gone).
     func pid(of vmid: Int) -> Int32? {
-        (try? String(contentsOfFile: "\(runDirectory)/\(vmid).pid", encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        (try? String(contentsOfFile: "\(runDirectory)/\(vmid).pid", encoding: .utf8))
+            .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 
     /// pvectl inside the namespace, with this node's run directory on /run/qemu-server
@@ -296,13 +297,15 @@ struct QemuLifecycleTests {
         let plainFirst = try #require(pid(plain))
         #expect(waitFor(seconds: 30) { log().contains("following the events of QEMU pid \(plainFirst)") }, "\(log())")
         kill(plainFirst, SIGKILL)
-        #expect(waitFor(seconds: 60) { pid(plain).map { $0 != plainFirst } == true && log().contains("qemu/\(plain): started (pid \(pid(plain) ?? 0))") },
+        #expect(waitFor(seconds: 60) { pid(plain).map { $0 != plainFirst } == true
+                    && log().contains("qemu/\(plain): started (pid \(pid(plain) ?? 0))") },
                 "restarted: \(log())")
         #expect(waitFor(seconds: 10) { log().contains("QEMU pid \(plainFirst) closed its event connection") }, "\(log())")
 
         let first = try #require(pid(node.vmid))
         kill(first, SIGKILL)
-        #expect(waitFor(seconds: 60) { pid(node.vmid).map { $0 != first } == true && log().contains("qemu/\(node.vmid): started (pid \(pid(node.vmid) ?? 0))") },
+        #expect(waitFor(seconds: 60) { pid(node.vmid).map { $0 != first } == true
+                    && log().contains("qemu/\(node.vmid): started (pid \(pid(node.vmid) ?? 0))") },
                 "restarted: \(log())")
         let second = try #require(pid(node.vmid))
 
@@ -409,7 +412,8 @@ struct QemuGuestTests {
         let bootMemory = bootFacts["memkb"] ?? 0
 
         try FileManager.default.createDirectory(atPath: node.directory.path + "/vz/images/\(vmid)", withIntermediateDirectories: true)
-        try node.write(node.config.replacingOccurrences(of: "vcpus: 1", with: "vcpus: 2").replacingOccurrences(of: "memory: 1024", with: "memory: 1536")
+        try node.write(node.config.replacingOccurrences(of: "vcpus: 1", with: "vcpus: 2")
+            .replacingOccurrences(of: "memory: 1024", with: "memory: 1536")
             + "net1: virtio,bridge=vmbr0\nvirtio0: vmstore:\(vmid)/vm-\(vmid)-disk-0.qcow2,size=16M\n")
         let hotplug = node.pvectl("apply", ["--auto-approve"], only: ["storage", "qemu/\(vmid)"])
         try #require(hotplug.status == 0, "\(hotplug.output)\n\(hotplug.error)")

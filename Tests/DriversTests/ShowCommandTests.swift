@@ -25,7 +25,8 @@ struct ShowCommandTests {
         let result = NetworkNamespace.capture([Self.binary, "showcmd", "8006", "--root", directory.path, "--node", "localhost", "--pretty"])
         #expect(result.status == 0, "\(result.error)")
         #expect(result.output == (try Corpus.text("qemu-server/src/test/cfg2cmd/simple1.conf.cmd")))
-        let old = NetworkNamespace.capture([Self.binary, "showcmd", "8006", "--root", directory.path, "--node", "localhost", "--qemu-version", "5.0.1"])
+        let old = NetworkNamespace.capture([Self.binary, "showcmd", "8006", "--root", directory.path, "--node", "localhost",
+                                            "--qemu-version", "5.0.1"])
         #expect(old.status == 1)
         #expect(old.error.contains("Detected old QEMU binary ('5.0.1', at least 6.0 is required)"))
         let missing = NetworkNamespace.capture([Self.binary, "showcmd", "4711", "--root", directory.path, "--node", "localhost"])
@@ -33,18 +34,21 @@ struct ShowCommandTests {
     }
 
     @Test("the installed profile's command starts this machine's QEMU, which answers QMP",
-          .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64"), "needs root and qemu-system-x86_64"))
+          .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64"),
+                   "needs root and qemu-system-x86_64"))
     func installedStarts() async throws {
         let vmid = Int.random(in: 900_000...999_999)
         let directory = try TemporaryDirectory(prefix: "pvectl-showcmd")
         try directory.write("nodes/localhost/qemu-server/\(vmid).conf", "kvm: 0\nmemory: 128\nsmbios1: uuid=6cf17dc3-8341-4ecc-aebd-7503f2583fb3\n")
-        let shown = NetworkNamespace.capture([Self.binary, "showcmd", String(vmid), "--root", directory.path, "--node", "localhost", "--profile", "installed"])
+        let shown = NetworkNamespace.capture([Self.binary, "showcmd", String(vmid), "--root", directory.path, "--node", "localhost",
+                                              "--profile", "installed"])
         try #require(shown.status == 0, "\(shown.error)")
         try FileManager.default.createDirectory(atPath: "/var/run/qemu-server", withIntermediateDirectories: true)
         let pidFile = "/var/run/qemu-server/\(vmid).pid"
         let socket = "/var/run/qemu-server/\(vmid).qmp"
         defer {
-            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
                 kill(pid, SIGKILL)
             }
             for suffix in ["pid", "qmp", "vnc"] { try? FileManager.default.removeItem(atPath: "/var/run/qemu-server/\(vmid).\(suffix)") }

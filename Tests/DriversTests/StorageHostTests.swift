@@ -100,8 +100,10 @@ struct StorageHostTests {
     @Test("guest volumes: allocated with size and format, grown, a shrink refused at its file:line; nothing deleted")
     func guestVolumes() throws {
         let setup = try Setup(storage: "dir: vols\n\tpath @DIR@/vols\n\tcontent images,rootdir\n", guests: [
-            "nodes/pve1/qemu-server/100.conf": "name: web\nscsi0: vols:100/vm-100-disk-0.qcow2,size=1G\nvirtio1: vols:100/vm-100-disk-1.raw,size=64M\nide2: none,media=cdrom\n",
-            "nodes/pve1/lxc/200.conf": "hostname: ct\nrootfs: vols:200/vm-200-disk-0.raw,size=32M\nmp0: vols:200/subvol-200-disk-1.subvol,size=0,mp=/data\n",
+            "nodes/pve1/qemu-server/100.conf":
+                "name: web\nscsi0: vols:100/vm-100-disk-0.qcow2,size=1G\nvirtio1: vols:100/vm-100-disk-1.raw,size=64M\nide2: none,media=cdrom\n",
+            "nodes/pve1/lxc/200.conf":
+                "hostname: ct\nrootfs: vols:200/vm-200-disk-0.raw,size=32M\nmp0: vols:200/subvol-200-disk-1.subvol,size=0,mp=/data\n",
             // Another node's guest is not this node's business.
             "nodes/pve2/qemu-server/300.conf": "scsi0: vols:300/vm-300-disk-0.qcow2,size=1G\n",
         ])
@@ -120,7 +122,8 @@ struct StorageHostTests {
                                   "name: web\nscsi0: vols:100/vm-100-disk-0.qcow2,size=2G\nvirtio1: vols:100/vm-100-disk-1.raw,size=32M\n")
         let refused = setup.pvectl("apply", ["--auto-approve"], only: ["vols"])
         #expect(refused.status == 1)
-        #expect(refused.error.contains(setup.root + "/nodes/pve1/qemu-server/100.conf:3:10: error: virtio1: size=32M is smaller than the volume's 64M"),
+        #expect(refused.error.contains(setup.root
+                    + "/nodes/pve1/qemu-server/100.conf:3:10: error: virtio1: size=32M is smaller than the volume's 64M"),
                 "\(refused.error)")
         #expect(Self.virtualSize(images + "/100/vm-100-disk-0.qcow2") == 1 << 30, "nothing applied while a change is refused")
         #expect(Self.virtualSize(images + "/100/vm-100-disk-1.raw") == 64 << 20)
@@ -182,7 +185,8 @@ struct StorageHostTests {
     }
 
     @Test("btrfs on a loop device: subvolume layout for images; a btrfs storage elsewhere is refused",
-          .enabled(if: FileManager.default.fileExists(atPath: "/dev/loop-control") && FileManager.default.isExecutableFile(atPath: "/usr/sbin/mkfs.btrfs"),
+          .enabled(if: FileManager.default.fileExists(atPath: "/dev/loop-control")
+                       && FileManager.default.isExecutableFile(atPath: "/usr/sbin/mkfs.btrfs"),
                    "needs loop devices and btrfs-progs"))
     func btrfsOnLoop() throws {
         let setup = try Setup(storage: "btrfs: fast\n\tpath @DIR@/btrfs\n\tcontent images,rootdir\n\nbtrfs: wrong\n\tpath @DIR@/plain\n", guests: [
@@ -218,7 +222,8 @@ struct StorageHostTests {
 /// qemu-system-x86_64 (paused, TCG) with the pid file and QMP socket where
 /// qemu-server keeps them.
 @Suite("storage kind: growing a running VM's disk",
-       .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64"), "needs root and qemu-system-x86_64"))
+       .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-system-x86_64"),
+                "needs root and qemu-system-x86_64"))
 struct RunningDiskResizeTests {
     @Test("size= grows the disk of a running VM with block_resize; QEMU sees the new size")
     func growRunningDisk() throws {

@@ -111,7 +111,8 @@ struct Cfg2CmdConformanceTests {
                 if ProcessInfo.processInfo.environment["CFG2CMD_CASE"] == entry.name {
                     try? actual.write(toFile: "/tmp/cfg2cmd-actual.txt", atomically: true, encoding: .utf8)
                 }
-                if let expected = entry.expected, Self.normalize(actual) == Self.normalize(expected), entry.headers["EXPECT_ERROR"] == nil, warningsMatch {
+                if let expected = entry.expected, Self.normalize(actual) == Self.normalize(expected), entry.headers["EXPECT_ERROR"] == nil,
+                   warningsMatch {
                     passed += 1
                     commandsPassed += 1
                 } else if !warningsMatch {

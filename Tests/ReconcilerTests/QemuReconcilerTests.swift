@@ -91,7 +91,8 @@ struct QemuReconcilerTests {
         #expect(first["net2"] == nil, "an existing MAC stays")
         #expect(first["smbios1"]?.hasPrefix("uuid=") == true && first["smbios1"]?.hasSuffix(",manufacturer=acme") == true)
         #expect(first["vmgenid"]?.count == 36)
-        let short = QemuReconciler.generatedValues(vmid: 100, config: ["net0": "virtio,bridge=vmbr0", "smbios1": "uuid=x"], seed: "a", macPrefix: "02:AA")
+        let short = QemuReconciler.generatedValues(vmid: 100, config: ["net0": "virtio,bridge=vmbr0", "smbios1": "uuid=x"], seed: "a",
+                                                   macPrefix: "02:AA")
         #expect(short["net0"]?.hasPrefix("virtio=02:AA:") == true, "\(short)")
         #expect(short["smbios1"] == nil)
     }
@@ -101,7 +102,8 @@ struct QemuReconcilerTests {
         let config = Self.config("name: a\nmemory: 512\n\n[PENDING]\nmemory: 1024\nmachine: q35\ndelete: tags\n")
         let partial = QemuReconciler.rewritten(config, values: ["memory": "1024"], removing: [], fromPending: ["memory"])
         #expect(partial.contains("memory: 1024\n"))
-        #expect(partial.contains("[PENDING]\nmachine: q35\ndelete: tags\n") || partial.contains("[PENDING]\ndelete: tags\nmachine: q35\n"), "\(partial)")
+        #expect(partial.contains("[PENDING]\nmachine: q35\ndelete: tags\n") || partial.contains("[PENDING]\ndelete: tags\nmachine: q35\n"),
+                "\(partial)")
         #expect(!partial.contains("memory: 512"))
         let all = QemuReconciler.rewritten(config, values: ["memory": "1024", "machine": "q35"], removing: ["tags"],
                                            fromPending: ["memory", "machine", "tags"])
@@ -113,7 +115,8 @@ struct QemuReconcilerTests {
     func classification() {
         let arguments = QemuArguments(["/usr/bin/kvm", "-netdev", "type=tap,id=net1,ifname=tap100i1,script=no,downscript=no",
                                        "-device", "virtio-net-pci,mac=BC:24:11:00:00:02,netdev=net1,bus=pci.0,addr=0x13,id=net1",
-                                       "-drive", "file=/d.qcow2,if=none,id=drive-virtio1,format=qcow2", "-device", "virtio-blk-pci,drive=drive-virtio1,id=virtio1,bus=pci.0,addr=0xb",
+                                       "-drive", "file=/d.qcow2,if=none,id=drive-virtio1,format=qcow2",
+                                       "-device", "virtio-blk-pci,drive=drive-virtio1,id=virtio1,bus=pci.0,addr=0xb",
                                        "-m", "size=1024,slots=255,maxmem=4096M",
                                        "-object", "memory-backend-ram,id=mem-dimm0,size=512M", "-device", "pc-dimm,id=dimm0,memdev=mem-dimm0,node=0"])
         func change(_ key: String, _ old: String?, _ new: String?, extra: [String: String] = [:], present: Set<String>? = nil) -> QemuKeyChange {
@@ -153,17 +156,21 @@ struct QemuReconcilerTests {
         #expect(change("ide0", nil, "local:100/vm-100-disk-1.qcow2").changeClass == .restart)
         let limits = change("sata0", "local:100/vm-100-disk-1.qcow2,size=1G", "local:100/vm-100-disk-1.qcow2,mbps_rd=1.5,iops_wr=30,size=1G")
         #expect(limits.changeClass == .live)
-        #expect(limits.steps.first.map { "\($0)" }?.contains("\"bps_rd\":1572864") == true && limits.steps.first.map { "\($0)" }?.contains("\"iops_wr\":30") == true,
+        #expect(limits.steps.first.map { "\($0)" }?.contains("\"bps_rd\":1572864") == true
+                && limits.steps.first.map { "\($0)" }?.contains("\"iops_wr\":30") == true,
                 "\(limits.steps)")
         let blockdev = QemuLiveChanges.throttleStep(key: "scsi0", ["mbps_rd": "2", "iops_max": "50"],
-                                                    arguments: QemuArguments(["/usr/bin/kvm", "-blockdev", "{\"driver\":\"throttle\",\"node-name\":\"drive-scsi0\"}"]))
+                                                    arguments: QemuArguments(["/usr/bin/kvm", "-blockdev",
+                                                                              "{\"driver\":\"throttle\",\"node-name\":\"drive-scsi0\"}"]))
         let text = "\(blockdev)"
         #expect(text.hasPrefix("qmp qom-set {\"path\":\"throttle-drive-scsi0\",\"property\":\"limits\",\"value\":{"), "\(text)")
         #expect(text.contains("\"bps-read\":2097152") && text.contains("\"iops-total-max\":50") && text.contains("\"bps-total\":0")
                 && text.contains("\"iops-write-max\":0"), "\(text)")
-        #expect(change("virtio1", "local:100/vm-100-disk-1.qcow2,size=1G", "local:100/vm-100-disk-1.qcow2,cache=writeback,size=1G").changeClass == .restart,
+        #expect(change("virtio1", "local:100/vm-100-disk-1.qcow2,size=1G",
+                       "local:100/vm-100-disk-1.qcow2,cache=writeback,size=1G").changeClass == .restart,
                 "another option of the same volume waits for a restart")
-        #expect(change("virtio1", "local:100/vm-100-disk-2.qcow2,size=1G", "local:100/vm-100-disk-1.qcow2,size=1G").steps.first == .unplug(id: "virtio1"),
+        #expect(change("virtio1", "local:100/vm-100-disk-2.qcow2,size=1G",
+                       "local:100/vm-100-disk-1.qcow2,size=1G").steps.first == .unplug(id: "virtio1"),
                 "another volume: unplug, then plug the new one")
         #expect(change("vcpus", "1", "2", extra: ["cores": "2"]).changeClass == .restart, "cpu is not in the default hotplug")
         #expect(change("vcpus", "1", "2", extra: ["cores": "2", "hotplug": "cpu"]).steps == [.setCPUs(count: 2)])
@@ -287,7 +294,8 @@ struct QemuReconcilerTests {
     func plans() async throws {
         let tree = try Tree([
             "nodes/pve1/qemu-server/100.conf": "onboot: 1\nmemory: 512\nnet0: virtio=BC:24:11:00:00:01,bridge=vmbr0\n",
-            "nodes/pve1/qemu-server/101.conf": "memory: 512\nmachine: pc-i440fx-9.0\nnet0: virtio=BC:24:11:00:00:02,bridge=vmbr0\nnet1: virtio=BC:24:11:00:00:03,bridge=vmbr0\n",
+            "nodes/pve1/qemu-server/101.conf":
+                "memory: 512\nmachine: pc-i440fx-9.0\nnet0: virtio=BC:24:11:00:00:02,bridge=vmbr0\nnet1: virtio=BC:24:11:00:00:03,bridge=vmbr0\n",
             "nodes/pve1/qemu-server/102.conf": "memory: 512\nmachine: q35\n",
             "nodes/pve1/qemu-server/103.conf": "memory: 512\ntemplate: 1\n",
             "nodes/pve1/qemu-server/104.conf": "memory 512\n",

@@ -63,7 +63,8 @@ struct TreeValidatorTests {
         let tree = try TemporaryTree([
             "storage.cfg": storageCfg,
             "interfaces": interfacesFile,
-            "nodes/pve1/qemu-server/100.conf": "cores: 2\nmemory: 2048\nnet0: virtio=BC:24:11:00:00:01,bridge=vmbr0\nscsi0: local-lvm:vm-100-disk-0,size=32G\n",
+            "nodes/pve1/qemu-server/100.conf":
+                "cores: 2\nmemory: 2048\nnet0: virtio=BC:24:11:00:00:01,bridge=vmbr0\nscsi0: local-lvm:vm-100-disk-0,size=32G\n",
             "nodes/pve1/lxc/200.conf": "hostname: ct1\nrootfs: local-lvm:vm-200-disk-0,size=8G\nnet0: name=eth0,bridge=vmbr0,ip=dhcp\n",
         ])
         #expect(tree.validate().isEmpty)
@@ -89,12 +90,16 @@ struct TreeValidatorTests {
         let found = messages(tree.validate())
         let conf = tree.path("nodes/pve1/qemu-server/100.conf")
         #expect(found.contains("\(conf):1:8: error: cores: type check ('integer') failed - got 'two'"))
-        #expect(found.contains { $0.hasPrefix("\(conf):2:9: error: scsihw: value 'virtio-scsi-fast' is not one of: lsi, lsi53c810, virtio-scsi-pci") })
+        #expect(found.contains {
+            $0.hasPrefix("\(conf):2:9: error: scsihw: value 'virtio-scsi-fast' is not one of: lsi, lsi53c810, virtio-scsi-pci")
+        })
         #expect(found.contains("\(conf):3:1: error: unknown qemu option 'frobnicate'"))
         #expect(found.contains { $0.hasPrefix("\(conf):4:7: warning: net0: bridge 'vmbr9' is not defined in the interfaces file") })
         #expect(found.contains { $0.hasPrefix("\(conf):5:8: error: scsi0: storage 'nosuch' does not exist in storage.cfg") })
         #expect(found.contains { $0.hasPrefix("\(conf):6:8: error: scsi1: storage 'local' does not allow content 'images'") })
-        #expect(found.contains { $0.contains("lxc/100.conf:1:1: error: duplicate VMID 100") || $0.contains("qemu-server/100.conf:1:1: error: duplicate VMID 100") })
+        #expect(found.contains {
+            $0.contains("lxc/100.conf:1:1: error: duplicate VMID 100") || $0.contains("qemu-server/100.conf:1:1: error: duplicate VMID 100")
+        })
         #expect(found.contains("\(tree.path("firewall/100.fw")):3:1: error: -dport requires -p (a protocol such as tcp or udp)"))
         #expect(found.count >= 8)
     }

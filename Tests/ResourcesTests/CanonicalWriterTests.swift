@@ -70,7 +70,8 @@ struct CanonicalWriterTests {
             let allowUnknown = (vector["allow_unknown"] as? Int ?? 0) == 1
             let known: Set<String> = ["one", "two"]
             let layout: (String) -> SectionTypeLayout? = { type in
-                type == "two" ? SectionTypeLayout(required: ["another", "field2"], known: ["another", "arrayfield", "common", "field2"], arrays: ["arrayfield"])
+                type == "two" ? SectionTypeLayout(required: ["another", "field2"], known: ["another", "arrayfield", "common", "field2"],
+                                                  arrays: ["arrayfield"])
                     : type == "one" ? SectionTypeLayout(required: ["field1"], known: ["another", "common", "field1"]) : nil
             }
             let (file, diagnostics) = SectionConfigFile.parse(raw, file: "test.cfg", layout: layout)

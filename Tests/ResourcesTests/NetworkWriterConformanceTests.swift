@@ -118,7 +118,8 @@ struct NetworkWriterConformanceTests {
                 config!.interfaces[name] = fresh
                 Self.update(&config!, name: name, families: step["families"] as? [[String: Any]] ?? [], extra: step["extra"] as? [String: Any] ?? [:])
             case "update_iface":
-                Self.update(&config!, name: step["name"] as! String, families: step["families"] as? [[String: Any]] ?? [], extra: step["extra"] as? [String: Any] ?? [:])
+                Self.update(&config!, name: step["name"] as! String, families: step["families"] as? [[String: Any]] ?? [],
+                            extra: step["extra"] as? [String: Any] ?? [:])
             case "delete_iface":
                 let name = step["name"] as! String
                 if let family = step["family"] as? String {

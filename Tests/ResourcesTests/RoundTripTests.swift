@@ -31,7 +31,9 @@ struct RoundTripTests {
                     || ($0.hasSuffix("/groups") && $0.contains("pve-ha-manager"))
             }),
             Case(format: "interfaces", files: Corpus.files(under: ".") {
-                ($0.hasSuffix("/interfaces") && !$0.contains("/etc/network/")) || $0.contains("etc_network_interfaces/") && !$0.contains("_derived") && !$0.hasSuffix("ip_link_details") && !$0.hasSuffix("active_interfaces")
+                ($0.hasSuffix("/interfaces") && !$0.contains("/etc/network/"))
+                    || $0.contains("etc_network_interfaces/") && !$0.contains("_derived") && !$0.hasSuffix("ip_link_details")
+                        && !$0.hasSuffix("active_interfaces")
             }),
             Case(format: "firewall", files: Corpus.files(under: ".") { $0.hasSuffix(".fw") }),
             Case(format: "corosync", files: Corpus.files(under: ".") { $0.contains("corosync") && $0.hasSuffix(".conf") }),

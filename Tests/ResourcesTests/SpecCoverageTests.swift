@@ -53,7 +53,8 @@ struct SpecCoverageTests {
             let (config, diagnostics) = FirewallConfig.parse(text, file: file)
             let groups = Set(((try? Corpus.text(file.split(separator: "/").dropLast().joined(separator: "/") + "/cluster.fw")).map {
                 FirewallConfig.parse($0, file: "cluster.fw", scope: .cluster).0.groups.keys.map { $0 } }) ?? [])
-            let problems = (diagnostics + FirewallValidator.validate(config, groups: config.scope == .cluster ? nil : groups)).filter { $0.severity == .error }
+            let problems = (diagnostics + FirewallValidator.validate(config, groups: config.scope == .cluster ? nil : groups))
+                .filter { $0.severity == .error }
             #expect(problems.isEmpty, "\(problems.map(\.description).joined(separator: "\n"))")
             if problems.isEmpty { passed += 1 }
         }

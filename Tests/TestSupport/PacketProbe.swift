@@ -73,7 +73,8 @@ public enum PacketProbe {
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         // The address may still be tentative (IPv6 DAD is off, but be safe).
-        setsockopt(fd, ip.contains(":") ? Int32(IPPROTO_IPV6) : Int32(IPPROTO_IP), ip.contains(":") ? 63 /* IPV6_FREEBIND */ : IP_FREEBIND, &one, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(fd, ip.contains(":") ? Int32(IPPROTO_IPV6) : Int32(IPPROTO_IP), ip.contains(":") ? 63 /* IPV6_FREEBIND */ : IP_FREEBIND,
+                   &one, socklen_t(MemoryLayout<Int32>.size))
         var (storage, length) = try address(ip, port: port)
         let result = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, length) } }
         guard result == 0 else { throw ProbeError(description: "bind \(ip):\(port): \(String(cString: strerror(errno)))") }
@@ -191,7 +192,9 @@ public enum PacketProbe {
         var sentAgain = false
         func transmit() {
             _ = packet.withUnsafeBytes { bytes in
-                withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(sender, bytes.baseAddress, bytes.count, 0, $0, length) } }
+                withUnsafePointer(to: &storage) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(sender, bytes.baseAddress, bytes.count, 0, $0, length) }
+                }
             }
         }
         transmit()
@@ -205,7 +208,8 @@ public enum PacketProbe {
                 let got = recv(receiver, &buffer, buffer.count, 0)
                 // IPv4 raw sockets deliver the IP header; find our identifier after it.
                 let offset = v6 ? 0 : Int(buffer[0] & 0x0F) * 4
-                if got >= offset + 8, buffer[offset] == icmpType, buffer[offset + 4] == UInt8(identifier >> 8), buffer[offset + 5] == UInt8(identifier & 0xFF) {
+                if got >= offset + 8, buffer[offset] == icmpType, buffer[offset + 4] == UInt8(identifier >> 8),
+                   buffer[offset + 5] == UInt8(identifier & 0xFF) {
                     return .accept
                 }
                 continue

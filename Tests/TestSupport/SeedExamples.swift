@@ -3,11 +3,14 @@ import Foundation
 /// Configuration examples printed in the admin guide (../shared/seeds),
 /// found by their shape in the running text.
 public enum SeedExamples {
-    static let storageTypes = ["dir", "nfs", "cifs", "lvm", "lvmthin", "btrfs", "zfspool", "zfs", "iscsi", "iscsidirect", "rbd", "cephfs", "pbs", "glusterfs", "esxi"]
+    static let storageTypes = ["dir", "nfs", "cifs", "lvm", "lvmthin", "btrfs", "zfspool", "zfs", "iscsi", "iscsidirect", "rbd", "cephfs", "pbs",
+                               "glusterfs", "esxi"]
 
     static func seedLines() throws -> [[Substring]] {
         let names = try FileManager.default.contentsOfDirectory(atPath: Corpus.seeds.path).filter { $0.hasSuffix(".txt") }.sorted()
-        return try names.map { try String(contentsOf: Corpus.seeds.appendingPathComponent($0), encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false) }
+        return try names.map {
+            try String(contentsOf: Corpus.seeds.appendingPathComponent($0), encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+        }
     }
 
     /// Runs of lines that look like an interfaces file: stanzas, indented
@@ -38,7 +41,8 @@ public enum SeedExamples {
         func isHeader(_ line: Substring) -> Bool {
             guard let colon = line.firstIndex(of: ":") else { return false }
             let rest = line[line.index(after: colon)...]
-            return storageTypes.contains(String(line[..<colon])) && rest.hasPrefix(" ") && !rest.dropFirst().contains(" ") && !rest.dropFirst().isEmpty
+            return storageTypes.contains(String(line[..<colon])) && rest.hasPrefix(" ") && !rest.dropFirst().contains(" ")
+                && !rest.dropFirst().isEmpty
         }
         func flush() {
             while current.last?.allSatisfy(\.isWhitespace) == true { current.removeLast() }
@@ -47,7 +51,8 @@ public enum SeedExamples {
         }
         for (index, line) in lines.enumerated() {
             if isHeader(line) { current.append(line); continue }
-            if !current.isEmpty && (line.hasPrefix(" ") || line.hasPrefix("\t")) && !line.allSatisfy(\.isWhitespace) { current.append(line); continue }
+            if !current.isEmpty && (line.hasPrefix(" ") || line.hasPrefix("\t"))
+                && !line.allSatisfy(\.isWhitespace) { current.append(line); continue }
             if !current.isEmpty && line.isEmpty && index + 1 < lines.count && isHeader(lines[index + 1]) { current.append(line); continue }
             flush()
         }

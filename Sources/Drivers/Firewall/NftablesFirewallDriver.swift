@@ -33,7 +33,8 @@ public struct NftablesFirewallDriver: FirewallDriver {
                 found = true
                 text += result.output
             } else if !result.error.contains("No such file or directory") {
-                throw FirewallError(description: "nft list table \(family) \(CompiledFirewall.table): \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
+                throw FirewallError(description: "nft list table \(family) \(CompiledFirewall.table): "
+                                    + "\(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
             }
         }
         return found ? text : nil
@@ -89,7 +90,8 @@ public struct NftablesFirewallDriver: FirewallDriver {
     public func load(script: String) async throws -> String? {
         let result = try await Command.run(inNamespace(["nft", "-f", "-"]), input: script)
         guard result.succeeded else {
-            throw FirewallError(description: "nft -f refused the ruleset, nothing was changed: \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw FirewallError(description: "nft -f refused the ruleset, nothing was changed: "
+                                + "\(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         return try await listing()
     }
@@ -102,7 +104,8 @@ public struct NftablesFirewallDriver: FirewallDriver {
     /// enough to finish a half-done earlier attempt.
     public func plumb(_ port: GuestFirewallPort) async throws {
         let existing = try await Command.check(ip(["-json", "link", "show"]))
-        let names = Set((try JSONSerialization.jsonObject(with: Data(existing.utf8)) as? [[String: Any]] ?? []).compactMap { $0["ifname"] as? String })
+        let names = Set((try JSONSerialization.jsonObject(with: Data(existing.utf8)) as? [[String: Any]] ?? [])
+            .compactMap { $0["ifname"] as? String })
         var lines: [String] = []
         if !names.contains(port.firewallBridge) {
             lines.append("link add \(port.firewallBridge) type bridge stp_state 0 forward_delay 0")
@@ -118,7 +121,8 @@ public struct NftablesFirewallDriver: FirewallDriver {
         ]
         let result = try await Command.run(ip(["-batch", "-"]), input: lines.joined(separator: "\n") + "\n")
         guard result.succeeded else {
-            throw FirewallError(description: "cannot put \(port.device) behind \(port.firewallBridge): \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw FirewallError(description: "cannot put \(port.device) behind \(port.firewallBridge): "
+                                + "\(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
         // The firewall bridge and its veth pair must not be IP endpoints of
         // the host: if the host answered ARP or NDP on them, a guest's frames
@@ -134,7 +138,8 @@ public struct NftablesFirewallDriver: FirewallDriver {
 
     public func unplumb(_ port: GuestFirewallPort) async throws {
         let existing = try await Command.check(ip(["-json", "link", "show"]))
-        let names = Set((try JSONSerialization.jsonObject(with: Data(existing.utf8)) as? [[String: Any]] ?? []).compactMap { $0["ifname"] as? String })
+        let names = Set((try JSONSerialization.jsonObject(with: Data(existing.utf8)) as? [[String: Any]] ?? [])
+            .compactMap { $0["ifname"] as? String })
         var lines: [String] = []
         if names.contains(port.device) { lines.append("link set \(port.device) master \(port.bridge)") }
         if names.contains(port.bridgePort) { lines.append("link del \(port.bridgePort)") }
@@ -142,7 +147,8 @@ public struct NftablesFirewallDriver: FirewallDriver {
         guard !lines.isEmpty else { return }
         let result = try await Command.run(ip(["-batch", "-"]), input: lines.joined(separator: "\n") + "\n")
         guard result.succeeded else {
-            throw FirewallError(description: "cannot take \(port.device) from \(port.firewallBridge): \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw FirewallError(description: "cannot take \(port.device) from \(port.firewallBridge): "
+                                + "\(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
     }
 }

@@ -161,7 +161,8 @@ public final class NetworkChangeWatcher: @unchecked Sendable {
     private let watcher: DescriptorWatcher
 
     public init(onChange: @escaping @Sendable () -> Void) throws {
-        let socketDescriptor = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0 /* NETLINK_ROUTE */)
+        let socketDescriptor = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
+                                      0 /* NETLINK_ROUTE */)
         guard socketDescriptor >= 0 else { throw WatchError(message: "netlink socket: \(String(cString: strerror(errno)))") }
         // struct sockaddr_nl: family, pad, pid (0: the kernel assigns), multicast groups.
         let groups: UInt32 = 0x1 /* RTMGRP_LINK */ | 0x10 /* RTMGRP_IPV4_IFADDR */ | 0x40 /* RTMGRP_IPV4_ROUTE */

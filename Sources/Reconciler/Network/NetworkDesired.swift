@@ -58,7 +58,8 @@ public enum NetworkDesiredState {
                 kind = .physical
             }
             for method in methods where !["static", "manual", "loopback"].contains(method) {
-                diagnostics.append(.warning(stanzas[0].location, "'\(name)': method '\(method)' is not managed yet; the link is brought up without addresses"))
+                diagnostics.append(.warning(stanzas[0].location,
+                                            "'\(name)': method '\(method)' is not managed yet; the link is brought up without addresses"))
             }
 
             var addresses: [String] = []

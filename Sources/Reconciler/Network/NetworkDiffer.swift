@@ -174,17 +174,21 @@ public struct NetworkDiffer: Sendable {
             if let bond = want.bond { have.bond = .init(mode: bond.mode, miimon: 0) }
             if let vlan = want.vlan { have.vlan = .init(id: vlan.id, rawDevice: vlan.rawDevice, proto: vlan.proto) }
         } else if let vlan = want.vlan, let current = have.vlan,
-                  current.id != vlan.id || (current.rawDevice != nil && current.rawDevice != vlan.rawDevice) || current.proto.lowercased() != vlan.proto.lowercased() {
+                  current.id != vlan.id || (current.rawDevice != nil && current.rawDevice != vlan.rawDevice)
+                    || current.proto.lowercased() != vlan.proto.lowercased() {
             action = .replace
             changes.append(PlannedChange(field: "vlan", old: "\(current.rawDevice ?? "?").\(current.id) \(current.proto)",
-                                         new: "\(vlan.rawDevice).\(vlan.id) \(vlan.proto)", changeClass: Self.changeClass("vlan-id"), source: source("vlan-id")))
+                                         new: "\(vlan.rawDevice).\(vlan.id) \(vlan.proto)",
+                                         changeClass: Self.changeClass("vlan-id"), source: source("vlan-id")))
             steps.append(.deleteLink(name: name))
             steps += createSteps(want)
-            have = ObservedLink(name: name, ifindex: 0, kind: "vlan", mtu: 1500, vlan: .init(id: vlan.id, rawDevice: vlan.rawDevice, proto: vlan.proto))
+            have = ObservedLink(name: name, ifindex: 0, kind: "vlan", mtu: 1500,
+                                vlan: .init(id: vlan.id, rawDevice: vlan.rawDevice, proto: vlan.proto))
         } else if let bond = want.bond, let current = have.bond, current.mode != bond.mode {
             // The kernel only changes a bond's mode while it is down and empty.
             action = .replace
-            changes.append(PlannedChange(field: "bond-mode", old: current.mode, new: bond.mode, changeClass: Self.changeClass("bond-mode"), source: source("bond-mode")))
+            changes.append(PlannedChange(field: "bond-mode", old: current.mode, new: bond.mode,
+                                         changeClass: Self.changeClass("bond-mode"), source: source("bond-mode")))
             steps.append(.deleteLink(name: name))
             steps += createSteps(want)
             have = ObservedLink(name: name, ifindex: 0, kind: "bond", mtu: 1500, bond: .init(mode: bond.mode, miimon: 0))
@@ -242,8 +246,10 @@ public struct NetworkDiffer: Sendable {
                 || (bond.lacpRate != nil && current?.lacpRate != bond.lacpRate) || (bond.minLinks != nil && current?.minLinks != bond.minLinks)
                 || (bond.primary != nil && current?.primary != bond.primary) {
                 if creating {
-                    changes.append(PlannedChange(field: "bond-mode", old: nil, new: bond.mode, changeClass: Self.changeClass("bond-mode"), source: source("bond-mode")))
-                    changes.append(PlannedChange(field: "bond-miimon", old: nil, new: String(bond.miimon), changeClass: Self.changeClass("bond-miimon"), source: source("bond-miimon")))
+                    changes.append(PlannedChange(field: "bond-mode", old: nil, new: bond.mode,
+                                                 changeClass: Self.changeClass("bond-mode"), source: source("bond-mode")))
+                    changes.append(PlannedChange(field: "bond-miimon", old: nil, new: String(bond.miimon),
+                                                 changeClass: Self.changeClass("bond-miimon"), source: source("bond-miimon")))
                     if let policy = bond.xmitHashPolicy {
                         changes.append(PlannedChange(field: "bond-xmit-hash-policy", old: nil, new: policy,
                                                      changeClass: Self.changeClass("bond-xmit-hash-policy"), source: source("bond-xmit-hash-policy")))
@@ -263,11 +269,13 @@ public struct NetworkDiffer: Sendable {
             }
             for slave in bond.slaves {
                 guard let port = observed.links[slave] else {
-                    changes.append(PlannedChange(field: "bond-slaves", old: nil, new: "\(slave) (missing device, skipped)", changeClass: .live, source: source("bond-slaves")))
+                    changes.append(PlannedChange(field: "bond-slaves", old: nil, new: "\(slave) (missing device, skipped)",
+                                                 changeClass: .live, source: source("bond-slaves")))
                     continue
                 }
                 if port.master != name || creating {
-                    changes.append(PlannedChange(field: "bond-slaves", old: nil, new: slave, changeClass: Self.changeClass("bond-slaves"), source: source("bond-slaves")))
+                    changes.append(PlannedChange(field: "bond-slaves", old: nil, new: slave,
+                                                 changeClass: Self.changeClass("bond-slaves"), source: source("bond-slaves")))
                     steps.append(.setBondSlave(port: slave, bond: name))
                 }
             }
@@ -287,16 +295,19 @@ public struct NetworkDiffer: Sendable {
             let current = have.bridge
             if creating || current?.stp != bridge.stp || current?.forwardDelay != bridge.forwardDelay || current?.vlanFiltering != bridge.vlanAware {
                 if current?.stp != bridge.stp && !(creating && !bridge.stp) {
-                    changes.append(PlannedChange(field: "bridge-stp", old: creating ? nil : (current?.stp == true ? "on" : "off"), new: bridge.stp ? "on" : "off",
+                    changes.append(PlannedChange(field: "bridge-stp", old: creating ? nil : (current?.stp == true ? "on" : "off"),
+                                                 new: bridge.stp ? "on" : "off",
                                                  changeClass: Self.changeClass("bridge-stp"), source: source("bridge-stp")))
                 }
                 if current?.forwardDelay != bridge.forwardDelay {
-                    changes.append(PlannedChange(field: "bridge-fd", old: creating ? nil : current.map { String($0.forwardDelay) }, new: String(bridge.forwardDelay),
+                    changes.append(PlannedChange(field: "bridge-fd", old: creating ? nil : current.map { String($0.forwardDelay) },
+                                                 new: String(bridge.forwardDelay),
                                                  changeClass: Self.changeClass("bridge-fd"), source: source("bridge-fd")))
                 }
                 if current?.vlanFiltering != bridge.vlanAware && !(creating && !bridge.vlanAware) {
                     changes.append(PlannedChange(field: "bridge-vlan-aware", old: creating ? nil : (current?.vlanFiltering == true ? "yes" : "no"),
-                                                 new: bridge.vlanAware ? "yes" : "no", changeClass: Self.changeClass("bridge-vlan-aware"), source: source("bridge-vlan-aware")))
+                                                 new: bridge.vlanAware ? "yes" : "no", changeClass: Self.changeClass("bridge-vlan-aware"),
+                                                 source: source("bridge-vlan-aware")))
                 }
                 let touchesFiltering = bridge.vlanAware || current?.vlanFiltering == true
                 steps.append(.setBridge(name: name, stp: bridge.stp, forwardDelay: bridge.forwardDelay,
@@ -304,18 +315,23 @@ public struct NetworkDiffer: Sendable {
             }
             for portName in bridge.ports {
                 // A port this apply creates (a bond, a VLAN) counts as there; a missing NIC does not.
-                let created = declared[portName].flatMap { $0.kind == .physical || $0.kind == .loopback ? nil : ObservedLink(name: $0.name, ifindex: 0) }
+                let created = declared[portName].flatMap {
+                    $0.kind == .physical || $0.kind == .loopback ? nil : ObservedLink(name: $0.name, ifindex: 0)
+                }
                 guard let port = observed.links[portName] ?? created else {
-                    changes.append(PlannedChange(field: "bridge-ports", old: nil, new: "\(portName) (missing device, skipped)", changeClass: .live, source: source("bridge-ports")))
+                    changes.append(PlannedChange(field: "bridge-ports", old: nil, new: "\(portName) (missing device, skipped)",
+                                                 changeClass: .live, source: source("bridge-ports")))
                     continue
                 }
                 if port.master != name || creating || port.ifindex == 0 {
-                    changes.append(PlannedChange(field: "bridge-ports", old: nil, new: portName, changeClass: Self.changeClass("bridge-ports"), source: source("bridge-ports")))
+                    changes.append(PlannedChange(field: "bridge-ports", old: nil, new: portName,
+                                                 changeClass: Self.changeClass("bridge-ports"), source: source("bridge-ports")))
                     steps.append(.setMaster(port: portName, master: name))
                     steps.append(.setUp(name: portName))
                 }
                 if bridge.disableMACLearning && (port.learning != false || port.master != name) {
-                    changes.append(PlannedChange(field: "bridge-disable-mac-learning", old: nil, new: portName, changeClass: Self.changeClass("bridge-disable-mac-learning"),
+                    changes.append(PlannedChange(field: "bridge-disable-mac-learning", old: nil, new: portName,
+                                                 changeClass: Self.changeClass("bridge-disable-mac-learning"),
                                                  source: source("bridge-disable-mac-learning")))
                     steps.append(.setLearning(port: portName, learning: false))
                 }
@@ -338,7 +354,8 @@ public struct NetworkDiffer: Sendable {
             // Detach only ports the reconciler attached before and the file dropped.
             for previous in record?.config.bridge?.ports ?? [] where !bridge.ports.contains(previous) {
                 if observed.links[previous]?.master == name {
-                    changes.append(PlannedChange(field: "bridge-ports", old: previous, new: nil, changeClass: Self.changeClass("bridge-ports"), source: source("bridge-ports")))
+                    changes.append(PlannedChange(field: "bridge-ports", old: previous, new: nil,
+                                                 changeClass: Self.changeClass("bridge-ports"), source: source("bridge-ports")))
                     steps.append(.clearMaster(port: previous))
                 }
             }

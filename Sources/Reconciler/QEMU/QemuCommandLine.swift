@@ -173,10 +173,13 @@ public struct QemuCommandLine {
         }
         let printedMachine = machineType.contains("+pve") ? machineType : machineType + (machinePinned ? "+pve0" : "")
         guard host.qemuVersion >= QemuVersion(machineVersion.major, machineVersion.minor) else {
-            throw Failure("Installed QEMU version '\(host.qemuVersion)' is too old to run machine type '\(printedMachine)', please upgrade node '\(host.nodeName)'")
+            throw Failure("Installed QEMU version '\(host.qemuVersion)' is too old to run machine type '\(printedMachine)', "
+                              + "please upgrade node '\(host.nodeName)'")
         }
         if machinePVE > Self.maxPVEVersion(machineVersion) {
-            throw Failure("Installed qemu-server (max feature level for \(machineVersion.major).\(machineVersion.minor) is pve\(Self.maxPVEVersion(machineVersion))) is too old to run machine type '\(printedMachine)', please upgrade node '\(host.nodeName)'")
+            throw Failure("Installed qemu-server (max feature level for \(machineVersion.major).\(machineVersion.minor) "
+                              + "is pve\(Self.maxPVEVersion(machineVersion))) is too old to run machine type '\(printedMachine)', "
+                              + "please upgrade node '\(host.nodeName)'")
         }
         let viommu = machineProperty["viommu"]
         if viommu == "intel" && !isQ35 { throw Failure("to use Intel vIOMMU please set the machine type to q35") }
@@ -339,7 +342,8 @@ public struct QemuCommandLine {
             if vga.qxl > 1 {
                 if winversion > 0 {
                     for extra in 1..<vga.qxl {
-                        devices += ["-device", try vgaDevice(vga, winversion: winversion, q35: q35, bridges: &bridges, machineAtLeast: atLeast, id: extra)]
+                        devices += ["-device", try vgaDevice(vga, winversion: winversion, q35: q35, bridges: &bridges,
+                                                             machineAtLeast: atLeast, id: extra)]
                     }
                 } else {
                     let ram = vga.memory.map { String(vga.qxl * 4 * $0 * 1024 * 1024) } ?? "134217728"
@@ -597,7 +601,8 @@ public struct QemuCommandLine {
                 } else if hugepages != nil {
                     throw Failure("numa hostnodes need to be defined to use hugepages")
                 }
-                cmd += ["-object", object, "-numa", "node,nodeid=\(index),cpus=\(cpus.split(separator: ";").joined(separator: ",cpus=")),memdev=ram-node\(index)"]
+                cmd += ["-object", object, "-numa",
+                        "node,nodeid=\(index),cpus=\(cpus.split(separator: ";").joined(separator: ",cpus=")),memdev=ram-node\(index)"]
                 nodes.append(index)
             }
             if custom > 0 && custom != staticMemory { throw Failure("total memory for NUMA nodes must be equal to vm static memory") }
@@ -752,7 +757,9 @@ public struct QemuCommandLine {
         var pve: [(String, CPUFlag)] = []
         if cputype == "kvm64" && arch == "x86_64" { pve.append(("lahf_lm", CPUFlag(op: "+", reason: "set by PVE; to support Windows 8.1+"))) }
         if conf["ostype"] == "solaris" { pve.append(("x2apic", CPUFlag(op: "-", reason: "set by PVE; incompatible with Solaris"))) }
-        if cputype == "kvm64" || cputype == "kvm32" { pve.append(("sep", CPUFlag(op: "+", reason: "set by PVE; to support Windows 8+ and improve Windows XP+"))) }
+        if cputype == "kvm64" || cputype == "kvm32" {
+            pve.append(("sep", CPUFlag(op: "+", reason: "set by PVE; to support Windows 8+ and improve Windows XP+")))
+        }
         if cputype.hasPrefix("Opteron") { pve.append(("rdtscp", CPUFlag(op: "-", reason: "set by PVE; broken on AMD Opteron"))) }
         if machineAtLeast(2, 3, 0) && kvm && arch == "x86_64" {
             pve.append(("kvm_pv_unhalt", CPUFlag(op: "+", reason: "set by PVE; to improve Linux guest spinlock performance")))
@@ -829,12 +836,19 @@ public struct QemuCommandLine {
             type = "qxl"
         }
         if type == nil {
-            if arch == "aarch64" { type = "virtio" } else if machineAtLeast(2, 9, 0) { type = (winversion == 0 || winversion >= 6) ? "std" : "cirrus" } else { type = winversion >= 6 ? "std" : "cirrus" }
+            if arch == "aarch64" {
+                type = "virtio"
+            } else if machineAtLeast(2, 9, 0) {
+                type = (winversion == 0 || winversion >= 6) ? "std" : "cirrus"
+            } else {
+                type = winversion >= 6 ? "std" : "cirrus"
+            }
         }
         return VGA(type: type!, memory: property["memory"].flatMap { Int($0) }, qxl: qxl, clipboard: property["clipboard"])
     }
 
-    func vgaDevice(_ vga: VGA, winversion: Int, q35: Bool, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool, id: Int? = nil) throws -> String {
+    func vgaDevice(_ vga: VGA, winversion: Int, q35: Bool, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool,
+                   id: Int? = nil) throws -> String {
         let map = ["cirrus": "cirrus-vga", "std": "VGA", "vmware": "vmware-svga", "virtio": "virtio-vga", "virtio-gl": "virtio-vga-gl"]
         var type = map[vga.type]
         if arch == "aarch64" && type == "virtio-vga" { type = "virtio-gpu" }
@@ -949,7 +963,8 @@ public struct QemuCommandLine {
             if hostValue.lowercased() == "spice" {
                 let bus = (usb3 && spiceUSB3) || qemuXHCI ? "xhci" : "ehci"
                 devices += ["-chardev", "spicevmc,id=usbredirchardev\(index),name=usbredir",
-                            "-device", "usb-redir,chardev=usbredirchardev\(index),id=usbredirdev\(index),bus=\(bus).0" + (port.map { ",port=\($0)" } ?? "")]
+                            "-device", "usb-redir,chardev=usbredirchardev\(index),id=usbredirdev\(index),bus=\(bus).0"
+                                + (port.map { ",port=\($0)" } ?? "")]
                 continue
             }
             var device = "usb-host"
@@ -958,7 +973,9 @@ public struct QemuCommandLine {
             }
             let parts = hostValue.split(separator: ":")
             if parts.count == 2, parts.allSatisfy({ $0.replacingOccurrences(of: "0x", with: "").count == 4 }) {
-                device += ",vendorid=0x\(parts[0].replacingOccurrences(of: "0x", with: "")),productid=0x\(parts[1].replacingOccurrences(of: "0x", with: ""))"
+                let vendor = parts[0].replacingOccurrences(of: "0x", with: "")
+                let product = parts[1].replacingOccurrences(of: "0x", with: "")
+                device += ",vendorid=0x\(vendor),productid=0x\(product)"
             } else if let dash = hostValue.firstIndex(of: "-") {
                 device += ",hostbus=\(hostValue[..<dash]),hostport=\(hostValue[hostValue.index(after: dash)...])"
             } else {
@@ -993,7 +1010,9 @@ public struct QemuCommandLine {
             var functions: [String] = []
             var sysfs: String?
             if let mapping = property["mapping"] {
-                guard let entry = host.pciMappings[mapping], !entry.paths.isEmpty else { throw Failure("PCI device mapping not found for '\(mapping)'") }
+                guard let entry = host.pciMappings[mapping], !entry.paths.isEmpty else {
+                    throw Failure("PCI device mapping not found for '\(mapping)'")
+                }
                 if property["mdev"] != nil && entry.mdev {
                     sysfs = mdevPath(index)
                 } else {
@@ -1126,7 +1145,8 @@ public struct QemuCommandLine {
 
     /// The protocol node of a drive (file, host_device, rbd, iscsi, ...), its
     /// format and the storage's config.
-    func protocolNode(_ drive: Drive) throws -> (node: [String: CanonicalJSON], format: String, storageType: String?, section: SectionConfigFile.Section?) {
+    func protocolNode(_ drive: Drive) throws -> (node: [String: CanonicalJSON], format: String, storageType: String?,
+                                                 section: SectionConfigFile.Section?) {
         if drive.file.hasPrefix("/") {
             let driver = drive.file.contains("/dev/") ? (drive.isCDROM ? "host_cdrom" : "host_device") : "file"
             return (["driver": .string(driver), "filename": .string(drive.file)], drive.options["format"] ?? "raw", nil, nil)
@@ -1140,7 +1160,11 @@ public struct QemuCommandLine {
         guard let section = storageSection(storageID) else { throw Failure("storage '\(storageID)' does not exist") }
         let type = section.type
         let volume: StorageVolumes.Volume
-        do { volume = try StorageVolumes.parseVolname(volname, storageType: type == "zfs" ? "zfspool" : type) } catch { throw Failure(error.description) }
+        do {
+            volume = try StorageVolumes.parseVolname(volname, storageType: type == "zfs" ? "zfspool" : type)
+        } catch {
+            throw Failure(error.description)
+        }
         let content = Set(StorageVolumes.splitList(Self.property(section, "content") ?? ""))
         let wanted = volume.vtype == "iso" ? "iso" : "images"
         if !content.isEmpty && !content.contains(wanted) {
@@ -1159,7 +1183,9 @@ public struct QemuCommandLine {
         case "rbd":
             if Self.boolean(Self.property(section, "krbd")) == true {
                 let pool = Self.property(section, "pool") ?? "rbd"
-                return (["driver": .string("host_device"), "filename": .string("/dev/rbd-pve/\(Self.property(section, "fsid") ?? "")/\(pool)/\(volume.name)")], format, type, section)
+                return (["driver": .string("host_device"),
+                         "filename": .string("/dev/rbd-pve/\(Self.property(section, "fsid") ?? "")/\(pool)/\(volume.name)")],
+                        format, type, section)
             }
             var node: [String: CanonicalJSON] = ["driver": .string("rbd"), "pool": .string(Self.property(section, "pool") ?? "rbd"),
                                                  "image": .string(volume.name), "auth-client-required": .array([.string("none")])]
@@ -1225,8 +1251,9 @@ public struct QemuCommandLine {
                 var layerFile = file
                 layerFile["filename"] = .string(layer.file)
                 layerFile["node-name"] = .string(Self.nodeName("e", drive: drive.key, volume: drive.file, snapshot: layer.name))
-                var layerFormat: [String: CanonicalJSON] = ["node-name": .string(Self.nodeName("f", drive: drive.key, volume: drive.file, snapshot: layer.name)),
-                                                            "driver": .string(format), "file": .object(layerFile), "cache": cache]
+                var layerFormat: [String: CanonicalJSON] = [
+                    "node-name": .string(Self.nodeName("f", drive: drive.key, volume: drive.file, snapshot: layer.name)),
+                    "driver": .string(format), "file": .object(layerFile), "cache": cache]
                 if volumeChain { layerFormat["discard-no-unref"] = .bool(true) }
                 if let below = backing { layerFormat["backing"] = .object(below) }
                 common(&layerFormat)
@@ -1407,7 +1434,9 @@ public struct QemuCommandLine {
         var text: String
         if net.bridge != nil {
             let vhost = native && host.vhostNet && net.model == "virtio" ? ",vhost=on" : ""
-            let scripts = host.bridgeScripts ? "script=/usr/libexec/qemu-server/pve-bridge,downscript=/usr/libexec/qemu-server/pve-bridgedown" : "script=no,downscript=no"
+            let scripts = host.bridgeScripts
+                ? "script=/usr/libexec/qemu-server/pve-bridge,downscript=/usr/libexec/qemu-server/pve-bridgedown"
+                : "script=no,downscript=no"
             text = "type=tap,id=\(id),ifname=tap\(vmid)i\(net.index),\(scripts)\(vhost)"
         } else {
             text = "type=user,id=\(id),hostname=\(conf["name"] ?? "vm\(vmid)")"
@@ -1416,7 +1445,8 @@ public struct QemuCommandLine {
         return text
     }
 
-    func netDevice(_ net: NIC, bootindex: Int?, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool, oldBIOSFiles: Bool = false) throws -> String {
+    func netDevice(_ net: NIC, bootindex: Int?, bridges: inout Set<Int>, machineAtLeast: (Int, Int, Int) -> Bool,
+                   oldBIOSFiles: Bool = false) throws -> String {
         let id = "net\(net.index)"
         let device = net.model == "virtio" ? "virtio-net-pci" : net.model
         var text = "\(device),mac=\(net.mac),netdev=\(id)\(Self.pciAddress(id, bridges: &bridges)),id=\(id)"
@@ -1475,7 +1505,8 @@ public struct QemuCommandLine {
             cmd += ["-drive", "if=pflash,unit=1,id=drive-efidisk0,format=\(node.format),file=\(path)"]
             return (cmd, [])
         }
-        cmd += ["-object", CanonicalJSON.object(["id": .string("throttle-drive-efidisk0"), "limits": .object([:]), "qom-type": .string("throttle-group")]).text]
+        cmd += ["-object", CanonicalJSON.object(["id": .string("throttle-drive-efidisk0"), "limits": .object([:]),
+                                                 "qom-type": .string("throttle-group")]).text]
         cmd += ["-blockdev", CanonicalJSON.object(["driver": .string("raw"), "node-name": .string("pflash0"), "read-only": .bool(true),
                                                    "file": .object(["driver": .string("file"), "filename": .string(code)])]).text]
         // Without an efidisk, the EFI vars live in a temporary copy under /run.

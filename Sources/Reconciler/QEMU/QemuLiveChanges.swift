@@ -35,7 +35,8 @@ public enum QemuLiveStep: Sendable, Hashable, CustomStringConvertible {
             arguments == "{}" ? "qmp \(name)" : "qmp \(name) \(arguments)"
         case .monitor(let text), .monitorIgnoringFailure(let text): "monitor \(text)"
         case .unplug(let id): "qmp device_del \(id) (wait for the guest to release it)"
-        case .attachTap(let tap, let bridge, let tag): "ip link set \(tap) master \(bridge) up" + (tag.map { "; bridge vlan add dev \(tap) vid \($0) pvid untagged" } ?? "")
+        case .attachTap(let tap, let bridge, let tag):
+            "ip link set \(tap) master \(bridge) up" + (tag.map { "; bridge vlan add dev \(tap) vid \($0) pvid untagged" } ?? "")
         case .setCPUs(let count): "hot-plug vCPUs up to \(count)"
         }
     }

@@ -18,7 +18,8 @@ public enum StorageDesiredState {
             if section.id == "local" {
                 sawLocal = true
                 if section.type != "dir" || (properties["path"].map { $0 != "/var/lib/vz" } ?? false) {
-                    problems.append(.warning(section.location, "storage 'local' is always the directory /var/lib/vz (as Proxmox VE enforces); this section is replaced by it"))
+                    problems.append(.warning(section.location, "storage 'local' is always the directory /var/lib/vz (as Proxmox VE enforces); "
+                                                               + "this section is replaced by it"))
                     result.append(implicitLocal(source: section.location))
                     continue
                 }
@@ -153,7 +154,8 @@ public enum StorageDesiredState {
         case "btrfs":
             // Each image is a subvolume holding disk.raw; a container subvol is the subvolume itself.
             guard let path = storage.path, let vmid = volume.vmid, volume.vtype == "images" else { return nil }
-            let directory = (try? StorageVolumes.subdirectory(path: path, contentDirectories: storage.contentDirectories, vtype: "images")) ?? path + "/images"
+            let directory = (try? StorageVolumes.subdirectory(path: path, contentDirectories: storage.contentDirectories, vtype: "images"))
+                ?? path + "/images"
             if volume.format == "subvol" { return "\(directory)/\(vmid)/\(volume.name)" }
             let base = volume.name.hasSuffix(".raw") ? String(volume.name.dropLast(4)) : volume.name
             return "\(directory)/\(vmid)/\(base)/disk.raw"
