@@ -160,3 +160,27 @@ extension Array where Element == Diagnostic {
 func joinLines(_ lines: [String]) -> String {
     lines.joined(separator: "\n")
 }
+
+/// One `key value` line of a format (a guest config entry, an interfaces option, a section property), with where it
+/// is and where its value starts, so a diagnostic about the value points at the value. `Value` is `String?` where a
+/// format allows a bare key.
+public struct KeyValueEntry<Value: Hashable & Sendable>: Hashable, Sendable {
+    public var key: String
+    public var value: Value
+    public var location: SourceLocation
+    public var valueColumn: Int
+
+    public init(key: String, value: Value, location: SourceLocation = SourceLocation(file: "", line: 0), valueColumn: Int = 0) {
+        self.key = key
+        self.value = value
+        self.location = location
+        self.valueColumn = valueColumn
+    }
+
+    public var valueLocation: SourceLocation { SourceLocation(file: location.file, line: location.line, column: valueColumn) }
+}
+
+extension KeyValueEntry where Value == String {
+    /// Raw `lxc.*` keys of a container config are passed to LXC as they are.
+    public var isRawLXC: Bool { key.hasPrefix("lxc.") }
+}

@@ -9,26 +9,8 @@ public struct GuestConfig: Hashable, Sendable {
         case lxc
     }
 
-    public struct Entry: Hashable, Sendable {
-        public var key: String
-        public var value: String
-        public var location: SourceLocation
-        public var valueColumn: Int
-
-        public init(key: String, value: String, location: SourceLocation = SourceLocation(file: "", line: 0), valueColumn: Int = 0) {
-            self.key = key
-            self.value = value
-            self.location = location
-            self.valueColumn = valueColumn
-        }
-
-        public var valueLocation: SourceLocation {
-            SourceLocation(file: location.file, line: location.line, column: valueColumn)
-        }
-
-        /// Raw `lxc.*` keys are passed to LXC as they are.
-        public var isRawLXC: Bool { key.hasPrefix("lxc.") }
-    }
+    /// A `key: value` line.
+    public typealias Entry = KeyValueEntry<String>
 
     public enum Role: Hashable, Sendable {
         case main

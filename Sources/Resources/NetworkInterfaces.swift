@@ -1,23 +1,8 @@
 /// `/etc/network/interfaces` in the ifupdown2 dialect Proxmox writes, as an
 /// ordered list of stanzas (lossless) with source positions.
 public struct InterfacesFile: Hashable, Sendable {
-    public struct Option: Hashable, Sendable {
-        public var key: String
-        public var value: String
-        public var location: SourceLocation
-        public var valueColumn: Int
-
-        public init(key: String, value: String, location: SourceLocation = SourceLocation(file: "", line: 0), valueColumn: Int = 0) {
-            self.key = key
-            self.value = value
-            self.location = location
-            self.valueColumn = valueColumn
-        }
-
-        public var valueLocation: SourceLocation {
-            SourceLocation(file: location.file, line: location.line, column: valueColumn)
-        }
-    }
+    /// An option line of a stanza (`address 192.0.2.1/24`).
+    public typealias Option = KeyValueEntry<String>
 
     public enum StanzaKind: Hashable, Sendable {
         /// `auto a b`, `allow-auto a`, `allow-hotplug a`, `allow-ovs a`, `allow-vmbr0 a`.
@@ -133,7 +118,8 @@ public struct InterfacesFile: Hashable, Sendable {
                 stanza = Stanza(kind: .allow(class: "auto", interfaces: Array(words.dropFirst())), location: location(headerIndex))
                 if words.count < 2 { diagnostics.append(.error(location(headerIndex), "'\(keyword)' names no interface")) }
             case _ where keyword.hasPrefix("allow-"):
-                stanza = Stanza(kind: .allow(class: String(keyword.dropFirst(6)), interfaces: Array(words.dropFirst())), location: location(headerIndex))
+                stanza = Stanza(kind: .allow(class: String(keyword.dropFirst(6)), interfaces: Array(words.dropFirst())),
+                                location: location(headerIndex))
                 if words.count < 2 { diagnostics.append(.error(location(headerIndex), "'\(keyword)' names no interface")) }
             case "source":
                 stanza = Stanza(kind: .source(words.dropFirst().joined(separator: " ")), location: location(headerIndex))

@@ -18,24 +18,8 @@ public struct SectionTypeLayout: Hashable, Sendable {
 /// The `type: id` blocks with tab-indented `key value` lines used by
 /// storage.cfg, ha/resources.cfg, ha/groups.cfg, domains.cfg and others.
 public struct SectionConfigFile: Hashable, Sendable {
-    public struct Property: Hashable, Sendable {
-        public var key: String
-        /// nil for a bare key such as `disable` (a boolean set to 1).
-        public var value: String?
-        public var location: SourceLocation
-        public var valueColumn: Int
-
-        public init(key: String, value: String?, location: SourceLocation = SourceLocation(file: "", line: 0), valueColumn: Int = 0) {
-            self.key = key
-            self.value = value
-            self.location = location
-            self.valueColumn = valueColumn
-        }
-
-        public var valueLocation: SourceLocation {
-            SourceLocation(file: location.file, line: location.line, column: valueColumn)
-        }
-    }
+    /// A `\tkey value` line; the value is nil for a bare key such as `disable` (a boolean set to 1).
+    public typealias Property = KeyValueEntry<String?>
 
     public struct Section: LosslessBlock {
         public var type: String
