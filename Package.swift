@@ -34,7 +34,7 @@ let package = Package(
         ),
         .target(
             name: "Reconciler",
-            dependencies: ["Resources", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Resources", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .target(
@@ -68,8 +68,10 @@ let package = Package(
         ),
         // Shared by the test targets: locating ../shared, network namespaces.
         .target(name: "TestSupport", dependencies: ["Drivers"], path: "Tests/TestSupport", swiftSettings: strict),
-        .testTarget(name: "ResourcesTests", dependencies: ["Resources", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "ReconcilerTests", dependencies: ["Reconciler", "Resources", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "ResourcesTests", dependencies: ["Resources", "Drivers", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "ReconcilerTests",
+                    dependencies: ["Reconciler", "Resources", "TestSupport", .product(name: "Logging", package: "swift-log")],
+                    swiftSettings: strict),
         .testTarget(name: "DriversTests", dependencies: ["Drivers", "Reconciler", "Resources", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "ClusterFSTests", dependencies: ["ClusterFS", "TestSupport"], swiftSettings: strict),
     ],

@@ -5,7 +5,8 @@
 // scripts/fuzz builds and runs them.
 import PackageDescription
 
-let formats = ["storage", "sectionconfig", "qemu", "lxc", "interfaces", "firewall", "corosync", "datacenter", "user", "volumeid", "firewallruleset"]
+let formats = ["storage", "sectionconfig", "qemu", "lxc", "interfaces", "firewall", "corosync", "datacenter", "user", "volumeid",
+               "firewallruleset", "netservices"]
 
 let package = Package(
     name: "pvectl-fuzz",

@@ -54,6 +54,10 @@ public struct DesiredState: Sendable {
     public var interfaces: InterfacesFile?
     /// The path the interfaces were read from (`interfaces.new` when staged).
     public var interfacesPath: String?
+    /// Service and protocol names (`/etc/services`, `/etc/protocols`), read when there is a firewall.
+    public var networkServices = NetworkServices(services: nil, protocols: nil)
+    /// A staged `interfaces.new` this load did not read (the loop leaves it for `pvectl apply`).
+    public var stagedInterfacesLeftAlone: String?
     /// SDN vnets declared in `sdn/vnets.cfg`; guests may attach to them.
     public var sdnVnets: Set<String> = []
     /// Parse problems, in file order.
@@ -88,13 +92,14 @@ public struct DesiredState: Sendable {
         var state = DesiredState(root: root, node: node)
         let fm = source
         func path(_ relative: String) -> String { root.hasSuffix("/") ? root + relative : root + "/" + relative }
-        func read(_ file: String) -> String? {
+        /// `counted`: a desired-state file (`validate` says how many it read), not a host table.
+        func read(_ file: String, counted: Bool = true) -> String? {
             guard fm.fileExists(atPath: file) else { return nil }
             guard let data = fm.contents(atPath: file) else {
                 state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "cannot read file"))
                 return nil
             }
-            state.filesRead += 1
+            if counted { state.filesRead += 1 }
             if computeDigests { state.digests[file] = Digest.sha256Hex(data) }
             guard let text = String(data: data, encoding: .utf8) else {
                 state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "file is not valid UTF-8"))
@@ -181,6 +186,9 @@ public struct DesiredState: Sendable {
             stagedInterfaces && fm.fileExists(atPath: path + ".new") ? path + ".new" : path
         }
         let interfacesText = interfacesSource.flatMap { read($0) }
+        if let interfacesPath, !stagedInterfaces, fm.fileExists(atPath: interfacesPath + ".new") {
+            state.stagedInterfacesLeftAlone = interfacesPath + ".new"
+        }
         let files = guestFiles
         let slots = UnsafeResultSlots<LoadedGuest>(count: files.count)
         let storageSlot = UnsafeResultSlots<(SectionConfigFile, [Diagnostic])>(count: 1)
@@ -214,7 +222,8 @@ public struct DesiredState: Sendable {
             // Digests serve saved plans (what changed since); `validate` has no use for them.
             let digest = computeDigests ? Digest.sha256Hex(data) : nil
             guard let text = String(data: data, encoding: .utf8) else {
-                slots.set(index, LoadedGuest(digest: digest, diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "file is not valid UTF-8")]))
+                slots.set(index, LoadedGuest(digest: digest,
+                                             diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "file is not valid UTF-8")]))
                 return
             }
             let (parsed, diagnostics) = GuestConfig.parse(text, file: entry.path, kind: entry.kind)
@@ -243,6 +252,9 @@ public struct DesiredState: Sendable {
             let (file, diagnostics) = FirewallConfig.parse(text, file: path("firewall/cluster.fw"), scope: .cluster)
             state.clusterFirewall = file
             record(diagnostics, freezing: [ResourceID(kind: "firewall", name: "cluster")])
+            // Rules may name services and protocols: the host's tables are inputs of the firewall's plan.
+            state.networkServices = NetworkServices(services: read(NetworkServices.servicesPath, counted: false),
+                                                    protocols: read(NetworkServices.protocolsPath, counted: false))
         }
         if let text = read(path("nodes/\(node)/host.fw")) {
             let (file, diagnostics) = FirewallConfig.parse(text, file: path("nodes/\(node)/host.fw"), scope: .host)

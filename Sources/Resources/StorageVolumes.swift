@@ -161,12 +161,14 @@ public enum StorageVolumes {
             let kind = groups[6]!
             let format = kind == "vm" || kind == "base" ? "raw" : "subvol"
             let isBase = kind == "base" || kind == "basevol" ? kind : nil
-            return Volume(vtype: "images", name: groups[5]!, vmid: groups[7], baseName: groups[2], baseVMID: groups[4], isBase: isBase, format: format)
+            return Volume(vtype: "images", name: groups[5]!, vmid: groups[7], baseName: groups[2], baseVMID: groups[4],
+                          isBase: isBase, format: format)
         case "rbd":
             guard let groups = match(volname, rbdVolumePattern) else {
                 throw Failure("unable to parse rbd volume name '\(volname)'\n")
             }
-            return Volume(vtype: "images", name: groups[4]!, vmid: groups[7], baseName: groups[2], baseVMID: groups[3], isBase: groups[5], format: "raw")
+            return Volume(vtype: "images", name: groups[4]!, vmid: groups[7], baseName: groups[2], baseVMID: groups[3],
+                          isBase: groups[5], format: "raw")
         default:
             return try parseDirectoryVolname(volname)
         }
@@ -265,16 +267,26 @@ public enum StorageVolumes {
         }
     }
 
+    /// What `pathToVolumeID` needs to know about files; a driver answers from the host.
+    public protocol VolumeFiles {
+        /// realpath(3), or nil when the path does not exist.
+        func resolve(_ path: String) -> String?
+        func exists(_ path: String) -> Bool
+        /// The backing file a qcow2 image names, or nil.
+        func qcow2BackingFile(_ path: String) -> String?
+    }
+
     /// Maps a file system path (or a volume ID) to `(vtype, volume ID)`; nil
     /// when no storage holds it. Image files must exist (they are looked up
     /// as the storage lists them, a linked clone with its base).
-    public static func pathToVolumeID(_ path: String, storages: [FileStorage]) throws(Failure) -> (vtype: String, volumeID: String)? {
+    public static func pathToVolumeID(_ path: String, storages: [FileStorage],
+                                      files: some VolumeFiles) throws(Failure) -> (vtype: String, volumeID: String)? {
         if let (storage, volname) = parseVolumeID(path) {
             guard let definition = storages.first(where: { $0.id == storage }) else { return nil }
             let volume = try parseVolname(volname, storageType: definition.type)
             return (volume.vtype, path)
         }
-        let resolved = realPath(path) ?? path
+        let resolved = files.resolve(path) ?? path
         for storage in storages.sorted(by: { $0.id < $1.id }) {
             func directory(_ vtype: String) -> String {
                 storage.path + "/" + (storage.contentDirectories[vtype] ?? contentSubdirectories[vtype]!)
@@ -285,8 +297,8 @@ public enum StorageVolumes {
             }
             if let rest = under("images"), let groups = match(rest, imageFilePattern) {
                 let vmid = groups[1]!, name = groups[2]!
-                guard let parsed = try? parseNameDir(name), FileManager.default.fileExists(atPath: resolved) else { continue }
-                if parsed.format == "qcow2", let backing = QCOW2Header(path: resolved)?.backingFile,
+                guard let parsed = try? parseNameDir(name), files.exists(resolved) else { continue }
+                if parsed.format == "qcow2", let backing = files.qcow2BackingFile(resolved),
                    let base = match(backing, backingFilePattern) {
                     return ("images", "\(storage.id):\(base[1]!)/\(base[2]!)/\(vmid)/\(name)")
                 }
@@ -306,33 +318,28 @@ public enum StorageVolumes {
         return nil
     }
 
-    /// realpath(3), or nil when the path does not exist.
-    public static func realPath(_ path: String) -> String? {
-        guard let resolved = realpath(path, nil) else { return nil }
-        defer { free(resolved) }
-        return String(cString: resolved)
-    }
+    /// What a qcow2 image's header says: the guest-visible size and where the backing file's name (a linked clone's
+    /// base) is, parsed from the first 32 bytes without running qemu-img. Reading the file is the caller's (a driver's).
+    public struct QCOW2Header: Sendable, Equatable {
+        /// The bytes to read from the start of an image.
+        public static let length = 32
 
-    /// What a qcow2 image's header says: the guest-visible size and the
-    /// backing file (a linked clone's base), read without running qemu-img.
-    public struct QCOW2Header: Sendable {
         public var virtualSize: UInt64
-        public var backingFile: String?
+        /// Offset and length of the backing file name; nil without a backing file.
+        public var backingFileName: (offset: UInt64, length: Int)?
 
-        /// nil when the file is not a qcow2 image.
-        public init?(path: String) {
-            guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-            defer { try? handle.close() }
-            guard let header = try? handle.read(upToCount: 32), header.count == 32,
-                  header.prefix(4) == Data([0x51, 0x46, 0x49, 0xFB]) else { return nil }
-            let bytes = [UInt8](header)
-            func number(_ range: Range<Int>) -> UInt64 { bytes[range].reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
+        /// nil when the bytes are not a qcow2 header.
+        public init?(_ header: [UInt8]) {
+            guard header.count >= Self.length, header.prefix(4) == [0x51, 0x46, 0x49, 0xFB] else { return nil }
+            func number(_ range: Range<Int>) -> UInt64 { header[range].reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
             virtualSize = number(24..<32)
             let offset = number(8..<16), size = number(16..<20)
-            if offset > 0, size > 0, size < 4096, (try? handle.seek(toOffset: offset)) != nil,
-               let name = try? handle.read(upToCount: Int(size)), name.count == Int(size) {
-                backingFile = String(decoding: name, as: UTF8.self)
-            }
+            backingFileName = offset > 0 && size > 0 && size < 4096 ? (offset, Int(size)) : nil
+        }
+
+        public static func == (lhs: QCOW2Header, rhs: QCOW2Header) -> Bool {
+            lhs.virtualSize == rhs.virtualSize && lhs.backingFileName?.offset == rhs.backingFileName?.offset
+                && lhs.backingFileName?.length == rhs.backingFileName?.length
         }
     }
 

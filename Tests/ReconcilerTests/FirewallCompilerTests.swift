@@ -8,6 +8,10 @@ import Testing
 /// (The rulesets are loaded and exercised with real packets in DriversTests.)
 @Suite("firewall compiler")
 struct FirewallCompilerTests {
+    /// This machine's service and protocol names, as pvectl reads them for a plan.
+    static let hostServices = NetworkServices(services: try? String(contentsOfFile: NetworkServices.servicesPath, encoding: .utf8),
+                                              protocols: try? String(contentsOfFile: NetworkServices.protocolsPath, encoding: .utf8))
+
     static func file(_ text: String, _ path: String) -> FirewallConfig {
         FirewallConfig.parse(text, file: path).0
     }
@@ -15,13 +19,15 @@ struct FirewallCompilerTests {
     static func compile(cluster: String, host: String? = nil, guests: [Int: String] = [:], configs: [Int: (GuestConfig.Kind, String)] = [:],
                         corosync: String? = nil, interfaces: String? = nil, resolved: String? = nil) -> CompiledFirewall {
         let guestConfigs = configs.map { vmid, entry in
-            DesiredState.Guest(vmid: vmid, node: "pve1", config: GuestConfig.parse(entry.1, file: "/pve/\(vmid).conf", kind: entry.0).0, path: "/pve/\(vmid).conf")
+            DesiredState.Guest(vmid: vmid, node: "pve1", config: GuestConfig.parse(entry.1, file: "/pve/\(vmid).conf", kind: entry.0).0,
+                               path: "/pve/\(vmid).conf")
         }
         return FirewallCompiler.compile(FirewallCompiler.Input(
             node: "pve1", cluster: file(cluster, "/pve/firewall/cluster.fw"), host: host.map { file($0, "/pve/nodes/pve1/host.fw") },
             guestFirewalls: guests.mapValues { file($0, "/pve/firewall/guest.fw") }, guests: guestConfigs,
             corosync: corosync.map { CorosyncConfig.parse($0, file: "/pve/corosync.conf").0 },
-            interfaces: interfaces.map { InterfacesFile.parse($0, file: "/etc/network/interfaces").0 }, resolvedNodeAddress: resolved))
+            interfaces: interfaces.map { InterfacesFile.parse($0, file: "/etc/network/interfaces").0 }, resolvedNodeAddress: resolved,
+            services: hostServices))
     }
 
     static func rules(_ compiled: CompiledFirewall, _ chain: String) -> [String] {
@@ -70,7 +76,8 @@ struct FirewallCompilerTests {
     func localNetwork() {
         let interfaces = "iface eno1 inet static\n\taddress 198.51.100.10/24\niface vmbr0 inet static\n\taddress 192.0.2.1/25\n"
         let corosync = "nodelist {\n node {\n  name: pve1\n  ring0_addr: 192.0.2.1\n }\n}\n"
-        let alias = Self.compile(cluster: "[OPTIONS]\nenable: 1\n[ALIASES]\nlocal_network 203.0.113.0/24\n", corosync: corosync, interfaces: interfaces)
+        let alias = Self.compile(cluster: "[OPTIONS]\nenable: 1\n[ALIASES]\nlocal_network 203.0.113.0/24\n", corosync: corosync,
+                                 interfaces: interfaces)
         #expect(alias.localNetwork == "203.0.113.0/24")
         #expect(alias.localNetworkOrigin.hasPrefix("[ALIASES] local_network"))
         let ring = Self.compile(cluster: "[OPTIONS]\nenable: 1\n", corosync: corosync, interfaces: interfaces)

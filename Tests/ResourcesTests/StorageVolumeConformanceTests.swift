@@ -1,3 +1,4 @@
+import Drivers
 import Foundation
 import Resources
 import Testing
@@ -106,7 +107,7 @@ struct StorageVolumeConformanceTests {
             }
             let got: [String]
             do {
-                got = try StorageVolumes.pathToVolumeID(path, storages: [storage]).map { [$0.vtype, $0.volumeID] } ?? [""]
+                got = try StorageVolumes.pathToVolumeID(path, storages: [storage], files: HostVolumeFiles()).map { [$0.vtype, $0.volumeID] } ?? [""]
             } catch {
                 got = [error.message]
             }

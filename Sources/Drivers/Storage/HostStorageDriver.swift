@@ -41,7 +41,7 @@ public struct HostStorageDriver: StorageDriver {
 
     /// The mount a path lives on (the longest mount point that is a prefix of it).
     static func mount(containing path: String, in mounts: [MountEntry]) -> MountEntry? {
-        let resolved = StorageVolumes.realPath(path) ?? path
+        let resolved = HostVolumeFiles().resolve(path) ?? path
         return mounts.filter { resolved == $0.target || resolved.hasPrefix($0.target == "/" ? "/" : $0.target + "/") }
             .max { $0.target.count < $1.target.count }
     }
@@ -93,12 +93,17 @@ public struct HostStorageDriver: StorageDriver {
             if !hasTool("lvs") { return "LVM is not installed (lvm2)" }
             return await kernelHasDeviceMapper() ? nil : "the kernel has no device-mapper"
         case "zfspool": return hasTool("zfs") ? "pvectl does not activate zfspool storage yet" : "zfs is not installed (zfsutils-linux)"
-        case "zfs": return hasTool("iscsiadm") ? "pvectl does not manage ZFS over iSCSI yet" : "ZFS over iSCSI needs open-iscsi (iscsiadm), not installed"
-        case "iscsi", "iscsidirect": return hasTool("iscsiadm") ? "pvectl does not log in to iSCSI targets yet" : "iscsiadm is not installed (open-iscsi)"
+        case "zfs":
+            return hasTool("iscsiadm") ? "pvectl does not manage ZFS over iSCSI yet" : "ZFS over iSCSI needs open-iscsi (iscsiadm), not installed"
+        case "iscsi", "iscsidirect":
+            return hasTool("iscsiadm") ? "pvectl does not log in to iSCSI targets yet" : "iscsiadm is not installed (open-iscsi)"
         case "rbd": return hasTool("rbd") ? "pvectl does not map Ceph RBD images yet" : "the rbd command is not installed (ceph-common)"
         case "cephfs": return hasTool("mount.ceph") ? "pvectl does not mount CephFS yet" : "mount.ceph is not installed (ceph-common)"
-        case "pbs": return hasTool("proxmox-backup-client") ? "a Proxmox Backup Server storage has nothing to activate on the node" : "proxmox-backup-client is not installed"
-        case "glusterfs": return hasTool("mount.glusterfs") ? "pvectl does not mount GlusterFS yet" : "mount.glusterfs is not installed (glusterfs-client)"
+        case "pbs":
+            return hasTool("proxmox-backup-client") ? "a Proxmox Backup Server storage has nothing to activate on the node"
+                : "proxmox-backup-client is not installed"
+        case "glusterfs":
+            return hasTool("mount.glusterfs") ? "pvectl does not mount GlusterFS yet" : "mount.glusterfs is not installed (glusterfs-client)"
         case "esxi": return "the ESXi import storage needs Proxmox's esxi-folder-fuse, not available here"
         default: return "unknown storage type \(type)"
         }
@@ -157,13 +162,15 @@ public struct HostStorageDriver: StorageDriver {
             }
         }
         if storage.type == "lvm" || storage.type == "lvmthin", let vg = storage.properties["vgname"] {
-            if let result = try? await Self.lvm(["vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_size,vg_free", vg]), result.succeeded {
+            if let result = try? await Self.lvm(["vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_size,vg_free", vg]),
+               result.succeeded {
                 observed.volumeGroupExists = true
                 let numbers = result.output.split(whereSeparator: \.isWhitespace).compactMap { UInt64($0) }
                 if storage.type == "lvm", numbers.count == 2 {
                     observed.capacity = .init(total: numbers[0], used: numbers[0] - numbers[1], available: numbers[1])
                 }
-                let volumes = (try? await Self.lvm(["lvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "lv_name,lv_attr,lv_size,data_percent", vg]))?.output ?? ""
+                let volumes = (try? await Self.lvm(["lvs", "--noheadings", "--units", "b", "--nosuffix", "-o",
+                                                    "lv_name,lv_attr,lv_size,data_percent", vg]))?.output ?? ""
                 for line in volumes.split(separator: "\n") {
                     let fields = line.split(whereSeparator: \.isWhitespace).map(String.init)
                     guard fields.count >= 2 else { continue }
@@ -196,7 +203,7 @@ public struct HostStorageDriver: StorageDriver {
         if format == "raw" { return ObservedVolume(exists: true, sizeBytes: UInt64(info.st_size)) }
         // A qcow2 header states the virtual size (big-endian u64 at byte 24):
         // no qemu-img process per volume on a node with hundreds of disks.
-        if format == "qcow2", let header = StorageVolumes.QCOW2Header(path: volume.hostPath) {
+        if format == "qcow2", let header = HostVolumeFiles().qcow2Header(volume.hostPath) {
             return ObservedVolume(exists: true, sizeBytes: header.virtualSize)
         }
         // -U: a running QEMU holds the image locked; reading its size is safe.
@@ -249,7 +256,9 @@ public struct HostStorageDriver: StorageDriver {
             } else {
                 try await Self.lvmCheck(["lvcreate", "-aly", "-Wy", "--yes", "--size", "\(Self.kibibytes(bytes))k", "--name", name, vg])
             }
-            if filesystem { try await Command.check(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", Self.mapperPath(volumeGroup: vg, volume: name)]) }
+            if filesystem {
+                try await Command.check(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", Self.mapperPath(volumeGroup: vg, volume: name)])
+            }
         case .resizeImage(let path, let format, let bytes, let filesystem):
             try await Command.check(["qemu-img", "resize", "-f", format, path, String(Self.kibibytes(bytes) * 1024)])
             if filesystem { try await growFilesystem(path) }

@@ -21,11 +21,14 @@ public enum FirewallCompiler {
         public var hostAddresses: [String]
         /// What the node name resolves to, if anything (not loopback).
         public var resolvedNodeAddress: String?
+        /// Service and protocol names rules may use (`-dport ssh`, `-p gre`).
+        public var services: NetworkServices
 
         public init(node: String, cluster: FirewallConfig?, host: FirewallConfig?, guestFirewalls: [Int: FirewallConfig],
                     guests: [DesiredState.Guest], corosync: CorosyncConfig?, interfaces: InterfacesFile?,
-                    hostAddresses: [String] = [], resolvedNodeAddress: String? = nil) {
+                    hostAddresses: [String] = [], resolvedNodeAddress: String? = nil, services: NetworkServices) {
             self.node = node
+            self.services = services
             self.cluster = cluster
             self.host = host
             self.guestFirewalls = guestFirewalls
@@ -39,7 +42,7 @@ public enum FirewallCompiler {
         public init(state: DesiredState, hostAddresses: [String] = [], resolvedNodeAddress: String? = nil) {
             self.init(node: state.node, cluster: state.clusterFirewall, host: state.hostFirewall, guestFirewalls: state.guestFirewalls,
                       guests: state.localGuests, corosync: state.corosync, interfaces: state.interfaces,
-                      hostAddresses: hostAddresses, resolvedNodeAddress: resolvedNodeAddress)
+                      hostAddresses: hostAddresses, resolvedNodeAddress: resolvedNodeAddress, services: state.networkServices)
         }
     }
 
@@ -136,7 +139,8 @@ private struct Compilation {
             add("smurfs", "\(match) drop", origin: why)
         }
         chain("tcpflags")
-        var flagMatches = [("fin|syn|rst|psh|ack|urg", "fin|psh|urg"), ("fin|syn|rst|psh|ack|urg", "0x0"), ("syn|rst", "syn|rst"), ("fin|syn", "fin|syn")]
+        var flagMatches = [("fin|syn|rst|psh|ack|urg", "fin|psh|urg"), ("fin|syn|rst|psh|ack|urg", "0x0"),
+                           ("syn|rst", "syn|rst"), ("fin|syn", "fin|syn")]
             .map { ("tcp flags & (\($0.0)) == \($0.1)", "tcpflags: illegal flag combination") }
         flagMatches.append(("tcp sport 0 tcp flags & (fin|syn|rst|ack) == syn", "tcpflags: SYN from port 0"))
         for (match, why) in flagMatches {
@@ -220,7 +224,8 @@ private struct Compilation {
     func networkContaining(_ address: String, _ configured: [String]) -> String? {
         for entry in configured {
             let parts = entry.split(separator: "/")
-            guard parts.count == 2, String(parts[0]) == address || FirewallAddress.bytes(of: String(parts[0]))?.1 == FirewallAddress.bytes(of: address)?.1,
+            guard parts.count == 2,
+                  String(parts[0]) == address || FirewallAddress.bytes(of: String(parts[0]))?.1 == FirewallAddress.bytes(of: address)?.1,
                   let prefix = Int(parts[1]) else { continue }
             return FirewallAddress.network(address: address, prefix: prefix)?.text
         }
@@ -244,15 +249,18 @@ private struct Compilation {
                     resolved = resolveAlias(value, file: file).flatMap(FirewallAddress.parse)
                 }
                 guard let resolved else {
-                    result.skipped.append(.warning(entry.location, "ipset \(rawName): '\(value)' is neither an address nor a known alias; entry left out"))
+                    result.skipped.append(.warning(entry.location,
+                                                   "ipset \(rawName): '\(value)' is neither an address nor a known alias; entry left out"))
                     continue
                 }
                 entries.append((resolved, entry.nomatch))
             }
             for value in extra[name] ?? [] { if let address = FirewallAddress.parse(value) { entries.append((address, false)) } }
             for family in [FirewallAddress.Family.v4, .v6] {
-                addSet("v\(family.rawValue)-\(scope)/\(name)", family: family, elements: entries.filter { $0.0.family == family && !$0.1 }.map(\.0.text))
-                addSet("v\(family.rawValue)-\(scope)/\(name)-nomatch", family: family, elements: entries.filter { $0.0.family == family && $0.1 }.map(\.0.text))
+                addSet("v\(family.rawValue)-\(scope)/\(name)", family: family,
+                       elements: entries.filter { $0.0.family == family && !$0.1 }.map(\.0.text))
+                addSet("v\(family.rawValue)-\(scope)/\(name)-nomatch", family: family,
+                       elements: entries.filter { $0.0.family == family && $0.1 }.map(\.0.text))
             }
         }
     }
@@ -352,12 +360,12 @@ private struct Compilation {
     static let portProtocols: Set<String> = ["tcp", "udp", "udplite", "sctp", "dccp"]
 
     /// `22`, `80,443`, `1000:2000`, `http` → nft's `22`, `{ 80, 443 }`, `1000-2000`, `80`.
-    static func ports(_ raw: String, proto: String) throws -> String {
+    static func ports(_ raw: String, proto: String, services: NetworkServices) throws -> String {
         var items: [String] = []
         for part in raw.split(separator: ",") {
             let bounds = part.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
             guard bounds.count <= 2 else { throw RuleError(message: "bad port range '\(part)'") }
-            let numbers = try bounds.map { try port($0, proto: proto) }
+            let numbers = try bounds.map { try port($0, proto: proto, services: services) }
             if numbers.count == 2 {
                 guard numbers[0] <= numbers[1] else { throw RuleError(message: "port range '\(part)' runs backwards") }
                 items.append("\(numbers[0])-\(numbers[1])")
@@ -369,16 +377,17 @@ private struct Compilation {
         return items.count == 1 ? items[0] : "{ \(items.joined(separator: ", ")) }"
     }
 
-    static func port(_ text: String, proto: String) throws -> Int {
+    static func port(_ text: String, proto: String, services: NetworkServices) throws -> Int {
         if let number = Int(text) {
             guard (0...65535).contains(number) else { throw RuleError(message: "port \(number) is out of range") }
             return number
         }
-        guard let entry = getservbyname(text, Self.portProtocols.contains(proto) && proto != "udplite" && proto != "dccp" ? proto : "tcp")
-                ?? getservbyname(text, nil) else {
+        // As pve-firewall asks the C library: the rule's protocol (tcp for those /etc/services does not list), then any.
+        let listed = Self.portProtocols.contains(proto) && proto != "udplite" && proto != "dccp" ? proto : "tcp"
+        guard let port = services.port(named: text, proto: listed) ?? services.port(named: text, proto: nil) else {
             throw RuleError(message: "unknown service name '\(text)'")
         }
-        return Int(UInt16(bigEndian: UInt16(truncatingIfNeeded: entry.pointee.s_port)))
+        return port
     }
 
     /// ICMP names as pve-firewall (iptables) spells them → (type, code).
@@ -442,7 +451,8 @@ private struct Compilation {
     func translate(_ rule: FirewallConfig.Rule, context: Context, interfaceKeyword: String?) throws -> [String] {
         var entries: [FirewallMacros.Entry]
         if let macroName = rule.macro {
-            guard let macro = FirewallMacros.all[macroName] ?? FirewallMacros.all.first(where: { $0.key.lowercased() == macroName.lowercased() })?.value else {
+            guard let macro = FirewallMacros.all[macroName]
+                    ?? FirewallMacros.all.first(where: { $0.key.lowercased() == macroName.lowercased() })?.value else {
                 throw RuleError(message: "unknown macro '\(macroName)'")
             }
             entries = macro.entries.map { entry in
@@ -486,15 +496,18 @@ private struct Compilation {
                 let name = ["6": "tcp", "17": "udp", "132": "sctp", "33": "dccp", "136": "udplite"][proto] ?? proto
                 if Self.portProtocols.contains(name) {
                     l4.append("meta l4proto \(name)")
-                    if let sport = entry.sport { l4.append("\(name) sport \(try Self.ports(sport, proto: name))") }
-                    if let dport = entry.dport { l4.append("\(name) dport \(try Self.ports(dport, proto: name))") }
+                    if let sport = entry.sport { l4.append("\(name) sport \(try Self.ports(sport, proto: name, services: input.services))") }
+                    if let dport = entry.dport { l4.append("\(name) dport \(try Self.ports(dport, proto: name, services: input.services))") }
                 } else {
                     if entry.dport != nil || entry.sport != nil { throw RuleError(message: "protocol '\(proto)' has no ports") }
-                    guard proto.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }), let first = proto.first, first.isLetter || first.isNumber else {
+                    guard proto.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
+                          let first = proto.first, first.isLetter || first.isNumber else {
                         throw RuleError(message: "bad protocol '\(proto)'")
                     }
                     if let number = Int(proto), !(0...255).contains(number) { throw RuleError(message: "protocol number \(number) out of range") }
-                    if Int(proto) == nil && getprotobyname(proto) == nil { throw RuleError(message: "unknown protocol '\(proto)'") }
+                    if Int(proto) == nil && input.services.protocolNumber(named: proto) == nil {
+                        throw RuleError(message: "unknown protocol '\(proto)'")
+                    }
                     l4.append("meta l4proto \(proto)")
                 }
             }
@@ -503,7 +516,8 @@ private struct Compilation {
             if families.isEmpty {
                 throw RuleError(message: "source, destination and protocol have no IP version in common")
             }
-            let addressFree = sources == nil && dests == nil && proto != "icmp" && proto != "icmpv6" && proto != "ipv6-icmp" && proto != "1" && proto != "58"
+            let addressFree = sources == nil && dests == nil
+                && proto != "icmp" && proto != "icmpv6" && proto != "ipv6-icmp" && proto != "1" && proto != "58"
             for family in addressFree ? [FirewallAddress.Family.v4] : families {
                 var parts: [String] = []
                 if let interfaceKeyword, let device = rule["i"] { parts.append("\(interfaceKeyword) \"\(device)\"") }
@@ -584,7 +598,8 @@ private struct Compilation {
         case "REJECT": "jump do-reject"
         default: "drop"
         }
-        if policy.uppercased() != "ACCEPT", let log = logStatement(level: logLevel, vmid: vmid, chain: chain, message: "policy \(policy.uppercased()): ") {
+        if policy.uppercased() != "ACCEPT",
+           let log = logStatement(level: logLevel, vmid: vmid, chain: chain, message: "policy \(policy.uppercased()): ") {
             add(chain, log, origin: "policy \(policy.uppercased()) (logged)")
         }
         add(chain, verdict, origin: "policy \(policy.uppercased())")
@@ -680,9 +695,10 @@ private struct Compilation {
                 guard let mine = local[key].flatMap(FirewallAddress.parse), let theirs = node[key].flatMap(FirewallAddress.parse),
                       mine.family == theirs.family else { continue }
                 let name = node["name"] ?? "?"
-                inbound.append(("\(mine.family.payload) saddr \(theirs.text) \(mine.family.payload) daddr \(mine.text) udp dport \(FirewallCompiler.corosyncPorts) accept",
+                let payload = mine.family.payload
+                inbound.append(("\(payload) saddr \(theirs.text) \(payload) daddr \(mine.text) udp dport \(FirewallCompiler.corosyncPorts) accept",
                                 "corosync \(key) from node \(name)"))
-                outbound.append(("\(mine.family.payload) saddr \(mine.text) \(mine.family.payload) daddr \(theirs.text) udp dport \(FirewallCompiler.corosyncPorts) accept",
+                outbound.append(("\(payload) saddr \(mine.text) \(payload) daddr \(theirs.text) udp dport \(FirewallCompiler.corosyncPorts) accept",
                                  "corosync \(key) to node \(name)"))
             }
         }
@@ -699,7 +715,8 @@ private struct Compilation {
             let options = file.options
             let extra = nics.reduce(into: [String: [String]]()) { sets, nic in
                 if FirewallCompiler.isOn(options["ipfilter"], default: false) {
-                    sets["ipfilter-\(nic.netName)"] = Self.configuredAddresses(guest, index: nic.index) + (nic.mac.flatMap(FirewallAddress.linkLocal).map { [$0] } ?? [])
+                    sets["ipfilter-\(nic.netName)"] = Self.configuredAddresses(guest, index: nic.index)
+                        + (nic.mac.flatMap(FirewallAddress.linkLocal).map { [$0] } ?? [])
                 } else if file.ipsets.keys.contains(where: { $0.lowercased() == "ipfilter-\(nic.netName)" }) {
                     sets["ipfilter-\(nic.netName)"] = nic.mac.flatMap(FirewallAddress.linkLocal).map { [$0] } ?? []
                 }
@@ -769,9 +786,11 @@ private struct Compilation {
         if !inbound {
             let macFilter = FirewallCompiler.isOn(options["macfilter"], default: true) ? nic.mac : nil
             let ipfilterSet = result.sets.first { $0.name == "v4-guest\(guest.vmid)/ipfilter-\(nic.netName)" }
-            let arpSenders = file.ipsets.keys.contains { $0.lowercased() == "ipfilter-\(nic.netName)" } ? ["0.0.0.0"] + (ipfilterSet?.elements ?? []) : nil
+            let arpSenders = file.ipsets.keys.contains { $0.lowercased() == "ipfilter-\(nic.netName)" }
+                ? ["0.0.0.0"] + (ipfilterSet?.elements ?? []) : nil
             if macFilter != nil || arpSenders != nil {
-                layer2Filters.append((nic.device, macFilter, arpSenders, "guest \(guest.vmid) \(nic.netName): macfilter/ipfilter for every frame, ARP included"))
+                layer2Filters.append((nic.device, macFilter, arpSenders,
+                                      "guest \(guest.vmid) \(nic.netName): macfilter/ipfilter for every frame, ARP included"))
             }
             if FirewallCompiler.isOn(options["macfilter"], default: true), let mac = nic.mac {
                 add(name, "ether saddr != \(mac) drop", origin: "macfilter: only the NIC's own MAC \(mac)")
@@ -781,8 +800,10 @@ private struct Compilation {
             }
             let ipfilter = "ipfilter-\(nic.netName)"
             if file.ipsets.keys.contains(where: { $0.lowercased() == ipfilter }) {
-                add(name, "meta nfproto ipv4 ip saddr != @v4-guest\(guest.vmid)/\(ipfilter) drop", origin: "ipfilter: only the addresses in \(ipfilter)")
-                add(name, "meta nfproto ipv6 ip6 saddr != @v6-guest\(guest.vmid)/\(ipfilter) drop", origin: "ipfilter: only the addresses in \(ipfilter)")
+                add(name, "meta nfproto ipv4 ip saddr != @v4-guest\(guest.vmid)/\(ipfilter) drop",
+                    origin: "ipfilter: only the addresses in \(ipfilter)")
+                add(name, "meta nfproto ipv6 ip6 saddr != @v6-guest\(guest.vmid)/\(ipfilter) drop",
+                    origin: "ipfilter: only the addresses in \(ipfilter)")
             }
         }
         if FirewallCompiler.isOn(options["ndp"], default: false) {
@@ -843,7 +864,8 @@ private struct Compilation {
                     add("forward", "iifname \"\(filter.device)\" ether saddr != \(mac) drop", table: "bridge", origin: filter.origin)
                 }
                 if let senders = filter.arpSenders {
-                    add("forward", "iifname \"\(filter.device)\" arp saddr ip != { \(senders.joined(separator: ", ")) } drop", table: "bridge", origin: filter.origin)
+                    add("forward", "iifname \"\(filter.device)\" arp saddr ip != { \(senders.joined(separator: ", ")) } drop",
+                        table: "bridge", origin: filter.origin)
                 }
             }
         }

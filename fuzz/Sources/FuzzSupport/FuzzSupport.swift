@@ -53,6 +53,19 @@ nonisolated(unsafe) private var fuzzedFormat: ConfigFormat = .storage
 nonisolated(unsafe) private var fuzzedFunction: (UnsafePointer<UInt8>, Int) -> Void = { _, _ in }
 
 extension FuzzSupport {
+    /// /etc/services and /etc/protocols text (the same input read as both), and a qcow2 header from its first bytes:
+    /// never trap; every parsed entry answers its own lookups.
+    public static func runNetworkServices(_ data: UnsafePointer<UInt8>, _ size: Int) {
+        let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
+        let table = NetworkServices(services: text, protocols: text)
+        for service in table.services {
+            precondition((0...65535).contains(service.port), "port out of range")
+            precondition(table.port(named: service.names[0], proto: service.proto) != nil, "an entry does not answer its own name")
+        }
+        for (name, number) in table.protocols { precondition(table.protocolNumber(named: name) == number && (0...255).contains(number)) }
+        _ = StorageVolumes.QCOW2Header(Array(UnsafeBufferPointer(start: data, count: min(size, 64))))
+    }
+
     /// Volume IDs, volume names (every storage type's rules), backup archive
     /// names and disk naming: never trap; a parsed volume ID reassembles to its input.
     public static func runVolumeID(_ data: UnsafePointer<UInt8>, _ size: Int) {
@@ -71,6 +84,10 @@ extension FuzzSupport {
         _ = StorageVolumes.parseContentDirectories(text)
     }
 
+    /// This machine's service and protocol names, read once (rules may name them).
+    static let services = NetworkServices(services: try? String(contentsOfFile: NetworkServices.servicesPath, encoding: .utf8),
+                                          protocols: try? String(contentsOfFile: NetworkServices.protocolsPath, encoding: .utf8))
+
     /// The firewall compiler on any cluster.fw / host.fw / guest .fw (the input
     /// split at lines of `%%`): never traps, and what it emits is closed:
     /// every chain a rule jumps to and every set it names is declared.
@@ -85,7 +102,7 @@ extension FuzzSupport {
         let compiled = FirewallCompiler.compile(FirewallCompiler.Input(
             node: "pve1", cluster: file(0, "cluster.fw"), host: file(1, "host.fw"), guestFirewalls: file(2, "100.fw").map { [100: $0] } ?? [:],
             guests: [DesiredState.Guest(vmid: 100, node: "pve1", config: guest, path: "100.conf")], corosync: nil, interfaces: nil,
-            hostAddresses: ["192.0.2.1/24"]))
+            hostAddresses: ["192.0.2.1/24"], services: services))
         let script = compiled.script()
         let chains = Set(compiled.chains.map { "\($0.table)/\($0.name)" })
         let sets = Set(compiled.sets.map { $0.name })
