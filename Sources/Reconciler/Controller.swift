@@ -1,113 +1,46 @@
 import Foundation
 
-/// The kinds the continuous loop (`pvectl run`) reconciles, in the order a
-/// full pass applies them: bridges before the storages reached over them,
-/// both before the VMs that use them, the firewall last (it guards VM NICs).
-public enum ControllerKind: String, CaseIterable, Comparable, Sendable {
-    case network, storage, qemu, firewall
-
-    public static func < (lhs: ControllerKind, rhs: ControllerKind) -> Bool {
-        allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
-    }
-
-    /// Kinds whose observations depend on what this kind just changed: a
-    /// recreated bridge loses its VM taps and firewall ports, a storage coming
-    /// up lets VMs start, a VM start adds NICs the firewall guards.
-    public var dependents: [ControllerKind] {
-        switch self {
-        case .network: [.qemu, .firewall]
-        case .storage: [.qemu]
-        case .qemu: [.firewall]
-        case .firewall: []
-        }
-    }
-
-    /// The kinds a changed file concerns. `path` is absolute; `root` is the
-    /// desired-state root and `interfaces` the network file.
-    public static func affected(byChangeOf path: String, root: String, interfaces: String?) -> Set<ControllerKind> {
-        if let interfaces, path == interfaces || path == interfaces + ".new" {
-            // The firewall's local_network may come from the interfaces file.
-            return [.network, .firewall]
-        }
-        let prefix = root.hasSuffix("/") ? root : root + "/"
-        guard path.hasPrefix(prefix) else { return [] }
-        let relative = String(path.dropFirst(prefix.count))
-        let parts = relative.split(separator: "/").map(String.init)
-        guard let first = parts.first else { return [] }
-        switch first {
-        case "storage.cfg": return [.storage, .qemu]
-        case "firewall": return [.firewall]
-        case "corosync.conf": return [.firewall]
-        case "datacenter.cfg": return [.qemu, .firewall]
-        case "ha": return [.qemu]
-        case "virtual-guest": return [.qemu]
-        case "nodes", "qemu-server", "lxc", "local":
-            if parts.last == "host.fw" { return [.firewall] }
-            // A guest config: its disks (storage volumes), the VM, its NICs' firewall.
-            if parts.last?.hasSuffix(".conf") == true { return [.storage, .qemu, .firewall] }
-            // A directory appeared or went (a node, qemu-server/): look at everything it may hold.
-            return parts.last?.contains(".") == true ? [] : [.storage, .qemu, .firewall]
-        default: return []
-        }
-    }
-}
-
 /// What the loop queues: a whole kind (`qemu`) or one resource of it (`qemu/100`), so that one failing VM backs off
-/// alone and an edit of one VM's config plans that VM only.
-public struct ResourceKey: Hashable, Comparable, Sendable, CustomStringConvertible {
-    public var kind: ControllerKind
+/// alone and an edit of one VM's config plans that VM only. Ordered by the engine (`ReconcileEngine.precedes`).
+public struct ResourceKey: Hashable, Sendable, CustomStringConvertible {
+    public var kind: String
     /// nil: every resource of the kind.
     public var name: String?
 
-    public init(_ kind: ControllerKind, _ name: String? = nil) {
+    public init(_ kind: String, _ name: String? = nil) {
         self.kind = kind
         self.name = name
     }
 
-    public var description: String { name.map { "\(kind.rawValue)/\($0)" } ?? kind.rawValue }
-
-    /// In apply order; within a kind the whole kind first, then by name.
-    public static func < (lhs: ResourceKey, rhs: ResourceKey) -> Bool {
-        if lhs.kind != rhs.kind { return lhs.kind < rhs.kind }
-        switch (lhs.name, rhs.name) {
-        case (nil, nil): return false
-        case (nil, _): return true
-        case (_, nil): return false
-        case (let left?, let right?): return left.localizedStandardCompare(right) == .orderedAscending
-        }
-    }
-
-    /// The keys a changed file concerns: as `ControllerKind.affected`, but a VM's own config
-    /// (`qemu-server/<vmid>.conf`) concerns that VM alone, not every VM.
-    public static func affected(byChangeOf path: String, root: String, interfaces: String?) -> Set<ResourceKey> {
-        let kinds = ControllerKind.affected(byChangeOf: path, root: root, interfaces: interfaces)
-        let parts = path.split(separator: "/")
-        let vmid = parts.count >= 2 && parts[parts.count - 2] == "qemu-server" && parts.last?.hasSuffix(".conf") == true
-            ? parts.last.flatMap { Int($0.dropLast(5)) } : nil
-        return Set(kinds.map { kind in kind == .qemu && vmid != nil ? ResourceKey(.qemu, String(vmid!)) : ResourceKey(kind) })
-    }
+    public var description: String { name.map { "\(kind)/\($0)" } ?? kind }
 }
 
 /// The loop's work queue, as Kubernetes controllers keep theirs: keyed by
 /// resource or kind (a key queued twice runs once), each key due at a time
 /// (now, or later after its own failures: exponential backoff), one pass at a
 /// time, and at most one pass per `minimumInterval` overall (a storm of events
-/// cannot turn into a storm of passes). Pure: time is passed in.
-public typealias ControllerQueue = WorkQueue<ControllerKind>
-
-public struct WorkQueue<Key: Hashable & Comparable & Sendable>: Sendable {
+/// cannot turn into a storm of passes). Pure: time is passed in. Among due keys the first in `order` runs first.
+public struct WorkQueue<Key: Hashable & Sendable>: Sendable {
     public var baseDelay: TimeInterval
     public var maximumDelay: TimeInterval
     public var minimumInterval: TimeInterval
+    public let order: @Sendable (Key, Key) -> Bool
 
     private var due: [Key: Date] = [:]
     private var failures: [Key: Int] = [:]
     private var lastPass: Date?
 
-    public init(baseDelay: TimeInterval = 1, maximumDelay: TimeInterval = 300, minimumInterval: TimeInterval = 0.1) {
+    public init(baseDelay: TimeInterval = 1, maximumDelay: TimeInterval = 300, minimumInterval: TimeInterval = 0.1,
+                order: @escaping @Sendable (Key, Key) -> Bool) {
         self.baseDelay = baseDelay
         self.maximumDelay = maximumDelay
         self.minimumInterval = minimumInterval
+        self.order = order
+    }
+
+    /// Keys in their own order.
+    public init(baseDelay: TimeInterval = 1, maximumDelay: TimeInterval = 300, minimumInterval: TimeInterval = 0.1) where Key: Comparable {
+        self.init(baseDelay: baseDelay, maximumDelay: maximumDelay, minimumInterval: minimumInterval, order: { $0 < $1 })
     }
 
     /// Queues a kind to run now. A kind already waiting for a retry keeps its
@@ -115,6 +48,11 @@ public struct WorkQueue<Key: Hashable & Comparable & Sendable>: Sendable {
     public mutating func add(_ kind: Key, now: Date) {
         if failures[kind, default: 0] > 0, let existing = due[kind], existing > now { return }
         due[kind] = min(due[kind] ?? now, now)
+    }
+
+    /// Queues a key to run at `date` (a kind asked to be looked at again then), unless it is due sooner.
+    public mutating func add(_ key: Key, at date: Date) {
+        due[key] = min(due[key] ?? date, date)
     }
 
     public mutating func add<S: Sequence>(_ kinds: S, now: Date) where S.Element == Key {
@@ -142,7 +80,7 @@ public struct WorkQueue<Key: Hashable & Comparable & Sendable>: Sendable {
     /// The next kind to run at `now`, in apply order among those due, or nil.
     public mutating func next(now: Date) -> Key? {
         if let lastPass, now < lastPass.addingTimeInterval(minimumInterval) { return nil }
-        guard let kind = due.filter({ $0.value <= now }).keys.min() else { return nil }
+        guard let kind = due.filter({ $0.value <= now }).keys.min(by: order) else { return nil }
         due[kind] = nil
         lastPass = now
         return kind
@@ -175,7 +113,7 @@ public actor ControllerInbox {
     public init() {}
 
     /// Whole kinds.
-    public func post<S: Sequence & Sendable>(_ kinds: S) where S.Element == ControllerKind {
+    public func post<S: Sequence & Sendable>(kinds: S) where S.Element == String {
         post(keys: kinds.map { ResourceKey($0) })
     }
 

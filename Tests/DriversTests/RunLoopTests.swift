@@ -109,8 +109,9 @@ struct RunLoopTests {
         #expect(waitFor(seconds: 30) { loop.log.contains("network/* blocked") }, "\(loop.log)")
         #expect(loop.link("vmbr0")?["mtu"] as? Int == 1400, "a broken file is never read as absent")
         let watching = loop.loopStatus()
-        #expect(watching?["condition"] as? String == "Watching", "\(String(describing: watching))")
-        #expect((watching?["message"] as? String)?.contains("blocked: network/*") == true, "\(String(describing: watching))")
+        // Blocked until the file changes: not retried, and status says so.
+        #expect(watching?["condition"] as? String == "Blocked", "\(String(describing: watching))")
+        #expect(watching?["message"] as? String == "blocked: network/*", "\(String(describing: watching))")
 
         // Another event, another pass: the same errors are not logged again.
         let recorded = loop.recordModified

@@ -1,65 +1,9 @@
 import Foundation
 import Synchronization
+import TestSupport
 import Testing
 @testable import Reconciler
 @testable import Resources
-
-/// A kernel stand-in for the pure core: applies steps to an observed model.
-final class InMemoryNetworkDriver: NetworkDriver {
-    let state: Mutex<ObservedNetwork>
-    let performed = Mutex<[NetworkStep]>([])
-    let nextIndex = Mutex(100)
-
-    init(_ initial: ObservedNetwork = ObservedNetwork()) { state = Mutex(initial) }
-
-    func observe() async throws -> ObservedNetwork { state.withLock { $0 } }
-
-    func perform(_ steps: [NetworkStep], log: @Sendable (String) -> Void) async throws {
-        performed.withLock { $0 += steps }
-        for step in steps {
-            let index = nextIndex.withLock { value -> Int in value += 1; return value }
-            state.withLock { net in
-                switch step {
-                case .createBridge(let name):
-                    net.links[name] = ObservedLink(name: name, ifindex: index, kind: "bridge", bridge: .init(stp: false, forwardDelay: 15, vlanFiltering: false))
-                case .createBond(let name, let mode):
-                    net.links[name] = ObservedLink(name: name, ifindex: index, kind: "bond", bond: .init(mode: mode, miimon: 0))
-                case .createVLAN(let name, let raw, let id, let proto):
-                    net.links[name] = ObservedLink(name: name, ifindex: index, kind: "vlan", vlan: .init(id: id, rawDevice: raw, proto: proto))
-                case .deleteLink(let name):
-                    net.links[name] = nil
-                    for key in Array(net.links.keys) where net.links[key]?.master == name { net.links[key]?.master = nil }
-                case .setMaster(let port, let master):
-                    net.links[port]?.master = master
-                case .setBondSlave(let port, let bond):
-                    net.links[port]?.master = bond
-                    net.links[port]?.up = true
-                case .clearMaster(let port): net.links[port]?.master = nil
-                case .setMTU(let name, let mtu): net.links[name]?.mtu = mtu
-                case .setUp(let name): net.links[name]?.up = true
-                case .setDown(let name): net.links[name]?.up = false
-                case .setBridge(let name, let stp, let fd, let vf):
-                    let filtering = vf ?? (net.links[name]?.bridge?.vlanFiltering ?? false)
-                    net.links[name]?.bridge = .init(stp: stp, forwardDelay: fd, vlanFiltering: filtering)
-                case .setBond(let name, let miimon, let policy, let rate, let minLinks, let primary):
-                    let mode = net.links[name]?.bond?.mode ?? "balance-rr"
-                    net.links[name]?.bond = .init(mode: mode, miimon: miimon, xmitHashPolicy: policy, lacpRate: rate, minLinks: minLinks, primary: primary)
-                case .setLearning(let port, let learning): net.links[port]?.learning = learning
-                case .setBridgeVLANs(let port, let vids, _): net.vlans[port] = vids
-                case .addAddress(let name, let cidr): net.links[name]?.addresses.append(cidr)
-                case .deleteAddress(let name, let cidr): net.links[name]?.addresses.removeAll { $0 == cidr }
-                case .promoteSecondaries: break
-                case .replaceDefaultRoute(let gateway, let device, let family):
-                    net.defaultRoutes.removeAll { $0.family == family }
-                    net.defaultRoutes.append(ObservedRoute(family: family, gateway: gateway, device: device))
-                case .deleteDefaultRoute(let gateway, let device, let family):
-                    net.defaultRoutes.removeAll { $0 == ObservedRoute(family: family, gateway: gateway, device: device) }
-                case .runHook: break
-                }
-            }
-        }
-    }
-}
 
 func desiredState(_ interfaces: String) throws -> DesiredState {
     let (file, diagnostics) = InterfacesFile.parse(interfaces, file: "interfaces")
@@ -130,7 +74,8 @@ struct NetworkCoreTests {
         #expect(position(.createBridge(name: "vmbr0")) < position(.createVLAN(name: "vmbr0.20", rawDevice: "vmbr0", id: 20, proto: "802.1q")))
         #expect(position(.createBond(name: "bond0", mode: "802.3ad")) < position(.setBondSlave(port: "eno1", bond: "bond0")))
         #expect(position(.setUp(name: "vmbr0")) < position(.addAddress(name: "vmbr0", cidr: "192.0.2.10/24")))
-        #expect(position(.addAddress(name: "vmbr0", cidr: "192.0.2.10/24")) < position(.replaceDefaultRoute(gateway: "192.0.2.1", device: "vmbr0", family: 4)))
+        #expect(position(.addAddress(name: "vmbr0", cidr: "192.0.2.10/24"))
+                < position(.replaceDefaultRoute(gateway: "192.0.2.1", device: "vmbr0", family: 4)))
         #expect(ordered.last == .replaceDefaultRoute(gateway: "192.0.2.1", device: "vmbr0", family: 4))
 
         let outcome = try await reconciler.apply(computed) { _ in }
@@ -215,7 +160,9 @@ struct NetworkCoreTests {
         let selector = try #require(ResourceSelector("network/vmbr0"))
         let computed = try await reconciler.compute(try desiredState(bondedBridge), only: [selector])
         #expect(computed.resources.map(\.id) == ["network/vmbr0"])
-        #expect(ResourceSelector("disks") == nil)
+        // Which kinds exist is the engine's registry.
+        let engine = try InMemoryHost(tree: MemoryTree(), links: nics).engine(store: temporaryStore())
+        #expect(engine.selector("disks") == nil && engine.selector("network/vmbr0") == selector)
     }
 
     @Test("the plan is a stable JSON artifact")

@@ -36,6 +36,17 @@ public struct KernelNetworkDriver: NetworkDriver {
             vlans: (try? await vlansResult).flatMap { $0.succeeded ? $0.output : nil } ?? "[]")
     }
 
+    public struct InstallError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public func installStagedInterfaces(_ staged: String) throws {
+        let target = String(staged.dropLast(".new".count))
+        guard rename(staged, target) == 0 else {
+            throw InstallError(description: "cannot move \(staged) to \(target): \(String(cString: strerror(errno)))")
+        }
+    }
+
     public func perform(_ steps: [NetworkStep], log: @Sendable (String) -> Void) async throws {
         // Consecutive ip steps go to one `ip -batch` process; bridge and hook
         // steps run where they stand, so their order is kept.
@@ -57,7 +68,8 @@ public struct KernelNetworkDriver: NetworkDriver {
                     let arguments = ["vlan", "add", "vid", range, "dev", port] + (isBridge ? ["self"] : [])
                     let result = try await Command.run(bridgeCommand(arguments))
                     if !result.succeeded {
-                        throw NetworkApplyError(step: index, message: "bridge \(arguments.joined(separator: " ")): \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
+                        throw NetworkApplyError(step: index, message: "bridge \(arguments.joined(separator: " ")): "
+                                                + "\(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
                     }
                 }
             case .promoteSecondaries(let name):
@@ -65,16 +77,19 @@ public struct KernelNetworkDriver: NetworkDriver {
                 let command = inNamespace(["sysctl", "-q", "-w", "net/ipv4/conf/\(name)/promote_secondaries=1"])
                 let result = try await Command.run(command)
                 if !result.succeeded {
-                    throw NetworkApplyError(step: index, message: "\(command.joined(separator: " ")): \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
+                    throw NetworkApplyError(step: index, message: "\(command.joined(separator: " ")): "
+                                            + "\(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
                 }
             case .runHook(let name, let phase, let command):
                 try await flush()
                 let shell = inNamespace(["/bin/sh", "-c", command])
                 // The same environment ifupdown gives its hooks.
                 let result = try await Command.run(shell, environment: ["IFACE": name, "LOGICAL": name, "PHASE": phase,
-                                                                         "MODE": phase.contains("down") ? "stop" : "start", "ADDRFAM": "inet", "METHOD": "static"])
+                                                                         "MODE": phase.contains("down") ? "stop" : "start",
+                                                                         "ADDRFAM": "inet", "METHOD": "static"])
                 let output = (result.output + result.error).trimmingCharacters(in: .whitespacesAndNewlines)
-                log("\(phase) \(name): \(command)" + (output.isEmpty ? "" : "\n" + output.split(separator: "\n").map { "    | \($0)" }.joined(separator: "\n")))
+                log("\(phase) \(name): \(command)"
+                    + (output.isEmpty ? "" : "\n" + output.split(separator: "\n").map { "    | \($0)" }.joined(separator: "\n")))
                 if !result.succeeded {
                     throw NetworkApplyError(step: index, message: "\(phase) hook of \(name) exited with status \(result.status): \(command)")
                 }
@@ -221,7 +236,8 @@ public enum ObservedNetworkParser {
         }
         if let vlanList = try? decoder.decode([VLANEntry].self, from: Data(vlans.utf8)) {
             for entry in vlanList {
-                result.vlans[entry.ifname] = (entry.vlans ?? []).map { v in v.vlanEnd.map { "\(v.vlan)-\($0)" } ?? "\(v.vlan)" }.joined(separator: " ")
+                result.vlans[entry.ifname] = (entry.vlans ?? [])
+                    .map { v in v.vlanEnd.map { "\(v.vlan)-\($0)" } ?? "\(v.vlan)" }.joined(separator: " ")
             }
         }
         return result

@@ -42,6 +42,14 @@ public struct QemuProcessDriver: QemuDriver {
         }
     }
 
+    /// The VM a live QEMU runs, from the pid file its command line names (`-pidfile …/qemu-server/<vmid>.pid`).
+    public static func vmid(ofQemu pid: Int32) -> Int? {
+        let arguments = processArguments(pid)
+        guard let value = zip(arguments, arguments.dropFirst()).first(where: { $0.0 == "-pidfile" })?.1,
+              value.hasSuffix(".pid"), value.contains("/qemu-server/") else { return nil }
+        return Int((value as NSString).lastPathComponent.dropLast(4))
+    }
+
     // MARK: QemuDriver
 
     /// Replaces the config file atomically, unless it changed since it was read: Proxmox's own temporary name
@@ -74,7 +82,8 @@ public struct QemuProcessDriver: QemuDriver {
                 Set($0.split(separator: " ").map(String.init))
             } ?? []
             guard flags.contains("vmx") || flags.contains("svm") else {
-                return QemuAcceleration(kvm: false, reason: "/dev/kvm exists but the CPU has no hardware virtualization (no vmx/svm flag): it cannot run guests")
+                return QemuAcceleration(kvm: false, reason: "/dev/kvm exists but the CPU has no hardware virtualization "
+                                        + "(no vmx/svm flag): it cannot run guests")
             }
             return QemuAcceleration(kvm: true, reason: "/dev/kvm and CPU virtualization present")
         }
@@ -97,7 +106,8 @@ public struct QemuProcessDriver: QemuDriver {
     public func observe(vmid: Int, taps: [String]) async -> ObservedVM {
         var observed = ObservedVM(state: .stopped)
         for tap in taps where FileManager.default.fileExists(atPath: "/sys/class/net/\(tap)") {
-            let master = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/sys/class/net/\(tap)/master")).map { ($0 as NSString).lastPathComponent }
+            let master = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/sys/class/net/\(tap)/master"))
+                .map { ($0 as NSString).lastPathComponent }
             observed.tapMasters[tap] = master ?? ""
         }
         guard let pid = pid(vmid) else { return observed }
@@ -282,7 +292,8 @@ public struct QemuProcessDriver: QemuDriver {
             if client.waitForEvent("DEVICE_DELETED", seconds: 0.2, matching: { $0["device"] as? String == id }) { return }
             if !(try peripheralIDs(client).contains(id)) { return }
         }
-        throw Failure(description: "device_del \(id): the guest did not release the device within \(Int(seconds)) s (no OS, or it refuses the unplug)")
+        throw Failure(description: "device_del \(id): the guest did not release the device within \(Int(seconds)) s "
+                      + "(no OS, or it refuses the unplug)")
     }
 
     /// Hot-plugs CPUs into the free slots QEMU lists, or unplugs the ones pvectl added (`cpuN`).
@@ -319,7 +330,8 @@ public struct QemuProcessDriver: QemuDriver {
             throw Failure(description: "bridge \(bridge) of \(tap) does not exist")
         }
         var batch = "link set dev \(tap) nomaster\n"
-        if let mtu = (try? String(contentsOfFile: "/sys/class/net/\(bridge)/mtu", encoding: .utf8)).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+        if let mtu = (try? String(contentsOfFile: "/sys/class/net/\(bridge)/mtu", encoding: .utf8))
+            .flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
             batch += "link set dev \(tap) mtu \(mtu)\n"
         }
         batch += "link set dev \(tap) master \(bridge) up\n"

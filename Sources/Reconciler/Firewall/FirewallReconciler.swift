@@ -14,7 +14,8 @@ public struct ObservedFirewall: Sendable {
     /// What the node name resolves to; only looked up when local_network needs it.
     public var resolvedNodeAddress: String?
 
-    public init(listing: String?, bridgeNetfilter: Bool, masters: [String: String?], hostAddresses: [String] = [], resolvedNodeAddress: String? = nil) {
+    public init(listing: String?, bridgeNetfilter: Bool, masters: [String: String?], hostAddresses: [String] = [],
+                resolvedNodeAddress: String? = nil) {
         self.listing = listing
         self.bridgeNetfilter = bridgeNetfilter
         self.masters = masters
@@ -104,7 +105,8 @@ public struct FirewallReconciler: Sendable {
         if !freezing.isEmpty {
             computed.problems = freezing
             computed.resources = [ResourcePlan(kind: "firewall", name: "ruleset", action: .blocked, source: freezing.first?.location, changes: [],
-                                               message: "a firewall file cannot be read (\(freezing.count) error(s)); the loaded ruleset is kept as it is")]
+                                               message: "a firewall file cannot be read (\(freezing.count) error(s)); "
+                                                            + "the loaded ruleset is kept as it is")]
             return computed
         }
         let observed: ObservedFirewall
@@ -137,7 +139,8 @@ public struct FirewallReconciler: Sendable {
                     let id = "port/\(port.device)"
                     guard ResourceSelector.select(only, kind: "firewall", name: id) else { continue }
                     computed.resources.append(ResourcePlan(kind: "firewall", name: id, action: .create, source: nil,
-                                                           changes: [PlannedChange(field: "firewall bridge", old: master ?? "(none)", new: port.firewallBridge, changeClass: .live)],
+                                                           changes: [PlannedChange(field: "firewall bridge", old: master ?? "(none)",
+                                                                                   new: port.firewallBridge, changeClass: .live)],
                                                            operations: [Step.plumb(port).description],
                                                            message: "guest \(port.vmid) \(port.netName) has firewall=1"))
                     computed.steps.append((id, [.plumb(port)]))
@@ -146,9 +149,11 @@ public struct FirewallReconciler: Sendable {
             let wanted = compiled.enabled ? Set(compiled.ports.map(\.device)) : []
             for port in computed.records.ports where !wanted.contains(port.device) {
                 let id = "port/\(port.device)"
-                guard ResourceSelector.select(only, kind: "firewall", name: id), observed.masters[port.firewallBridge] != nil || observed.masters[port.device] != nil else { continue }
+                guard ResourceSelector.select(only, kind: "firewall", name: id),
+                      observed.masters[port.firewallBridge] != nil || observed.masters[port.device] != nil else { continue }
                 computed.resources.append(ResourcePlan(kind: "firewall", name: id, action: .delete, source: nil,
-                                                       changes: [PlannedChange(field: "firewall bridge", old: port.firewallBridge, new: port.bridge, changeClass: .live)],
+                                                       changes: [PlannedChange(field: "firewall bridge", old: port.firewallBridge, new: port.bridge,
+                                                                               changeClass: .live)],
                                                        operations: [Step.unplumb(port).description],
                                                        message: compiled.enabled ? "the NIC no longer has firewall=1" : "the firewall is disabled"))
                 computed.steps.append((id, [.unplumb(port)]))
@@ -178,7 +183,8 @@ public struct FirewallReconciler: Sendable {
             action = .update
             let ruleChanges = Self.ruleChanges(from: computed.records.rules, to: compiled.rules)
             if listingDigest != computed.records.listingDigest {
-                changes.append(PlannedChange(field: "live ruleset", old: "changed outside pvectl", new: "reloaded from the firewall files", changeClass: .live))
+                changes.append(PlannedChange(field: "live ruleset", old: "changed outside pvectl", new: "reloaded from the firewall files",
+                                             changeClass: .live))
             }
             changes += ruleChanges
         } else if !steps.isEmpty {
@@ -187,7 +193,9 @@ public struct FirewallReconciler: Sendable {
             return computed
         }
         steps.append(.load(script))
-        let summary = compiled.enabled ? "\(compiled.rules.count) rules in \(compiled.chains.count) chains, \(compiled.sets.count) sets" : "firewall disabled in cluster.fw"
+        let summary = compiled.enabled
+            ? "\(compiled.rules.count) rules in \(compiled.chains.count) chains, \(compiled.sets.count) sets"
+            : "firewall disabled in cluster.fw"
         computed.resources.append(ResourcePlan(kind: "firewall", name: "ruleset", action: action, source: nil, changes: changes,
                                                operations: steps.map(\.description), message: summary))
         computed.steps.append(("ruleset", steps))
@@ -259,14 +267,9 @@ public struct FirewallReconciler: Sendable {
         return (old, new)
     }
 
-    public struct Outcome: Sendable {
-        public var applied: [String] = []
-        public var failed: [(id: String, message: String)] = []
-    }
-
     /// Plumbing first (the guest chains key on the firewall bridges), then the ruleset.
-    public func apply(_ computed: Computed, progress: @Sendable (String) -> Void) async throws -> Outcome {
-        var outcome = Outcome()
+    public func apply(_ computed: Computed, progress: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
+        var outcome = ApplyOutcome()
         var records = computed.records
         for (id, steps) in computed.steps {
             do {
@@ -293,7 +296,7 @@ public struct FirewallReconciler: Sendable {
                 }
                 outcome.applied.append(id)
             } catch {
-                outcome.failed.append((id, "\(error)"))
+                outcome.failed.append(.init(name: id, message: "\(error)"))
             }
         }
         return outcome

@@ -272,7 +272,8 @@ public enum NetworkStep: Hashable, Sendable, Codable {
         case .setUp(let name): ["link set \(name) up"]
         case .setDown(let name): ["link set \(name) down"]
         case .setBridge(let name, let stp, let fd, let vlanFiltering):
-            ["link set \(name) type bridge stp_state \(stp ? 1 : 0) forward_delay \(fd * 100)" + (vlanFiltering.map { " vlan_filtering \($0 ? 1 : 0)" } ?? "")]
+            ["link set \(name) type bridge stp_state \(stp ? 1 : 0) forward_delay \(fd * 100)"
+                + (vlanFiltering.map { " vlan_filtering \($0 ? 1 : 0)" } ?? "")]
         case .setBond(let name, let miimon, let policy, let rate, let minLinks, let primary):
             ["link set \(name) type bond miimon \(miimon)" + (policy.map { " xmit_hash_policy \($0)" } ?? "")
                 + (rate.map { " lacp_rate \($0)" } ?? "") + (minLinks.map { " min_links \($0)" } ?? "") + (primary.map { " primary \($0)" } ?? "")]
@@ -294,4 +295,6 @@ public protocol NetworkDriver: Sendable {
     func observe() async throws -> ObservedNetwork
     /// Performs the steps in the given order; stops at the first failure.
     func perform(_ steps: [NetworkStep], log: @Sendable (String) -> Void) async throws
+    /// Moves a staged `interfaces.new` over the interfaces file (one rename), once what it describes runs.
+    func installStagedInterfaces(_ staged: String) throws
 }

@@ -1,16 +1,21 @@
 import Foundation
 import Resources
 
-/// `--only KIND[/ID]`: which resources a run touches.
+/// `--only KIND[/ID]`: which resources a run touches. Which kinds exist is the engine's registry
+/// (`ReconcileEngine.selector` checks the name).
 public struct ResourceSelector: Hashable, Sendable, CustomStringConvertible {
-    public static let kinds = ["network", "storage", "qemu", "lxc", "firewall"]
-
     public var kind: String
     public var name: String?
 
+    public init(kind: String, name: String? = nil) {
+        self.kind = kind
+        self.name = name
+    }
+
+    /// `KIND` or `KIND/ID`; nil when there is no kind.
     public init?(_ text: String) {
-        let parts = text.split(separator: "/", maxSplits: 1).map(String.init)
-        guard let kind = parts.first, ResourceSelector.kinds.contains(kind) else { return nil }
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard let kind = parts.first, !kind.isEmpty, parts.count == 1 || !parts[1].isEmpty else { return nil }
         self.kind = kind
         self.name = parts.count > 1 ? parts[1] : nil
     }
@@ -51,6 +56,7 @@ public struct NetworkReconciler: Sendable {
         public var records: NetworkRecords
         /// Problems that block the network kind (parse or validation errors).
         public var problems: [Diagnostic]
+        public var notes: [String] = []
 
         public init(resources: [ResourcePlan] = [], diff: NetworkDiffer.Result? = nil, desired: [DesiredInterface] = [],
                     records: NetworkRecords = NetworkRecords(), problems: [Diagnostic] = []) {
@@ -87,15 +93,10 @@ public struct NetworkReconciler: Sendable {
         return Computed(resources: result.resources, diff: result, desired: differ.desired, records: records, problems: [])
     }
 
-    public struct ApplyOutcome: Sendable {
-        public var applied: [String]
-        public var failed: [(name: String, message: String)]
-    }
-
     /// Runs the steps, recording in-flight work before it starts and the
     /// outcome per interface after, so an interrupted apply is visible and
     /// ownership (what we created) is never lost.
-    public func apply(_ computed: Computed, log: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
+    public func apply(_ computed: Computed, progress log: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
         guard let diff = computed.diff else { return ApplyOutcome(applied: [], failed: []) }
         var records = computed.records
         let now = clock.now()
@@ -142,7 +143,7 @@ public struct NetworkReconciler: Sendable {
                 record.status = .failed
                 record.message = failedNames.contains(name) ? failure?.message : "not applied: an earlier step failed"
                 records.interfaces[name] = record
-                outcome.failed.append((name, record.message ?? ""))
+                outcome.failed.append(.init(name: name, message: record.message ?? ""))
             } else if let want = desiredByName[name] {
                 records.interfaces[name] = AppliedInterface(config: want, created: wasCreated, generation: want.generation,
                                                             status: .applied, updatedAt: clock.now())

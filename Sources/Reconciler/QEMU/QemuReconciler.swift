@@ -361,7 +361,8 @@ public struct QemuReconciler: Sendable {
             commandConfig.main = main
             let arguments: [String]
             do {
-                arguments = try QemuCommandLine(vmid: vmid, config: commandConfig, storage: state.storage, host: host, cpuModels: cpuModels).build().arguments
+                arguments = try QemuCommandLine(vmid: vmid, config: commandConfig, storage: state.storage, host: host,
+                                                cpuModels: cpuModels).build().arguments
             } catch {
                 // Running: its changes cannot be worked out; stopped: it cannot start.
                 computed.problems.append(.error(source, isRunning ? "VM \(vmid): the config does not give a command line: \(error)"
@@ -393,7 +394,8 @@ public struct QemuReconciler: Sendable {
                 PlannedChange(field: key, old: effective[key], new: generated[key], changeClass: .none,
                               source: guest.config.main.entry(key)?.location)
             }
-            let commandText = "start: " + QemuCommandLine.render(Array(arguments.prefix(3)), pretty: false).trimmingCharacters(in: .whitespacesAndNewlines)
+            let commandText = "start: "
+                + QemuCommandLine.render(Array(arguments.prefix(3)), pretty: false).trimmingCharacters(in: .whitespacesAndNewlines)
                 + " … (\(arguments.count) arguments, \(acceleration.kvm ? "KVM" : "TCG"))"
 
             switch runState {
@@ -402,7 +404,8 @@ public struct QemuReconciler: Sendable {
                     computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .update, source: source,
                                                            changes: generatedChanges,
                                                            operations: ["record the running QEMU (pid \(pid)) as running this config"],
-                                                           message: "adopt: QEMU was started outside pvectl; its configuration is taken to be the file's"))
+                                                           message: "adopt: QEMU was started outside pvectl; "
+                                                                        + "its configuration is taken to be the file's"))
                     // Generated values are written now too, or the next edit of the file would generate others.
                     computed.vms.append(VMPlan(vmid: vmid, action: .adopt(pid: pid, running: desired),
                                                writeBack: writeBack(keys: Set(generated.keys), fromPending: []), order: startup.order))
@@ -461,13 +464,17 @@ public struct QemuReconciler: Sendable {
                 computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .update, source: source, changes: planned,
                                                        operations: live.flatMap(\.steps).map(\.description),
                                                        message: restartNeeded.isEmpty ? nil
-                                                           : "\(restartNeeded.count) change(s) stay pending until a restart (pvectl apply --restart --only qemu/\(vmid))"))
+                                                           : "\(restartNeeded.count) change(s) stay pending until a restart "
+                                                                 + "(pvectl apply --restart --only qemu/\(vmid))"))
                 computed.vms.append(VMPlan(vmid: vmid, action: .live(live.flatMap(\.steps), running: running),
-                                           writeBack: writeBack(keys: appliedKeys.intersection(generated.keys), fromPending: appliedKeys.intersection(pendingKeys)),
+                                           writeBack: writeBack(keys: appliedKeys.intersection(generated.keys),
+                                                                fromPending: appliedKeys.intersection(pendingKeys)),
                                            order: startup.order))
             case .stopped, .crashed:
                 guard case .run(let why) = intent else { continue }
-                let blockedDisks = desired.keys.sorted().filter { GuestConfig.isDriveKey($0) && !QemuLiveChanges.isCDROM(desired[$0]) }.compactMap { key -> String? in
+                let blockedDisks = desired.keys.sorted().filter {
+                    GuestConfig.isDriveKey($0) && !QemuLiveChanges.isCDROM(desired[$0])
+                }.compactMap { key -> String? in
                     let volume = QemuLiveChanges.parse(desired[key]!)[""] ?? ""
                     guard let colon = volume.firstIndex(of: ":"), let reason = inactiveStorages[String(volume[..<colon])] else { return nil }
                     return "\(key) is on storage \(volume[..<colon]), which is not active here (\(reason))"
@@ -482,13 +489,16 @@ public struct QemuReconciler: Sendable {
                 else if record != nil { message = "start again: QEMU is not running; \(why)" }
                 var operations: [String] = []
                 let write = writeBack(keys: Set(generated.keys), fromPending: pendingKeys)
-                if write != nil { operations.append("write generated values\(pendingKeys.isEmpty ? "" : " and the pending changes") into \(guest.path)") }
+                if write != nil {
+                    operations.append("write generated values\(pendingKeys.isEmpty ? "" : " and the pending changes") into \(guest.path)")
+                }
                 operations.append(commandText)
                 let spec = startSpec()
                 operations += spec.taps.map { "attach \($0.tap) to \($0.bridge)" + ($0.tag.map { " (VLAN \($0))" } ?? "") }
                 operations += spec.linkDown.map { "set_link \($0) down" }
                 computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .create, source: source,
-                                                       changes: [PlannedChange(field: "state", old: observed.state.description, new: "running", changeClass: .live)]
+                                                       changes: [PlannedChange(field: "state", old: observed.state.description, new: "running",
+                                                                               changeClass: .live)]
                                                            + generatedChanges,
                                                        operations: operations, message: message))
                 computed.vms.append(VMPlan(vmid: vmid, action: .start(spec), writeBack: write, order: startup.order))
@@ -510,15 +520,10 @@ public struct QemuReconciler: Sendable {
         return computed
     }
 
-    public struct Outcome: Sendable {
-        public var applied: [Int] = []
-        public var failed: [(vmid: Int, message: String)] = []
-    }
-
     /// Stops first (highest `startup` order first), then live changes and
     /// restarts, then starts in `startup` order, waiting `up` seconds after each.
-    public func apply(_ computed: Computed, progress: @Sendable (String) -> Void) async throws -> Outcome {
-        var outcome = Outcome()
+    public func apply(_ computed: Computed, progress: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
+        var outcome = ApplyOutcome()
         var records = computed.records
         func rank(_ plan: VMPlan) -> (Int, Int) { (plan.order ?? Int.max, plan.vmid) }
         let stops = computed.vms.filter { if case .stop = $0.action { true } else { false } }.sorted { rank($0) > rank($1) }
@@ -563,9 +568,9 @@ public struct QemuReconciler: Sendable {
                                                              accelerator: computed.acceleration?.kvm == false ? "tcg" : "kvm")
                     progress("qemu/\(vmid): adopted the running QEMU (pid \(pid))")
                 }
-                outcome.applied.append(vmid)
+                outcome.applied.append(String(vmid))
             } catch {
-                outcome.failed.append((vmid, "\(error)"))
+                outcome.failed.append(.init(name: String(vmid), message: "\(error)"))
             }
             try store.save(records, as: "qemu")
         }

@@ -22,6 +22,8 @@ public struct StorageReconciler: Sendable {
         public var observed: ObservedStorage?
         public var active: Bool
         public var reason: String?
+        /// Inactive until something is mounted on its `is_mountpoint` path: nothing pvectl watches reports that mount.
+        public var waitsForMount = false
     }
 
     public struct Computed: Sendable {
@@ -32,10 +34,15 @@ public struct StorageReconciler: Sendable {
         public var records = StorageRecords()
         public var problems: [Diagnostic] = []
         public init() {}
+
+        /// Looked at again every 10 s (pvestatd's interval) while a storage waits for its mount, so that the VMs on it
+        /// start soon after the mount appears rather than at the next resync.
+        public var requeueAfter: TimeInterval? { statuses.contains { $0.waitsForMount } ? 10 : nil }
     }
 
     static func selected(_ only: [ResourceSelector], storage: String, volume: String? = nil) -> Bool {
-        ResourceSelector.select(only, kind: "storage", name: storage) || (volume.map { ResourceSelector.select(only, kind: "storage", name: $0) } ?? false)
+        ResourceSelector.select(only, kind: "storage", name: storage)
+            || (volume.map { ResourceSelector.select(only, kind: "storage", name: $0) } ?? false)
     }
 
     public func compute(_ state: DesiredState, only: [ResourceSelector]) async throws -> Computed {
@@ -46,7 +53,8 @@ public struct StorageReconciler: Sendable {
         if state.frozen.contains(ResourceID(kind: "storage", name: "*")) || !fileProblems.isEmpty {
             computed.problems = fileProblems
             computed.resources = [ResourcePlan(kind: "storage", name: "*", action: .blocked, source: fileProblems.first?.location, changes: [],
-                                               message: "\(file.file) has \(fileProblems.count) error(s); storage is left as it is until they are fixed")]
+                                               message: "\(file.file) has \(fileProblems.count) error(s); "
+                                                            + "storage is left as it is until they are fixed")]
             return computed
         }
         var (storages, storageProblems) = StorageDesiredState.storages(from: file, node: state.node)
@@ -77,21 +85,23 @@ public struct StorageReconciler: Sendable {
             guard Self.selected(only, storage: id), !computed.resources.contains(where: { $0.name == id }) else { continue }
             let plan = ResourcePlan(kind: "storage", name: id, action: .delete, source: nil,
                                     changes: [PlannedChange(field: "mount", old: "\(record.source) on \(target)", new: nil, changeClass: .reload)],
-                                    operations: [StorageStep.unmount(target).description], message: "no longer in storage.cfg for this node; unmounting what pvectl mounted (data is not touched)")
+                                    operations: [StorageStep.unmount(target).description],
+                                    message: "no longer in storage.cfg for this node; unmounting what pvectl mounted (data is not touched)")
             add(&computed, (plan, [.unmount(target)]))
         }
 
         let (volumes, volumeProblems) = StorageDesiredState.volumes(state, storages: storages)
         for problem in volumeProblems {
             computed.problems.append(problem)
-            computed.resources.append(ResourcePlan(kind: "storage", name: "volume@\(problem.location.file):\(problem.location.line)", action: .blocked,
-                                                   source: problem.location, changes: [], message: problem.message))
+            computed.resources.append(ResourcePlan(kind: "storage", name: "volume@\(problem.location.file):\(problem.location.line)",
+                                                   action: .blocked, source: problem.location, changes: [], message: problem.message))
         }
         for volume in volumes where Self.selected(only, storage: volume.storage, volume: volume.volumeID) {
             guard let storage = usable[volume.storage] else {
                 let storage = storages.first { $0.id == volume.storage }
                 let plan = ResourcePlan(kind: "storage", name: volume.volumeID, action: .unavailable, source: volume.source, changes: [],
-                                        message: "unavailable: storage '\(volume.storage)' is \(storage?.inactiveReason ?? "not active") on this node")
+                                        message: "unavailable: storage '\(volume.storage)' "
+                                                     + "is \(storage?.inactiveReason ?? "not active") on this node")
                 computed.resources.append(plan)
                 continue
             }
@@ -131,7 +141,8 @@ public struct StorageReconciler: Sendable {
         var changes: [PlannedChange] = []
         var action = ResourcePlan.Action.update
         func blocked(_ message: String) -> (ResourcePlan?, [StorageStep], StorageStatus) {
-            (ResourcePlan(kind: "storage", name: storage.id, action: .blocked, source: storage.source, changes: [], message: message), [], status(false, message))
+            (ResourcePlan(kind: "storage", name: storage.id, action: .blocked, source: storage.source, changes: [], message: message),
+             [], status(false, message))
         }
         switch storage.type {
         case "dir", "btrfs", "nfs", "cifs":
@@ -141,7 +152,9 @@ public struct StorageReconciler: Sendable {
                 let why = "not active until something is mounted on \(mountpoint)"
                 let plan = ResourcePlan(kind: "storage", name: storage.id, action: .unavailable, source: storage.source, changes: [],
                                         message: "unavailable: \(why)")
-                return (plan, [], status(false, why))
+                var waiting = status(false, why)
+                waiting.waitsForMount = true
+                return (plan, [], waiting)
             }
             if storage.type == "nfs" || storage.type == "cifs" {
                 let (fileSystem, source, options) = mountSpec(storage)
@@ -172,7 +185,8 @@ public struct StorageReconciler: Sendable {
             let subdirectories = storage.subdirectories
             var seen: [String: String] = [:]
             for content in storage.content.sorted() {
-                guard let directory = try? StorageVolumes.subdirectory(path: path, contentDirectories: storage.contentDirectories, vtype: content) else { continue }
+                guard let directory = try? StorageVolumes.subdirectory(path: path, contentDirectories: storage.contentDirectories,
+                                                                       vtype: content) else { continue }
                 if let other = seen[directory] { return blocked("uses directory \(directory) for both \(other) and \(content)") }
                 seen[directory] = content
             }
@@ -183,14 +197,21 @@ public struct StorageReconciler: Sendable {
             }
         case "lvm":
             guard let vg = storage.properties["vgname"] else { return blocked("no vgname") }
-            guard observed.volumeGroupExists else { return blocked("volume group \(vg) does not exist on this node (pvectl does not create volume groups)") }
+            guard observed.volumeGroupExists else {
+                return blocked("volume group \(vg) does not exist on this node (pvectl does not create volume groups)")
+            }
             if !observed.inactiveLogicalVolumes.isEmpty {
                 steps.append(.activateVolumeGroup(vg))
-                changes.append(PlannedChange(field: "active", old: "\(observed.inactiveLogicalVolumes.count) inactive volume(s)", new: "all active", changeClass: .live, source: storage.source))
+                changes.append(PlannedChange(field: "active", old: "\(observed.inactiveLogicalVolumes.count) inactive volume(s)", new: "all active",
+                                             changeClass: .live, source: storage.source))
             }
         case "lvmthin":
-            guard let vg = storage.properties["vgname"], let pool = storage.properties["thinpool"] else { return blocked("needs vgname and thinpool") }
-            guard observed.volumeGroupExists else { return blocked("volume group \(vg) does not exist on this node (pvectl does not create volume groups)") }
+            guard let vg = storage.properties["vgname"], let pool = storage.properties["thinpool"] else {
+                return blocked("needs vgname and thinpool")
+            }
+            guard observed.volumeGroupExists else {
+                return blocked("volume group \(vg) does not exist on this node (pvectl does not create volume groups)")
+            }
             guard observed.thinPoolExists else { return blocked("thin pool \(vg)/\(pool) does not exist (create it with lvcreate -T)") }
             if !observed.thinPoolActive {
                 steps.append(.activateLogicalVolume("\(vg)/\(pool)"))
@@ -239,7 +260,8 @@ public struct StorageReconciler: Sendable {
             guard let wanted = volume.sizeBytes, let have = current.sizeBytes, wanted != have else { return nil }
             if format == "subvol" { return nil }
             if wanted < have {
-                return blocked("size=\(Self.human(wanted)) is smaller than the volume's \(Self.human(have)); shrinking is refused and the volume is left as it is")
+                return blocked("size=\(Self.human(wanted)) is smaller than the volume's \(Self.human(have)); "
+                                   + "shrinking is refused and the volume is left as it is")
             }
             let filesystem = isContainer && format == "raw"
             let isLogicalVolume = ["lvm", "lvmthin"].contains(storage.type)
@@ -253,7 +275,8 @@ public struct StorageReconciler: Sendable {
                                          : .resizeImage(path: volume.hostPath, format: format, bytes: wanted, filesystem: filesystem)]
             }
             return (ResourcePlan(kind: "storage", name: volume.volumeID, action: .update, source: volume.source,
-                                 changes: [PlannedChange(field: "size", old: Self.human(have), new: Self.human(wanted), changeClass: .live, source: volume.source)],
+                                 changes: [PlannedChange(field: "size", old: Self.human(have), new: Self.human(wanted), changeClass: .live,
+                                                         source: volume.source)],
                                  operations: steps.map(\.description)), steps)
         }
         // Allocation: only what upstream would allocate for this guest on this storage.
@@ -275,21 +298,26 @@ public struct StorageReconciler: Sendable {
                                           thinPool: storage.type == "lvmthin" ? storage.properties["thinpool"] : nil, filesystem: isContainer)]
         case "btrfs":
             let subvolume = format == "subvol" ? volume.hostPath : URL(fileURLWithPath: volume.hostPath).deletingLastPathComponent().path
-            var list: [StorageStep] = [.makeDirectory(URL(fileURLWithPath: subvolume).deletingLastPathComponent().path), .createBtrfsSubvolume(subvolume)]
+            var list: [StorageStep] = [.makeDirectory(URL(fileURLWithPath: subvolume).deletingLastPathComponent().path),
+                                       .createBtrfsSubvolume(subvolume)]
             if format != "subvol" { list.append(.createImage(path: volume.hostPath, format: "raw", bytes: size, filesystem: isContainer)) }
             steps = list
         default:
             if format == "subvol" {
-                if size != 0 { return blocked("storage '\(storage.id)' (\(storage.type)) does not support subvol quotas: use size=0 or a raw volume") }
-                steps = [.makeDirectory(URL(fileURLWithPath: volume.hostPath).deletingLastPathComponent().path), .createDirectoryVolume(volume.hostPath)]
+                if size != 0 {
+                    return blocked("storage '\(storage.id)' (\(storage.type)) does not support subvol quotas: use size=0 or a raw volume")
+                }
+                steps = [.makeDirectory(URL(fileURLWithPath: volume.hostPath).deletingLastPathComponent().path),
+                         .createDirectoryVolume(volume.hostPath)]
             } else {
                 guard ["raw", "qcow2", "vmdk"].contains(format) else { return blocked("cannot allocate format \(format)") }
                 steps = [.makeDirectory(URL(fileURLWithPath: volume.hostPath).deletingLastPathComponent().path),
                          .createImage(path: volume.hostPath, format: format, bytes: size, filesystem: isContainer && format == "raw")]
             }
         }
+        let allocation = "\(format), \(Self.human(size)) for \(volume.guestKind.rawValue)/\(volume.vmid) \(volume.key)"
         let plan = ResourcePlan(kind: "storage", name: volume.volumeID, action: .create, source: volume.source,
-                                changes: [PlannedChange(field: "volume", old: nil, new: "\(format), \(Self.human(size)) for \(volume.guestKind.rawValue)/\(volume.vmid) \(volume.key)",
+                                changes: [PlannedChange(field: "volume", old: nil, new: allocation,
                                                         changeClass: .live, source: volume.source)],
                                 operations: steps.map(\.description))
         return (plan, steps)
@@ -301,14 +329,9 @@ public struct StorageReconciler: Sendable {
         return "\(bytes)B"
     }
 
-    public struct Outcome: Sendable {
-        public var applied: [String] = []
-        public var failed: [(id: String, message: String)] = []
-    }
-
     /// Runs the steps, storages before volumes; a failed storage skips its volumes.
-    public func apply(_ computed: Computed, log: @Sendable (String) -> Void) async throws -> Outcome {
-        var outcome = Outcome()
+    public func apply(_ computed: Computed, progress log: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
+        var outcome = ApplyOutcome()
         var records = computed.records
         var failedStorages = Set<String>()
         let ordered = computed.steps.sorted { lhs, rhs in
@@ -318,7 +341,7 @@ public struct StorageReconciler: Sendable {
         for (id, steps) in ordered {
             let name = String(id.dropFirst("storage/".count))
             if let storage = StorageVolumes.parseVolumeID(name)?.storage, failedStorages.contains(storage) {
-                outcome.failed.append((name, "skipped: storage \(storage) failed"))
+                outcome.failed.append(.init(name: name, message: "skipped: storage \(storage) failed"))
                 continue
             }
             do {
@@ -338,7 +361,7 @@ public struct StorageReconciler: Sendable {
                 outcome.applied.append(name)
             } catch {
                 failedStorages.insert(name)
-                outcome.failed.append((name, "\(error)"))
+                outcome.failed.append(.init(name: name, message: "\(error)"))
             }
         }
         return outcome

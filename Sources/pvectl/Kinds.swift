@@ -1,0 +1,32 @@
+import Drivers
+import Reconciler
+
+/// The kinds this build of pvectl reconciles, each with its driver: the one place a kind is registered. Plan, apply,
+/// status, `pvectl run`, `--only`, `--report-only` and their help texts all come from this list.
+struct KindSettings {
+    var store: StateStore
+    var qemuAcceleration: String
+    /// VMs `apply --restart` restarts for pending changes; nil without --restart.
+    var restartVMs: Set<Int>?
+}
+
+enum Kinds {
+    /// Name and summary of every registered kind, for help texts (built before any option is parsed; making the
+    /// kinds does no I/O).
+    static let catalog: [(name: String, summary: String)] = registered(KindSettings(store: StateStore(directory: "/nonexistent"),
+                                                                                     qemuAcceleration: "auto"))
+        .map { (type(of: $0).name, type(of: $0).summary) }
+
+    static func registered(_ settings: KindSettings) -> [any ResourceKind] {
+        [
+            NetworkReconciler(driver: KernelNetworkDriver(), store: settings.store),
+            StorageReconciler(driver: HostStorageDriver(), store: settings.store),
+            QemuReconciler(driver: QemuProcessDriver(), store: settings.store, accelerationSetting: settings.qemuAcceleration,
+                           restart: settings.restartVMs),
+            LxcKind(),
+            FirewallReconciler(driver: NftablesFirewallDriver(), store: settings.store),
+        ]
+    }
+
+    static var names: String { catalog.map(\.name).joined(separator: ", ") }
+}
