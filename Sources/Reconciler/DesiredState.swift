@@ -96,13 +96,13 @@ public struct DesiredState: Sendable {
         func read(_ file: String, counted: Bool = true) -> String? {
             guard fm.fileExists(atPath: file) else { return nil }
             guard let data = fm.contents(atPath: file) else {
-                state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "cannot read file"))
+                state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "cannot read file", code: .unreadableFile))
                 return nil
             }
             if counted { state.filesRead += 1 }
             if computeDigests { state.digests[file] = Digest.sha256Hex(data) }
             guard let text = String(data: data, encoding: .utf8) else {
-                state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "file is not valid UTF-8"))
+                state.diagnostics.append(.error(SourceLocation(file: file, line: 1), "file is not valid UTF-8", code: .unreadableFile))
                 return nil
             }
             return text
@@ -167,7 +167,8 @@ public struct DesiredState: Sendable {
             for name in names.sorted() where name.hasSuffix(".conf") {
                 let file = directory + "/" + name
                 guard let vmid = GuestConfig.vmid(forPath: name) else {
-                    state.diagnostics.append(.warning(SourceLocation(file: file, line: 1), "ignored: guest config names must be <vmid>.conf"))
+                    state.diagnostics.append(.warning(SourceLocation(file: file, line: 1), "ignored: guest config names must be <vmid>.conf",
+                                                      code: .fileName))
                     continue
                 }
                 guestFiles.append((nodeName, kind, file, vmid))
@@ -216,14 +217,16 @@ public struct DesiredState: Sendable {
             let index = iteration - 2
             let entry = files[index]
             guard let data = fm.contents(atPath: entry.path) else {
-                slots.set(index, LoadedGuest(diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "cannot read file")], read: false))
+                slots.set(index, LoadedGuest(diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "cannot read file",
+                                                                  code: .unreadableFile)], read: false))
                 return
             }
             // Digests serve saved plans (what changed since); `validate` has no use for them.
             let digest = computeDigests ? Digest.sha256Hex(data) : nil
             guard let text = String(data: data, encoding: .utf8) else {
                 slots.set(index, LoadedGuest(digest: digest,
-                                             diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "file is not valid UTF-8")]))
+                                             diagnostics: [.error(SourceLocation(file: entry.path, line: 1), "file is not valid UTF-8",
+                                                                  code: .unreadableFile)]))
                 return
             }
             let (parsed, diagnostics) = GuestConfig.parse(text, file: entry.path, kind: entry.kind)
@@ -264,7 +267,8 @@ public struct DesiredState: Sendable {
         for name in (fm.contentsOfDirectory(atPath: path("firewall")) ?? []).sorted() where name.hasSuffix(".fw") && name != "cluster.fw" {
             let file = path("firewall/" + name)
             guard let vmid = Int(name.dropLast(3)) else {
-                state.diagnostics.append(.warning(SourceLocation(file: file, line: 1), "ignored: guest firewall files are named <vmid>.fw"))
+                state.diagnostics.append(.warning(SourceLocation(file: file, line: 1), "ignored: guest firewall files are named <vmid>.fw",
+                                                  code: .fileName))
                 continue
             }
             if let text = read(file) {

@@ -53,7 +53,8 @@ public enum TreeValidator {
         for (vmid, file) in state.guestFirewalls.sorted(by: { $0.key < $1.key }) {
             diagnostics += FirewallValidator.validate(file, groups: groups)
             if !vmids.contains(vmid) {
-                diagnostics.append(.warning(SourceLocation(file: file.file, line: 1), "firewall rules for VMID \(vmid), which has no guest config"))
+                diagnostics.append(.warning(SourceLocation(file: file.file, line: 1), "firewall rules for VMID \(vmid), which has no guest config",
+                                            code: .reference))
             }
         }
         // What the firewall compiler leaves out (unknown ipsets, aliases, groups, rules it cannot compile), as the plan notes it.
@@ -87,7 +88,7 @@ public enum TreeValidator {
                 if !bridges.contains(bridge) {
                     diagnostics.append(.warning(entry.valueLocation,
                                                 "\(entry.key): bridge '\(bridge)' is not defined in the interfaces file "
-                                                    + "(bridges: \(bridges.sorted().joined(separator: ", ")))"))
+                                                    + "(bridges: \(bridges.sorted().joined(separator: ", ")))", code: .reference))
                 }
             }
         }
@@ -127,25 +128,27 @@ public enum TreeValidator {
                 // Not storage volumes: empty drives, host devices and bind mounts.
                 if volume == "none" || volume == "cdrom" || volume.hasPrefix("/") { continue }
                 guard let colon = volume.firstIndex(of: ":") else {
-                    diagnostics.append(.error(entry.valueLocation, "\(entry.key): volume '\(volume)' is not STORAGE:VOLUME"))
+                    diagnostics.append(.error(entry.valueLocation, "\(entry.key): volume '\(volume)' is not STORAGE:VOLUME", code: .volume))
                     continue
                 }
                 let storageID = String(volume[..<colon])
                 guard storages.byID[storageID] != nil else {
                     diagnostics.append(.error(entry.valueLocation,
-                                              "\(entry.key): storage '\(storageID)' does not exist in storage.cfg (defined: \(storages.ids))"))
+                                              "\(entry.key): storage '\(storageID)' does not exist in storage.cfg (defined: \(storages.ids))",
+                                              code: .reference))
                     continue
                 }
                 let needed = contentType(key: entry.key, kind: guest.kind, value: parsed)
                 let content = storages.content[storageID] ?? []
                 if !content.contains(needed) {
                     diagnostics.append(.error(entry.valueLocation,
-                                              "\(entry.key): " + contentProblem(storage: storageID, needed: needed, content: content)))
+                                              "\(entry.key): " + contentProblem(storage: storageID, needed: needed, content: content),
+                                              code: .volume))
                 }
                 if let allowed = storages.nodes[storageID], !allowed.contains(guest.node) {
                     diagnostics.append(.error(entry.valueLocation,
                                               "\(entry.key): storage '\(storageID)' is not available on node '\(guest.node)' "
-                                                + "(nodes: \(allowed.sorted().joined(separator: ",")))"))
+                                                + "(nodes: \(allowed.sorted().joined(separator: ",")))", code: .reference))
                 }
             }
         }
@@ -163,12 +166,13 @@ public enum TreeValidator {
         for guest in guests {
             if let previous = first[guest.vmid] {
                 diagnostics.append(.error(SourceLocation(file: guest.path, line: 1),
-                                          "duplicate VMID \(guest.vmid): also \(previous.path) (node \(previous.node))"))
+                                          "duplicate VMID \(guest.vmid): also \(previous.path) (node \(previous.node))", code: .duplicate))
             } else {
                 first[guest.vmid] = guest
             }
             if guest.vmid < 100 || guest.vmid > 999_999_999 {
-                diagnostics.append(.error(SourceLocation(file: guest.path, line: 1), "VMID \(guest.vmid) is out of range (100 to 999999999)"))
+                diagnostics.append(.error(SourceLocation(file: guest.path, line: 1), "VMID \(guest.vmid) is out of range (100 to 999999999)",
+                                          code: .invalidValue))
             }
         }
         return diagnostics
@@ -188,16 +192,18 @@ public enum TreeValidator {
                 guard let option = stanza.option(key) else { continue }
                 for port in option.value.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init) where port != "none" {
                     if !known(port) {
-                        diagnostics.append(.warning(option.valueLocation, "\(option.key): '\(port)' is neither declared in this file nor a NIC name"))
+                        diagnostics.append(.warning(option.valueLocation, "\(option.key): '\(port)' is neither declared in this file nor a NIC name",
+                                                    code: .reference))
                     }
                     if let owner = portOwner[port], owner != name {
-                        diagnostics.append(.error(option.valueLocation, "\(option.key): '\(port)' is already used by '\(owner)'"))
+                        diagnostics.append(.error(option.valueLocation, "\(option.key): '\(port)' is already used by '\(owner)'", code: .duplicate))
                     }
                     portOwner[port] = name
                 }
             }
             if let raw = stanza.option("vlan-raw-device"), !known(raw.value) {
-                diagnostics.append(.warning(raw.valueLocation, "vlan-raw-device: '\(raw.value)' is neither declared in this file nor a NIC name"))
+                diagnostics.append(.warning(raw.valueLocation, "vlan-raw-device: '\(raw.value)' is neither declared in this file nor a NIC name",
+                                            code: .reference))
             }
         }
         return diagnostics

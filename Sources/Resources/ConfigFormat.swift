@@ -119,7 +119,8 @@ public enum ConfigFormat: String, CaseIterable, Sendable {
             do {
                 return Result(diagnostics: diagnostics, canonical: try PVENetworkConfig(parsing: text).write())
             } catch {
-                return Result(diagnostics: diagnostics + [.error(SourceLocation(file: file, line: 1), error.description)], canonical: nil)
+                return Result(diagnostics: diagnostics + [.error(SourceLocation(file: file, line: 1), error.description,
+                                                                 code: .conflict)], canonical: nil)
             }
         case .firewall(let parsed): return Result(diagnostics: diagnostics, canonical: parsed.canonicalText())
         case .corosync(let parsed): return Result(diagnostics: diagnostics, canonical: parsed.canonicalText())

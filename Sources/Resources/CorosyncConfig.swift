@@ -86,14 +86,14 @@ public struct CorosyncConfig: Hashable, Sendable {
             if content.hasSuffix("{") {
                 let name = content.dropLast().trimmed
                 if name.isEmpty || name.contains(" ") {
-                    diagnostics.append(.error(location, "expected 'name {', got '\(content)'"))
+                    diagnostics.append(.error(location, "expected 'name {', got '\(content)'", code: .syntax))
                 }
                 stack.append(Section(name: name, location: location))
                 continue
             }
             if content == "}" {
                 if stack.count == 1 {
-                    diagnostics.append(.error(location, "'}' closes no section"))
+                    diagnostics.append(.error(location, "'}' closes no section", code: .syntax))
                     continue
                 }
                 let finished = stack.removeLast()
@@ -101,19 +101,19 @@ public struct CorosyncConfig: Hashable, Sendable {
                 continue
             }
             guard let colon = content.firstIndex(of: ":") else {
-                diagnostics.append(.error(location, "expected 'key: value', got '\(content)'"))
+                diagnostics.append(.error(location, "expected 'key: value', got '\(content)'", code: .syntax))
                 continue
             }
             let key = content[..<colon].trimmed
             let value = content[content.index(after: colon)...].trimmed
             if stack.count == 1 {
-                diagnostics.append(.error(location, "'\(key)' must be inside a section"))
+                diagnostics.append(.error(location, "'\(key)' must be inside a section", code: .misplaced))
             }
             stack[stack.count - 1].items.append(.value(key: key, value: value, location: location))
         }
         while stack.count > 1 {
             let open = stack.removeLast()
-            diagnostics.append(.error(open.location, "section '\(open.name)' is not closed"))
+            diagnostics.append(.error(open.location, "section '\(open.name)' is not closed", code: .syntax))
             stack[stack.count - 1].items.append(.section(open))
         }
         let root = stack[0]

@@ -22,6 +22,33 @@ public struct DiagnosticCode: RawRepresentable, Hashable, Sendable {
     public let rawValue: String
     public init(rawValue: String) { self.rawValue = rawValue }
 
+    /// A line or structure the format's grammar cannot read (no `key: value`, no section header, an unclosed section).
+    public static let syntax = DiagnosticCode(rawValue: "syntax")
+    /// A file that cannot be read, or whose bytes are not UTF-8.
+    public static let unreadableFile = DiagnosticCode(rawValue: "unreadable-file")
+    /// A file whose name the format does not take (a guest config not named `<vmid>.conf`); it is ignored.
+    public static let fileName = DiagnosticCode(rawValue: "file-name")
+    /// A key, option, property or section the format (or that type) does not know.
+    public static let unknownKey = DiagnosticCode(rawValue: "unknown-key")
+    /// A value of the wrong type, out of range, not one of the allowed values or not matching its pattern.
+    public static let invalidValue = DiagnosticCode(rawValue: "invalid-value")
+    /// A required key, section or value is absent.
+    public static let missingValue = DiagnosticCode(rawValue: "missing-value")
+    /// A key, section, id, name, VMID or port given twice.
+    public static let duplicate = DiagnosticCode(rawValue: "duplicate")
+    /// A line, key or rule that is valid elsewhere but not where it stands (outside any section, a group in a group).
+    public static let misplaced = DiagnosticCode(rawValue: "misplaced")
+    /// Values that each read well but do not go together (a port without a protocol that has ports, IPv4 with IPv6).
+    public static let conflict = DiagnosticCode(rawValue: "conflict")
+    /// A name of something that does not exist: a bridge or port, storage, security group, alias, ipset, role, node or guest.
+    public static let reference = DiagnosticCode(rawValue: "reference")
+    /// A guest's volume that its storage cannot hold: a volume name, content type or size.
+    public static let volume = DiagnosticCode(rawValue: "volume")
+    /// Valid for Proxmox VE, but not managed by pvectl (yet): what the reconciler does is said in the message.
+    public static let unsupported = DiagnosticCode(rawValue: "unsupported")
+    /// A change the reconciler will not make as things stand (the host lacks something, data would be lost); the
+    /// resource is left as it is.
+    public static let blocked = DiagnosticCode(rawValue: "blocked")
     /// A firewall rule line that cannot be read: pve-firewall skips that rule, the rest of its file stands.
     public static let firewallRuleLine = DiagnosticCode(rawValue: "firewall-rule-line")
 }
@@ -36,10 +63,10 @@ public struct Diagnostic: Error, Hashable, Sendable, CustomStringConvertible, Co
     public var location: SourceLocation
     public var severity: Severity
     public var message: String
-    /// Set where some code acts on this kind of problem (not printed).
-    public var code: DiagnosticCode?
+    /// What kind of problem this is, for code (and people filtering output) to act on; not printed.
+    public var code: DiagnosticCode
 
-    public init(_ severity: Severity = .error, at location: SourceLocation, _ message: String, code: DiagnosticCode? = nil) {
+    public init(_ severity: Severity = .error, at location: SourceLocation, _ message: String, code: DiagnosticCode) {
         self.location = location
         self.severity = severity
         self.message = message
@@ -53,12 +80,12 @@ public struct Diagnostic: Error, Hashable, Sendable, CustomStringConvertible, Co
         return copy
     }
 
-    public static func error(_ location: SourceLocation, _ message: String) -> Diagnostic {
-        Diagnostic(.error, at: location, message)
+    public static func error(_ location: SourceLocation, _ message: String, code: DiagnosticCode) -> Diagnostic {
+        Diagnostic(.error, at: location, message, code: code)
     }
 
-    public static func warning(_ location: SourceLocation, _ message: String) -> Diagnostic {
-        Diagnostic(.warning, at: location, message)
+    public static func warning(_ location: SourceLocation, _ message: String, code: DiagnosticCode) -> Diagnostic {
+        Diagnostic(.warning, at: location, message, code: code)
     }
 
     public var description: String { "\(location): \(severity.rawValue): \(message)" }

@@ -202,11 +202,11 @@ public struct FirewallConfig: Hashable, Sendable {
                 current = nil
                 guard let (kind, comment) = parseHeader(content, scope: scope) else {
                     diagnostics.append(.error(location(index), "unknown section header '\(content)' "
-                                              + "(expected [OPTIONS], [ALIASES], [RULES], [IPSET name] or [group name])"))
+                                              + "(expected [OPTIONS], [ALIASES], [RULES], [IPSET name] or [group name])", code: .unknownKey))
                     continue
                 }
                 if seen.contains(kind) {
-                    diagnostics.append(.error(location(index), "duplicate section \(content)"))
+                    diagnostics.append(.error(location(index), "duplicate section \(content)", code: .duplicate))
                 }
                 seen.insert(kind)
                 current = Section(kind: kind, comment: comment, location: location(index))
@@ -214,14 +214,14 @@ public struct FirewallConfig: Hashable, Sendable {
             }
             if content.isEmpty || content.hasPrefix("#") { continue }
             guard current != nil else {
-                diagnostics.append(.error(location(index), "line outside of any section: '\(content)'"))
+                diagnostics.append(.error(location(index), "line outside of any section: '\(content)'", code: .misplaced))
                 continue
             }
             let column = line.column(of: line.firstNonBlankIndex)
             switch current!.kind {
             case .options:
                 guard let colon = content.firstIndex(of: ":") else {
-                    diagnostics.append(.error(location(index, column), "expected 'option: value', got '\(content)'"))
+                    diagnostics.append(.error(location(index, column), "expected 'option: value', got '\(content)'", code: .syntax))
                     continue
                 }
                 let key = content[..<colon].trimmed
@@ -244,7 +244,7 @@ public struct FirewallConfig: Hashable, Sendable {
                 guard words.count == needed else {
                     diagnostics.append(.error(location(index, column),
                                               isAlias ? "expected 'name address', got '\(content)'"
-                                                  : "expected one address, range, alias or ipset name, got '\(content)'"))
+                                                  : "expected one address, range, alias or ipset name, got '\(content)'", code: .syntax))
                     continue
                 }
                 let cidr = words[needed - 1]
@@ -254,7 +254,7 @@ public struct FirewallConfig: Hashable, Sendable {
             case .rules, .group:
                 switch parseRule(content, location: location(index, column)) {
                 case .success(let rule): current!.rules.append(rule)
-                case .failure(let error): diagnostics.append(error.coded(.firewallRuleLine))
+                case .failure(let error): diagnostics.append(error)
                 }
             }
         }
@@ -298,10 +298,10 @@ public struct FirewallConfig: Hashable, Sendable {
         }
         var words = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)[...]
         guard let typeWord = words.popFirst(), let direction = Rule.Direction(rawValue: typeWord.uppercased()) else {
-            return .failure(.error(location, "expected a rule 'IN|OUT|FORWARD|GROUP ACTION [options]', got '\(content)'"))
+            return .failure(.error(location, "expected a rule 'IN|OUT|FORWARD|GROUP ACTION [options]', got '\(content)'", code: .firewallRuleLine))
         }
         guard let actionWord = words.popFirst() else {
-            return .failure(.error(location, "rule has no action"))
+            return .failure(.error(location, "rule has no action", code: .firewallRuleLine))
         }
         var action = actionWord
         var macro: String?
@@ -311,21 +311,21 @@ public struct FirewallConfig: Hashable, Sendable {
         }
         if direction != .group {
             guard ["ACCEPT", "DROP", "REJECT"].contains(action) else {
-                return .failure(.error(location, "unknown action '\(action)' (expected ACCEPT, DROP or REJECT)"))
+                return .failure(.error(location, "unknown action '\(action)' (expected ACCEPT, DROP or REJECT)", code: .firewallRuleLine))
             }
         }
         var options: [(key: String, value: String)] = []
         while let word = words.popFirst() {
             guard word.hasPrefix("-"), word.count > 1 else {
-                return .failure(.error(location, "unexpected '\(word)' in rule (options start with '-')"))
+                return .failure(.error(location, "unexpected '\(word)' in rule (options start with '-')", code: .firewallRuleLine))
             }
             // pve-firewall writes -dport; proxmox-firewall also reads --dport.
             let key = String(word.hasPrefix("--") ? word.dropFirst(2) : word.dropFirst())
             guard validOptions.contains(key) else {
-                return .failure(.error(location, "unknown rule option '-\(key)'"))
+                return .failure(.error(location, "unknown rule option '-\(key)'", code: .firewallRuleLine))
             }
             guard let value = words.popFirst() else {
-                return .failure(.error(location, "option '-\(key)' needs a value"))
+                return .failure(.error(location, "option '-\(key)' needs a value", code: .firewallRuleLine))
             }
             options.append((optionAliases[key] ?? key, value))
         }

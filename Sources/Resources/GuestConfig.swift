@@ -183,10 +183,10 @@ public struct GuestConfig: Hashable, Sendable {
                 current = Section(role: header, kind: kind, location: location(index))
                 switch header {
                 case .unknown(let name):
-                    diagnostics.append(.error(location(index), "unknown section '\(name)' is skipped by Proxmox"))
+                    diagnostics.append(.error(location(index), "unknown section '\(name)' is skipped by Proxmox", code: .unknownKey))
                 default:
                     if seenRoles.contains(header) {
-                        diagnostics.append(.error(location(index), "duplicate section \(current.header ?? "")"))
+                        diagnostics.append(.error(location(index), "duplicate section \(current.header ?? "")", code: .duplicate))
                     }
                     seenRoles.insert(header)
                 }
@@ -197,7 +197,7 @@ public struct GuestConfig: Hashable, Sendable {
                 continue
             }
             guard let colon = keyEnd(of: line, kind: kind) else {
-                diagnostics.append(.error(location(index), "unable to parse config line: '\(line)'"))
+                diagnostics.append(.error(location(index), "unable to parse config line: '\(line)'", code: .syntax))
                 continue
             }
             let key = String(line[..<colon.keyEnd])
@@ -211,11 +211,11 @@ public struct GuestConfig: Hashable, Sendable {
             }
             if value.isEmpty && !key.hasPrefix("lxc.") {
                 // Proxmox ignores such a line (with a warning); it never reaches the guest.
-                diagnostics.append(.warning(location(index), "'\(key)' has no value; Proxmox ignores this line"))
+                diagnostics.append(.warning(location(index), "'\(key)' has no value; Proxmox ignores this line", code: .missingValue))
                 continue
             }
             if key == "delete" && current.role != .pending {
-                diagnostics.append(.error(location(index), "property 'delete' is only allowed in the pending section"))
+                diagnostics.append(.error(location(index), "property 'delete' is only allowed in the pending section", code: .misplaced))
             }
             current.entries.append(Entry(key: key, value: value, location: location(index), valueColumn: valueColumn))
         }
@@ -290,7 +290,7 @@ public struct GuestConfig: Hashable, Sendable {
         return diagnostics.map { diagnostic in
             guard diagnostic.severity == .error, diagnostic.location.file == file,
                   let what = outcome[diagnostic.location.line] else { return diagnostic }
-            return .warning(diagnostic.location, diagnostic.message + " (\(what))")
+            return .warning(diagnostic.location, diagnostic.message + " (\(what))", code: diagnostic.code)
         }
     }
 

@@ -116,23 +116,24 @@ public struct InterfacesFile: Hashable, Sendable {
             switch keyword {
             case "auto", "allow-auto":
                 stanza = Stanza(kind: .allow(class: "auto", interfaces: Array(words.dropFirst())), location: location(headerIndex))
-                if words.count < 2 { diagnostics.append(.error(location(headerIndex), "'\(keyword)' names no interface")) }
+                if words.count < 2 { diagnostics.append(.error(location(headerIndex), "'\(keyword)' names no interface", code: .missingValue)) }
             case _ where keyword.hasPrefix("allow-"):
                 stanza = Stanza(kind: .allow(class: String(keyword.dropFirst(6)), interfaces: Array(words.dropFirst())),
                                 location: location(headerIndex))
-                if words.count < 2 { diagnostics.append(.error(location(headerIndex), "'\(keyword)' names no interface")) }
+                if words.count < 2 { diagnostics.append(.error(location(headerIndex), "'\(keyword)' names no interface", code: .missingValue)) }
             case "source":
                 stanza = Stanza(kind: .source(words.dropFirst().joined(separator: " ")), location: location(headerIndex))
             case "source-directory":
                 stanza = Stanza(kind: .sourceDirectory(words.dropFirst().joined(separator: " ")), location: location(headerIndex))
             case "iface":
                 if words.count != 2 && words.count != 4 {
-                    diagnostics.append(.error(location(headerIndex), "expected 'iface NAME [inet|inet6 METHOD]', got '\(line.trimmed)'"))
+                    diagnostics.append(.error(location(headerIndex), "expected 'iface NAME [inet|inet6 METHOD]', got '\(line.trimmed)'",
+                                              code: .syntax))
                 }
                 let family = words.count >= 4 ? words[2] : nil
                 if let family, family != "inet", family != "inet6" {
                     diagnostics.append(.error(location(headerIndex, line.column(of: line.range(of: family)?.lowerBound ?? start)),
-                                              "unknown address family '\(family)' (expected inet or inet6)"))
+                                              "unknown address family '\(family)' (expected inet or inet6)", code: .invalidValue))
                 }
                 stanza = Stanza(kind: .iface(name: words.count > 1 ? words[1] : "", family: family,
                                              method: words.count >= 4 ? words[3] : nil),
@@ -141,7 +142,8 @@ public struct InterfacesFile: Hashable, Sendable {
                 stanza = Stanza(kind: .other(String(line)), location: location(headerIndex))
             default:
                 diagnostics.append(.error(location(headerIndex, line.column(of: start)),
-                                          "unknown stanza '\(keyword)' (expected auto, allow-*, iface, mapping, source or source-directory)"))
+                                          "unknown stanza '\(keyword)' (expected auto, allow-*, iface, mapping, source or source-directory)",
+                                          code: .unknownKey))
                 elements.append(.trivia(String(raw)))
                 continue
             }
@@ -174,7 +176,8 @@ public struct InterfacesFile: Hashable, Sendable {
                     let valueStart = rest.firstNonBlankIndex
                     let value = String(rest[valueStart...]).trimmedTrailing
                     if value.isEmpty {
-                        diagnostics.append(.error(location(index, body.column(of: keyStart)), "option '\(content[..<keyEnd])' has no value"))
+                        diagnostics.append(.error(location(index, body.column(of: keyStart)), "option '\(content[..<keyEnd])' has no value",
+                                                  code: .missingValue))
                     }
                     stanza.options.append(Option(key: String(content[..<keyEnd]), value: value,
                                                  location: location(index, body.column(of: keyStart)),

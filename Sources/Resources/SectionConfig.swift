@@ -170,14 +170,14 @@ public struct SectionConfigFile: Hashable, Sendable {
             if line.isEmpty || line.first == "#" || line.isBlank || line.first == " " || line.first == "\t" {
                 if line.first == " " || line.first == "\t", !line.isBlank, line.trimmed.first != "#" {
                     diagnostics.append(.error(location(index, line.column(of: line.firstNonBlankIndex)),
-                                              "property line outside of a section: '\(line.trimmed)'"))
+                                              "property line outside of a section: '\(line.trimmed)'", code: .misplaced))
                 }
                 elements.append(.trivia(String(raw)))
                 index += 1
                 continue
             }
             guard let header = parseHeader(line) else {
-                diagnostics.append(.error(location(index), "expected a section header 'type: id', got '\(line)'"))
+                diagnostics.append(.error(location(index), "expected a section header 'type: id', got '\(line)'", code: .syntax))
                 elements.append(.trivia(String(raw)))
                 index += 1
                 continue
@@ -187,7 +187,7 @@ public struct SectionConfigFile: Hashable, Sendable {
                                   location: location(index), idColumn: header.idColumn)
             if let previous = seenIDs[header.id] {
                 diagnostics.append(.error(location(index, header.idColumn),
-                                          "duplicate section id '\(header.id)' (first defined at line \(previous.line))"))
+                                          "duplicate section id '\(header.id)' (first defined at line \(previous.line))", code: .duplicate))
             } else {
                 seenIDs[header.id] = location(index)
             }
@@ -201,7 +201,7 @@ public struct SectionConfigFile: Hashable, Sendable {
                 let keyStart = body.firstNonBlankIndex
                 if keyStart == body.startIndex || keyStart == body.endIndex {
                     if keyStart == body.startIndex { break }  // next header without a blank line
-                    diagnostics.append(.error(location(index), "ignored line with only white space inside section '\(header.id)'"))
+                    diagnostics.append(.error(location(index), "ignored line with only white space inside section '\(header.id)'", code: .syntax))
                     index += 1
                     continue
                 }
@@ -216,7 +216,8 @@ public struct SectionConfigFile: Hashable, Sendable {
                                         location: location(index, keyColumn),
                                         valueColumn: body.column(of: valueStart))
                 if seenKeys.contains(key), !(section.layout?.arrays.contains(key) ?? (section.layout == nil)) {
-                    diagnostics.append(.error(location(index, keyColumn), "duplicate attribute '\(key)' in section '\(header.id)'"))
+                    diagnostics.append(.error(location(index, keyColumn), "duplicate attribute '\(key)' in section '\(header.id)'",
+                                              code: .duplicate))
                 }
                 seenKeys.insert(key)
                 section.properties.append(property)

@@ -48,7 +48,7 @@ public struct DatacenterConfig: Hashable, Sendable {
             guard let colon = line.firstIndex(of: ":"),
                   line[line.firstNonBlankIndex..<colon].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }),
                   line.firstNonBlankIndex < colon else {
-                diagnostics.append(.error(location, "expected 'key: value', got '\(line.trimmed)'"))
+                diagnostics.append(.error(location, "expected 'key: value', got '\(line.trimmed)'", code: .syntax))
                 elements.append(.trivia(String(raw)))
                 continue
             }
@@ -56,7 +56,7 @@ public struct DatacenterConfig: Hashable, Sendable {
             let rest = line[line.index(after: colon)...]
             let valueStart = rest.firstNonBlankIndex
             if let previous = seen[key] {
-                diagnostics.append(.error(location, "duplicate key '\(key)' (first at line \(previous))"))
+                diagnostics.append(.error(location, "duplicate key '\(key)' (first at line \(previous))", code: .duplicate))
             }
             seen[key] = index + 1
             var entry = KeyValueLine(key: key, value: rest[valueStart...].trimmed, location: location,
@@ -122,14 +122,15 @@ public struct UserConfig: Hashable, Sendable {
             // Lines end with a colon, which leaves one empty last field.
             if fields.last == "" { fields.removeLast() }
             guard let range = fieldCounts[kind] else {
-                diagnostics.append(.error(location, "unknown entry type '\(kind)' (expected user, token, group, pool, role or acl)"))
+                diagnostics.append(.error(location, "unknown entry type '\(kind)' (expected user, token, group, pool, role or acl)",
+                                          code: .unknownKey))
                 elements.append(.trivia(String(raw)))
                 continue
             }
             if !range.contains(fields.count) {
                 diagnostics.append(.error(location, "'\(kind)' entry has \(fields.count) fields, expected "
                                           + (range.lowerBound == range.upperBound ? "\(range.lowerBound)"
-                                                : "\(range.lowerBound) to \(range.upperBound)")))
+                                                : "\(range.lowerBound) to \(range.upperBound)"), code: .syntax))
             }
             var line = Line(kind: kind, fields: fields, location: location)
             line.stamp(rawLines: [raw], location: location)

@@ -5,7 +5,7 @@
 /// Position of a property-string problem: the value's column, good enough to
 /// put the cursor on the right line and value.
 private func problem(_ location: SourceLocation, _ key: String, _ message: String) -> Diagnostic {
-    .error(location, "\(key): \(message)")
+    .error(location, "\(key): \(message)", code: .invalidValue)
 }
 
 public enum GuestValidator {
@@ -20,7 +20,7 @@ public enum GuestValidator {
             case .special(let name):
                 if name == "fleecing" {
                     for entry in section.entries where entry.key != "fleecing-images" {
-                        diagnostics.append(.error(entry.location, "unknown key '\(entry.key)' in [special:fleecing]"))
+                        diagnostics.append(.error(entry.location, "unknown key '\(entry.key)' in [special:fleecing]", code: .unknownKey))
                     }
                 }
                 continue
@@ -29,14 +29,15 @@ public enum GuestValidator {
             var seen: [String: SourceLocation] = [:]
             for entry in section.entries {
                 if let first = seen[entry.key], !entry.isRawLXC {
-                    diagnostics.append(.warning(entry.location, "'\(entry.key)' is set again (line \(first.line)); the last value wins"))
+                    diagnostics.append(.warning(entry.location, "'\(entry.key)' is set again (line \(first.line)); the last value wins",
+                                                code: .duplicate))
                 }
                 seen[entry.key] = entry.location
                 if entry.isRawLXC { continue }
                 if entry.key == "delete" {
                     if section.role == .pending {
                         for key in config.pendingDeletions where spec.option(key) == nil {
-                            diagnostics.append(.error(entry.valueLocation, "delete: unknown option '\(key)'"))
+                            diagnostics.append(.error(entry.valueLocation, "delete: unknown option '\(key)'", code: .unknownKey))
                         }
                     }
                     continue
@@ -46,7 +47,7 @@ public enum GuestValidator {
                     if entry.key == "vmstate" || entry.key == "runningmachine" || entry.key == "runningcpu" { continue }
                 }
                 guard let option = spec.option(entry.key) else {
-                    diagnostics.append(.error(entry.location, "unknown \(config.kind.rawValue) option '\(entry.key)'"))
+                    diagnostics.append(.error(entry.location, "unknown \(config.kind.rawValue) option '\(entry.key)'", code: .unknownKey))
                     continue
                 }
                 if let message = ValueChecker.check(entry.value, option, formats: spec.formats) {
@@ -64,17 +65,19 @@ public enum StorageValidator {
         for section in file.sections {
             guard let typeSpec = spec.types[section.type] else {
                 diagnostics.append(.error(section.location, "unknown storage type '\(section.type)' "
-                                          + "(expected one of: \(spec.types.keys.sorted().joined(separator: ", ")))"))
+                                          + "(expected one of: \(spec.types.keys.sorted().joined(separator: ", ")))", code: .invalidValue))
                 continue
             }
             if !isValidStorageID(section.id) {
                 diagnostics.append(.error(SourceLocation(file: section.location.file, line: section.location.line, column: section.idColumn),
-                                          "invalid storage id '\(section.id)' (letters, digits, '-', '_' and '.', starting with a letter)"))
+                                          "invalid storage id '\(section.id)' (letters, digits, '-', '_' and '.', starting with a letter)",
+                                          code: .invalidValue))
             }
             let allowed = Set(typeSpec.required + typeSpec.optional)
             for property in section.properties {
                 guard allowed.contains(property.key) else {
-                    diagnostics.append(.error(property.location, "unexpected property '\(property.key)' for storage type '\(section.type)'"))
+                    diagnostics.append(.error(property.location, "unexpected property '\(property.key)' for storage type '\(section.type)'",
+                                              code: .unknownKey))
                     continue
                 }
                 guard let option = spec.options[property.key] else { continue }
@@ -83,7 +86,8 @@ public enum StorageValidator {
                 }
             }
             for key in typeSpec.required where section.property(key) == nil {
-                diagnostics.append(.error(section.location, "storage '\(section.id)' (\(section.type)) is missing required property '\(key)'"))
+                diagnostics.append(.error(section.location, "storage '\(section.id)' (\(section.type)) is missing required property '\(key)'",
+                                          code: .missingValue))
             }
         }
         return diagnostics
@@ -105,25 +109,28 @@ public enum InterfacesValidator {
         for stanza in file.stanzas {
             guard case .iface(let name, let family, let method) = stanza.kind else { continue }
             if name.isEmpty || name.count > 15 || name.contains("/") {
-                diagnostics.append(.error(stanza.location, "invalid interface name '\(name)' (1 to 15 characters, no '/')"))
+                diagnostics.append(.error(stanza.location, "invalid interface name '\(name)' (1 to 15 characters, no '/')", code: .invalidValue))
             }
             let familyKey = "\(name) \(family ?? "-")"
             if let first = stanzasByFamily[familyKey] {
-                diagnostics.append(.error(stanza.location, "interface '\(name)' \(family ?? "") is declared again (first at line \(first.line))"))
+                diagnostics.append(.error(stanza.location, "interface '\(name)' \(family ?? "") is declared again (first at line \(first.line))",
+                                          code: .duplicate))
             }
             stanzasByFamily[familyKey] = stanza.location
             if let method, !spec.methods.contains(method) {
-                diagnostics.append(.error(stanza.location, "unknown method '\(method)' (expected one of: \(spec.methods.joined(separator: ", ")))"))
+                diagnostics.append(.error(stanza.location, "unknown method '\(method)' (expected one of: \(spec.methods.joined(separator: ", ")))",
+                                          code: .invalidValue))
             }
             var seen: [String: SourceLocation] = [:]
             for option in stanza.options {
                 let key = InterfacesFile.canonicalKey(option.key)
                 guard let optionSpec = spec.options[key] ?? spec.options[option.key] else {
-                    diagnostics.append(.error(option.location, "unknown option '\(option.key)' on interface '\(name)'"))
+                    diagnostics.append(.error(option.location, "unknown option '\(option.key)' on interface '\(name)'", code: .unknownKey))
                     continue
                 }
                 if let first = seen[key], !repeatable.contains(key) {
-                    diagnostics.append(.error(option.location, "'\(option.key)' is set again on '\(name)' (first at line \(first.line))"))
+                    diagnostics.append(.error(option.location, "'\(option.key)' is set again on '\(name)' (first at line \(first.line))",
+                                              code: .duplicate))
                 }
                 seen[key] = option.location
                 if key == "address" {
@@ -161,7 +168,8 @@ public enum FirewallValidator {
             case .options:
                 for option in section.options {
                     guard let optionSpec = scopeOptions[option.key] else {
-                        diagnostics.append(.error(option.location, "unknown \(file.scope.rawValue) firewall option '\(option.key)'"))
+                        diagnostics.append(.error(option.location, "unknown \(file.scope.rawValue) firewall option '\(option.key)'",
+                                                  code: .unknownKey))
                         continue
                     }
                     if let message = ValueChecker.check(option.value, optionSpec, formats: spec.formats) {
@@ -172,7 +180,7 @@ public enum FirewallValidator {
             case .aliases:
                 for entry in section.entries where !isAddressSpec(entry.cidr) {
                     diagnostics.append(.error(SourceLocation(file: file.file, line: entry.location.line, column: entry.cidrColumn),
-                                              "alias '\(entry.name ?? "")': '\(entry.cidr)' is not an address or network"))
+                                              "alias '\(entry.name ?? "")': '\(entry.cidr)' is not an address or network", code: .invalidValue))
                 }
             case .ipset:
                 for entry in section.entries
@@ -180,7 +188,7 @@ public enum FirewallValidator {
                     // Names that are not addresses must be aliases (possibly cluster-wide).
                     if entry.cidr.first?.isLetter != true {
                         diagnostics.append(.error(SourceLocation(file: file.file, line: entry.location.line, column: entry.cidrColumn),
-                                                  "'\(entry.cidr)' is not an address, network or alias"))
+                                                  "'\(entry.cidr)' is not an address, network or alias", code: .invalidValue))
                     }
                 }
             case .rules, .group:
@@ -195,40 +203,43 @@ public enum FirewallValidator {
     static func validate(_ rule: FirewallConfig.Rule, spec: KindSpec, groups: Set<String>, inGroup: Bool) -> [Diagnostic] {
         var diagnostics: [Diagnostic] = []
         if rule.direction == .group {
-            if inGroup { diagnostics.append(.error(rule.location, "a security group cannot include another group")) }
+            if inGroup { diagnostics.append(.error(rule.location, "a security group cannot include another group", code: .misplaced)) }
             if !groups.contains(rule.action.lowercased()) && !groups.contains(rule.action) {
-                diagnostics.append(.error(rule.location, "security group '\(rule.action)' does not exist"))
+                diagnostics.append(.error(rule.location, "security group '\(rule.action)' does not exist", code: .reference))
             }
         }
         if let macro = rule.macro, !spec.macros.contains(where: { $0.lowercased() == macro.lowercased() }) {
-            diagnostics.append(.error(rule.location, "unknown macro '\(macro)'"))
+            diagnostics.append(.error(rule.location, "unknown macro '\(macro)'", code: .invalidValue))
         }
         for option in rule.options {
             guard let optionSpec = spec.ruleOptions[option.key] else { continue }
             if let message = ValueChecker.check(option.value, optionSpec, formats: spec.formats) {
-                diagnostics.append(.error(rule.location, "-\(option.key): \(message)"))
+                diagnostics.append(.error(rule.location, "-\(option.key): \(message)", code: .invalidValue))
             }
         }
         // pve-firewall's parse_address_list: +ipset, an alias name, or addresses, networks and ranges it can read.
         for key in ["source", "dest"] {
             guard let value = rule[key], !isAddressReference(value) else { continue }
-            diagnostics.append(.error(rule.location, "-\(key): '\(value)' is not an address, network, range, list, alias or +ipset"))
+            diagnostics.append(.error(rule.location, "-\(key): '\(value)' is not an address, network, range, list, alias or +ipset",
+                                      code: .invalidValue))
         }
         let proto = rule["p"]
         for portOption in ["dport", "sport"] where rule[portOption] != nil && rule.macro == nil {
             if let proto {
                 if ["icmp", "icmpv6", "ipv6-icmp"].contains(proto.lowercased()) && portOption == "dport" {
                     // pve-firewall's historic spelling of an ICMP type.
-                    diagnostics.append(.warning(rule.location, "-dport with -p \(proto) is read as -icmp-type; write -icmp-type instead"))
+                    diagnostics.append(.warning(rule.location, "-dport with -p \(proto) is read as -icmp-type; write -icmp-type instead",
+                                                code: .conflict))
                 } else if !protocolsWithPorts.contains(proto.lowercased()) {
-                    diagnostics.append(.error(rule.location, "-\(portOption) needs a protocol with ports (tcp, udp, sctp ...), not '\(proto)'"))
+                    diagnostics.append(.error(rule.location, "-\(portOption) needs a protocol with ports (tcp, udp, sctp ...), not '\(proto)'",
+                                              code: .conflict))
                 }
             } else {
-                diagnostics.append(.error(rule.location, "-\(portOption) requires -p (a protocol such as tcp or udp)"))
+                diagnostics.append(.error(rule.location, "-\(portOption) requires -p (a protocol such as tcp or udp)", code: .conflict))
             }
         }
         if rule["icmp-type"] != nil, let proto, !["icmp", "ipv6-icmp", "icmpv6", "1", "58"].contains(proto.lowercased()) {
-            diagnostics.append(.error(rule.location, "-icmp-type requires -p icmp or ipv6-icmp"))
+            diagnostics.append(.error(rule.location, "-icmp-type requires -p icmp or ipv6-icmp", code: .conflict))
         }
         return diagnostics
     }
@@ -261,30 +272,34 @@ public enum CorosyncValidator {
         var diagnostics: [Diagnostic] = []
         let top = SourceLocation(file: config.file, line: 1)
         guard let totem = config.totem else {
-            return [.error(top, "corosync.conf has no totem section")]
+            return [.error(top, "corosync.conf has no totem section", code: .missingValue)]
         }
-        if totem["cluster_name"] == nil { diagnostics.append(.error(totem.location, "totem has no cluster_name")) }
+        if totem["cluster_name"] == nil { diagnostics.append(.error(totem.location, "totem has no cluster_name", code: .missingValue)) }
         if let version = totem["config_version"], UInt64(version) == nil {
-            diagnostics.append(.error(totem.location, "config_version '\(version)' is not a number"))
+            diagnostics.append(.error(totem.location, "config_version '\(version)' is not a number", code: .invalidValue))
         }
         var names: [String: SourceLocation] = [:]
         var ids: [String: SourceLocation] = [:]
         for node in config.nodes {
             if let name = node["name"] {
                 if let first = names[name] {
-                    diagnostics.append(.error(node.location, "node name '\(name)' is used twice (first at line \(first.line))"))
+                    diagnostics.append(.error(node.location, "node name '\(name)' is used twice (first at line \(first.line))", code: .duplicate))
                 }
                 names[name] = node.location
             } else {
-                diagnostics.append(.error(node.location, "node has no name"))
+                diagnostics.append(.error(node.location, "node has no name", code: .missingValue))
             }
             if let id = node["nodeid"] {
-                if UInt32(id) == nil || id == "0" { diagnostics.append(.error(node.location, "nodeid '\(id)' must be a positive number")) }
-                if let first = ids[id] { diagnostics.append(.warning(node.location, "nodeid \(id) is used twice (first at line \(first.line))")) }
+                if UInt32(id) == nil || id == "0" {
+                    diagnostics.append(.error(node.location, "nodeid '\(id)' must be a positive number", code: .invalidValue))
+                }
+                if let first = ids[id] {
+                    diagnostics.append(.warning(node.location, "nodeid \(id) is used twice (first at line \(first.line))", code: .duplicate))
+                }
                 ids[id] = node.location
             }
             if node["ring0_addr"] == nil && node["name"] == nil {
-                diagnostics.append(.error(node.location, "node has neither ring0_addr nor name"))
+                diagnostics.append(.error(node.location, "node has neither ring0_addr nor name", code: .missingValue))
             }
         }
         return diagnostics
@@ -297,7 +312,7 @@ public enum DatacenterValidator {
         var diagnostics: [Diagnostic] = []
         for entry in config.entries {
             guard let option = spec.option(entry.key) else {
-                diagnostics.append(.error(entry.location, "unknown datacenter option '\(entry.key)'"))
+                diagnostics.append(.error(entry.location, "unknown datacenter option '\(entry.key)'", code: .unknownKey))
                 continue
             }
             if let message = ValueChecker.check(entry.value, option, formats: spec.formats) {
@@ -320,7 +335,7 @@ public enum UserConfigValidator {
             switch line.kind {
             case "user":
                 let id = line.name
-                if !id.contains("@") { diagnostics.append(.error(line.location, "user id '\(id)' has no realm (user@realm)")) }
+                if !id.contains("@") { diagnostics.append(.error(line.location, "user id '\(id)' has no realm (user@realm)", code: .invalidValue)) }
                 users.insert(id)
             case "group": groups.insert(line.name)
             case "role": roles.insert(line.name)
@@ -329,17 +344,17 @@ public enum UserConfigValidator {
         }
         for line in config.lines where line.kind == "acl" && line.fields.count == 4 {
             if line.fields[0] != "0" && line.fields[0] != "1" {
-                diagnostics.append(.error(line.location, "acl propagate flag must be 0 or 1, got '\(line.fields[0])'"))
+                diagnostics.append(.error(line.location, "acl propagate flag must be 0 or 1, got '\(line.fields[0])'", code: .invalidValue))
             }
             if !line.fields[1].hasPrefix("/") {
-                diagnostics.append(.error(line.location, "acl path '\(line.fields[1])' must start with '/'"))
+                diagnostics.append(.error(line.location, "acl path '\(line.fields[1])' must start with '/'", code: .invalidValue))
             }
             for role in line.fields[3].split(separator: ",") where !roles.contains(String(role)) {
-                diagnostics.append(.error(line.location, "acl names unknown role '\(role)'"))
+                diagnostics.append(.error(line.location, "acl names unknown role '\(role)'", code: .reference))
             }
             for subject in line.fields[2].split(separator: ",") {
                 if subject.hasPrefix("@"), !groups.contains(String(subject.dropFirst())) {
-                    diagnostics.append(.warning(line.location, "acl names unknown group '\(subject.dropFirst())'"))
+                    diagnostics.append(.warning(line.location, "acl names unknown group '\(subject.dropFirst())'", code: .reference))
                 }
             }
         }

@@ -104,6 +104,29 @@ struct TreeValidatorTests {
         #expect(found.count >= 8)
     }
 
+    @Test("cross-file problems carry codes: a bridge or storage that does not exist, a volume its storage cannot hold, a VMID twice")
+    func crossFileCodes() throws {
+        let tree = try TemporaryTree([
+            "storage.cfg": storageCfg,
+            "interfaces": interfacesFile,
+            "nodes/pve1/qemu-server/100.conf": """
+            cores: 2
+            net0: virtio=BC:24:11:00:00:01,bridge=vmbr9
+            scsi0: nosuch:vm-100-disk-0,size=32G
+            scsi1: local:vm-100-disk-1,size=8G
+
+            """,
+            "nodes/pve2/lxc/100.conf": "hostname: ct1\nrootfs: local-lvm:subvol-100-disk-0,size=8G\n",
+        ])
+        let found = tree.validate()
+        let conf = tree.path("nodes/pve1/qemu-server/100.conf")
+        func codes(line: Int) -> Set<DiagnosticCode> { Set(found.filter { $0.location.file == conf && $0.location.line == line }.map(\.code)) }
+        #expect(codes(line: 2) == [.reference])
+        #expect(codes(line: 3) == [.reference])
+        #expect(codes(line: 4) == [.volume])
+        #expect(found.filter { $0.location.line == 1 }.map(\.code) == [.duplicate])
+    }
+
     @Test("a file that cannot be parsed freezes its resource instead of reading as absent")
     func unparseableFreezes() throws {
         let tree = try TemporaryTree([
@@ -113,7 +136,7 @@ struct TreeValidatorTests {
         let state = DesiredState.load(root: tree.root.path, interfaces: nil, node: "pve1")
         #expect(state.frozen.contains(ResourceID(kind: "qemu", name: "100")))
         #expect(state.guests.map(\.vmid) == [100])
-        #expect(state.diagnostics.contains { $0.location.line == 2 && $0.message.contains("unable to parse config line") })
+        #expect(state.diagnostics.contains { $0.location.line == 2 && $0.code == .syntax })
     }
 
     @Test("storage problems: unknown type, missing required property, property of another type")

@@ -76,6 +76,8 @@ public enum FirewallCompiler {
 
 private struct RuleError: Error {
     var message: String
+    /// The code of the diagnostic that skips the rule.
+    var code: DiagnosticCode
 }
 
 /// One compilation: collects chains, sets and skipped rules.
@@ -250,7 +252,8 @@ private struct Compilation {
                 }
                 guard let resolved else {
                     result.skipped.append(.warning(entry.location,
-                                                   "ipset \(rawName): '\(value)' is neither an address nor a known alias; entry left out"))
+                                                   "ipset \(rawName): '\(value)' is neither an address nor a known alias; entry left out",
+                                                   code: .reference))
                     continue
                 }
                 entries.append((resolved, entry.nomatch))
@@ -337,22 +340,22 @@ private struct Compilation {
                 }
                 return matches
             }
-            throw RuleError(message: "no such ipset '\(raw.dropFirst())'")
+            throw RuleError(message: "no such ipset '\(raw.dropFirst())'", code: .reference)
         }
         var byFamily: [FirewallAddress.Family: [String]] = [:]
         for item in raw.split(separator: ",").map(String.init) {
             var address = FirewallAddress.parse(item)
             if address == nil {
                 guard let alias = resolveAlias(item, file: context.file) else {
-                    throw RuleError(message: "no such alias '\(item)'")
+                    throw RuleError(message: "no such alias '\(item)'", code: .reference)
                 }
                 address = FirewallAddress.parse(alias)
             }
-            guard let address else { throw RuleError(message: "'\(item)' is not an address, network, range or alias") }
+            guard let address else { throw RuleError(message: "'\(item)' is not an address, network, range or alias", code: .invalidValue) }
             byFamily[address.family, default: []].append(address.text)
         }
         guard byFamily.count == 1, let (family, items) = byFamily.first else {
-            throw RuleError(message: "'\(raw)' mixes IPv4 and IPv6 addresses")
+            throw RuleError(message: "'\(raw)' mixes IPv4 and IPv6 addresses", code: .conflict)
         }
         return [family: "\(family.payload) \(direction) " + (items.count == 1 ? items[0] : "{ \(items.joined(separator: ", ")) }")]
     }
@@ -364,28 +367,28 @@ private struct Compilation {
         var items: [String] = []
         for part in raw.split(separator: ",") {
             let bounds = part.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-            guard bounds.count <= 2 else { throw RuleError(message: "bad port range '\(part)'") }
+            guard bounds.count <= 2 else { throw RuleError(message: "bad port range '\(part)'", code: .invalidValue) }
             let numbers = try bounds.map { try port($0, proto: proto, services: services) }
             if numbers.count == 2 {
-                guard numbers[0] <= numbers[1] else { throw RuleError(message: "port range '\(part)' runs backwards") }
+                guard numbers[0] <= numbers[1] else { throw RuleError(message: "port range '\(part)' runs backwards", code: .invalidValue) }
                 items.append("\(numbers[0])-\(numbers[1])")
             } else {
                 items.append(String(numbers[0]))
             }
         }
-        guard !items.isEmpty else { throw RuleError(message: "empty port list") }
+        guard !items.isEmpty else { throw RuleError(message: "empty port list", code: .invalidValue) }
         return items.count == 1 ? items[0] : "{ \(items.joined(separator: ", ")) }"
     }
 
     static func port(_ text: String, proto: String, services: NetworkServices) throws -> Int {
         if let number = Int(text) {
-            guard (0...65535).contains(number) else { throw RuleError(message: "port \(number) is out of range") }
+            guard (0...65535).contains(number) else { throw RuleError(message: "port \(number) is out of range", code: .invalidValue) }
             return number
         }
         // As pve-firewall asks the C library: the rule's protocol (tcp for those /etc/services does not list), then any.
         let listed = Self.portProtocols.contains(proto) && proto != "udplite" && proto != "dccp" ? proto : "tcp"
         guard let port = services.port(named: text, proto: listed) ?? services.port(named: text, proto: nil) else {
-            throw RuleError(message: "unknown service name '\(text)'")
+            throw RuleError(message: "unknown service name '\(text)'", code: .invalidValue)
         }
         return port
     }
@@ -429,9 +432,11 @@ private struct Compilation {
         } else if let known = (v6 ? icmpv6Types : icmpTypes)[raw] {
             (type, code) = known
         } else {
-            throw RuleError(message: "unknown \(keyword) type '\(raw)'")
+            throw RuleError(message: "unknown \(keyword) type '\(raw)'", code: .invalidValue)
         }
-        guard (-1...255).contains(type), (0...255).contains(code ?? 0) else { throw RuleError(message: "\(keyword) type '\(raw)' out of range") }
+        guard (-1...255).contains(type), (0...255).contains(code ?? 0) else {
+            throw RuleError(message: "\(keyword) type '\(raw)' out of range", code: .invalidValue)
+        }
         if type < 0 { return "meta l4proto \(v6 ? "ipv6-icmp" : "icmp")" }
         return "\(keyword) type \(type)" + (code.map { " \(keyword) code \($0)" } ?? "")
     }
@@ -453,7 +458,7 @@ private struct Compilation {
         if let macroName = rule.macro {
             guard let macro = FirewallMacros.all[macroName]
                     ?? FirewallMacros.all.first(where: { $0.key.lowercased() == macroName.lowercased() })?.value else {
-                throw RuleError(message: "unknown macro '\(macroName)'")
+                throw RuleError(message: "unknown macro '\(macroName)'", code: .invalidValue)
             }
             entries = macro.entries.map { entry in
                 var merged = entry
@@ -470,9 +475,9 @@ private struct Compilation {
             }
             entries = [entry]
         } else {
-            if rule["dport"] != nil { throw RuleError(message: "-dport needs -p (tcp, udp, ...)") }
-            if rule["sport"] != nil { throw RuleError(message: "-sport needs -p (tcp, udp, ...)") }
-            if rule["icmp-type"] != nil { throw RuleError(message: "-icmp-type needs -p icmp or ipv6-icmp") }
+            if rule["dport"] != nil { throw RuleError(message: "-dport needs -p (tcp, udp, ...)", code: .conflict) }
+            if rule["sport"] != nil { throw RuleError(message: "-sport needs -p (tcp, udp, ...)", code: .conflict) }
+            if rule["icmp-type"] != nil { throw RuleError(message: "-icmp-type needs -p icmp or ipv6-icmp", code: .conflict) }
             entries = [FirewallMacros.Entry("")]
         }
         let sources = try rule["source"].map { try addressMatch($0, direction: "saddr", context: context) }
@@ -492,21 +497,23 @@ private struct Compilation {
                 families = [.v6]
                 l4.append(try entry.icmpType.map { try Self.icmpMatch($0, v6: true) } ?? "meta l4proto ipv6-icmp")
             default:
-                if entry.icmpType != nil { throw RuleError(message: "-icmp-type needs -p icmp or ipv6-icmp, not '\(proto)'") }
+                if entry.icmpType != nil { throw RuleError(message: "-icmp-type needs -p icmp or ipv6-icmp, not '\(proto)'", code: .conflict) }
                 let name = ["6": "tcp", "17": "udp", "132": "sctp", "33": "dccp", "136": "udplite"][proto] ?? proto
                 if Self.portProtocols.contains(name) {
                     l4.append("meta l4proto \(name)")
                     if let sport = entry.sport { l4.append("\(name) sport \(try Self.ports(sport, proto: name, services: input.services))") }
                     if let dport = entry.dport { l4.append("\(name) dport \(try Self.ports(dport, proto: name, services: input.services))") }
                 } else {
-                    if entry.dport != nil || entry.sport != nil { throw RuleError(message: "protocol '\(proto)' has no ports") }
+                    if entry.dport != nil || entry.sport != nil { throw RuleError(message: "protocol '\(proto)' has no ports", code: .conflict) }
                     guard proto.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }),
                           let first = proto.first, first.isLetter || first.isNumber else {
-                        throw RuleError(message: "bad protocol '\(proto)'")
+                        throw RuleError(message: "bad protocol '\(proto)'", code: .invalidValue)
                     }
-                    if let number = Int(proto), !(0...255).contains(number) { throw RuleError(message: "protocol number \(number) out of range") }
+                    if let number = Int(proto), !(0...255).contains(number) {
+                        throw RuleError(message: "protocol number \(number) out of range", code: .invalidValue)
+                    }
                     if Int(proto) == nil && input.services.protocolNumber(named: proto) == nil {
-                        throw RuleError(message: "unknown protocol '\(proto)'")
+                        throw RuleError(message: "unknown protocol '\(proto)'", code: .invalidValue)
                     }
                     l4.append("meta l4proto \(proto)")
                 }
@@ -514,7 +521,7 @@ private struct Compilation {
             if let sources { families = families.filter { sources[$0] != nil } }
             if let dests { families = families.filter { dests[$0] != nil } }
             if families.isEmpty {
-                throw RuleError(message: "source, destination and protocol have no IP version in common")
+                throw RuleError(message: "source, destination and protocol have no IP version in common", code: .conflict)
             }
             let addressFree = sources == nil && dests == nil
                 && proto != "icmp" && proto != "icmpv6" && proto != "ipv6-icmp" && proto != "1" && proto != "58"
@@ -531,7 +538,7 @@ private struct Compilation {
                 case "ACCEPT": verdict = "accept"
                 case "DROP": verdict = "drop"
                 case "REJECT": verdict = "jump do-reject"
-                default: throw RuleError(message: "unknown action '\(rule.action)'")
+                default: throw RuleError(message: "unknown action '\(rule.action)'", code: .invalidValue)
                 }
                 if let log = logStatement(level: rule["log"], vmid: context.vmid, chain: context.chain, message: "\(rule.action): ") {
                     statements.append((match.isEmpty ? "" : match + " ") + log)
@@ -553,7 +560,7 @@ private struct Compilation {
                 guard let groupSuffix else { continue }
                 let name = rule.action.lowercased()
                 guard input.cluster?.groups.keys.contains(where: { $0.lowercased() == name }) == true else {
-                    result.skipped.append(.warning(rule.location, "rule skipped: security group '\(rule.action)' does not exist"))
+                    result.skipped.append(.warning(rule.location, "rule skipped: security group '\(rule.action)' does not exist", code: .reference))
                     continue
                 }
                 var match = ""
@@ -567,9 +574,9 @@ private struct Compilation {
                     add(chain, statement, source: rule.location, origin: rule.canonicalLine())
                 }
             } catch let error as RuleError {
-                result.skipped.append(.warning(rule.location, "rule skipped: \(error.message): \(rule.canonicalLine())"))
+                result.skipped.append(.warning(rule.location, "rule skipped: \(error.message): \(rule.canonicalLine())", code: error.code))
             } catch {
-                result.skipped.append(.warning(rule.location, "rule skipped: \(error)"))
+                result.skipped.append(.warning(rule.location, "rule skipped: \(error)", code: .invalidValue))
             }
         }
     }

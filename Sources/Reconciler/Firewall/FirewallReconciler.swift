@@ -121,7 +121,7 @@ public struct FirewallReconciler: Sendable {
         }
         var compiled = FirewallCompiler.compile(FirewallCompiler.Input(state: state, hostAddresses: observed.hostAddresses,
                                                                      resolvedNodeAddress: observed.resolvedNodeAddress))
-        compiled.skipped += fileErrors.map { .warning($0.location, "rule skipped: \($0.message)") }
+        compiled.skipped += fileErrors.map { .warning($0.location, "rule skipped: \($0.message)", code: $0.code) }
         compiled.skipped.sort()
         computed.compiled = compiled
         if compiled.enabled {

@@ -49,7 +49,7 @@ public enum NetworkDesiredState {
                 if let id {
                     vlan = DesiredInterface.VLAN(rawDevice: raw, id: id, proto: last("vlan-protocol")?.value ?? "802.1q")
                 } else {
-                    diagnostics.append(.error(stanzas[0].location, "VLAN '\(name)' has no vlan-id"))
+                    diagnostics.append(.error(stanzas[0].location, "VLAN '\(name)' has no vlan-id", code: .missingValue))
                 }
             } else if let dot = name.lastIndex(of: "."), let id = Int(name[name.index(after: dot)...]), dot > name.startIndex {
                 kind = .vlan
@@ -59,7 +59,8 @@ public enum NetworkDesiredState {
             }
             for method in methods where !["static", "manual", "loopback"].contains(method) {
                 diagnostics.append(.warning(stanzas[0].location,
-                                            "'\(name)': method '\(method)' is not managed yet; the link is brought up without addresses"))
+                                            "'\(name)': method '\(method)' is not managed yet; the link is brought up without addresses",
+                                            code: .unsupported))
             }
 
             var addresses: [String] = []
@@ -73,7 +74,7 @@ public enum NetworkDesiredState {
                         if let cidr = cidr(word, netmask: netmask) {
                             addresses.append(cidr)
                         } else {
-                            diagnostics.append(.error(option.valueLocation, "address: '\(word)' is not an address"))
+                            diagnostics.append(.error(option.valueLocation, "address: '\(word)' is not an address", code: .invalidValue))
                         }
                     }
                 }
@@ -84,7 +85,7 @@ public enum NetworkDesiredState {
             var mtu: Int?
             if let option = last("mtu") ?? last("ovs_mtu") {
                 mtu = Int(option.value)
-                if mtu == nil { diagnostics.append(.error(option.valueLocation, "mtu: '\(option.value)' is not a number")) }
+                if mtu == nil { diagnostics.append(.error(option.valueLocation, "mtu: '\(option.value)' is not a number", code: .invalidValue)) }
             }
             var bridge: DesiredInterface.Bridge?
             if kind == .bridge {

@@ -366,7 +366,7 @@ public struct QemuReconciler: Sendable {
             } catch {
                 // Running: its changes cannot be worked out; stopped: it cannot start.
                 computed.problems.append(.error(source, isRunning ? "VM \(vmid): the config does not give a command line: \(error)"
-                                                                : "VM \(vmid) cannot start: \(error)"))
+                                                                : "VM \(vmid) cannot start: \(error)", code: .blocked))
                 computed.resources.append(ResourcePlan(kind: "qemu", name: String(vmid), action: .blocked, source: source, changes: [],
                                                        message: "cannot build its command line: \(error)"
                                                            + (isRunning ? "; the running VM is left as it is" : "")))

@@ -19,7 +19,7 @@ public enum StorageDesiredState {
                 sawLocal = true
                 if section.type != "dir" || (properties["path"].map { $0 != "/var/lib/vz" } ?? false) {
                     problems.append(.warning(section.location, "storage 'local' is always the directory /var/lib/vz (as Proxmox VE enforces); "
-                                                               + "this section is replaced by it"))
+                                                               + "this section is replaced by it", code: .conflict))
                     result.append(implicitLocal(source: section.location))
                     continue
                 }
@@ -121,9 +121,9 @@ public enum StorageDesiredState {
                 if Int(volname) != nil {
                     let example = "\(storageID):\(suggestedName(storage: storage, vmid: guest.vmid, kind: guest.kind))"
                     problems.append(.error(entry.valueLocation, "\(entry.key): '\(text)' asks for a new \(volname) GiB disk, "
-                                           + "which only the API allocates; name the volume (e.g. \(example))"))
+                                           + "which only the API allocates; name the volume (e.g. \(example))", code: .volume))
                 } else {
-                    problems.append(.error(entry.valueLocation, "\(entry.key): \(error.description)"))
+                    problems.append(.error(entry.valueLocation, "\(entry.key): \(error.description)", code: .volume))
                 }
                 continue
             }
@@ -131,7 +131,7 @@ public enum StorageDesiredState {
             guard let hostPath = hostPath(storage: storage, volname: volname, volume: volume) else { continue }
             let size = value["size"].flatMap { SizeValue.bytes($0) }
             if value["size"] != nil && size == nil {
-                problems.append(.error(entry.valueLocation, "\(entry.key): size '\(value["size"]!)' is not a size (e.g. 32G)"))
+                problems.append(.error(entry.valueLocation, "\(entry.key): size '\(value["size"]!)' is not a size (e.g. 32G)", code: .volume))
                 continue
             }
             volumes.append(DesiredVolume(volumeID: text, storage: storageID, volname: volname, volume: volume, guestKind: guest.kind,

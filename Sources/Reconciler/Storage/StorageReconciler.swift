@@ -106,7 +106,7 @@ public struct StorageReconciler: Sendable {
                 continue
             }
             if let (plan, steps) = await planVolume(volume, storage: storage) {
-                if plan.action == .blocked { computed.problems.append(.error(volume.source, plan.message ?? "blocked")) }
+                if plan.action == .blocked { computed.problems.append(.error(volume.source, plan.message ?? "blocked", code: .blocked)) }
                 add(&computed, (plan, steps))
             }
         }
