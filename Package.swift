@@ -71,7 +71,7 @@ let package = Package(
         .testTarget(name: "ResourcesTests", dependencies: ["Resources", "Drivers", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "ReconcilerTests",
                     dependencies: ["Reconciler", "Resources", "TestSupport", .product(name: "Logging", package: "swift-log")],
-                    swiftSettings: strict),
+                    exclude: ["Golden"], swiftSettings: strict),
         .testTarget(name: "DriversTests", dependencies: ["Drivers", "Reconciler", "Resources", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "ClusterFSTests", dependencies: ["ClusterFS", "TestSupport"], swiftSettings: strict),
     ],
