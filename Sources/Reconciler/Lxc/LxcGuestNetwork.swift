@@ -18,6 +18,24 @@ struct DebianInterfaces {
         var needsRoute6 = false
 
         var isEmpty: Bool { address == nil && gateway == nil && address6 == nil && gateway6 == nil }
+
+        /// One address family's side: what a stanza of that family prints.
+        struct FamilyView {
+            var keyword: String
+            /// Methods that stand alone (`iface eth0 inet dhcp`).
+            var methods: Set<String>
+            var address, mask, cidr, gateway: String?
+            var needsRoute: Bool
+        }
+
+        func view(_ family: Family) -> FamilyView {
+            switch family {
+            case .v4: FamilyView(keyword: "inet", methods: ["dhcp", "manual"], address: address, mask: netmask, cidr: cidr, gateway: gateway,
+                                 needsRoute: needsRoute)
+            case .v6: FamilyView(keyword: "inet6", methods: ["auto", "dhcp", "manual"], address: address6, mask: prefix6, cidr: cidr6,
+                                 gateway: gateway6, needsRoute: needsRoute6)
+            }
+        }
     }
 
     enum Family { case v4, v6 }
@@ -158,36 +176,20 @@ struct DebianInterfaces {
             guard let config = managed[section.name] else { return }
             let name = section.name
             if doneAuto.insert(name).inserted { output += "auto \(name)\n" }
-            switch section.family {
-            case .v4:
-                doneV4.insert(name)
-                guard let address = config.address else { return }
-                if address == "dhcp" || address == "manual" {
-                    output += "iface \(name) inet \(address)\n\n"
-                    return
-                }
-                output += "iface \(name) inet static\n"
-                output += modern ? "\taddress \(config.cidr ?? address)\n" : "\taddress \(address)\n\tnetmask \(config.netmask ?? "")\n"
-                if let gateway = config.gateway {
-                    output += config.needsRoute ? Self.routeBlock(gateway, name) : "\tgateway \(gateway)\n"
-                }
-                for attribute in Self.withoutOldRoutes(section.attributes) { output += "\t\(attribute)\n" }
-                output += "\n"
-            case .v6:
-                doneV6.insert(name)
-                guard let address = config.address6 else { return }
-                if ["auto", "dhcp", "manual"].contains(address) {
-                    output += "iface \(name) inet6 \(address)\n\n"
-                    return
-                }
-                output += "iface \(name) inet6 static\n"
-                output += modern ? "\taddress \(config.cidr6 ?? address)\n" : "\taddress \(address)\n\tnetmask \(config.prefix6 ?? "")\n"
-                if let gateway = config.gateway6 {
-                    output += config.needsRoute6 ? Self.routeBlock(gateway, name) : "\tgateway \(gateway)\n"
-                }
-                for attribute in Self.withoutOldRoutes(section.attributes) { output += "\t\(attribute)\n" }
-                output += "\n"
+            if section.family == .v4 { doneV4.insert(name) } else { doneV6.insert(name) }
+            let family = config.view(section.family)
+            guard let address = family.address else { return }
+            if family.methods.contains(address) {
+                output += "iface \(name) \(family.keyword) \(address)\n\n"
+                return
             }
+            output += "iface \(name) \(family.keyword) static\n"
+            output += modern ? "\taddress \(family.cidr ?? address)\n" : "\taddress \(address)\n\tnetmask \(family.mask ?? "")\n"
+            if let gateway = family.gateway {
+                output += family.needsRoute ? Self.routeBlock(gateway, name) : "\tgateway \(gateway)\n"
+            }
+            for attribute in Self.withoutOldRoutes(section.attributes) { output += "\t\(attribute)\n" }
+            output += "\n"
         }
 
         var open: Section?

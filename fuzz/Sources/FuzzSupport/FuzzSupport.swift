@@ -14,6 +14,7 @@ public enum FuzzSupport {
         _ = format.canonicalize(text, file: file)
         _ = format.canonicalize(text, file: file, dropInvalid: true)
         precondition(format.losslessRoundTrip(text, file: file) == text, "lossless round trip changed the input")
+        if format == .lxc { runContainer(text, file: file) }
         if format == .qemu {
             // Any VM config either gives a command line or a clear error, never a trap.
             let config = GuestConfig.parse(text, file: file, kind: .qemu).0
@@ -148,4 +149,61 @@ extension FuzzSupport {
         fuzzedFormat = format
         main { data, size in FuzzSupport.run(fuzzedFormat, data, size) }
     }
+}
+
+extension FuzzSupport {
+    /// A container config: its LXC config for both cgroup layouts (deterministic, or a clear refusal), and the guest
+    /// setup on a Debian root file system whose interfaces and hosts files are the same input.
+    static func runContainer(_ text: String, file: String) {
+        let config = GuestConfig.parse(text, file: file, kind: .lxc).0.main
+        for layout in [LxcHostFacts.CgroupLayout.v1, .v2] {
+            let host = LxcHostFacts(shippedConfigs: ["common.conf", "userns.conf", "debian.common.conf"], cgroupLayout: layout,
+                                    bridgeMTUs: ["vmbr0": 1500], cpus: [0, 1])
+            let first = try? LxcConfig.generate(vmid: 100, config: config, host: host)
+            precondition(first == (try? LxcConfig.generate(vmid: 100, config: config, host: host)), "LXC config generation is not deterministic")
+        }
+        let files = MemoryContainerFiles(["/etc/debian_version": "12.5\n", "/etc/network/interfaces": text, "/etc/hosts": text,
+                                          "/etc/resolv.conf": text, "/etc/inittab": text, "/etc/passwd": "root:x:0:0:root:/root:/bin/sh\n"],
+                                         directories: ["/", "/etc", "/etc/network", "/root"])
+        guard let setup = try? LxcGuestSetup(config: config, files: files) else { return }
+        var environment = LxcGuestSetup.Environment(sshKeys: "ssh-ed25519 AAAA fuzz", nameservers: ["192.0.2.53"], searchDomains: ["example.com"],
+                                                    makeUUID: { "00000000-0000-0000-0000-000000000000" }, days: 20000)
+        try? setup.postCreate(&environment)
+        try? setup.preStart(environment)
+    }
+}
+
+/// A root file system in memory for the setup fuzzer: regular files and directories, no links.
+final class MemoryContainerFiles: ContainerFiles {
+    var files: [String: String]
+    var directories: Set<String>
+
+    init(_ files: [String: String], directories: Set<String>) {
+        self.files = files
+        self.directories = directories
+    }
+
+    func contents(_ path: String) -> String? { files[path] }
+    func isRegularFile(_ path: String) -> Bool { files[path] != nil }
+    func isDirectory(_ path: String) -> Bool { directories.contains(path) }
+    func isExecutable(_ path: String) -> Bool { false }
+    func isSymbolicLink(_ path: String) -> Bool { false }
+    func linkTarget(_ path: String) -> String? { nil }
+    func exists(_ path: String) -> Bool { files[path] != nil || directories.contains(path) }
+    func entries(_ path: String) -> [String] {
+        let prefix = path.hasSuffix("/") ? path : path + "/"
+        let below = (Array(files.keys) + Array(directories)).filter { $0.hasPrefix(prefix) }
+        return Set(below.map { String($0.dropFirst(prefix.count).split(separator: "/").first ?? "") }).filter { !$0.isEmpty }.sorted()
+    }
+    func prefix(_ path: String, count: Int) -> [UInt8]? { files[path].map { Array($0.utf8.prefix(count)) } }
+    func write(_ path: String, _ text: String, mode: Int) throws { files[path] = text }
+    func makeDirectory(_ path: String, mode: Int) throws {
+        var current = ""
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            directories.insert(current)
+        }
+    }
+    func remove(_ path: String) throws { files[path] = nil }
+    func symlink(_ path: String, to target: String) throws {}
 }
