@@ -45,7 +45,14 @@ struct LxcConfigCommand: AsyncParsableCommand {
             .compactMap { PropertyString(parsing: $0.value).bareValue ?? PropertyString(parsing: $0.value)["path"] }
         var facts = try await InstalledLxcHost.facts(bridges: nics.compactMap { $0["bridge"] }, devicePaths: devices)
         if let cgroup, let layout = LxcHostFacts.CgroupLayout(rawValue: cgroup) { facts.cgroupLayout = layout }
-        let generated = try LxcConfig.generate(vmid: vmid, config: config, host: facts)
+        // Without `arch`, the architecture is read from the root file system's /bin/sh when it is a directory here.
+        var arch = "amd64"
+        if config.entry("arch") == nil, let storageFile = state.storage {
+            let storages = StorageDesiredState.storagesByID(StorageDesiredState.storages(from: storageFile, node: tree.nodeName).storages)
+            let rootfs = StorageDesiredState.volumes(of: guest, storages: storages).volumes.first { $0.key == "rootfs" }
+            if let rootfs, let detected = LxcGuestSetup.detectArch(HostContainerFiles(root: rootfs.hostPath)) { arch = detected }
+        }
+        let generated = try LxcConfig.generate(vmid: vmid, config: config, host: facts, arch: arch)
         for warning in generated.warnings { printError("warning: \(warning)") }
         printOut(config.entries.map { "\($0.key): \($0.value)\n" }.joined())
         printOut("\n# /var/lib/lxc/\(vmid)/config\n" + generated.config)

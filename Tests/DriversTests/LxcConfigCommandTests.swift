@@ -42,6 +42,16 @@ struct LxcConfigCommandTests {
         let forced = try namespace.exec([Self.binary, "lxc-config", "200", "--root", tree.path, "--node", "pve1", "--cgroup", "v2"])
         #expect(forced.output.contains("lxc.cgroup2.memory.high = 266338304\n"), "\(forced.error)")
 
+        // No arch in the config: read from the root file system's /bin/sh (here an arm64 ELF header) on a dir storage.
+        let storage = try TemporaryDirectory(prefix: "pvectl-lxc-storage")
+        try tree.write("storage.cfg", "dir: scratch\n\tpath \(storage.path)\n\tcontent rootdir,images\n")
+        try tree.write("nodes/pve1/lxc/202.conf", "ostype: debian\nrootfs: scratch:202/subvol-202-disk-0.subvol,size=1G\n")
+        let shell = storage.url.appendingPathComponent("images/202/subvol-202-disk-0.subvol/bin/sh")
+        try FileManager.default.createDirectory(at: shell.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Data([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0xb7, 0]).write(to: shell)
+        let detected = try namespace.exec([Self.binary, "lxc-config", "202", "--root", tree.path, "--node", "pve1"])
+        #expect(detected.output.contains("lxc.arch = arm64\n"), "\(detected.output)\(detected.error)")
+
         let unknown = try namespace.exec([Self.binary, "lxc-config", "999", "--root", tree.path, "--node", "pve1"])
         #expect(unknown.status != 0 && unknown.error.contains("no container 999 on node pve1"))
         let missingBridge = try namespace.exec([Self.binary, "lxc-config", "201", "--root", tree.path, "--node", "pve1"])

@@ -67,6 +67,17 @@ struct LxcSetupConformanceTests {
         return found
     }
 
+    @Test("the architecture comes from /bin/sh, links followed inside the root (fedora-001: a truncated amd64 ELF header)")
+    func architecture() throws {
+        let scratch = try TemporaryDirectory(prefix: "pvectl-lxc-arch")
+        let root = try Self.prepare("test-fedora-001", in: scratch)
+        #expect(LxcGuestSetup.detectArch(HostContainerFiles(root: root)) == "amd64")
+        let other = try TemporaryDirectory(prefix: "pvectl-lxc-arch")
+        let withoutShell = try Self.prepare("test-debian-001", in: other)
+        #expect(FileManager.default.fileExists(atPath: withoutShell + "/etc/debian_version"))
+        #expect(LxcGuestSetup.detectArch(HostContainerFiles(root: withoutShell)) == nil, "no /bin/sh: upstream then assumes amd64")
+    }
+
     @Test("every case, two passes, byte for byte; the symlink trap is not written through")
     func setupCases() throws {
         let names = try FileManager.default.contentsOfDirectory(atPath: Self.cases.path).filter { $0.hasPrefix("test-") }.sorted()

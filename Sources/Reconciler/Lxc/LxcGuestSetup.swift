@@ -197,6 +197,23 @@ public struct LxcGuestSetup {
         }
     }
 
+    /// The container's architecture from its `/bin/sh` (links followed inside the root), as pve-container reads it when
+    /// the config has no `arch`: the ELF machine field; nil when it cannot be read (upstream then assumes amd64).
+    public static func detectArch(_ files: any ContainerFiles) -> String? {
+        guard let header = files.prefix("/bin/sh", count: 20), header.count == 20, header.prefix(4) == [0x7f, 0x45, 0x4c, 0x46] else {
+            return nil
+        }
+        // Upstream reads the machine as a big-endian u16 at bytes 17-18, which works for little-endian machines below 256.
+        switch (UInt16(header[17]) << 8) | UInt16(header[18]) {
+        case 0x03: return "i386"
+        case 0x3e: return "amd64"
+        case 0x28: return "armhf"
+        case 0xb7: return "arm64"
+        case 0xf3: return header[4] == 1 ? "riscv32" : "riscv64"
+        default: return nil
+        }
+    }
+
     static func firstLine(_ text: String?) -> String {
         String((text ?? "").split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
     }
