@@ -34,9 +34,9 @@ struct ReconcileOptions: ParsableArguments {
 
     var selectors: [ResourceSelector] {
         get throws {
-            let engine = try self.engine
-            return try only.map { text in
-                guard let selector = engine.selector(text) else {
+            // Checked against the registered kinds' names, without making the kinds.
+            try only.map { text in
+                guard let selector = ResourceSelector(text), Kinds.catalog.contains(where: { $0.name == selector.kind }) else {
                     throw ValidationError("--only \(text): expected KIND[/ID] with KIND one of \(Kinds.names)")
                 }
                 return selector
@@ -65,7 +65,7 @@ struct ReconcileOptions: ParsableArguments {
     }
 
     /// Plans every selected kind, printing what `pvectl validate` and the plan found unless told not to.
-    func computePlan(reportProblems: Bool = true) async throws -> ReconcileEngine.Computation {
+    func computePlan(with engine: ReconcileEngine, reportProblems: Bool = true) async throws -> ReconcileEngine.Computation {
         let selectors = try self.selectors
         let computation = try await engine.plan(try load(), scope: selectors, named: selectors)
         if reportProblems { for finding in computation.findings { printError(finding.description) } }
@@ -119,7 +119,7 @@ struct PlanCommand: AsyncParsableCommand {
     var detailedExitcode = false
 
     func run() async throws {
-        let computation = try await options.computePlan()
+        let computation = try await options.computePlan(with: try options.engine)
         let plan = computation.plan
         if let out { try plan.jsonData().write(to: URL(fileURLWithPath: out), options: .atomic) }
         if options.json {
@@ -164,7 +164,8 @@ struct ApplyCommand: AsyncParsableCommand {
     var planFile: String?
 
     func run() async throws {
-        let computation = try await options.computePlan()
+        let engine = try options.engine
+        let computation = try await options.computePlan(with: engine)
         let plan = computation.plan
         if let planFile {
             guard let data = FileManager.default.contents(atPath: planFile) else { throw ValidationError("cannot read \(planFile)") }
@@ -179,7 +180,6 @@ struct ApplyCommand: AsyncParsableCommand {
             printError("error: nothing applied: fix the errors above first")
             throw ExitCode(1)
         }
-        let engine = try options.engine
         if !plan.hasChanges {
             printOut(plan.render(colors: stdoutIsTerminal))
             for line in try engine.finish(computation) { printOut(line + "\n") }
@@ -202,7 +202,7 @@ struct ApplyCommand: AsyncParsableCommand {
         for failure in report.failures { printError("error: \(failure)") }
         if !report.failures.isEmpty { throw ExitCode(1) }
         // Level-triggered check: a fresh plan must be empty.
-        let after = try await options.computePlan(reportProblems: false).plan
+        let after = try await options.computePlan(with: engine, reportProblems: false).plan
         if after.hasChanges {
             printError("error: applied, but the system does not match yet:")
             printError(after.render(colors: false))
@@ -274,7 +274,8 @@ struct StatusCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let computation = try await options.computePlan(reportProblems: false)
+        let engine = try options.engine
+        let computation = try await options.computePlan(with: engine, reportProblems: false)
         let selectors = try options.selectors
         let storageOnly = !selectors.isEmpty && selectors.allSatisfy { $0.kind == StorageReconciler.name }
         let storageRows = (computation.computed(StorageReconciler.self)?.statuses ?? [])
@@ -289,7 +290,7 @@ struct StatusCommand: AsyncParsableCommand {
                                   percent: capacity.flatMap { $0.total > 0 ? (Double($0.used) * 10_000 / Double($0.total)).rounded() / 100 : nil },
                                   content: status.storage.content.sorted())
             }
-        var rows = try options.engine.status(computation)
+        var rows = engine.status(computation)
         rows += loopRows(selectors)
         rows.sort { $0.id < $1.id }
         if options.json {

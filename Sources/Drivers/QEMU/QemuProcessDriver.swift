@@ -35,18 +35,15 @@ public struct QemuProcessDriver: QemuDriver {
         if let close = stat.lastIndex(of: ")"), stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z") {
             return false
         }
-        let arguments = processArguments(pid)
-        guard let program = arguments.first, program.hasSuffix("/kvm") || program.contains("qemu-system") else { return false }
-        return zip(arguments, arguments.dropFirst()).contains { flag, value in
-            flag == "-pidfile" && value.hasSuffix("/qemu-server/\(vmid).pid")
-        }
+        guard let program = processArguments(pid).first, program.hasSuffix("/kvm") || program.contains("qemu-system") else { return false }
+        return Self.vmid(ofQemu: pid) == vmid
     }
 
     /// The VM a live QEMU runs, from the pid file its command line names (`-pidfile …/qemu-server/<vmid>.pid`).
     public static func vmid(ofQemu pid: Int32) -> Int? {
         let arguments = processArguments(pid)
         guard let value = zip(arguments, arguments.dropFirst()).first(where: { $0.0 == "-pidfile" })?.1,
-              value.hasSuffix(".pid"), value.contains("/qemu-server/") else { return nil }
+              value.hasSuffix(".pid"), (value as NSString).deletingLastPathComponent.hasSuffix("/qemu-server") else { return nil }
         return Int((value as NSString).lastPathComponent.dropLast(4))
     }
 

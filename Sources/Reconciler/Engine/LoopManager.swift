@@ -21,8 +21,6 @@ public struct LoopManager: Sendable {
     public var record: LoopRecord
     /// The findings last logged per key: logged again only when they change.
     private var reported: [ResourceKey: [String]] = [:]
-    /// What the last pass's kinds asked for (`KindComputation.requeueAfter`).
-    private var requested: TimeInterval?
 
     public init(engine: ReconcileEngine, selectors: [ResourceSelector], reportOnly: Set<String> = [], pid: Int32,
                 clock: any ReconcilerClock = SystemClock(), resync: TimeInterval = 300, baseDelay: TimeInterval = 1,
@@ -81,8 +79,8 @@ public struct LoopManager: Sendable {
     /// retried: it waits for that input to change.
     @discardableResult
     public mutating func pass(_ key: ResourceKey, load: @Sendable () throws -> DesiredState, logger: Logger) async -> LoopRecord.KindRecord {
-        var outcome = await run(key, load: load, logger: logger)
-        if outcome.outcome != "failed", let delay = requested {
+        var (outcome, requested) = await run(key, load: load, logger: logger)
+        if let delay = requested {
             // A kind asked to be looked at again: not a failure, no backoff.
             let at = clock.now().addingTimeInterval(delay)
             queue.add(key, at: at)
@@ -92,17 +90,18 @@ public struct LoopManager: Sendable {
         return outcome
     }
 
-    private mutating func run(_ key: ResourceKey, load: @Sendable () throws -> DesiredState, logger: Logger) async -> LoopRecord.KindRecord {
+    /// What the pass did, and when its kinds asked to be looked at again (`KindComputation.requeueAfter`).
+    private mutating func run(_ key: ResourceKey, load: @Sendable () throws -> DesiredState,
+                              logger: Logger) async -> (LoopRecord.KindRecord, requeueAfter: TimeInterval?) {
         let started = clock.now()
         let chosen = selectors.filter { $0.kind == key.kind }
         // One resource: planned alone; the operator's own selectors still say which VMs they named.
         let scope = key.name.map { [ResourceSelector(kind: key.kind, name: $0)] } ?? (chosen.isEmpty ? [ResourceSelector(kind: key.kind)] : chosen)
         var log = logger
         log[metadataKey: "kind"] = "\(key)"
-        requested = nil
         do {
             let computation = try await engine.plan(try load(), scope: scope, named: chosen)
-            requested = computation.requeueAfter
+            let requested = computation.requeueAfter
             let plan = computation.plan
             let blocked = plan.resources.filter { $0.action == .blocked }
             // Findings are logged when they change, not on every pass an event causes.
@@ -123,8 +122,9 @@ public struct LoopManager: Sendable {
                 log.debug("nothing to do")
                 queue.succeeded(key)
                 // Blocked is terminal: nothing retries it until its input changes (an edit posts the key again).
-                return blocked.isEmpty ? LoopRecord.KindRecord(lastPassAt: started, outcome: "converged")
-                    : LoopRecord.KindRecord(lastPassAt: started, outcome: "blocked", message: blocked.map(\.id).joined(separator: ", "))
+                return (blocked.isEmpty ? LoopRecord.KindRecord(lastPassAt: started, outcome: "converged")
+                    : LoopRecord.KindRecord(lastPassAt: started, outcome: "blocked", message: blocked.map(\.id).joined(separator: ", ")),
+                    requested)
             }
             if reportOnly.contains(key.kind) {
                 for resource in changing {
@@ -132,24 +132,26 @@ public struct LoopManager: Sendable {
                                metadata: ["changes": "\(resource.changes.map { "\($0.field): \($0.old ?? "-") → \($0.new ?? "-")" })"])
                 }
                 queue.succeeded(key)
-                return LoopRecord.KindRecord(lastPassAt: started, outcome: "reported",
-                                             message: "drift: " + changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", "))
+                return (LoopRecord.KindRecord(lastPassAt: started, outcome: "reported",
+                                              message: "drift: " + changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", ")),
+                        requested)
             }
             log.info("applying \(changing.count) change(s): \(changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", "))")
             let report = try await engine.apply(computation, reload: load, progress: { [log] line in log.info("\(line)") })
             guard report.failures.isEmpty else {
                 for failure in report.failures { log.error("\(failure)") }
-                return retry(key, started: started, log: log, message: report.failures.joined(separator: "; "))
+                return (retry(key, started: started, log: log, message: report.failures.joined(separator: "; ")), nil)
             }
             queue.succeeded(key)
             log.info("converged: \(report.applied.joined(separator: ", "))")
             queue.add(engine.feeds(key.kind).filter(kinds.contains).map { ResourceKey($0) }, now: clock.now())
-            return LoopRecord.KindRecord(lastPassAt: started, outcome: "applied",
-                                         message: ([report.applied.joined(separator: ", ")] + [blockedNote].compactMap { $0 })
-                                             .joined(separator: "; "))
+            return (LoopRecord.KindRecord(lastPassAt: started, outcome: "applied",
+                                          message: ([report.applied.joined(separator: ", ")] + [blockedNote].compactMap { $0 })
+                                              .joined(separator: "; ")),
+                    requested)
         } catch {
             log.error("pass failed: \(error)")
-            return retry(key, started: started, log: log, message: "\(error)")
+            return (retry(key, started: started, log: log, message: "\(error)"), nil)
         }
     }
 

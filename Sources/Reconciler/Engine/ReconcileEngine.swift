@@ -109,8 +109,8 @@ public struct ReconcileEngine: Sendable {
         for kind in kinds where needed.contains(kind.kindName) {
             let isPlanned = planned.contains(kind.kindName)
             // A kind planned only to be read is read whole: which storages are active, not only the selected ones.
-            let context = PlanContext(scope: isPlanned ? scope : [ResourceSelector(kind: kind.kindName)], named: named,
-                                      planned: Set(planned), inputs: computed.filter { kind.kindType.reads.contains($0.key) })
+            let context = Self.context(for: kind, scope: isPlanned ? scope : [ResourceSelector(kind: kind.kindName)], named: named,
+                                       planned: planned, computed: computed)
             computed[kind.kindName] = try await kind.computeAny(state, context: context)
         }
         let layout = Layout(state)
@@ -118,6 +118,12 @@ public struct ReconcileEngine: Sendable {
         let resources = planned.flatMap { computed[$0]?.resources ?? [] }
         let plan = Plan(node: state.node, inputs: state.digests, resources: resources, notes: planned.flatMap { computed[$0]?.notes ?? [] })
         return Computation(plan: plan, state: state, checks: checks, planned: planned, computed: computed, scope: scope, named: named)
+    }
+
+    /// What `kind` sees of a run: its scope and the computations of the kinds it reads.
+    static func context(for kind: any ResourceKind, scope: [ResourceSelector], named: [ResourceSelector], planned: [String],
+                        computed: [String: any KindComputation]) -> PlanContext {
+        PlanContext(scope: scope, named: named, planned: Set(planned), inputs: computed.filter { kind.kindType.reads.contains($0.key) })
     }
 
     /// Where the tree and the interfaces file are, to tell which kind a file belongs to.
@@ -164,9 +170,8 @@ public struct ReconcileEngine: Sendable {
             let name = kind.kindName
             if !changedKinds.isDisjoint(with: kind.kindType.replannedAfter) {
                 state = try reload()
-                let context = PlanContext(scope: computation.scope, named: computation.named, planned: Set(computation.planned),
-                                          inputs: computation.computed.filter { kind.kindType.reads.contains($0.key) })
-                computed = try await kind.computeAny(state, context: context)
+                computed = try await kind.computeAny(state, context: Self.context(for: kind, scope: computation.scope, named: computation.named,
+                                                                                  planned: computation.planned, computed: computation.computed))
             }
             let outcome = try await kind.applyAny(computed, progress: progress)
             report.applied += outcome.applied.map { "\(name)/\($0)" }

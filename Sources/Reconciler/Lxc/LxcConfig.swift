@@ -152,7 +152,7 @@ public struct LxcConfig: Sendable, Hashable {
         }
         if let mount = features["mount"] {
             profileUses.append("features:mount")
-            for fileSystem in LxcGuestSetup.list(mount) { apparmor += "lxc.apparmor.raw = mount fstype=\(fileSystem),\n" }
+            for fileSystem in StorageVolumes.splitList(mount) { apparmor += "lxc.apparmor.raw = mount fstype=\(fileSystem),\n" }
         }
         if hasRaw("lxc.apparmor.profile") {
             if !profileUses.isEmpty {
@@ -176,7 +176,9 @@ public struct LxcConfig: Sendable, Hashable {
             return (index, PropertyString(parsing: entry.value))
         }.sorted { $0.0 < $1.0 }
         for (index, device) in devices {
-            guard let path = device["path"] ?? device.bareValue else { throw GenerationError("Path is not defined for passthrough device dev\(index)") }
+            guard let path = device["path"] ?? device.bareValue else {
+                throw GenerationError("Path is not defined for passthrough device dev\(index)")
+            }
             guard let numbers = host.devices[path] else { throw GenerationError("dev\(index): \(path) is not a device on this node") }
             let type = numbers.isBlock ? "b" : "c"
             let denyWrite = device["deny-write"] == "1"

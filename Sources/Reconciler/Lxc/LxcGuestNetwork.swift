@@ -250,20 +250,13 @@ struct DebianInterfaces {
 
         var needSeparator = !output.isEmpty && !output.hasSuffix("\n\n")
         for name in managed.keys.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }) {
-            let config = managed[name]!
-            if !doneV4.contains(name) && config.address != nil {
+            for family in [Family.v4, .v6] where !(family == .v4 ? doneV4 : doneV6).contains(name)
+                && managed[name]!.view(family).address != nil {
                 if needSeparator {
                     output += "\n"
                     needSeparator = false
                 }
-                print(Section(family: .v4, name: name))
-            }
-            if !doneV6.contains(name) && config.address6 != nil {
-                if needSeparator {
-                    output += "\n"
-                    needSeparator = false
-                }
-                print(Section(family: .v6, name: name))
+                print(Section(family: family, name: name))
             }
         }
         if !doneAuto.contains("lo") { output = "auto lo\niface lo inet loopback\niface lo inet6 loopback\n\n" + output }

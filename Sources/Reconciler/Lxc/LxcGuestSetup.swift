@@ -322,14 +322,10 @@ public struct LxcGuestSetup {
         return (0..<result.numberOfRanges).map { index in Range(result.range(at: index), in: text).map { String(text[$0]) } }
     }
 
-    /// `nameserver` and `searchdomain` split as upstream's split_list: commas, semicolons and whitespace.
-    static func list(_ text: String) -> [String] {
-        text.replacingOccurrences(of: ",", with: " ").replacingOccurrences(of: ";", with: " ")
-            .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).map(String.init)
+    func nameservers(_ environment: Environment) -> [String] { nameserverValue.map(StorageVolumes.splitList) ?? environment.nameservers }
+    func searchDomains(_ environment: Environment) -> [String] {
+        searchdomainValue.map(StorageVolumes.splitList) ?? environment.searchDomains
     }
-
-    func nameservers(_ environment: Environment) -> [String] { nameserverValue.map(Self.list) ?? environment.nameservers }
-    func searchDomains(_ environment: Environment) -> [String] { searchdomainValue.map(Self.list) ?? environment.searchDomains }
 
     // MARK: - Addresses
 
@@ -344,11 +340,7 @@ public struct LxcGuestSetup {
 
     /// Whether `address` lies in the network of `cidr` (its host bits ignored).
     static func inNetwork(_ address: String, _ cidr: String) -> Bool {
-        let parts = cidr.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let prefix = Int(parts[1]), let network = IPAddress.parse(String(parts[0])),
-              let host = IPAddress.parse(address), host.family == network.family, prefix <= host.bytes.count * 8 else { return false }
-        for bit in 0..<prefix where (host.bytes[bit / 8] ^ network.bytes[bit / 8]) & (0x80 >> UInt8(bit % 8)) != 0 { return false }
-        return true
+        cidr.contains("/") && FirewallAddress.parse(cidr)?.contains(address) == true
     }
 
     static func isLinkLocal(_ address: String) -> Bool { inNetwork(address, "fe80::/10") }
