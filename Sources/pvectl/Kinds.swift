@@ -6,8 +6,8 @@ import Reconciler
 struct KindSettings {
     var store: StateStore
     var qemuAcceleration: String
-    /// VMs `apply --restart` restarts for pending changes; nil without --restart.
-    var restartVMs: Set<Int>?
+    /// Guests (VMs and containers) `apply --restart` restarts for pending changes; nil without --restart.
+    var restartGuests: Set<Int>?
 }
 
 enum Kinds {
@@ -22,8 +22,8 @@ enum Kinds {
             NetworkReconciler(driver: KernelNetworkDriver(), store: settings.store),
             StorageReconciler(driver: HostStorageDriver(), store: settings.store),
             QemuReconciler(driver: QemuProcessDriver(), store: settings.store, accelerationSetting: settings.qemuAcceleration,
-                           restart: settings.restartVMs),
-            LxcKind(),
+                           restart: settings.restartGuests),
+            LxcReconciler(driver: LxcToolDriver(), store: settings.store, restart: settings.restartGuests),
             FirewallReconciler(driver: NftablesFirewallDriver(), store: settings.store),
         ]
     }

@@ -59,3 +59,20 @@ struct LxcConfigCommand: AsyncParsableCommand {
         if let rules = generated.seccompRules { printOut("\n# /var/lib/lxc/\(vmid)/rules.seccomp\n" + rules) }
     }
 }
+
+/// `pvectl lxc-hook`: what LXC runs as the pre-start hook and NIC up script of a container pvectl started.
+struct LxcHookCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lxc-hook", abstract: "Run by LXC while it starts a container pvectl configured (not for people).", shouldDisplay: false)
+
+    @Argument(parsing: .allUnrecognized) var arguments: [String] = []
+
+    func run() async throws {
+        do {
+            try await LxcStartHook.run(arguments: arguments, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            printError("pvectl lxc-hook: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}

@@ -14,7 +14,7 @@ struct PVECtl: AsyncParsableCommand {
         .fw files) and /etc/network/interfaces, in Proxmox VE's own formats.
         """,
         subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, StatusCommand.self, ShowCommand.self,
-                      LxcConfigCommand.self, FirewallCommand.self, ClusterFSCommand.self]
+                      LxcConfigCommand.self, LxcHookCommand.self, FirewallCommand.self, ClusterFSCommand.self]
     )
 }
 

@@ -24,7 +24,7 @@ struct ReconcileOptions: ParsableArguments {
                                valueName: "auto|kvm|tcg"))
     var qemuAccel: String = "auto"
 
-    @Flag(name: .long, help: "Restart running VMs whose changes need a restart (all of them, or those named with --only qemu/VMID).")
+    @Flag(name: .long, help: "Restart running guests whose changes need a restart (all of them, or those named with --only qemu/VMID or lxc/VMID).")
     var restart = false
 
     func validate() throws {
@@ -47,9 +47,9 @@ struct ReconcileOptions: ParsableArguments {
     /// The registered kinds with this run's settings.
     var engine: ReconcileEngine {
         get throws {
-            let named = Set(only.compactMap(ResourceSelector.init).filter { $0.kind == QemuReconciler.name }
+            let named = Set(only.compactMap(ResourceSelector.init).filter { [QemuReconciler.name, LxcReconciler.name].contains($0.kind) }
                 .compactMap { $0.name.flatMap { Int($0) } })
-            let settings = KindSettings(store: StateStore(directory: stateDir), qemuAcceleration: qemuAccel, restartVMs: restart ? named : nil)
+            let settings = KindSettings(store: StateStore(directory: stateDir), qemuAcceleration: qemuAccel, restartGuests: restart ? named : nil)
             return try ReconcileEngine(kinds: Kinds.registered(settings))
         }
     }

@@ -141,7 +141,26 @@ struct ReconcileLoop: Service {
                 logger.warning("not following QEMU events: \(error); a guest's own poweroff is seen at the next resync")
             }
         }
+        // LXC's monitor: a container that stopped or lost its init concerns that container alone.
+        var containerEvents: LxcEventListener?
+        let containerKinds = manager.kinds(following: .containerEvents)
+        if !containerKinds.isEmpty {
+            do {
+                containerEvents = try LxcEventListener { [logger] event in
+                    guard ["STOPPED", "ABORTING", "EXITED", "RUNNING", "FROZEN", "THAWED"].contains(event.state) else { return }
+                    logger.info("container \(event.vmid): \(event.state)")
+                    let keys = containerKinds.map { ResourceKey($0, String(event.vmid)) }
+                    Task { await inbox.post(keys: keys) }
+                } onExit: { [logger] why in
+                    logger.warning("\(why): a container that stops is seen at the next resync")
+                }
+                logger.info("following container events (lxc-monitor)")
+            } catch {
+                logger.warning("not following container events: \(error); a container that stops is seen at the next resync")
+            }
+        }
         defer {
+            containerEvents?.stop()
             rootWatcher.stop()
             interfacesWatcher.stop()
             netlinkWatcher.stop()

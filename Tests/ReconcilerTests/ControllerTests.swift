@@ -22,20 +22,20 @@ struct ControllerTests {
         #expect(kinds("/etc/network/interfaces") == ["network", "firewall"])
         #expect(kinds("/etc/network/interfaces.new") == ["network", "firewall"])
         #expect(kinds("/etc/network/if-up.d/foo").isEmpty)
-        #expect(kinds("/etc/pve/storage.cfg") == ["storage", "qemu"])
+        #expect(kinds("/etc/pve/storage.cfg") == ["storage", "qemu", "lxc"])
         #expect(kinds("/etc/pve/firewall/cluster.fw") == ["firewall"])
         #expect(kinds("/etc/pve/firewall/100.fw") == ["firewall"])
         #expect(kinds("/etc/pve/nodes/pve1/host.fw") == ["firewall"])
         #expect(kinds("/etc/pve/nodes/pve1/qemu-server/100.conf") == ["storage", "qemu", "firewall"])
         #expect(kinds("/etc/pve/nodes/pve1/qemu-server/100.conf.tmp.4242").isEmpty, "a temporary file is not a config yet")
         #expect(kinds("/etc/pve/nodes/pve2") == ["storage", "qemu", "lxc", "firewall"], "a new directory may hold configs")
-        #expect(kinds("/etc/pve/ha/resources.cfg") == ["qemu"])
-        #expect(kinds("/etc/pve/datacenter.cfg") == ["qemu", "firewall"])
+        #expect(kinds("/etc/pve/ha/resources.cfg") == ["qemu", "lxc"])
+        #expect(kinds("/etc/pve/datacenter.cfg") == ["qemu", "lxc", "firewall"])
         #expect(kinds("/etc/pve/corosync.conf") == ["firewall"])
         #expect(kinds("/etc/pve/virtual-guest/cpu-models.conf") == ["qemu"])
         #expect(kinds("/etc/pve/user.cfg").isEmpty)
         #expect(kinds("/elsewhere/storage.cfg").isEmpty)
-        #expect(kinds("/srv/pve/storage.cfg", root: "/srv/pve/", interfaces: nil) == ["storage", "qemu"])
+        #expect(kinds("/srv/pve/storage.cfg", root: "/srv/pve/", interfaces: nil) == ["storage", "qemu", "lxc"])
     }
 
     @Test("a guest's own config concerns that guest alone; everything else whole kinds")
@@ -46,7 +46,7 @@ struct ControllerTests {
         }
         #expect(keys("/etc/pve/nodes/pve1/qemu-server/100.conf") == ["storage", "qemu/100", "firewall"])
         #expect(keys("/etc/pve/nodes/pve1/lxc/200.conf") == ["storage", "qemu", "lxc/200", "firewall"])
-        #expect(keys("/etc/pve/storage.cfg") == ["storage", "qemu"])
+        #expect(keys("/etc/pve/storage.cfg") == ["storage", "qemu", "lxc"])
         #expect(keys("/etc/pve/nodes/pve2") == ["storage", "qemu", "lxc", "firewall"])
         #expect(keys("/etc/network/interfaces") == ["network", "firewall"])
     }

@@ -39,7 +39,15 @@ struct EngineTests {
         vmgenid: 2f0e7a9c-1b7d-4d8e-9a0b-6c1d2e3f4a5b
 
         """,
-        "/pve/nodes/pve1/lxc/200.conf": "hostname: ct200\nmemory: 256\n",
+        "/pve/nodes/pve1/lxc/200.conf": """
+        hostname: ct200
+        memory: 256
+        net0: name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:02:00,firewall=1,ip=192.0.2.20/24
+        onboot: 1
+        ostype: debian
+        rootfs: local:200/subvol-200-disk-0.subvol,size=0
+
+        """,
     ]
 
     /// One node: the tree, its host, a state directory and a clock.
@@ -53,6 +61,8 @@ struct EngineTests {
                 "lo": ObservedLink(name: "lo", ifindex: 1, up: true, mtu: 65536),
                 "eno1": ObservedLink(name: "eno1", ifindex: 2),
             ]))
+            // Container 200's rootfs holds an operating system already.
+            _ = host.lxc.populated.withLock { $0.insert("/var/lib/vz/images/200/subvol-200-disk-0.subvol") }
             store = StateStore(directory: FileManager.default.temporaryDirectory.appendingPathComponent("pvectl-engine-\(UUID().uuidString)").path)
         }
 
@@ -102,14 +112,16 @@ struct EngineTests {
         let store = StateStore(directory: "/nonexistent")
         let host = InMemoryHost(tree: MemoryTree(), links: ObservedNetwork())
         let shuffled = try ReconcileEngine(kinds: [
-            FirewallReconciler(driver: host.firewall, store: store), LxcKind(), QemuReconciler(driver: host.qemu, store: store),
+            FirewallReconciler(driver: host.firewall, store: store), LxcReconciler(driver: host.lxc, store: store),
+            QemuReconciler(driver: host.qemu, store: store),
             StorageReconciler(driver: host.storage, store: store), NetworkReconciler(driver: host.network, store: store),
         ])
+        let lxc = LxcReconciler(driver: host.lxc, store: store)
         let position = { (name: String) in shuffled.names.firstIndex(of: name) ?? -1 }
         #expect(position("network") < position("storage") && position("storage") < position("qemu") && position("qemu") < position("firewall"))
         #expect(position("storage") < position("lxc"))
-        #expect(throws: ReconcileEngine.RegistrationError.self) { try ReconcileEngine(kinds: [LxcKind(), LxcKind()]) }
-        #expect(throws: ReconcileEngine.RegistrationError.self) { try ReconcileEngine(kinds: [LxcKind()]) }
+        #expect(throws: ReconcileEngine.RegistrationError.self) { try ReconcileEngine(kinds: [lxc, lxc]) }
+        #expect(throws: ReconcileEngine.RegistrationError.self) { try ReconcileEngine(kinds: [lxc]) }
         #expect(throws: ReconcileEngine.RegistrationError.self) { try ReconcileEngine(kinds: [EggKind(), ChickenKind()]) }
         #expect(engine.selector("qemu/100") == ResourceSelector(kind: "qemu", name: "100"))
         #expect(engine.selector("disks") == nil)
@@ -125,7 +137,7 @@ struct EngineTests {
         #expect(actions["storage/local"] == .create)
         #expect(actions["storage/local:100/vm-100-disk-0.qcow2"] == .create)
         #expect(actions["qemu/100"] == .create)
-        #expect(actions["lxc/200"] == .unavailable, "a kind nothing manages is never said to match")
+        #expect(actions["lxc/200"] == .create)
         #expect(actions["firewall/ruleset"] == .create)
 
         let progress = Mutex<[String]>([])
@@ -133,10 +145,11 @@ struct EngineTests {
         #expect(report.failures.isEmpty, "\(report.failures)")
         var seen: [String] = []
         for kind in report.applied.compactMap({ $0.split(separator: "/").first.map(String.init) }) where seen.last != kind { seen.append(kind) }
-        #expect(seen == ["network", "storage", "qemu", "firewall"], "\(report.applied)")
+        #expect(seen == ["network", "storage", "qemu", "lxc", "firewall"], "\(report.applied)")
         #expect(progress.withLock { $0.contains("qemu/100: started (pid 4001)") }, "\(progress.withLock { $0 })")
         // The firewall saw the VM's tap that the same apply created: its NIC went behind a firewall bridge.
         #expect(node.host.network.master(of: "tap100i0") == .some("fwbr100i0"))
+        #expect(node.host.network.master(of: "veth200i0") == .some("fwbr200i0"))
         #expect(node.host.qemu.isRunning(100))
 
         let again = try await node.plan()
@@ -148,7 +161,7 @@ struct EngineTests {
         #expect(conditions["storage/local"] == "Ready")
         #expect(conditions["qemu/100"] == "Running")
         #expect(conditions["qemu/accelerator"] == "TCG")
-        #expect(conditions["lxc/200"] == "Unavailable")
+        #expect(conditions["lxc/200"] == "Running")
         #expect(conditions["firewall/ruleset"] == "Ready")
         #expect(rows.map(\.id) == rows.map(\.id).sorted())
     }
@@ -221,7 +234,7 @@ struct EngineTests {
         #expect(passes == ["network", "storage", "qemu", "lxc", "firewall"], "network and storage feed qemu and firewall again: queued once")
         #expect(manager.record.kinds["qemu"]?.outcome == "failed")
         #expect(manager.record.kinds["qemu"]?.retryAt == node.clock.now().addingTimeInterval(1))
-        #expect(manager.record.kinds["lxc"]?.outcome == "converged")
+        #expect(manager.record.kinds["lxc"]?.outcome == "applied", "container 200 started")
         #expect(logs.all.contains { $0.hasPrefix("error [qemu] qemu/100: no such device") }, "\(logs.all)")
 
         // An edit of VM 101 (now onboot) is planned alone and runs at once; VM 100 keeps waiting for its retry.

@@ -265,6 +265,102 @@ public final class InMemoryQemuDriver: QemuDriver {
     }
 }
 
+/// LXC as a table of containers: start and stop change it, limits live in a cgroup model, veths become links of the
+/// network model, and configs written back land in the tree.
+public final class InMemoryLxcDriver: LxcDriver {
+    public struct Container: Sendable {
+        public var state: ContainerRunState
+        public var spec: ContainerStartSpec
+        public var limits: [String: String] = [:]
+        public var steps: [LxcLiveStep] = []
+    }
+
+    public let containers = Mutex<[Int: Container]>([:])
+    /// Rootfs sources that hold an operating system; others are empty.
+    public let populated = Mutex<Set<String>>([])
+    /// Host files that exist (OS templates).
+    public let files = Mutex<Set<String>>([])
+    public let written = Mutex<[String]>([])
+    public let layout: LxcHostFacts.CgroupLayout
+    let network: InMemoryNetworkDriver?
+    let tree: MemoryTree?
+    let nextPID = Mutex<Int32>(7000)
+
+    public init(network: InMemoryNetworkDriver? = nil, tree: MemoryTree? = nil, layout: LxcHostFacts.CgroupLayout = .v1) {
+        self.network = network
+        self.tree = tree
+        self.layout = layout
+    }
+
+    public func hostFacts(bridges: [String], devicePaths: [String]) async throws -> LxcHostFacts {
+        let links = network?.state.withLock { $0.links } ?? [:]
+        var mtus: [String: Int] = [:]
+        for bridge in bridges where network == nil || links[bridge] != nil { mtus[bridge] = 1500 }
+        return LxcHostFacts(shippedConfigs: ["common.conf", "debian.common.conf", "userns.conf"], cgroupLayout: layout, bridgeMTUs: mtus,
+                            cpus: [0, 1])
+    }
+
+    public func runningContainers() async -> [Int] {
+        containers.withLock { $0.filter { $0.value.state != .stopped }.keys.sorted() }
+    }
+
+    public func observe(vmid: Int, limits: [String], nics: [String]) async -> ObservedContainer {
+        guard let container = containers.withLock({ $0[vmid] }), container.state != .stopped else { return ObservedContainer(state: .stopped) }
+        var masters: [String: String] = [:]
+        for nic in nics { if let master = network?.master(of: nic) { masters[nic] = master ?? "" } }
+        return ObservedContainer(state: container.state, limits: container.limits.filter { limits.contains($0.key) }, nicMasters: masters)
+    }
+
+    public func holdsData(_ rootfs: ContainerMount) -> Bool? { populated.withLock { $0.contains(rootfs.source) } }
+    public func architecture(_ rootfs: ContainerMount) -> String? { nil }
+    public func fileExists(_ path: String) -> Bool { files.withLock { $0.contains(path) } }
+
+    public func start(_ spec: ContainerStartSpec) async throws -> Int32 {
+        let pid = nextPID.withLock { value -> Int32 in value += 1; return value }
+        if spec.template != nil { _ = populated.withLock { $0.insert(spec.mounts[0].source) } }
+        var limits: [String: String] = [:]
+        for line in spec.config.split(separator: "\n") where line.hasPrefix("lxc.cgroup") {
+            let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            let key = parts[0].split(separator: ".", maxSplits: 2)[2]
+            let name = layout == .v1 ? "\(key.prefix { $0 != "." })/\(key)" : String(key)
+            limits[name] = parts[1]
+        }
+        if layout == .v1, limits["cpu/cpu.cfs_quota_us"] == nil { limits["cpu/cpu.cfs_quota_us"] = "-1" }
+        if layout == .v1, limits["cpu/cpu.cfs_period_us"] == nil { limits["cpu/cpu.cfs_period_us"] = "100000" }
+        containers.withLock { $0[spec.vmid] = Container(state: .running(initPID: pid), spec: spec, limits: limits) }
+        for nic in spec.nics { network?.addLink(nic.veth, kind: "veth", master: nic.bridge) }
+        return pid
+    }
+
+    public func stop(vmid: Int, timeout: Double) async throws -> String {
+        containers.withLock { $0[vmid]?.state = .stopped }
+        for link in network?.state.withLock({ Array($0.links.keys) }) ?? [] where link.hasPrefix("veth\(vmid)i") { network?.removeLink(link) }
+        return "clean shutdown"
+    }
+
+    /// The container's init died (kill -9 of init): LXC stops it, its veths go.
+    public func crash(_ vmid: Int) {
+        containers.withLock { $0[vmid]?.state = .stopped }
+        for link in network?.state.withLock({ Array($0.links.keys) }) ?? [] where link.hasPrefix("veth\(vmid)i") { network?.removeLink(link) }
+    }
+
+    public func perform(vmid: Int, _ step: LxcLiveStep) async throws {
+        containers.withLock { $0[vmid]?.steps.append(step) }
+        switch step {
+        case .setLimit(let controller, let file, let value):
+            containers.withLock { $0[vmid]?.limits[controller.isEmpty ? file : "\(controller)/\(file)"] = value }
+        case .attachNIC(let nic), .addNIC(let nic): network?.addLink(nic.veth, kind: "veth", master: nic.bridge)
+        case .removeNIC(let veth): network?.removeLink(veth)
+        case .setAddresses: break
+        }
+    }
+
+    public func writeConfig(path: String, text: String, expectedDigest: String?) throws {
+        written.withLock { $0.append(path) }
+        tree?.write(path, text)
+    }
+}
+
 /// nftables as the last script loaded; guest NIC plumbing on the network model's links.
 public final class InMemoryFirewallDriver: FirewallDriver {
     public let scripts = Mutex<[String]>([])
@@ -299,13 +395,14 @@ public final class InMemoryFirewallDriver: FirewallDriver {
     }
 }
 
-/// One node in memory: the four drivers on one model, and the tree they read and write.
+/// One node in memory: the five drivers on one model, and the tree they read and write.
 public final class InMemoryHost: Sendable {
     public let tree: MemoryTree
     public let network: InMemoryNetworkDriver
     public let qemu: InMemoryQemuDriver
     public let storage: InMemoryStorageDriver
     public let firewall: InMemoryFirewallDriver
+    public let lxc: InMemoryLxcDriver
 
     public init(tree: MemoryTree, links: ObservedNetwork) {
         self.tree = tree
@@ -313,6 +410,7 @@ public final class InMemoryHost: Sendable {
         qemu = InMemoryQemuDriver(network: network, tree: tree)
         storage = InMemoryStorageDriver(qemu: qemu)
         firewall = InMemoryFirewallDriver(network: network)
+        lxc = InMemoryLxcDriver(network: network, tree: tree)
     }
 }
 
@@ -323,7 +421,7 @@ extension InMemoryHost {
             NetworkReconciler(driver: network, store: store, clock: clock),
             StorageReconciler(driver: storage, store: store, clock: clock),
             QemuReconciler(driver: qemu, store: store, restart: restartVMs, clock: clock),
-            LxcKind(),
+            LxcReconciler(driver: lxc, store: store, restart: restartVMs, clock: clock),
             FirewallReconciler(driver: firewall, store: store, clock: clock),
         ])
     }

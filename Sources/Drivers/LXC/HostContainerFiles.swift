@@ -18,6 +18,9 @@ public struct HostContainerFiles: ContainerFiles, Sendable {
         public var description: String
     }
 
+    /// The host path of `path` inside the root, links resolved as a chroot would.
+    public func hostPath(of path: String) -> String? { resolve(path) }
+
     /// The host path of `path` inside the root; `followFinal` also follows a link in the last component.
     func resolve(_ path: String, followFinal: Bool = true) -> String? {
         var resolved: [String] = []

@@ -52,16 +52,7 @@ public struct QemuProcessDriver: QemuDriver {
     /// Replaces the config file atomically, unless it changed since it was read: Proxmox's own temporary name
     /// (file_set_contents), which pmxcfs takes in a guest directory, then a rename.
     public func writeConfig(path: String, text: String, expectedDigest: String?) throws {
-        if let expectedDigest, let current = FileManager.default.contents(atPath: path), Digest.sha256Hex(current) != expectedDigest {
-            throw Failure(description: "\(path) changed since it was read; run pvectl apply again")
-        }
-        let temporary = path + ".tmp.\(getpid())"
-        try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-        guard rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(atPath: temporary)
-            throw Failure(description: "cannot replace \(path): \(reason)")
-        }
+        try GuestHost.replaceConfig(path: path, text: text, expectedDigest: expectedDigest)
     }
 
     /// `kvm` and `tcg` are taken as given; `auto` uses KVM only when
@@ -102,10 +93,8 @@ public struct QemuProcessDriver: QemuDriver {
 
     public func observe(vmid: Int, taps: [String]) async -> ObservedVM {
         var observed = ObservedVM(state: .stopped)
-        for tap in taps where FileManager.default.fileExists(atPath: "/sys/class/net/\(tap)") {
-            let master = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/sys/class/net/\(tap)/master"))
-                .map { ($0 as NSString).lastPathComponent }
-            observed.tapMasters[tap] = master ?? ""
+        for tap in taps {
+            if let master = GuestHost.master(of: tap) { observed.tapMasters[tap] = master }
         }
         guard let pid = pid(vmid) else { return observed }
         guard Self.isQemu(pid, vmid: vmid) else {
@@ -216,7 +205,7 @@ public struct QemuProcessDriver: QemuDriver {
     public func perform(vmid: Int, _ step: QemuLiveStep) async throws {
         switch step {
         case .attachTap(let tap, let bridge, let tag):
-            try await attach(tap: tap, bridge: bridge, tag: tag)
+            try await GuestHost.attach(device: tap, bridge: bridge, tag: tag)
             return
         default: break
         }
@@ -319,27 +308,6 @@ public struct QemuProcessDriver: QemuDriver {
                 throw Failure(description: "only CPUs added at run time can be removed; restart to go below \(present.count - added.count)")
             }
             for (id, _) in added.prefix(present.count - count) { try unplug(client, id: id) }
-        }
-    }
-
-    func attach(tap: String, bridge: String, tag: Int?) async throws {
-        guard FileManager.default.fileExists(atPath: "/sys/class/net/\(bridge)/bridge") else {
-            throw Failure(description: "bridge \(bridge) of \(tap) does not exist")
-        }
-        var batch = "link set dev \(tap) nomaster\n"
-        if let mtu = (try? String(contentsOfFile: "/sys/class/net/\(bridge)/mtu", encoding: .utf8))
-            .flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
-            batch += "link set dev \(tap) mtu \(mtu)\n"
-        }
-        batch += "link set dev \(tap) master \(bridge) up\n"
-        try await Command.check(["ip", "-batch", "-"], input: batch)
-        if let tag {
-            let filtering = (try? String(contentsOfFile: "/sys/class/net/\(bridge)/bridge/vlan_filtering", encoding: .utf8))?
-                .trimmingCharacters(in: .whitespacesAndNewlines) == "1"
-            guard filtering else {
-                throw Failure(description: "\(tap): tag=\(tag) needs a VLAN-aware bridge; \(bridge) has bridge-vlan-aware off")
-            }
-            try await Command.check(["bridge", "-batch", "-"], input: "vlan del dev \(tap) vid 1\nvlan add dev \(tap) vid \(tag) pvid untagged\n")
         }
     }
 

@@ -88,6 +88,8 @@ public enum HostEvent: Hashable, Sendable {
     case kernelNetwork
     /// A VM's QEMU reported an event or exited (qmeventd's socket).
     case qemuEvents
+    /// A container changed state (LXC's monitor: started, stopped, init gone).
+    case containerEvents
 }
 
 /// What a kind's plan may read besides the desired state: the scope of this run and the kinds it reads.

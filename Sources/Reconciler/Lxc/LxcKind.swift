@@ -1,37 +1,50 @@
 import Foundation
 import Resources
 
-/// Containers, until this version reconciles them: every local container config is planned as unavailable with the
-/// reason, so a plan never says "the system matches" about something nothing looked at. Nothing is applied.
-public struct LxcKind: ResourceKind {
-    public struct Computed: KindComputation {
-        public var resources: [ResourcePlan] = []
-        public var problems: [Diagnostic] = []
-    }
-
+/// The LXC kind: containers from their configs, run by LXC and changed live in their cgroups and NICs.
+extension LxcReconciler: ResourceKind {
     public static let name = "lxc"
-    public static let summary = "containers from lxc/<vmid>.conf (not managed yet: planned as unavailable)"
+    public static let summary = "containers from lxc/<vmid>.conf: started, stopped, limits and NICs changed live"
     public static let appliedAfter = ["network", "storage"]
-
-    public init() {}
+    // A container cannot start with a volume on a storage this node does not serve.
+    public static let reads = ["storage"]
+    // The host facts (a bridge's MTU) are read again once the network kind created what it plans.
+    public static let replannedAfter = ["network"]
+    // A start adds NICs the firewall guards.
+    public static let feeds = ["firewall"]
+    public static let events: Set<HostEvent> = [.kernelNetwork, .containerEvents]
 
     public static func concern(_ change: TreeChange) -> ChangeConcern {
-        if let vmid = change.guestConfig(in: ["lxc"]) { return .resource(String(vmid)) }
-        return change.isUnderGuestDirectories && change.isDirectory ? .kind : .none
+        switch change.parts.first {
+        case "storage.cfg", "datacenter.cfg", "ha": return .kind
+        default:
+            guard change.isUnderGuestDirectories, change.parts.last != "host.fw" else { return .none }
+            if let vmid = change.guestConfig(in: ["lxc"]) { return .resource(String(vmid)) }
+            return change.isDirectory ? .kind : .none
+        }
     }
 
-    public func compute(_ state: DesiredState, context: PlanContext) async throws -> Computed {
-        let resources = state.localGuests
-            .filter { $0.kind == .lxc && ResourceSelector.select(context.scope, kind: Self.name, name: String($0.vmid)) }
-            .sorted { $0.vmid < $1.vmid }
-            .map { guest in
-                ResourcePlan(kind: Self.name, name: String(guest.vmid), action: .unavailable, source: SourceLocation(file: guest.path, line: 1),
-                             changes: [], message: "lxc: not managed by this version of pvectl; the container is neither started nor stopped")
+    public func statusRows(_ computed: Computed, plan: Plan, scope: [ResourceSelector]) -> [StatusRow] {
+        let pending = Dictionary(plan.resources.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        return computed.statuses.map { status in
+            let id = "\(Self.name)/\(status.vmid)"
+            let change = pending[id]
+            let record = computed.records.containers[String(status.vmid)]
+            var condition: String
+            switch status.state {
+            case .running: condition = "Running"
+            case .frozen: condition = "Frozen"
+            case .stopped: condition = "Stopped"
             }
-        return Computed(resources: resources)
+            switch change?.action {
+            case .blocked?: condition = "Blocked"
+            case .pending?: condition += ", restart pending"
+            case nil: break
+            default: condition += ", changes pending"
+            }
+            return StatusRow(id: id, condition: condition, updatedAt: record?.startedAt,
+                             message: "\(status.hostname.map { $0 + ": " } ?? "")\(status.state); should be \(status.intent)",
+                             pendingChanges: change?.changes.map(\.field) ?? [])
+        }
     }
-
-    public func apply(_ computed: Computed, progress: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome { ApplyOutcome() }
-
-    public func statusRows(_ computed: Computed, plan: Plan, scope: [ResourceSelector]) -> [StatusRow] { [] }
 }
