@@ -40,6 +40,9 @@ public enum TreeValidator {
                     found += StorageDesiredState.volumes(of: guest, storages: storagesByID).problems
                 }
                 if guest.node == state.node, let bridges { found += checkBridges(guest, bridges: bridges) }
+                if guest.kind == .lxc, !state.frozen.contains(ResourceID(kind: guest.kind.rawValue, name: String(guest.vmid))) {
+                    found += LxcReconciler.check(guest, storages: storagesByID)
+                }
                 perGuest.set(iteration, found)
             }
         }

@@ -215,6 +215,26 @@ struct LxcReconcilerTests {
         #expect(blocked.message?.contains("rootfs: volume ct:300/subvol-300-disk-0.subvol is blocked") == true)
     }
 
+    @Test("validate and plan check a container the same way: its template line, ostype and rootfs, host-managed SLAAC")
+    func validation() async throws {
+        let broken = """
+        #pvectl ostemplate=nowhere:vztmpl/busybox.tar.gz
+        hostname: ct300
+        net0: name=eth0,bridge=vmbr0,host-managed=1,ip6=auto
+        onboot: 1
+
+        """
+        let node = EngineTests.Node(Self.files(broken))
+        let messages = TreeValidator.validate(node.load()).filter { $0.location.file.hasSuffix("lxc/300.conf") }.map(\.description)
+        #expect(messages.contains { $0.contains("error: pvectl ostemplate=nowhere:vztmpl/busybox.tar.gz: storage 'nowhere' is not defined") })
+        #expect(messages.contains { $0.contains("warning: missing 'ostype': the container cannot start") })
+        #expect(messages.contains { $0.contains("warning: missing 'rootfs': the container cannot start") })
+        #expect(messages.contains { $0.contains("error: net0: SLAAC (ip6=auto) is not supported with host-managed=1") })
+        let plan = try await node.plan()
+        #expect(Set(plan.findings.filter { $0.location.file.hasSuffix("lxc/300.conf") }.map(\.description)).isSuperset(of: messages))
+        #expect(resource(plan, "lxc/300")?.action == .blocked)
+    }
+
     @Test("the OS template is read from a description line, encoded or not")
     func templateLine() {
         let (config, _) = GuestConfig.parse("#notes\n#pvectl ostemplate=local%3Avztmpl/debian.tar.zst\nmemory: 64\n", file: "x", kind: .lxc)

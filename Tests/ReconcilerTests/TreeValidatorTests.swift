@@ -65,7 +65,7 @@ struct TreeValidatorTests {
             "interfaces": interfacesFile,
             "nodes/pve1/qemu-server/100.conf":
                 "cores: 2\nmemory: 2048\nnet0: virtio=BC:24:11:00:00:01,bridge=vmbr0\nscsi0: local-lvm:vm-100-disk-0,size=32G\n",
-            "nodes/pve1/lxc/200.conf": "hostname: ct1\nrootfs: local-lvm:vm-200-disk-0,size=8G\nnet0: name=eth0,bridge=vmbr0,ip=dhcp\n",
+            "nodes/pve1/lxc/200.conf": "hostname: ct1\nostype: debian\nrootfs: local-lvm:vm-200-disk-0,size=8G\nnet0: name=eth0,bridge=vmbr0,ip=dhcp\n",
         ])
         #expect(tree.validate().isEmpty)
     }
@@ -84,7 +84,7 @@ struct TreeValidatorTests {
             scsi1: local:vm-100-disk-1,size=8G
 
             """,
-            "nodes/pve2/lxc/100.conf": "hostname: ct1\nrootfs: local-lvm:subvol-100-disk-0,size=8G\n",
+            "nodes/pve2/lxc/100.conf": "hostname: ct1\nostype: debian\nrootfs: local-lvm:subvol-100-disk-0,size=8G\n",
             "firewall/100.fw": "[RULES]\n\nIN ACCEPT -dport 80\n",
         ])
         let found = messages(tree.validate())
@@ -116,7 +116,7 @@ struct TreeValidatorTests {
             scsi1: local:vm-100-disk-1,size=8G
 
             """,
-            "nodes/pve2/lxc/100.conf": "hostname: ct1\nrootfs: local-lvm:subvol-100-disk-0,size=8G\n",
+            "nodes/pve2/lxc/100.conf": "hostname: ct1\nostype: debian\nrootfs: local-lvm:subvol-100-disk-0,size=8G\n",
         ])
         let found = tree.validate()
         let conf = tree.path("nodes/pve1/qemu-server/100.conf")

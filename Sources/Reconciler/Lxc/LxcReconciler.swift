@@ -135,6 +135,38 @@ public struct LxcReconciler: Sendable {
         return result
     }
 
+    /// What a container config needs to start on any node, checked by `pvectl validate` and every plan alike (through
+    /// `TreeValidator`): an ostype and a rootfs (warnings: Proxmox reads such a file, it cannot start), an OS template line
+    /// that names a template volume of a known storage, host-managed NICs without SLAAC.
+    public static func check(_ guest: DesiredState.Guest, storages: [String: DesiredStorage]?) -> [Diagnostic] {
+        var problems: [Diagnostic] = []
+        let main = guest.config.main
+        let file = SourceLocation(file: guest.path, line: 1)
+        for (key, why) in [("ostype", "no LXC config"), ("rootfs", "no root file system")] where main[key] == nil {
+            problems.append(.warning(file, "missing '\(key)': the container cannot start (\(why))", code: .missingValue))
+        }
+        for entry in main.entries where isNIC(entry.key) {
+            let nic = PropertyString(parsing: entry.value)
+            if nic["host-managed"] == "1" && nic["ip6"] == "auto" {
+                problems.append(.error(entry.valueLocation, "\(entry.key): SLAAC (ip6=auto) is not supported with host-managed=1",
+                                       code: .invalidValue))
+            }
+        }
+        if let template = osTemplate(main) {
+            let storageID = String(template.prefix { $0 != ":" })
+            let volname = template.dropFirst(storageID.count + 1)
+            if !template.contains(":") || !volname.hasPrefix("vztmpl/") || volname.count <= "vztmpl/".count {
+                problems.append(.error(file, "pvectl ostemplate=\(template): expected STORAGE:vztmpl/FILE", code: .invalidValue))
+            } else if let storages, storages[storageID] == nil {
+                problems.append(.error(file, "pvectl ostemplate=\(template): storage '\(storageID)' is not defined in storage.cfg", code: .reference))
+            } else if let storage = storages?[storageID], !storage.content.contains("vztmpl") {
+                problems.append(.warning(file, "pvectl ostemplate=\(template): storage '\(storageID)' does not have content vztmpl",
+                                         code: .reference))
+            }
+        }
+        return problems
+    }
+
     static func isNIC(_ key: String) -> Bool { key.hasPrefix("net") && Int(key.dropFirst(3)) != nil }
 
     /// The main section with the desired values (pending applied); raw `lxc.*` lines kept as written.
