@@ -69,6 +69,23 @@ final class LxcTestNode: @unchecked Sendable {
         var description: String
     }
 
+    /// A Debian 12 minbase root file system as an OS template, made once per machine with debootstrap from the configured
+    /// mirror and kept in /var/cache/pvectl-tests (never in the repository).
+    static func debianTemplate() throws -> String {
+        let cache = "/var/cache/pvectl-tests"
+        let archive = cache + "/debian-12-minbase.tar.gz"
+        if FileManager.default.fileExists(atPath: archive) { return archive }
+        try FileManager.default.createDirectory(atPath: cache, withIntermediateDirectories: true)
+        let scratch = cache + "/debootstrap-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let bootstrap = NetworkNamespace.capture(["debootstrap", "--variant=minbase", "--include=ifupdown,iproute2,sysvinit-core,iputils-ping",
+                                                  "bookworm", scratch])
+        guard bootstrap.status == 0 else { throw TemplateError(description: "debootstrap: \(bootstrap.output.suffix(2000))\(bootstrap.error)") }
+        let tar = NetworkNamespace.capture(["tar", "-C", scratch, "-czf", archive + ".part", "."])
+        guard tar.status == 0, rename(archive + ".part", archive) == 0 else { throw TemplateError(description: "tar: \(tar.error)") }
+        return archive
+    }
+
     /// Mounts the host's cgroup hierarchies again, as they are, inside a fresh /sys (shell commands).
     static let cgroupRemount: String = {
         let mounts = ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").split(separator: "\n")
@@ -233,7 +250,14 @@ struct LxcLifecycleTests {
         #expect(!((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").contains(rootfs))
     }
 
-    @Test("unprivileged on a raw image: loop-mounted, populated inside its user namespace (files owned by 100000), no loop device left")
+    static var subordinateIDs: Bool {
+        ["/etc/subuid", "/etc/subgid"].allSatisfy { file in
+            ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").contains("root:100000:65536")
+        }
+    }
+
+    @Test("unprivileged on a raw image: loop-mounted, populated inside its user namespace (files owned by 100000), no loop device left",
+          .enabled(if: subordinateIDs, "needs root:100000:65536 in /etc/subuid and /etc/subgid (scripts/test adds it)"))
     func unprivileged() async throws {
         let node = try LxcTestNode()
         let vmid = node.vmids[0]
@@ -261,6 +285,47 @@ struct LxcLifecycleTests {
         defer { _ = NetworkNamespace.capture(["umount", scratch]) }
         var info = stat()
         #expect(stat(scratch + "/bin/busybox", &info) == 0 && info.st_uid == 100_000 && info.st_gid == 100_000)
+    }
+
+    @Test("Debian (debootstrap, cached on this machine): boots with the network, hostname, hosts and DNS its config says",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/sbin/debootstrap"), "needs debootstrap"))
+    func debian() async throws {
+        let node = try LxcTestNode()
+        let vmid = node.vmids[0]
+        try FileManager.default.copyItem(atPath: try LxcTestNode.debianTemplate(),
+                                         toPath: node.directory.path + "/vz/template/cache/debian-12-minbase.tar.gz")
+        try node.write(vmid, """
+        #pvectl ostemplate=ctstore:vztmpl/debian-12-minbase.tar.gz
+        hostname: deb\(vmid)
+        memory: 256
+        nameserver: 192.0.2.53
+        net0: name=eth0,bridge=vmbr0,gw=192.0.2.1,ip=192.0.2.41/24,ip6=2001:db8::41/64
+        onboot: 1
+        ostype: debian
+        rootfs: ctstore:\(vmid)/subvol-\(vmid)-disk-0.subvol,size=0
+        searchdomain: example.test
+        startup: down=10
+
+        """)
+        let applied = node.apply(["lxc/\(vmid)"])
+        #expect(applied.status == 0, "\(applied.output)\(applied.error)")
+        #expect(node.initPID(vmid) != nil, "\(applied.output)\(applied.error)")
+        // ifupdown inside the container brings eth0 up from the file the guest setup wrote.
+        #expect(waitFor(seconds: 30) { node.ping("192.0.2.41") }, "eth0 up inside the container")
+        let attach = ["lxc-attach", "-P", "/var/lib/lxc", "-n", String(vmid), "--"]
+        #expect(node.run(attach + ["hostname"]).output.trimmingCharacters(in: .whitespacesAndNewlines) == "deb\(vmid)")
+        let rootfs = node.directory.path + "/vz/images/\(vmid)/subvol-\(vmid)-disk-0.subvol"
+        let hosts = (try? String(contentsOfFile: rootfs + "/etc/hosts", encoding: .utf8)) ?? ""
+        #expect(hosts.contains("192.0.2.41 deb\(vmid).example.test deb\(vmid)"), "\(hosts)")
+        let resolv = (try? String(contentsOfFile: rootfs + "/etc/resolv.conf", encoding: .utf8)) ?? ""
+        #expect(resolv.contains("nameserver 192.0.2.53") && resolv.contains("search example.test"), "\(resolv)")
+        let addresses = node.run(attach + ["ip", "-o", "address", "show", "dev", "eth0"]).output
+        #expect(addresses.contains("192.0.2.41/24") && addresses.contains("2001:db8::41/64"), "\(addresses)")
+        #expect(node.run(attach + ["ip", "route", "show", "default"]).output.contains("via 192.0.2.1"))
+
+        try node.write(vmid, node.config(vmid) + "template: 1\n")
+        let stopped = node.apply(["lxc/\(vmid)"])
+        #expect(stopped.output.contains("lxc/\(vmid): stopped (clean shutdown"), "sysvinit powers off on SIGPWR: \(stopped.output)")
     }
 
     @Test("LXC's monitor lines become events for the container they name")
