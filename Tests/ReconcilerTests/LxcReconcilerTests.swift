@@ -1,6 +1,7 @@
 import Foundation
 @testable import Reconciler
 import Resources
+import Synchronization
 import Testing
 import TestSupport
 
@@ -233,6 +234,36 @@ struct LxcReconcilerTests {
         let plan = try await node.plan()
         #expect(Set(plan.findings.filter { $0.location.file.hasSuffix("lxc/300.conf") }.map(\.description)).isSuperset(of: messages))
         #expect(resource(plan, "lxc/300")?.action == .blocked)
+    }
+
+    @Test("starts follow startup order: an up= wait after its container, side by side within one order otherwise")
+    func startupOrder() async throws {
+        var files = Self.files(Self.container)
+        func container(_ vmid: Int, _ startup: String) -> String {
+            "memory: 64\nonboot: 1\nostype: unmanaged\nrootfs: ct:\(vmid)/subvol-\(vmid)-disk-0.subvol,size=0\nstartup: \(startup)\n"
+        }
+        files["/pve/nodes/pve1/lxc/300.conf"] = container(300, "order=2")
+        files["/pve/nodes/pve1/lxc/301.conf"] = container(301, "order=1,up=7")
+        files["/pve/nodes/pve1/lxc/302.conf"] = container(302, "order=1")
+        files["/pve/nodes/pve1/lxc/303.conf"] = container(303, "order=2")
+        let node = EngineTests.Node(files)
+        node.host.lxc.populated.withLock { set in
+            for vmid in 300...303 { set.insert("/srv/ct/images/\(vmid)/subvol-\(vmid)-disk-0.subvol") }
+        }
+        let lines = Mutex<[String]>([])
+        let engine = try node.engine()
+        let computation = try await engine.plan(node.load(), scope: [], named: [])
+        _ = try await engine.apply(computation, reload: { node.load() }, progress: { line in lines.withLock { $0.append(line) } })
+        let events = lines.withLock { $0 }.filter { $0.hasPrefix("lxc/") && ($0.contains("started") || $0.contains("waiting")) }
+        let names = events.map { String($0.prefix { $0 != ":" }) }
+        #expect(events.count == 6, "\(events)")
+        #expect(events.first == "lxc/301: started (init pid 7001)", "\(events)")
+        #expect(events.dropFirst().first == "lxc/301: waiting 7 s (startup up=7) before the next guest", "\(events)")
+        #expect(names.dropFirst(2).first == "lxc/302")
+        // Order 2 side by side, then the engine tests' container 200, which has no order.
+        #expect(Set(names.dropFirst(3).prefix(2)) == ["lxc/300", "lxc/303"], "\(events)")
+        #expect(names.last == "lxc/200", "\(events)")
+        #expect(node.clock.waits == [7])
     }
 
     @Test("the OS template is read from a description line, encoded or not")

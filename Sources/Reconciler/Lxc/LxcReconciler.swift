@@ -204,8 +204,30 @@ public struct LxcReconciler: Sendable {
         let storages = state.storage.map { StorageDesiredState.storagesByID(StorageDesiredState.storages(from: $0, node: state.node).storages) }
             ?? [:]
         var seen: Set<Int> = []
+        let containers = state.localGuests.filter { $0.kind == .lxc }.sorted { $0.vmid < $1.vmid }
+        // This host's facts, asked once for every bridge and device the containers in scope name.
+        let inScope = containers.filter { ResourceSelector.select(only, kind: Self.name, name: String($0.vmid)) }
+        var bridges: Set<String> = [], devices: Set<String> = []
+        for guest in inScope {
+            for entry in guest.config.main.entries + (guest.config.pending?.entries ?? []) {
+                let value = PropertyString(parsing: entry.value)
+                if Self.isNIC(entry.key), let bridge = value["bridge"] { bridges.insert(bridge) }
+                if entry.key.hasPrefix("dev"), Int(entry.key.dropFirst(3)) != nil, let path = value["path"] ?? value.bareValue {
+                    devices.insert(path)
+                }
+            }
+        }
+        var hostFacts: LxcHostFacts?
+        var factsError: String?
+        if !inScope.isEmpty {
+            do {
+                hostFacts = try await driver.hostFacts(bridges: bridges.sorted(), devicePaths: devices.sorted())
+            } catch {
+                factsError = "\(error)"
+            }
+        }
 
-        for guest in state.localGuests.filter({ $0.kind == .lxc }).sorted(by: { $0.vmid < $1.vmid }) {
+        for guest in containers {
             let vmid = guest.vmid
             seen.insert(vmid)
             guard ResourceSelector.select(only, kind: Self.name, name: String(vmid)) else { continue }
@@ -229,13 +251,7 @@ public struct LxcReconciler: Sendable {
                 Int(key.dropFirst(3)).map { ContainerNIC(vmid: vmid, index: $0, value: desired[key]!) }
             }
             let record = computed.records.containers[String(vmid)]
-            var facts: LxcHostFacts?
-            var factsError: String?
-            do {
-                facts = try await driver.hostFacts(bridges: nics.map(\.bridge), devicePaths: [])
-            } catch {
-                factsError = "\(error)"
-            }
+            var facts = hostFacts
             // A bridge the network kind creates in this same run: its MTU from the interfaces file until it exists (the
             // kind is planned again after the network applied, with the bridge's own).
             if context.planned.contains(NetworkReconciler.name), let stanzas = state.interfaces?.ifaceStanzas {
@@ -526,7 +542,7 @@ public struct LxcReconciler: Sendable {
         let stops = computed.containers.filter(isStop).sorted { rank($0) > rank($1) }
         let starts = computed.containers.filter(isStart).sorted { rank($0) < rank($1) }
         let others = computed.containers.filter { !isStop($0) && !isStart($0) }.sorted { rank($0) < rank($1) }
-        for plan in stops + others + starts {
+        for plan in stops + others {
             let vmid = plan.vmid
             let id = "\(Self.name)/\(vmid)"
             do {
@@ -539,14 +555,8 @@ public struct LxcReconciler: Sendable {
                     let how = try await driver.stop(vmid: vmid, timeout: timeout)
                     records.containers[String(vmid)] = nil
                     progress("\(id): stopped (\(how))")
-                case .start(let spec, let running, let up):
-                    let pid = try await driver.start(spec)
-                    records.containers[String(vmid)] = LxcContainerRecord(initPID: pid, running: running, startedAt: clock.now())
-                    progress("\(id): started (init pid \(pid))")
-                    if let up, up > 0, vmid != starts.last?.vmid {
-                        progress("\(id): waiting \(up) s (startup up=\(up)) before the next guest")
-                        try await clock.sleep(seconds: Double(up))
-                    }
+                case .start:
+                    break
                 case .restart(let timeout, let spec, let running):
                     let how = try await driver.stop(vmid: vmid, timeout: timeout)
                     progress("\(id): stopped (\(how))")
@@ -569,6 +579,66 @@ public struct LxcReconciler: Sendable {
             }
             try store.save(records, as: Self.name)
         }
+
+        // Starts in startup order; containers that share an order and wait for nobody (`up=`) start side by side, a few
+        // at a time (each start mostly waits for LXC and its hooks).
+        var index = 0
+        while index < starts.count {
+            var batch = [starts[index]]
+            while index + batch.count < starts.count, Self.up(batch[0]) == nil, Self.up(starts[index + batch.count]) == nil,
+                  starts[index + batch.count].order == batch[0].order, batch.count < Self.parallelStarts {
+                batch.append(starts[index + batch.count])
+            }
+            index += batch.count
+            let results = await withTaskGroup(of: (Int, Result<LxcContainerRecord, any Error>).self) { group in
+                for plan in batch {
+                    group.addTask { (plan.vmid, await self.start(plan, progress: progress)) }
+                }
+                var results: [Int: Result<LxcContainerRecord, any Error>] = [:]
+                for await (vmid, result) in group { results[vmid] = result }
+                return results
+            }
+            for plan in batch {
+                switch results[plan.vmid] {
+                case .success(let record)?:
+                    records.containers[String(plan.vmid)] = record
+                    outcome.applied.append(String(plan.vmid))
+                case .failure(let error)?:
+                    outcome.failed.append(.init(name: String(plan.vmid), message: "\(error)"))
+                case nil:
+                    break
+                }
+            }
+            try store.save(records, as: Self.name)
+            if let up = Self.up(batch[0]), index < starts.count {
+                progress("\(Self.name)/\(batch[0].vmid): waiting \(up) s (startup up=\(up)) before the next guest")
+                try await clock.sleep(seconds: Double(up))
+            }
+        }
         return outcome
+    }
+
+    /// How many containers of one startup order start at once.
+    static let parallelStarts = 4
+
+    static func up(_ plan: ContainerPlan) -> Int? {
+        if case .start(_, _, let up?) = plan.action, up > 0 { return up }
+        return nil
+    }
+
+    func start(_ plan: ContainerPlan, progress: @escaping @Sendable (String) -> Void) async -> Result<LxcContainerRecord, any Error> {
+        guard case .start(let spec, let running, _) = plan.action else { preconditionFailure("not a start") }
+        let id = "\(Self.name)/\(plan.vmid)"
+        do {
+            if let writeBack = plan.writeBack {
+                try driver.writeConfig(path: writeBack.path, text: writeBack.text, expectedDigest: writeBack.digest)
+                progress("\(id): wrote \(writeBack.path)")
+            }
+            let pid = try await driver.start(spec)
+            progress("\(id): started (init pid \(pid))")
+            return .success(LxcContainerRecord(initPID: pid, running: running, startedAt: clock.now()))
+        } catch {
+            return .failure(error)
+        }
     }
 }
