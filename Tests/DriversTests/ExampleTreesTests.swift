@@ -52,14 +52,16 @@ struct ExampleTreesTests {
         #expect(!plan.error.contains("error:"), "\(plan.error)")
     }
 
-    @Test("scripts/quickstart: pmxcfs, plan, apply, the example VM answers ping, converged, status, all torn down")
+    @Test("scripts/quickstart: pmxcfs, plan, apply, the example VM and container answer ping, converged, status, all torn down")
     func quickstart() throws {
         let root = Corpus.packageRoot.path
         let run = NetworkNamespace.capture([root + "/scripts/quickstart"],
                                            environment: ["PVECTL_BIN": Self.binary, "PMXCFS_BIN": PMXCFSProcess.binary, "NO_COLOR": "1"])
         #expect(run.status == 0, "\(run.output)\n\(run.error)")
         for expected in ["0 errors, 0 warnings", "Apply complete", "qemu/100: started", "VM 100 answers", "bytes from 192.0.2.100",
+                         "lxc/200: started", "container 200 answers", "bytes from 192.0.2.53",
                          "Plan: 0 to create, 0 to change, 0 to replace, 0 to delete", "qemu/100                         Running",
+                         "lxc/200                          Running", "stopped container 200",
                          "the host is as it was"] {
             #expect(run.output.contains(expected) || run.error.contains(expected), "missing '\(expected)':\n\(run.output)\n\(run.error)")
         }
@@ -68,5 +70,7 @@ struct ExampleTreesTests {
         #expect(!namespaces.contains("pvqs-"), "\(namespaces)")
         let after = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         #expect(!after.contains("pvectl-quickstart"), "a mount is left behind")
+        #expect(["/sys/fs/cgroup/memory/lxc/200", "/sys/fs/cgroup/lxc/200"].allSatisfy { !FileManager.default.fileExists(atPath: $0) },
+                "the container's cgroup is left behind")
     }
 }
