@@ -32,7 +32,7 @@ public struct MissingExecutable: Error, CustomStringConvertible, Sendable {
         "mount.nfs": "nfs-common", "mount.cifs": "cifs-utils", "lvs": "lvm2", "lvcreate": "lvm2", "lvextend": "lvm2",
         "vgchange": "lvm2", "lvchange": "lvm2", "mkfs.ext4": "e2fsprogs", "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs",
         "btrfs": "btrfs-progs", "mount": "mount", "umount": "mount", "findmnt": "util-linux",
-        "lxc-start": "lxc", "lxc-stop": "lxc", "lxc-info": "lxc", "lxc-attach": "lxc", "lxc-monitor": "lxc", "lxc-usernsexec": "lxc",
+        "lxc-start": "lxc", "lxc-stop": "lxc", "lxc-info": "lxc", "lxc-attach": "lxc", "lxc-monitor": "lxc", "lxc-usernsexec": "lxc", "tc": "iproute2",
     ]
 
     public var description: String {

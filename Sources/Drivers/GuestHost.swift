@@ -45,6 +45,25 @@ public enum GuestHost {
         }
     }
 
+    /// Limits a guest NIC's host end to `rate` MB/s, as Proxmox does for a NIC's `rate=`: an htb class on its egress
+    /// (traffic to the guest) and, where the kernel can police (`ingress`), a policer on its ingress (traffic from the
+    /// guest). nil removes both.
+    public static func setRate(device: String, rate: Double?, ingress: Bool) async throws {
+        // Whatever was there goes first (absent ones make tc fail, which is fine).
+        _ = try? await Command.run(["tc", "qdisc", "del", "dev", device, "root"])
+        _ = try? await Command.run(["tc", "qdisc", "del", "dev", device, "ingress"])
+        guard let rate else { return }
+        let bytes = Int(rate * 1024 * 1024)
+        let burst = 1024 * 1024
+        try await Command.check(["tc", "qdisc", "add", "dev", device, "root", "handle", "1:", "htb", "default", "1"])
+        try await Command.check(["tc", "class", "add", "dev", device, "parent", "1:", "classid", "1:1", "htb", "rate", "\(bytes)bps",
+                                 "burst", "\(burst)b"])
+        guard ingress else { return }
+        try await Command.check(["tc", "qdisc", "add", "dev", device, "handle", "ffff:", "ingress"])
+        try await Command.check(["tc", "filter", "add", "dev", device, "parent", "ffff:", "protocol", "all", "prio", "50", "u32", "match",
+                                 "u32", "0", "0", "police", "rate", "\(bytes)bps", "burst", "\(burst)b", "drop", "flowid", ":1"])
+    }
+
     /// The bridge a device is enslaved to ("" for none), nil when the device does not exist.
     public static func master(of device: String) -> String? {
         guard FileManager.default.fileExists(atPath: "/sys/class/net/\(device)") else { return nil }

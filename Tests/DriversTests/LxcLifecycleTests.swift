@@ -212,11 +212,17 @@ struct LxcLifecycleTests {
         #expect(!node.run(hog).output.contains("48000000"), "48 MB do not fit in 32 MiB")
         #expect(node.initPID(vmid) == first, "a live change, no restart")
 
-        // A NIC hot-plugged, then removed.
-        try node.write(vmid, node.config(vmid) + "net1: name=eth1,bridge=vmbr0,ip=192.0.2.22/24\n")
+        // A NIC hot-plugged with a rate limit (an htb class on its host end), then removed; net0 limited live.
+        try node.write(vmid, node.config(vmid) + "net1: name=eth1,bridge=vmbr0,ip=192.0.2.22/24,rate=3\n")
         let added = node.apply(["lxc/\(vmid)"])
         #expect(added.status == 0, "\(added.output)\(added.error)")
         #expect(waitFor(seconds: 10) { node.ping("192.0.2.22") }, "the hot-plugged NIC answers: \(added.output)")
+        let classes = { (device: String) in (try? node.namespace.exec(["tc", "class", "show", "dev", device]))?.output ?? "" }
+        #expect(classes("veth\(vmid)i1").contains("rate 25165Kbit"), "3 MB/s: \(classes("veth\(vmid)i1"))")
+        try node.write(vmid, node.config(vmid).replacingOccurrences(of: "ip=192.0.2.21/24,", with: "ip=192.0.2.21/24,rate=1,"))
+        let limited = node.apply(["lxc/\(vmid)"])
+        #expect(limited.output.contains("limit veth\(vmid)i0 to 1.0 MB/s"), "\(limited.output)\(limited.error)")
+        #expect(classes("veth\(vmid)i0").contains("rate 8388Kbit"), "1 MB/s: \(classes("veth\(vmid)i0"))")
         try node.write(vmid, node.config(vmid).split(separator: "\n").filter { !$0.hasPrefix("net1:") }.joined(separator: "\n") + "\n")
         let removed = node.apply(["lxc/\(vmid)"])
         #expect(removed.output.contains("remove veth\(vmid)i1"), "\(removed.output)\(removed.error)")

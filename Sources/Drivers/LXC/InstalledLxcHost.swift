@@ -34,7 +34,15 @@ public enum InstalledLxcHost {
         return LxcHostFacts(lxcMajorVersion: Int(version.prefix { $0.isNumber }) ?? 0, configDirectory: configDirectory,
                             shippedConfigs: shipped, cgroupLayout: cgroupLayout, bridgeMTUs: mtus, devices: devices, cpus: cpus,
                             commonSeccomp: try? String(contentsOfFile: configDirectory + "/common.seccomp", encoding: .utf8),
-                            seccompNotify: kernel.count == 2 && (kernel[0], kernel[1]) >= (5, 3))
+                            seccompNotify: kernel.count == 2 && (kernel[0], kernel[1]) >= (5, 3), ingressPolicing: await ingressPolicing)
+    }
+
+    /// act_police loaded, or loadable.
+    static var ingressPolicing: Bool {
+        get async {
+            if FileManager.default.fileExists(atPath: "/sys/module/act_police") { return true }
+            return (try? await Command.run(["modprobe", "--dry-run", "act_police"]))?.succeeded ?? false
+        }
     }
 
     /// v2 when the unified hierarchy holds the memory controller (a pure cgroup v2 host), else v1.

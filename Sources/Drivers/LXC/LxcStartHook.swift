@@ -33,6 +33,9 @@ public enum LxcStartHook {
                 }
                 try? Data("1".utf8).write(to: URL(fileURLWithPath: "/proc/sys/net/ipv6/conf/\(nic.veth)/disable_ipv6"))
                 try await GuestHost.attach(device: nic.veth, bridge: nic.bridge, tag: nic.tag)
+                if nic.rate != nil {
+                    try await GuestHost.setRate(device: nic.veth, rate: nic.rate, ingress: await InstalledLxcHost.ingressPolicing)
+                }
             default:
                 break
             }

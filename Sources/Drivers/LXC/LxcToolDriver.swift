@@ -217,6 +217,7 @@ public struct LxcToolDriver: LxcDriver {
             try await Command.check(add)
             try? Data("1".utf8).write(to: URL(fileURLWithPath: "/proc/sys/net/ipv6/conf/\(nic.veth)/disable_ipv6"))
             try await GuestHost.attach(device: nic.veth, bridge: nic.bridge, tag: nic.tag)
+            if nic.rate != nil { try await GuestHost.setRate(device: nic.veth, rate: nic.rate, ingress: await InstalledLxcHost.ingressPolicing) }
             try await Command.check(["ip", "link", "set", peer, "netns", String(pid)])
             try await inside(vmid, ["ip", "link", "set", peer, "name", nic.name])
             try await inside(vmid, ["ip", "link", "set", nic.name, "up"])
@@ -224,6 +225,8 @@ public struct LxcToolDriver: LxcDriver {
         case .setAddresses(let nic):
             try await inside(vmid, ["ip", "address", "flush", "dev", nic.name])
             try await address(vmid, nic)
+        case .setRate(let nic):
+            try await GuestHost.setRate(device: nic.veth, rate: nic.rate, ingress: await InstalledLxcHost.ingressPolicing)
         }
     }
 

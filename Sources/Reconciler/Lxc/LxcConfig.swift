@@ -39,10 +39,12 @@ public struct LxcHostFacts: Sendable, Hashable {
     public var commonSeccomp: String?
     /// Whether the kernel can trap mknod to userspace (5.3 and later).
     public var seccompNotify: Bool
+    /// Whether tc can police a device's ingress (`act_police`), for a NIC's `rate` in the container's direction out.
+    public var ingressPolicing: Bool
 
     public init(lxcMajorVersion: Int = 5, configDirectory: String = "/usr/share/lxc/config", shippedConfigs: Set<String>,
                 cgroupLayout: CgroupLayout, bridgeMTUs: [String: Int] = [:], devices: [String: Device] = [:], cpus: [Int] = [],
-                commonSeccomp: String? = nil, seccompNotify: Bool = true) {
+                commonSeccomp: String? = nil, seccompNotify: Bool = true, ingressPolicing: Bool = true) {
         self.lxcMajorVersion = lxcMajorVersion
         self.configDirectory = configDirectory
         self.shippedConfigs = shippedConfigs
@@ -52,6 +54,7 @@ public struct LxcHostFacts: Sendable, Hashable {
         self.cpus = cpus
         self.commonSeccomp = commonSeccomp
         self.seccompNotify = seccompNotify
+        self.ingressPolicing = ingressPolicing
     }
 }
 

@@ -53,6 +53,8 @@ public struct ContainerNIC: Codable, Sendable, Hashable {
     public var gw: String?
     public var ip6: String?
     public var gw6: String?
+    /// `rate=`: MB/s each way (traffic to the container always; from it where the kernel can police ingress).
+    public var rate: Double?
 
     public init(vmid: Int, index: Int, value: String) {
         let options = PropertyString(parsing: value)
@@ -67,6 +69,7 @@ public struct ContainerNIC: Codable, Sendable, Hashable {
         gw = options["gw"]
         ip6 = options["ip6"]
         gw6 = options["gw6"]
+        rate = options["rate"].flatMap { Double($0) }.flatMap { $0 > 0 ? $0 : nil }
     }
 
     /// The addresses and routes a hot-plugged NIC gets inside the container (static ones only).
@@ -147,6 +150,8 @@ public enum LxcLiveStep: Sendable, Hashable, CustomStringConvertible {
     case removeNIC(veth: String)
     /// Replaces the addresses of a NIC inside the container.
     case setAddresses(ContainerNIC)
+    /// Sets (or removes) the NIC's rate limit on its host end.
+    case setRate(ContainerNIC)
 
     public var description: String {
         switch self {
@@ -154,6 +159,8 @@ public enum LxcLiveStep: Sendable, Hashable, CustomStringConvertible {
         case .attachNIC(let nic): "put \(nic.veth) on \(nic.bridge)" + (nic.tag.map { " (VLAN \($0))" } ?? "")
         case .addNIC(let nic): "hot-plug \(nic.name) (\(nic.veth) on \(nic.bridge)\(nic.hwaddr.map { ", \($0)" } ?? ""))"
         case .removeNIC(let veth): "remove \(veth)"
+        case .setRate(let nic):
+            nic.rate.map { "limit \(nic.veth) to \($0) MB/s" } ?? "remove the rate limit of \(nic.veth)"
         case .setAddresses(let nic):
             "set \(nic.name)'s addresses to \(nic.staticAddresses.isEmpty ? "none" : nic.staticAddresses.joined(separator: " "))"
         }

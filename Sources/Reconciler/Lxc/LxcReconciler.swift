@@ -250,6 +250,12 @@ public struct LxcReconciler: Sendable {
             let nics = desired.keys.filter(Self.isNIC).sorted().compactMap { key in
                 Int(key.dropFirst(3)).map { ContainerNIC(vmid: vmid, index: $0, value: desired[key]!) }
             }
+            if let facts = hostFacts, !facts.ingressPolicing {
+                for nic in nics where nic.rate != nil {
+                    computed.notes.append("lxc/\(vmid): net\(nic.index) rate=\(nic.rate!) limits traffic to the container only: this kernel "
+                                          + "cannot police ingress (no act_police module)")
+                }
+            }
             let record = computed.records.containers[String(vmid)]
             var facts = hostFacts
             // A bridge the network kind creates in this same run: its MTU from the interfaces file until it exists (the
@@ -368,7 +374,8 @@ public struct LxcReconciler: Sendable {
                     return .failure(.blocked("cannot generate its LXC config: \(error)"))
                 }
                 operations.append("guest setup (\(desired["ostype"] ?? "?")), lxc-start")
-                operations += nics.map { "put \($0.veth) on \($0.bridge)" + ($0.tag.map { " (VLAN \($0))" } ?? "") }
+                operations += nics.map { "put \($0.veth) on \($0.bridge)" + ($0.tag.map { " (VLAN \($0))" } ?? "")
+                    + ($0.rate.map { ", \($0) MB/s" } ?? "") }
                 let section = Self.section(guest, desired: desired)
                 let spec = ContainerStartSpec(
                     vmid: vmid, config: generatedConfig.config, seccompRules: generatedConfig.seccompRules, mounts: mounts, nics: nics,
@@ -516,7 +523,8 @@ public struct LxcReconciler: Sendable {
     }
 
     /// A NIC's change on a running container, as pct set does it: a bridge or VLAN change moves the host end, an address
-    /// change readdresses the guest side; a new MAC, name or MTU is a new NIC (removed, then added).
+    /// change readdresses the guest side, a rate change replaces the limit; a new MAC, name or MTU is a new NIC (removed,
+    /// then added).
     static func nicSteps(old: ContainerNIC?, new: ContainerNIC?) -> [LxcLiveStep] {
         switch (old, new) {
         case (nil, let new?): return [.addNIC(new)]
@@ -526,6 +534,8 @@ public struct LxcReconciler: Sendable {
             var steps: [LxcLiveStep] = []
             if old.bridge != new.bridge || old.tag != new.tag { steps.append(.attachNIC(new)) }
             if old.ip != new.ip || old.ip6 != new.ip6 || old.gw != new.gw || old.gw6 != new.gw6 { steps.append(.setAddresses(new)) }
+            // A veth that moves keeps its qdiscs; a new limit is set either way.
+            if old.rate != new.rate { steps.append(.setRate(new)) }
             return steps
         case (nil, nil): return []
         }
