@@ -266,6 +266,39 @@ struct LxcReconcilerTests {
         #expect(node.clock.waits == [7])
     }
 
+    @Test("VMs and containers start and stop in one startup order, as Proxmox's startall and stopall have them")
+    func startupOrderAcrossKinds() async throws {
+        var files = Self.files(Self.container)
+        func container(_ vmid: Int, _ startup: String) -> String {
+            "memory: 64\nonboot: 1\nostype: unmanaged\nrootfs: ct:\(vmid)/subvol-\(vmid)-disk-0.subvol,size=0\nstartup: \(startup)\n"
+        }
+        files["/pve/nodes/pve1/lxc/300.conf"] = nil
+        files["/pve/nodes/pve1/lxc/301.conf"] = container(301, "order=1,up=5")
+        files["/pve/nodes/pve1/lxc/302.conf"] = container(302, "order=3")
+        files["/pve/nodes/pve1/qemu-server/100.conf"] = files["/pve/nodes/pve1/qemu-server/100.conf"]! + "startup: order=2\n"
+        let node = EngineTests.Node(files)
+        node.host.lxc.populated.withLock { set in
+            for vmid in 301...302 { set.insert("/srv/ct/images/\(vmid)/subvol-\(vmid)-disk-0.subvol") }
+        }
+        func run() async throws -> [String] {
+            let lines = Mutex<[String]>([])
+            let engine = try node.engine()
+            let computation = try await engine.plan(node.load(), scope: [], named: [])
+            let report = try await engine.apply(computation, reload: { node.load() }, progress: { line in lines.withLock { $0.append(line) } })
+            #expect(report.failures.isEmpty, "\(report.failures)")
+            return lines.withLock { $0 }.filter { $0.hasPrefix("lxc/") || $0.hasPrefix("qemu/") }
+                .filter { $0.contains("started") || $0.contains("stopped") || $0.contains("waiting") }
+                .map { String($0.prefix { $0 != "(" }).trimmingCharacters(in: .whitespaces) }
+        }
+        #expect(try await run() == ["lxc/301: started", "lxc/301: waiting 5 s", "qemu/100: started", "lxc/302: started", "lxc/200: started"])
+        #expect(node.clock.waits == [5])
+
+        for path in ["/pve/nodes/pve1/lxc/301.conf", "/pve/nodes/pve1/lxc/302.conf", "/pve/nodes/pve1/qemu-server/100.conf"] {
+            node.host.tree.write(path, try #require(node.host.tree.read(path)) + "template: 1\n")
+        }
+        #expect(try await run() == ["lxc/302: stopped", "qemu/100: stopped", "lxc/301: stopped"])
+    }
+
     @Test("the OS template is read from a description line, encoded or not")
     func templateLine() {
         let (config, _) = GuestConfig.parse("#notes\n#pvectl ostemplate=local%3Avztmpl/debian.tar.zst\nmemory: 64\n", file: "x", kind: .lxc)

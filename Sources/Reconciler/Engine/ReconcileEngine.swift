@@ -159,30 +159,80 @@ public struct ReconcileEngine: Sendable {
     /// Applies a computation kind by kind in apply order. The first kind with a failure stops the rest (a VM must not
     /// start on a bridge or storage that did not come up). A kind whose plan an earlier kind's apply made stale
     /// (`replannedAfter`) is planned again on `reload()`'s state first. After each kind succeeds, its `finishApply`
-    /// runs (the network installs a staged interfaces.new before the storages reached over it).
+    /// runs (the network installs a staged interfaces.new before the storages reached over it). Guest kinds (VMs and
+    /// containers) that are ready together apply side by side, their guests stopped and started in one `startup`
+    /// order through a shared `StartupGate`.
     public func apply(_ computation: Computation, reload: @Sendable () throws -> DesiredState,
                       progress: @escaping @Sendable (String) -> Void) async throws -> ApplyReport {
         var report = ApplyReport()
         var changedKinds = Set<String>()
+        var done = Set<String>()
         var state = computation.state
-        for kind in kinds where computation.planned.contains(kind.kindName) {
-            guard var computed = computation.computed[kind.kindName] else { continue }
-            let name = kind.kindName
-            if !changedKinds.isDisjoint(with: kind.kindType.replannedAfter) {
-                state = try reload()
-                computed = try await kind.computeAny(state, context: Self.context(for: kind, scope: computation.scope, named: computation.named,
-                                                                                  planned: computation.planned, computed: computation.computed))
+        let applying = kinds.filter { computation.planned.contains($0.kindName) && computation.computed[$0.kindName] != nil }
+        for kind in applying where !done.contains(kind.kindName) {
+            // This kind, or every guest kind whose turn it is (each applied after what precedes it).
+            let ready = applying.filter { other in
+                kind is any GuestKind && other is any GuestKind && !done.contains(other.kindName)
+                    && Set(other.kindType.appliedAfter).intersection(applying.map(\.kindName)).isSubset(of: done)
             }
-            let outcome = try await kind.applyAny(computed, progress: progress)
-            report.applied += outcome.applied.map { "\(name)/\($0)" }
-            report.failures += outcome.failed.map { "\(name)/\($0.name): \($0.message)" }
+            let group: [any ResourceKind] = ready.contains { $0.kindName == kind.kindName } ? ready : [kind]
+            var computations: [String: any KindComputation] = [:]
+            for member in group {
+                var computed = computation.computed[member.kindName]!
+                if !changedKinds.isDisjoint(with: member.kindType.replannedAfter) {
+                    state = try reload()
+                    computed = try await member.computeAny(state, context: Self.context(for: member, scope: computation.scope,
+                                                                                        named: computation.named, planned: computation.planned,
+                                                                                        computed: computation.computed))
+                }
+                computations[member.kindName] = computed
+            }
+            let outcomes = try await Self.applyGroup(group, computations, progress: progress)
+            for member in group {
+                let name = member.kindName
+                done.insert(name)
+                guard let outcome = outcomes[name] else { continue }
+                report.applied += outcome.applied.map { "\(name)/\($0)" }
+                report.failures += outcome.failed.map { "\(name)/\($0.name): \($0.message)" }
+                if !outcome.applied.isEmpty { changedKinds.insert(name) }
+            }
             guard report.failures.isEmpty else { return report }
-            if !outcome.applied.isEmpty { changedKinds.insert(name) }
-            let finished = try kind.finishAny(computed, state: state)
-            for line in finished { progress(line) }
-            report.finished += finished
+            for member in group {
+                let finished = try member.finishAny(computations[member.kindName]!, state: state)
+                for line in finished { progress(line) }
+                report.finished += finished
+            }
         }
         return report
+    }
+
+    /// One kind alone, or guest kinds side by side through one gate.
+    static func applyGroup(_ group: [any ResourceKind], _ computations: [String: any KindComputation],
+                           progress: @escaping @Sendable (String) -> Void) async throws -> [String: ApplyOutcome] {
+        guard group.count > 1 else {
+            let kind = group[0]
+            return [kind.kindName: try await kind.applyAny(computations[kind.kindName]!, progress: progress)]
+        }
+        let guests = group.compactMap { $0 as? any GuestKind }
+        let gate = StartupGate(guests.flatMap { $0.guestOperationsAny(computations[$0.kindName]!) })
+        return try await withThrowingTaskGroup(of: (String, ApplyOutcome).self) { tasks in
+            for kind in guests {
+                let computed = computations[kind.kindName]!
+                tasks.addTask {
+                    do {
+                        let outcome = try await kind.applyAny(computed, gate: gate, progress: progress)
+                        await gate.abandon(kind: kind.kindName)
+                        return (kind.kindName, outcome)
+                    } catch {
+                        await gate.abandon(kind: kind.kindName)
+                        throw error
+                    }
+                }
+            }
+            var outcomes: [String: ApplyOutcome] = [:]
+            for try await (name, outcome) in tasks { outcomes[name] = outcome }
+            return outcomes
+        }
     }
 
     /// What the planned kinds do after an apply that had nothing to change (a staged interfaces file equal to the

@@ -2,7 +2,7 @@ import Foundation
 import Resources
 
 /// The LXC kind: containers from their configs, run by LXC and changed live in their cgroups and NICs.
-extension LxcReconciler: ResourceKind {
+extension LxcReconciler: GuestKind {
     public static let name = "lxc"
     public static let summary = "containers from lxc/<vmid>.conf: started, stopped, limits and NICs changed live"
     public static let appliedAfter = ["network", "storage"]

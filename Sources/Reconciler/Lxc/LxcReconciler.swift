@@ -541,9 +541,20 @@ public struct LxcReconciler: Sendable {
         }
     }
 
+    /// Each container's operation for the startup order shared with the other guest kinds.
+    public func guestOperations(_ computed: Computed) -> [GuestOperation] {
+        computed.containers.map { plan in
+            switch plan.action {
+            case .stop: GuestOperation(kind: Self.name, vmid: plan.vmid, phase: .stop, order: plan.order)
+            case .start: GuestOperation(kind: Self.name, vmid: plan.vmid, phase: .start, order: plan.order, up: Self.up(plan))
+            default: GuestOperation(kind: Self.name, vmid: plan.vmid, phase: .change, order: plan.order)
+            }
+        }
+    }
+
     /// Stops first (highest `startup` order first), then live changes and restarts, then starts in `startup` order,
-    /// waiting `up` seconds after each.
-    public func apply(_ computed: Computed, progress: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
+    /// waiting `up` seconds after each, each when `gate` gives it its turn among every guest kind's guests.
+    public func apply(_ computed: Computed, gate: StartupGate, progress: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
         var outcome = ApplyOutcome()
         var records = computed.records
         func rank(_ plan: ContainerPlan) -> (Int, Int) { (plan.order ?? Int.max, plan.vmid) }
@@ -555,6 +566,7 @@ public struct LxcReconciler: Sendable {
         for plan in stops + others {
             let vmid = plan.vmid
             let id = "\(Self.name)/\(vmid)"
+            await gate.turn(kind: Self.name, vmid: vmid)
             do {
                 if let writeBack = plan.writeBack {
                     try driver.writeConfig(path: writeBack.path, text: writeBack.text, expectedDigest: writeBack.digest)
@@ -587,6 +599,7 @@ public struct LxcReconciler: Sendable {
             } catch {
                 outcome.failed.append(.init(name: String(vmid), message: "\(error)"))
             }
+            await gate.done(kind: Self.name, vmid: vmid)
             try store.save(records, as: Self.name)
         }
 
@@ -602,7 +615,10 @@ public struct LxcReconciler: Sendable {
             index += batch.count
             let results = await withTaskGroup(of: (Int, Result<LxcContainerRecord, any Error>).self) { group in
                 for plan in batch {
-                    group.addTask { (plan.vmid, await self.start(plan, progress: progress)) }
+                    group.addTask {
+                        await gate.turn(kind: Self.name, vmid: plan.vmid)
+                        return (plan.vmid, await self.start(plan, progress: progress))
+                    }
                 }
                 var results: [Int: Result<LxcContainerRecord, any Error>] = [:]
                 for await (vmid, result) in group { results[vmid] = result }
@@ -620,10 +636,11 @@ public struct LxcReconciler: Sendable {
                 }
             }
             try store.save(records, as: Self.name)
-            if let up = Self.up(batch[0]), index < starts.count {
+            if let up = Self.up(batch[0]), !gate.isLastStart(kind: Self.name, vmid: batch[0].vmid) {
                 progress("\(Self.name)/\(batch[0].vmid): waiting \(up) s (startup up=\(up)) before the next guest")
                 try await clock.sleep(seconds: Double(up))
             }
+            for plan in batch { await gate.done(kind: Self.name, vmid: plan.vmid) }
         }
         return outcome
     }

@@ -4,7 +4,7 @@ import Resources
 extension QemuReconciler.Computed: KindComputation {}
 
 /// The QEMU kind: VMs from their configs, run by QEMU and changed live over QMP.
-extension QemuReconciler: ResourceKind {
+extension QemuReconciler: GuestKind {
     public static let name = "qemu"
     public static let summary = "VMs from qemu-server/<vmid>.conf: started, stopped, changed live over QMP"
     public static let appliedAfter = ["network", "storage"]

@@ -520,9 +520,21 @@ public struct QemuReconciler: Sendable {
         return computed
     }
 
+    /// Each VM's operation for the startup order shared with the other guest kinds.
+    public func guestOperations(_ computed: Computed) -> [GuestOperation] {
+        computed.vms.map { plan in
+            switch plan.action {
+            case .stop: GuestOperation(kind: Self.name, vmid: plan.vmid, phase: .stop, order: plan.order)
+            case .start(let spec): GuestOperation(kind: Self.name, vmid: plan.vmid, phase: .start, order: plan.order, up: spec.up)
+            default: GuestOperation(kind: Self.name, vmid: plan.vmid, phase: .change, order: plan.order)
+            }
+        }
+    }
+
     /// Stops first (highest `startup` order first), then live changes and
-    /// restarts, then starts in `startup` order, waiting `up` seconds after each.
-    public func apply(_ computed: Computed, progress: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
+    /// restarts, then starts in `startup` order, waiting `up` seconds after each,
+    /// each when `gate` gives it its turn among every guest kind's guests.
+    public func apply(_ computed: Computed, gate: StartupGate, progress: @escaping @Sendable (String) -> Void) async throws -> ApplyOutcome {
         var outcome = ApplyOutcome()
         var records = computed.records
         func rank(_ plan: VMPlan) -> (Int, Int) { (plan.order ?? Int.max, plan.vmid) }
@@ -537,6 +549,7 @@ public struct QemuReconciler: Sendable {
 
         for plan in stops + others + starts {
             let vmid = plan.vmid
+            await gate.turn(kind: Self.name, vmid: vmid)
             do {
                 if let writeBack = plan.writeBack {
                     try driver.writeConfig(path: writeBack.path, text: writeBack.text, expectedDigest: writeBack.digest)
@@ -549,7 +562,7 @@ public struct QemuReconciler: Sendable {
                     progress("qemu/\(vmid): stopped (\(how))")
                 case .start(let spec):
                     records.vms[String(vmid)] = try await start(vmid: vmid, spec, progress: progress)
-                    if let up = spec.up, up > 0, plan.vmid != starts.last?.vmid {
+                    if let up = spec.up, up > 0, !gate.isLastStart(kind: Self.name, vmid: vmid) {
                         progress("qemu/\(vmid): waiting \(up) s (startup up=\(up)) before the next guest")
                         try await clock.sleep(seconds: Double(up))
                     }
@@ -572,6 +585,7 @@ public struct QemuReconciler: Sendable {
             } catch {
                 outcome.failed.append(.init(name: String(vmid), message: "\(error)"))
             }
+            await gate.done(kind: Self.name, vmid: vmid)
             try store.save(records, as: "qemu")
         }
         return outcome
