@@ -229,6 +229,18 @@ struct LxcLifecycleTests {
         #expect(!node.links().contains("veth\(vmid)i1"))
         #expect(node.initPID(vmid) == first)
 
+        // A mount point hot-plugged: a host directory, read-only, in the running container.
+        let shared = node.directory.path + "/shared"
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        try Data("hello from the host\n".utf8).write(to: URL(fileURLWithPath: shared + "/marker"))
+        try node.write(vmid, node.config(vmid) + "mp0: \(shared),mp=/mnt/shared,ro=1\n")
+        let mounted = node.apply(["lxc/\(vmid)"])
+        #expect(mounted.output.contains("mount \(shared) on /mnt/shared in the running container (read-only)"), "\(mounted.output)\(mounted.error)")
+        let inside = ["lxc-attach", "-P", "/var/lib/lxc", "-n", String(vmid), "--"]
+        #expect(node.run(inside + ["cat", "/mnt/shared/marker"]).output == "hello from the host\n")
+        #expect(node.run(inside + ["touch", "/mnt/shared/written"]).status != 0, "read-only")
+        #expect(node.initPID(vmid) == first, "hot-plugged, no restart")
+
         // The loop starts it again when its init is killed (LXC's monitor reports the stop).
         let loop = try DetachedProcess.spawn(["/usr/bin/env"] + node.command([LxcTestNode.binary, "run"] + node.options
                                                                              + ["--only", "lxc/\(vmid)", "--resync", "3600", "--verbose"]),
@@ -281,10 +293,20 @@ struct LxcLifecycleTests {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
 
         #expect(node.apply(["lxc/\(vmid)"]).output.contains("No changes"))
+
+        // A second raw image hot-plugged as a mount point: allocated with ext4, loop-mounted on the host, moved in.
+        try node.write(vmid, node.config(vmid) + "mp0: ctstore:\(vmid)/vm-\(vmid)-disk-1.raw,mp=/data,size=16M\n")
+        let mounted = node.apply(["lxc/\(vmid)"])
+        #expect(mounted.status == 0, "\(mounted.output)\(mounted.error)")
+        let inside = ["lxc-attach", "-P", "/var/lib/lxc", "-n", String(vmid), "--"]
+        #expect(node.run(inside + ["sh", "-c", "grep ' /data ' /proc/mounts"]).output.contains("ext4"), "\(mounted.output)")
+        let data = node.directory.path + "/vz/images/\(vmid)/vm-\(vmid)-disk-1.raw"
+
         try node.write(vmid, node.config(vmid) + "template: 1\n")
         let stopped = node.apply(["lxc/\(vmid)"])
         #expect(stopped.output.contains("lxc/\(vmid): stopped"), "\(stopped.output)\(stopped.error)")
         #expect(NetworkNamespace.capture(["losetup", "-j", image]).output.isEmpty, "the loop device went with the container")
+        #expect(NetworkNamespace.capture(["losetup", "-j", data]).output.isEmpty, "the hot-plugged one too")
 
         // The image holds the template's files, owned by the container's root (100000 on the host).
         #expect(NetworkNamespace.capture(["mount", "-o", "loop,ro", image, scratch]).status == 0)

@@ -117,6 +117,18 @@ struct LxcReconcilerTests {
         #expect(pending.action == .pending)
         #expect(pending.changes.map(\.field) == ["hostname"])
 
+        // A new mount point is hot-plugged; a changed one waits for a restart.
+        let withMount = try #require(node.host.tree.read(path))
+        node.host.tree.write(path, withMount + "mp0: /srv/shared,mp=/mnt/shared,ro=1\n")
+        try await converge(node)
+        #expect(node.host.lxc.containers.withLock { $0[300]?.steps.last }
+                == .addMountPoint(ContainerMount(key: "mp0", source: "/srv/shared", type: .bind, path: "/mnt/shared", readOnly: true),
+                                  unprivileged: false))
+        node.host.tree.write(path, withMount + "mp0: /srv/shared,mp=/mnt/elsewhere\n")
+        let moved = try #require(resource(try await node.plan(), "lxc/300"))
+        #expect(moved.changes.first { $0.field == "mp0" }?.changeClass == .restart, "\(moved)")
+        node.host.tree.write(path, withMount)
+
         // A limit changed behind pvectl's back is restored.
         node.host.lxc.containers.withLock { $0[300]?.limits["memory/memory.limit_in_bytes"] = "999" }
         let drift = try #require(resource(try await node.plan(), "lxc/300"))

@@ -351,7 +351,7 @@ public final class InMemoryLxcDriver: LxcDriver {
             containers.withLock { $0[vmid]?.limits[controller.isEmpty ? file : "\(controller)/\(file)"] = value }
         case .attachNIC(let nic), .addNIC(let nic): network?.addLink(nic.veth, kind: "veth", master: nic.bridge)
         case .removeNIC(let veth): network?.removeLink(veth)
-        case .setAddresses, .setRate: break
+        case .setAddresses, .setRate, .addMountPoint: break
         }
     }
 

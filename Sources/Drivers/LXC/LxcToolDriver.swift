@@ -225,6 +225,10 @@ public struct LxcToolDriver: LxcDriver {
         case .setAddresses(let nic):
             try await inside(vmid, ["ip", "address", "flush", "dev", nic.name])
             try await address(vmid, nic)
+        case .addMountPoint(let mount, let unprivileged):
+            guard let pid = await state(vmid).initPID else { throw Failure(description: "container \(vmid) is not running") }
+            try await MountPointHotplug.insert(mount, initPID: pid, owner: unprivileged ? (100_000, 100_000) : nil,
+                                               staging: "\(lxcPath)/\(vmid)/pvectl-staging-\(mount.key)")
         case .setRate(let nic):
             try await GuestHost.setRate(device: nic.veth, rate: nic.rate, ingress: await InstalledLxcHost.ingressPolicing)
         }

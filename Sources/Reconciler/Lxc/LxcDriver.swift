@@ -152,6 +152,8 @@ public enum LxcLiveStep: Sendable, Hashable, CustomStringConvertible {
     case setAddresses(ContainerNIC)
     /// Sets (or removes) the NIC's rate limit on its host end.
     case setRate(ContainerNIC)
+    /// Mounts a new mount point into the running container (its directories owned by the container's root).
+    case addMountPoint(ContainerMount, unprivileged: Bool)
 
     public var description: String {
         switch self {
@@ -159,6 +161,8 @@ public enum LxcLiveStep: Sendable, Hashable, CustomStringConvertible {
         case .attachNIC(let nic): "put \(nic.veth) on \(nic.bridge)" + (nic.tag.map { " (VLAN \($0))" } ?? "")
         case .addNIC(let nic): "hot-plug \(nic.name) (\(nic.veth) on \(nic.bridge)\(nic.hwaddr.map { ", \($0)" } ?? ""))"
         case .removeNIC(let veth): "remove \(veth)"
+        case .addMountPoint(let mount, _):
+            "mount \(mount.source) on \(mount.path) in the running container" + (mount.readOnly ? " (read-only)" : "")
         case .setRate(let nic):
             nic.rate.map { "limit \(nic.veth) to \($0) MB/s" } ?? "remove the rate limit of \(nic.veth)"
         case .setAddresses(let nic):

@@ -168,6 +168,7 @@ public struct LxcReconciler: Sendable {
     }
 
     static func isNIC(_ key: String) -> Bool { key.hasPrefix("net") && Int(key.dropFirst(3)) != nil }
+    static func isMountPoint(_ key: String) -> Bool { key.hasPrefix("mp") && Int(key.dropFirst(2)) != nil }
 
     /// The main section with the desired values (pending applied); raw `lxc.*` lines kept as written.
     static func section(_ guest: DesiredState.Guest, desired: [String: String]) -> GuestConfig.Section {
@@ -300,36 +301,43 @@ public struct LxcReconciler: Sendable {
                               source: guest.config.main.entry(key)?.location)
             }
 
+            // A rootfs or mount point as the host has it: a host path, or a volume of a storage this node serves.
+            let volumes = Dictionary(StorageDesiredState.volumes(of: guest, storages: storages).volumes.map { ($0.key, $0) },
+                                     uniquingKeysWith: { first, _ in first })
+            func containerMount(_ key: String) -> Result<ContainerMount, StartProblem> {
+                let options = PropertyString(parsing: desired[key] ?? "")
+                guard let volumeText = options["volume"] ?? options.bareValue else { return .failure(.blocked("\(key) names no volume")) }
+                let path = key == "rootfs" ? "/" : (options["mp"] ?? "")
+                guard path.hasPrefix("/") else { return .failure(.blocked("\(key): mp= must be an absolute path inside the container")) }
+                let readOnly = options["ro"] == "1"
+                if volumeText.hasPrefix("/") {
+                    return .success(ContainerMount(key: key, source: volumeText, type: key == "rootfs" ? .directory : .bind, path: path,
+                                                   readOnly: readOnly))
+                }
+                let storageID = String(volumeText.prefix { $0 != ":" })
+                if let reason = unallocatable[volumeText] { return .failure(.blocked("\(key): volume \(volumeText) is blocked: \(reason)")) }
+                if let reason = inactive[storageID] {
+                    return .failure(.unavailable("\(key) is on storage \(storageID), which is not active here (\(reason))"))
+                }
+                guard let volume = volumes[key] else {
+                    return .failure(.blocked("\(key): volume \(volumeText) is not on a storage this node serves as files or devices"))
+                }
+                let type: ContainerMount.SourceType = volume.hostPath.hasPrefix("/dev/") ? .block
+                    : volume.volume.format == "subvol" ? .directory : .image
+                return .success(ContainerMount(key: key, source: volume.hostPath, type: type, path: path, readOnly: readOnly))
+            }
+
             // What a start would run: the LXC config, the file systems and the template.
             func startSpec() -> Result<(ContainerStartSpec, [String]), StartProblem> {
                 guard let facts else { return .failure(.unavailable(factsError ?? "LXC is not installed")) }
                 var mounts: [ContainerMount] = []
                 var operations: [String] = []
-                let volumes = Dictionary(StorageDesiredState.volumes(of: guest, storages: storages).volumes.map { ($0.key, $0) },
-                                         uniquingKeysWith: { first, _ in first })
-                let mountKeys = desired.keys.filter { $0 == "rootfs" || ($0.hasPrefix("mp") && Int($0.dropFirst(2)) != nil) }
+                let mountKeys = desired.keys.filter { $0 == "rootfs" || Self.isMountPoint($0) }
                 for key in mountKeys.sorted() {
-                    let options = PropertyString(parsing: desired[key]!)
-                    guard let volumeText = options["volume"] ?? options.bareValue else { return .failure(.blocked("\(key) names no volume")) }
-                    let path = key == "rootfs" ? "/" : (options["mp"] ?? "")
-                    guard path.hasPrefix("/") else { return .failure(.blocked("\(key): mp= must be an absolute path inside the container")) }
-                    let readOnly = options["ro"] == "1"
-                    if volumeText.hasPrefix("/") {
-                        mounts.append(ContainerMount(key: key, source: volumeText, type: key == "rootfs" ? .directory : .bind, path: path,
-                                                     readOnly: readOnly))
-                        continue
+                    switch containerMount(key) {
+                    case .success(let mount): mounts.append(mount)
+                    case .failure(let problem): return .failure(problem)
                     }
-                    let storageID = String(volumeText.prefix { $0 != ":" })
-                    if let reason = unallocatable[volumeText] { return .failure(.blocked("\(key): volume \(volumeText) is blocked: \(reason)")) }
-                    if let reason = inactive[storageID] {
-                        return .failure(.unavailable("\(key) is on storage \(storageID), which is not active here (\(reason))"))
-                    }
-                    guard let volume = volumes[key] else {
-                        return .failure(.blocked("\(key): volume \(volumeText) is not on a storage this node serves as files or devices"))
-                    }
-                    let type: ContainerMount.SourceType = volume.hostPath.hasPrefix("/dev/") ? .block
-                        : volume.volume.format == "subvol" ? .directory : .image
-                    mounts.append(ContainerMount(key: key, source: volume.hostPath, type: type, path: path, readOnly: readOnly))
                 }
                 guard let rootfs = mounts.first(where: { $0.key == "rootfs" }) else { return .failure(.blocked("missing 'rootfs' configuration")) }
                 mounts = [rootfs] + mounts.filter { $0.key != "rootfs" }.sorted { $0.path < $1.path }
@@ -423,6 +431,9 @@ public struct LxcReconciler: Sendable {
                     cosmetic.append(key)
                 } else if LxcLimits.keys.contains(key) {
                     live.append((key, []))
+                } else if Self.isMountPoint(key), record.running[key] == nil, case .success(let mount) = containerMount(key) {
+                    // A new mount point is hot-plugged, as pct set does; a changed or removed one waits for a restart.
+                    live.append((key, [.addMountPoint(mount, unprivileged: desired["unprivileged"] == "1")]))
                 } else if Self.isNIC(key), let index = Int(key.dropFirst(3)) {
                     let old = record.running[key].map { ContainerNIC(vmid: vmid, index: index, value: $0) }
                     let new = desired[key].map { ContainerNIC(vmid: vmid, index: index, value: $0) }
