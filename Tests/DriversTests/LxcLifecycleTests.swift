@@ -190,6 +190,18 @@ struct LxcLifecycleTests {
                                                    extra: "rootfs: ctstore:\(vmid)/subvol-\(vmid)-disk-0.subvol,size=0\n"))
         let planned = node.pvectl("plan", ["--json", "--only", "storage", "--only", "lxc/\(vmid)"])
         #expect(planned.output.contains("populate the empty rootfs from ctstore:vztmpl/busybox.tar.gz"), "\(planned.output)")
+        // A start that fails in the pre-start hook (a mount point whose host directory is missing) says why; once the
+        // directory exists, the next start works (nothing of the failed one is in the way).
+        let missing = node.directory.path + "/not-yet"
+        try node.write(vmid, node.config(vmid) + "mp1: \(missing),mp=/mnt/later\n")
+        let failed = node.apply(["lxc/\(vmid)"])
+        #expect(failed.status != 0)
+        #expect((failed.output + failed.error).contains("pre-start hook: mp1: \(missing) does not exist"), "\(failed.output)\(failed.error)")
+        #expect(node.initPID(vmid) == nil)
+        try FileManager.default.createDirectory(atPath: missing, withIntermediateDirectories: true)
+        let replanned = node.pvectl("plan", ["--json", "--only", "lxc/\(vmid)"])
+        #expect(!replanned.output.contains("populate"), "populated once, by the failed start: \(replanned.output)")
+
         let applied = node.apply(["lxc/\(vmid)"])
         #expect(applied.status == 0, "\(applied.output)\(applied.error)")
         let first = try #require(node.initPID(vmid), "running: \(applied.output)\(applied.error)")

@@ -220,6 +220,22 @@ struct LxcReconcilerTests {
         #expect(removed.operations == ["clean shutdown, hard stop after 5 s"])
     }
 
+    @Test("an HA resource's state decides, as for VMs: ct:300 stopped stops it, started starts it without onboot")
+    func haState() async throws {
+        var files = Self.files(Self.container.replacingOccurrences(of: "onboot: 1\n", with: ""))
+        files["/pve/ha/resources.cfg"] = "ct: 300\n\tstate started\n"
+        let node = EngineTests.Node(files)
+        node.host.lxc.populated.withLock { _ = $0.insert(Self.rootfs) }
+        let start = try #require(resource(try await node.plan(), "lxc/300"))
+        #expect(start.action == .create && start.message == "start: HA state started", "\(start)")
+        try await converge(node)
+        node.host.tree.write("/pve/ha/resources.cfg", "ct: 300\n\tstate stopped\n")
+        let stop = try #require(resource(try await node.plan(), "lxc/300"))
+        #expect(stop.action == .delete && stop.message == "stop: HA state stopped", "\(stop)")
+        node.host.tree.write("/pve/ha/resources.cfg", "ct: 300\n\tstate ignored\n")
+        #expect(resource(try await node.plan(), "lxc/300") == nil, "ignored: left as it is")
+    }
+
     @Test("a volume the storage kind cannot allocate blocks the start, naming it")
     func unallocatableVolume() async throws {
         let node = EngineTests.Node(Self.files(Self.container.replacingOccurrences(of: "size=0", with: "size=1G")))
