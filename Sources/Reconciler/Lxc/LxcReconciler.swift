@@ -287,19 +287,12 @@ public struct LxcReconciler: Sendable {
                 continue
             }
 
-            let pendingKeys = Set((guest.config.pending?.effectiveEntries.map(\.key) ?? []).filter { $0 != "delete" } + guest.config.pendingDeletions)
+            let writeBacks = GuestWriteBack(guest: guest, desired: desired, digest: state.digests[guest.path])
+            let pendingKeys = writeBacks.pendingKeys
             func writeBack(keys generatedKeys: Set<String>, fromPending: Set<String>) -> (path: String, text: String, digest: String?)? {
-                let keys = generatedKeys.union(fromPending)
-                let values = Dictionary(uniqueKeysWithValues: keys.compactMap { key in desired[key].map { (key, $0) } })
-                let removed = keys.filter { desired[$0] == nil }
-                guard !values.isEmpty || !removed.isEmpty || !fromPending.isEmpty else { return nil }
-                return (guest.path, QemuReconciler.rewritten(guest.config, values: values, removing: Array(removed), fromPending: fromPending),
-                        state.digests[guest.path])
+                writeBacks.file(generated: generatedKeys, fromPending: fromPending)
             }
-            let generatedChanges = generated.keys.sorted().map { key in
-                PlannedChange(field: key, old: effective[key], new: generated[key], changeClass: .none,
-                              source: guest.config.main.entry(key)?.location)
-            }
+            let generatedChanges = GuestWriteBack.changes(generated: generated, effective: effective, guest: guest)
 
             // A rootfs or mount point as the host has it: a host path, or a volume of a storage this node serves.
             let volumes = Dictionary(StorageDesiredState.volumes(of: guest, storages: storages).volumes.map { ($0.key, $0) },

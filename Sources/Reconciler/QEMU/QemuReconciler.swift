@@ -380,20 +380,12 @@ public struct QemuReconciler: Sendable {
                                  linkDown: nics.filter { QemuLiveChanges.parse(desired[$0]!)["link_down"] == "1" },
                                  running: desired, up: startup.up)
             }
-            let pendingKeys = Set((guest.config.pending?.effectiveEntries.map(\.key) ?? []).filter { $0 != "delete" } + guest.config.pendingDeletions)
+            let writeBacks = GuestWriteBack(guest: guest, desired: desired, digest: state.digests[guest.path])
+            let pendingKeys = writeBacks.pendingKeys
             func writeBack(keys generatedKeys: Set<String>, fromPending: Set<String>) -> (path: String, text: String, digest: String?)? {
-                // Pending values move into the main section with the generated ones.
-                let keys = generatedKeys.union(fromPending)
-                let values = Dictionary(uniqueKeysWithValues: keys.compactMap { key in desired[key].map { (key, $0) } })
-                let removed = keys.filter { desired[$0] == nil }
-                guard !values.isEmpty || !removed.isEmpty || !fromPending.isEmpty else { return nil }
-                return (guest.path, Self.rewritten(guest.config, values: values, removing: Array(removed), fromPending: fromPending),
-                        state.digests[guest.path])
+                writeBacks.file(generated: generatedKeys, fromPending: fromPending)
             }
-            let generatedChanges = generated.keys.sorted().map { key in
-                PlannedChange(field: key, old: effective[key], new: generated[key], changeClass: .none,
-                              source: guest.config.main.entry(key)?.location)
-            }
+            let generatedChanges = GuestWriteBack.changes(generated: generated, effective: effective, guest: guest)
             let commandText = "start: "
                 + QemuCommandLine.render(Array(arguments.prefix(3)), pretty: false).trimmingCharacters(in: .whitespacesAndNewlines)
                 + " … (\(arguments.count) arguments, \(acceleration.kvm ? "KVM" : "TCG"))"
