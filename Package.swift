@@ -46,9 +46,10 @@ let package = Package(
         .systemLibrary(name: "CFuse3", providers: [.apt(["libfuse3-dev"])]),
         .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CQB", providers: [.apt(["libqb-dev"])]),
+        .systemLibrary(name: "CCorosync", providers: [.apt(["libcpg-dev", "libquorum-dev", "libcmap-dev"])]),
         .target(
             name: "ClusterFS",
-            dependencies: ["CFuse3", "CSQLite", "CQB"],
+            dependencies: ["CFuse3", "CSQLite", "CQB", "CCorosync"],
             swiftSettings: strict
         ),
         .executableTarget(

@@ -32,6 +32,8 @@ public final class NetworkNamespace: @unchecked Sendable {
         public var description: String { message }
     }
 
+    public static func failure(_ message: String) -> NamespaceError { NamespaceError(message: message) }
+
     /// Adds a veth pair whose first end stands in for a NIC.
     public func addNIC(_ nic: String) throws {
         try run(["ip", "-n", name, "link", "add", nic, "type", "veth", "peer", "name", String("p\(nic)".prefix(15))])
