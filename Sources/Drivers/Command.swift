@@ -33,6 +33,7 @@ public struct MissingExecutable: Error, CustomStringConvertible, Sendable {
         "vgchange": "lvm2", "lvchange": "lvm2", "mkfs.ext4": "e2fsprogs", "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs",
         "btrfs": "btrfs-progs", "mount": "mount", "umount": "mount", "findmnt": "util-linux",
         "lxc-start": "lxc", "lxc-stop": "lxc", "lxc-info": "lxc", "lxc-attach": "lxc", "lxc-monitor": "lxc", "lxc-usernsexec": "lxc", "tc": "iproute2",
+        "zstd": "zstd", "xz": "xz-utils", "bzip2": "bzip2", "gzip": "gzip",
     ]
 
     public var description: String {

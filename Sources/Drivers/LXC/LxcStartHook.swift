@@ -96,6 +96,11 @@ public enum LxcStartHook {
     /// user namespace, so every file is owned by the mapped ids (root is 100000 on the host).
     static func populate(_ rootfs: String, from template: String, unprivileged: Bool) async throws {
         guard FileManager.default.fileExists(atPath: template) else { throw Failure(description: "the OS template \(template) is missing") }
+        // tar runs the decompressor the suffix names: a missing one is named, not a tar error.
+        let decompressors = [".zst": "zstd", ".xz": "xz", ".bz2": "bzip2", ".gz": "gzip"]
+        if let tool = decompressors.first(where: { template.hasSuffix($0.key) })?.value, Command.locate(tool) == nil {
+            throw MissingExecutable(name: tool)
+        }
         let tar = ["tar", "-xpf", template, "-C", rootfs, "--numeric-owner", "--anchored", "--exclude", "./dev/*"]
         if unprivileged {
             guard chown(rootfs, 100_000, 100_000) == 0 else { throw Failure(description: "cannot give \(rootfs) to uid 100000") }
