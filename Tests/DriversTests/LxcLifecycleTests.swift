@@ -1,5 +1,6 @@
-import Drivers
+@testable import Drivers
 import Foundation
+import Reconciler
 import Testing
 import TestSupport
 
@@ -374,5 +375,23 @@ struct LxcLifecycleTests {
         #expect(LxcEventListener.parse("'201' exited with status [0]") == .init(vmid: 201, state: "EXITED"))
         #expect(LxcEventListener.parse("'web' changed state to [RUNNING]") == nil)
         #expect(LxcEventListener.parse("garbage") == nil)
+    }
+}
+
+@Suite("LXC driver: the config LXC runs")
+struct LxcRuntimeConfigTests {
+    @Test("pvectl is the pre-start hook and every NIC's up script, its path quoted for LXC's shell (spaces, quotes)")
+    func hooksQuoted() {
+        let driver = LxcToolDriver(lxcPath: "/var/lib/lxc", hookExecutable: "/tmp/ci clone/it's/pvectl")
+        let spec = ContainerStartSpec(vmid: 200, config: "lxc.net.0.type = veth\nlxc.net.0.script.up = /usr/share/lxc/lxcnetaddbr\n",
+                                      seccompRules: nil, mounts: [], nics: [], guestConfig: "", template: nil, templateVolume: nil,
+                                      unprivileged: false)
+        let hook = "'/tmp/ci clone/it'\\''s/pvectl' lxc-hook"
+        #expect(driver.runtimeConfig(spec) == """
+        lxc.net.0.type = veth
+        lxc.net.0.script.up = \(hook)
+        lxc.hook.pre-start = \(hook)
+
+        """)
     }
 }

@@ -119,7 +119,8 @@ public struct LxcToolDriver: LxcDriver {
     /// `lxcnetaddbr` is not on this host; the hook puts the host end on its bridge and VLAN the same way).
     func runtimeConfig(_ spec: ContainerStartSpec) -> String {
         var lines = spec.config.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        let hook = "\(hookExecutable) lxc-hook"
+        // LXC runs hooks through /bin/sh -c: the path is quoted (it may hold spaces).
+        let hook = "'" + hookExecutable.replacingOccurrences(of: "'", with: "'\\''") + "' lxc-hook"
         for index in lines.indices where lines[index].hasPrefix("lxc.net.") && lines[index].contains(".script.up = ") {
             lines[index] = String(lines[index].prefix { $0 != "=" }) + "= " + hook
         }
@@ -150,8 +151,11 @@ public struct LxcToolDriver: LxcDriver {
             if let hookError = try? String(contentsOfFile: directory + "/" + LxcStartHook.errorFile, encoding: .utf8) {
                 throw Failure(description: "lxc-start failed in the pre-start hook: \(hookError)")
             }
-            let reasons = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? result.error)
-                .split(separator: "\n").suffix(4).map { line in line.split(separator: " - ").last.map(String.init) ?? String(line) }
+            // LXC's first errors say why; the last ones only that the start failed.
+            let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? result.error).split(separator: "\n")
+            let errors = lines.filter { $0.contains(" ERROR ") }
+            let reasons = (errors.isEmpty ? Array(lines.suffix(4)) : Array(errors.prefix(3)))
+                .map { line in line.split(separator: " - ").last.map(String.init) ?? String(line) }
             throw Failure(description: "lxc-start failed: " + (reasons.isEmpty ? "exit status \(result.status)" : reasons.joined(separator: "; ")))
         }
         return pid
