@@ -128,28 +128,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         self.clock = clock
         wwwDataGID = UInt32(getgrnam("www-data")?.pointee.gr_gid ?? 33)
         startTime = clock()
-        let root = Entry(inode: Self.rootInode, parent: Self.rootInode, version: 0, writer: 0, mtime: startTime, type: .directory, name: "")
-        entries[Self.rootInode] = root
-        let rows = try database.loadAll()
-        for row in rows where row.inode == Self.rootInode {
-            version = row.version
-            versionMTime = row.mtime
-            root.mtime = row.mtime
-        }
-        for row in rows where row.inode != Self.rootInode {
-            guard let type = EntryType(rawValue: row.type) else { throw StartupError(description: "inode \(row.inode): unknown type \(row.type)") }
-            entries[row.inode] = Entry(inode: row.inode, parent: row.parent, version: row.version, writer: row.writer,
-                                       mtime: row.mtime, type: type, name: row.name, data: row.data)
-        }
-        for entry in entries.values where entry.inode != Self.rootInode {
-            guard let parent = entries[entry.parent], parent.type == .directory else {
-                throw StartupError(description: "inode \(entry.inode) (\(entry.name)): missing parent \(entry.parent)")
-            }
-            if parent.children[entry.name] != nil {
-                throw StartupError(description: "duplicate name '\(entry.name)' in directory inode \(entry.parent)")
-            }
-            parent.children[entry.name] = entry.inode
-        }
+        try load(try database.loadAll())
         // The directories every node has.
         for path in ["nodes", "nodes/\(node)", "nodes/\(node)/qemu-server", "nodes/\(node)/lxc", "nodes/\(node)/openvz",
                      "nodes/\(node)/priv", "priv", "priv/lock"] where resolve(components(path)) == nil {
@@ -165,6 +144,77 @@ public final class ClusterFileSystem: @unchecked Sendable {
             vmlist[vmid] = GuestInfo(node: guest.node, type: guest.type, version: guestVersionCounter)
         }
         log(priority: 6, ident: "root", tag: "cluster", pid: getpid(), message: "starting cluster log")
+    }
+
+    /// The tree from database rows (row 0 is `__version__`); duplicate names and missing parents are refused.
+    private func load(_ rows: [Database.Row]) throws {
+        let root = Entry(inode: Self.rootInode, parent: Self.rootInode, version: 0, writer: 0, mtime: startTime, type: .directory, name: "")
+        var loaded: [UInt64: Entry] = [Self.rootInode: root]
+        var loadedVersion: UInt64 = 1
+        for row in rows where row.inode == Self.rootInode {
+            loadedVersion = row.version
+            root.mtime = row.mtime
+        }
+        for row in rows where row.inode != Self.rootInode {
+            guard let type = EntryType(rawValue: row.type) else { throw StartupError(description: "inode \(row.inode): unknown type \(row.type)") }
+            loaded[row.inode] = Entry(inode: row.inode, parent: row.parent, version: row.version, writer: row.writer,
+                                      mtime: row.mtime, type: type, name: row.name, data: row.data)
+        }
+        for entry in loaded.values where entry.inode != Self.rootInode {
+            guard let parent = loaded[entry.parent], parent.type == .directory else {
+                throw StartupError(description: "inode \(entry.inode) (\(entry.name)): missing parent \(entry.parent)")
+            }
+            if parent.children[entry.name] != nil {
+                throw StartupError(description: "duplicate name '\(entry.name)' in directory inode \(entry.parent)")
+            }
+            parent.children[entry.name] = entry.inode
+        }
+        entries = loaded
+        version = loadedVersion
+        versionMTime = root.mtime
+    }
+
+    // MARK: replicas
+
+    /// The whole tree as rows, with the global version.
+    public func snapshot() -> TreeSnapshot {
+        lock.withLock {
+            TreeSnapshot(version: version, mtime: versionMTime, rows: entries.values.filter { $0.inode != Self.rootInode }
+                .sorted { $0.inode < $1.inode }
+                .map { TreeSnapshot.Row(inode: $0.inode, parent: $0.parent, version: $0.version, writer: $0.writer, mtime: $0.mtime,
+                                        type: $0.type.rawValue, name: $0.name, data: $0.data) })
+        }
+    }
+
+    /// Takes another node's tree: the database replaced in one transaction, then the memory reloaded from it; the guest
+    /// list and the change counters follow. A snapshot that is not a tree is refused and nothing changes.
+    public func replace(with snapshot: TreeSnapshot) throws {
+        try lock.withLock {
+            let rows = snapshot.rows.map { Database.Row(inode: $0.inode, parent: $0.parent, version: $0.version, writer: $0.writer,
+                                                        mtime: $0.mtime, type: $0.type, name: $0.name, data: $0.data) }
+            let versionRow = Database.Row(inode: Self.rootInode, parent: Self.rootInode, version: snapshot.version, writer: 0,
+                                          mtime: snapshot.mtime, type: EntryType.directory.rawValue, name: "__version__", data: [])
+            let previous = (entries, version, versionMTime)
+            do {
+                try load(rows + [versionRow])
+            } catch {
+                (entries, version, versionMTime) = previous
+                throw error
+            }
+            do {
+                try database.replaceAll(with: rows, version: versionRow)
+            } catch {
+                (entries, version, versionMTime) = previous
+                throw error
+            }
+            for file in Self.trackedFiles { changeCounters[file, default: 0] &+= 1 }
+            vmlistVersion &+= 1
+            vmlist = [:]
+            for (vmid, guest) in scanGuests().sorted(by: { $0.key < $1.key }) {
+                guestVersionCounter += 1
+                vmlist[vmid] = GuestInfo(node: guest.node, type: guest.type, version: guestVersionCounter)
+            }
+        }
     }
 
     // MARK: paths
@@ -392,11 +442,30 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     /// Creates an empty file (O_CREAT).
-    public func create(_ path: String) -> Int32 { createEntry(path, type: .file) }
+    public func create(_ path: String) -> Int32 { perform(.create(path)) }
 
-    public func mkdir(_ path: String) -> Int32 { createEntry(path, type: .directory) }
+    public func mkdir(_ path: String) -> Int32 { perform(.mkdir(path)) }
 
-    private func createEntry(_ path: String, type: EntryType) -> Int32 {
+    /// Applies a change made here: as writer 0 at the local clock (local mode).
+    func perform(_ operation: TreeOperation) -> Int32 { apply(operation, stamp: Stamp(writer: 0, time: now())) }
+
+    /// Applies a change with its writer and time as given, so that every replica applying the same operations in the
+    /// same order holds the same tree (inode numbers, versions, writers and times included). Returns what the file
+    /// system call returns: 0, the bytes written, or -errno.
+    public func apply(_ operation: TreeOperation, stamp: Stamp) -> Int32 {
+        switch operation {
+        case .create(let path): createEntry(path, type: .file, stamp)
+        case .mkdir(let path): createEntry(path, type: .directory, stamp)
+        case .write(let path, let offset, let data): writeData(path, data, offset: offset, stamp)
+        case .truncate(let path, let size): truncateEntry(path, size: size, stamp)
+        case .unlink(let path): remove(path, directory: false, stamp)
+        case .rmdir(let path): remove(path, directory: true, stamp)
+        case .rename(let from, let to): renameEntry(from, to, stamp)
+        case .mtime(let path, let mtime): setMTime(path, mtime: mtime, stamp)
+        }
+    }
+
+    private func createEntry(_ path: String, type: EntryType, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
         guard let name = parts.last else { return type == .file ? -EACCES : -EEXIST }
         lock.lock()
@@ -411,7 +480,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             let vmidCheck = checkVMID(parts)
             if vmidCheck != 0 { return vmidCheck }
         }
-        let result = insert(name: name, parent: parent, type: type)
+        let result = insert(name: name, parent: parent, type: type, stamp)
         if result == 0 && type == .file {
             recordChange(parts)
             registerGuest(parts)
@@ -419,10 +488,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return result
     }
 
-    private func insert(name: String, parent: Entry, type: EntryType) -> Int32 {
-        let mtime = now()
+    private func insert(name: String, parent: Entry, type: EntryType, _ stamp: Stamp) -> Int32 {
+        let mtime = stamp.time
         version += 1
-        let entry = Entry(inode: version, parent: parent.inode, version: version, writer: 0, mtime: mtime, type: type, name: name)
+        let entry = Entry(inode: version, parent: parent.inode, version: version, writer: stamp.writer, mtime: mtime, type: type, name: name)
         guard persist(replace: [entry], mtime: mtime) else {
             version -= 1
             return -EIO
@@ -433,13 +502,19 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     public func write(_ path: String, bytes: UnsafeRawBufferPointer, offset: Int) -> Int32 {
+        if components(path) == [".debug"] {
+            lock.withLock {
+                debugLevel = Int(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? debugLevel
+            }
+            return Int32(bytes.count)
+        }
+        return perform(.write(path, offset: offset, data: Array(bytes)))
+    }
+
+    private func writeData(_ path: String, _ bytes: [UInt8], offset: Int, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
         lock.lock()
         defer { lock.unlock() }
-        if parts == [".debug"] {
-            debugLevel = Int(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? debugLevel
-            return Int32(bytes.count)
-        }
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
         guard entry.type == .file else { return -EISDIR }
@@ -447,10 +522,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
         if end > Self.maxFileSize { return -EFBIG }
         var data = entry.data
         if data.count < end { data += [UInt8](repeating: 0, count: end - data.count) }
-        data.withUnsafeMutableBytes { target in
-            target.baseAddress!.advanced(by: offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
-        }
-        let result = update(entry, data: data)
+        data.replaceSubrange(offset..<end, with: bytes)
+        let result = update(entry, data: data, stamp)
         guard result == 0 else { return result }
         recordChange(parts)
         registerGuest(parts)
@@ -458,31 +531,34 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     public func truncate(_ path: String, size: Int) -> Int32 {
+        components(path) == [".debug"] ? 0 : perform(.truncate(path, size: size))
+    }
+
+    private func truncateEntry(_ path: String, size: Int, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
         lock.lock()
         defer { lock.unlock() }
-        if parts == [".debug"] { return 0 }
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
         guard entry.type == .file else { return -EISDIR }
         if size > Self.maxFileSize { return -EFBIG }
         var data = entry.data
         if size < data.count { data.removeSubrange(size...) } else { data += [UInt8](repeating: 0, count: size - data.count) }
-        let result = update(entry, data: data)
+        let result = update(entry, data: data, stamp)
         guard result == 0 else { return result }
         recordChange(parts)
         registerGuest(parts)
         return 0
     }
 
-    private func update(_ entry: Entry, data: [UInt8], mtime: UInt32? = nil) -> Int32 {
-        let stamp = mtime ?? now()
+    private func update(_ entry: Entry, data: [UInt8], _ change: Stamp, mtime: UInt32? = nil) -> Int32 {
+        let stamp = mtime ?? change.time
         version += 1
         let previous = (entry.data, entry.version, entry.mtime, entry.writer)
         entry.data = data
         entry.version = version
         entry.mtime = stamp
-        entry.writer = 0
+        entry.writer = change.writer
         guard persist(replace: [entry], mtime: stamp) else {
             (entry.data, entry.version, entry.mtime, entry.writer) = previous
             version -= 1
@@ -491,10 +567,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return 0
     }
 
-    public func unlink(_ path: String) -> Int32 { remove(path, directory: false) }
-    public func rmdir(_ path: String) -> Int32 { remove(path, directory: true) }
+    public func unlink(_ path: String) -> Int32 { perform(.unlink(path)) }
+    public func rmdir(_ path: String) -> Int32 { perform(.rmdir(path)) }
 
-    private func remove(_ path: String, directory: Bool) -> Int32 {
+    private func remove(_ path: String, directory: Bool, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
         guard !parts.isEmpty else { return -EBUSY }
         lock.lock()
@@ -504,7 +580,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         if directory && entry.type != .directory { return -ENOTDIR }
         if !directory && entry.type == .directory { return -EISDIR }
         if directory && !entry.children.isEmpty { return -ENOTEMPTY }
-        let mtime = now()
+        let mtime = stamp.time
         version += 1
         guard persist(replace: [], delete: [entry.inode], mtime: mtime) else {
             version -= 1
@@ -517,7 +593,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return 0
     }
 
-    public func rename(_ from: String, _ to: String) -> Int32 {
+    public func rename(_ from: String, _ to: String) -> Int32 { perform(.rename(from, to: to)) }
+
+    private func renameEntry(_ from: String, _ to: String, _ stamp: Stamp) -> Int32 {
         let source = components(from)
         let target = components(to)
         guard !source.isEmpty, !target.isEmpty, let targetName = target.last else { return -EACCES }
@@ -540,7 +618,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
         let vmidCheck = checkVMID(target, movingFrom: source)
         if vmidCheck != 0 { return vmidCheck }
-        let mtime = now()
+        let mtime = stamp.time
         version += 1
         let previous = (entry.parent, entry.name, entry.version, entry.mtime)
         entry.parent = newParent.inode
@@ -567,17 +645,19 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Only the modification time is kept. On a lock directory, mtime 0 asks
     /// for the lock to go (granted once it is older than 120 s); a newer mtime
     /// refreshes it.
-    public func utimens(_ path: String, mtime: UInt32?) -> Int32 {
+    public func utimens(_ path: String, mtime: UInt32?) -> Int32 { perform(.mtime(path, mtime)) }
+
+    private func setMTime(_ path: String, mtime: UInt32?, _ change: Stamp) -> Int32 {
         let parts = components(path)
         lock.lock()
         defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
-        let stamp = mtime ?? now()
+        let stamp = mtime ?? change.time
         if isLockDirectory(parts) && stamp == 0 {
-            guard now() >= entry.mtime &+ Self.lockExpiry, entry.children.isEmpty, let parent = entries[entry.parent] else { return 0 }
+            guard change.time >= entry.mtime &+ Self.lockExpiry, entry.children.isEmpty, let parent = entries[entry.parent] else { return 0 }
             version += 1
-            guard persist(replace: [], delete: [entry.inode], mtime: now()) else {
+            guard persist(replace: [], delete: [entry.inode], mtime: change.time) else {
                 version -= 1
                 return -EIO
             }
@@ -586,7 +666,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             return 0
         }
         if isLockDirectory(parts) && stamp < entry.mtime { return -EACCES }
-        let result = update(entry, data: entry.data, mtime: stamp)
+        let result = update(entry, data: entry.data, change, mtime: stamp)
         if result == 0 { recordChange(parts) }
         return result
     }

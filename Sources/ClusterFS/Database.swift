@@ -125,6 +125,22 @@ final class Database {
         }
     }
 
+    /// Replaces the whole table (a lagging node taking another's tree) in one transaction.
+    func replaceAll(with rows: [Row], version: Row) throws {
+        try step(begin)
+        do {
+            try execute("DELETE FROM tree")
+            for row in rows + [version] {
+                bind(row)
+                try step(replaceStatement)
+            }
+            try step(commit)
+        } catch {
+            try? step(rollback)
+            throw error
+        }
+    }
+
     /// One durable change: the rows to replace, the inodes to delete, and the
     /// new global version, in a single transaction.
     func apply(replace rows: [Row], delete inodes: [UInt64], version: Row) throws {

@@ -1,0 +1,105 @@
+@testable import ClusterFS
+import Foundation
+import Testing
+import TestSupport
+
+/// The file system as a deterministic state machine, the footing of cluster mode: the same operations with the same
+/// stamps give the same tree everywhere (inode numbers included), operations survive their wire encoding, and a node
+/// can take another's whole tree in one transaction.
+@Suite("ClusterFS replicas: operations, stamps, snapshots")
+struct ReplicaTests {
+    final class Replica: Sendable {
+        let directory: TemporaryDirectory
+        let fs: ClusterFileSystem
+
+        init(node: String = "node1") throws {
+            directory = try TemporaryDirectory(prefix: "pvectl-replica")
+            fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: node, clock: { 1_700_000_000 })
+        }
+
+        func reopened() throws -> ClusterFileSystem {
+            try ClusterFileSystem(databasePath: directory.path + "/config.db", node: fs.node, clock: { 1_700_000_000 })
+        }
+
+        func text(_ path: String) -> String? {
+            let (result, attributes) = fs.getattr(path)
+            guard result == 0, let attributes else { return nil }
+            return String(decoding: fs.read(path, size: attributes.size, offset: 0).1, as: UTF8.self)
+        }
+    }
+
+    static let operations: [(TreeOperation, Stamp)] = [
+        (.mkdir("/nodes/node2"), Stamp(writer: 2, time: 1_700_000_010)),
+        (.mkdir("/nodes/node2/qemu-server"), Stamp(writer: 2, time: 1_700_000_011)),
+        (.create("/nodes/node2/qemu-server/100.conf.tmp.7"), Stamp(writer: 2, time: 1_700_000_012)),
+        (.write("/nodes/node2/qemu-server/100.conf.tmp.7", offset: 0, data: Array("memory: 512\n".utf8)), Stamp(writer: 2, time: 1_700_000_013)),
+        (.rename("/nodes/node2/qemu-server/100.conf.tmp.7", to: "/nodes/node2/qemu-server/100.conf"), Stamp(writer: 2, time: 1_700_000_014)),
+        (.create("/storage.cfg"), Stamp(writer: 1, time: 1_700_000_015)),
+        (.write("/storage.cfg", offset: 0, data: Array("dir: local\n\tpath /var/lib/vz\n".utf8)), Stamp(writer: 1, time: 1_700_000_016)),
+        (.truncate("/storage.cfg", size: 10), Stamp(writer: 3, time: 1_700_000_017)),
+        (.mkdir("/priv/lock/file-storage"), Stamp(writer: 3, time: 1_700_000_018)),
+        (.mkdir("/priv/lock/file-storage"), Stamp(writer: 1, time: 1_700_000_019)),
+        (.mtime("/priv/lock/file-storage", 0), Stamp(writer: 1, time: 1_700_000_200)),
+        (.create("/nodes/node1/lxc/100.conf"), Stamp(writer: 1, time: 1_700_000_201)),
+        (.unlink("/storage.cfg"), Stamp(writer: 2, time: 1_700_000_202)),
+    ]
+
+    @Test("the same operations with the same stamps give the same tree and the same answers on two replicas")
+    func deterministic() throws {
+        let first = try Replica(), second = try Replica()
+        let answers = Self.operations.map { first.fs.apply($0.0, stamp: $0.1) }
+        #expect(Self.operations.map { second.fs.apply($0.0, stamp: $0.1) } == answers)
+        #expect(answers[9] == -EEXIST, "the second mkdir of a lock loses")
+        #expect(answers[11] == -EEXIST, "VMID 100 is node2's VM already")
+        #expect(first.fs.snapshot() == second.fs.snapshot())
+        #expect(first.fs.snapshot().digest == second.fs.snapshot().digest)
+        #expect(try first.reopened().snapshot() == first.fs.snapshot(), "the database holds what memory holds")
+        #expect(first.text("/nodes/node2/qemu-server/100.conf") == "memory: 512\n")
+        #expect(first.fs.getattr("/priv/lock/file-storage").0 == -ENOENT, "the lock expired at the unlock request's time")
+        let row = try #require(first.fs.snapshot().rows.first { $0.name == "100.conf" })
+        #expect(row.writer == 2 && row.mtime == 1_700_000_014, "the writer and time are the stamp's")
+    }
+
+    @Test("operations survive their encoding; short, unknown, oversized or trailing bytes are errors, never traps")
+    func encoding() throws {
+        for (operation, _) in Self.operations {
+            let bytes = operation.encoded()
+            #expect(try TreeOperation(decoding: bytes) == operation)
+            for count in 0..<bytes.count {
+                #expect(throws: TreeOperation.DecodeError.self) { try TreeOperation(decoding: Array(bytes.prefix(count))) }
+            }
+            #expect(throws: TreeOperation.DecodeError.self) { try TreeOperation(decoding: bytes + [0]) }
+        }
+        #expect(try TreeOperation(decoding: TreeOperation.mtime("/a", nil).encoded()) == .mtime("/a", nil))
+        #expect(throws: TreeOperation.DecodeError.self) { try TreeOperation(decoding: [99]) }
+        #expect(throws: TreeOperation.DecodeError.self) { try TreeOperation(decoding: [3, 255, 255, 255, 255]) }
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let noise = (0..<Int.random(in: 0...40, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            _ = try? TreeOperation(decoding: noise)
+        }
+    }
+
+    @Test("a lagging replica takes another's whole tree in one transaction: memory, database and guest list")
+    func takeSnapshot() throws {
+        let leader = try Replica(), lagging = try Replica()
+        for (operation, stamp) in Self.operations { _ = leader.fs.apply(operation, stamp: stamp) }
+        _ = lagging.fs.apply(.create("/only-here"), stamp: Stamp(writer: 3, time: 1_700_000_001))
+        let snapshot = leader.fs.snapshot()
+        try lagging.fs.replace(with: snapshot)
+        #expect(lagging.fs.snapshot() == snapshot)
+        #expect(lagging.text("/only-here") == nil)
+        #expect(lagging.text("/nodes/node2/qemu-server/100.conf") == "memory: 512\n")
+        #expect(String(decoding: lagging.fs.statusFile(".vmlist"), as: UTF8.self).contains("\"100\""), "the guest list follows")
+        #expect(try lagging.reopened().snapshot() == snapshot)
+        // The next operation lands on the same inode number on both.
+        let next = (TreeOperation.create("/after"), Stamp(writer: 1, time: 1_700_000_300))
+        #expect(leader.fs.apply(next.0, stamp: next.1) == lagging.fs.apply(next.0, stamp: next.1))
+        #expect(leader.fs.snapshot().digest == lagging.fs.snapshot().digest)
+
+        var broken = snapshot
+        broken.rows.append(TreeSnapshot.Row(inode: 9999, parent: 4242, version: 1, writer: 1, mtime: 1, type: 8, name: "orphan", data: []))
+        #expect(throws: ClusterFileSystem.StartupError.self) { try lagging.fs.replace(with: broken) }
+        #expect(lagging.fs.snapshot().digest == leader.fs.snapshot().digest, "a refused snapshot changes nothing")
+    }
+}
