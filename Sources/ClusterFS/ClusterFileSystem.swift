@@ -122,16 +122,20 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Opens the database and loads the tree; a tree with duplicate names or
     /// missing parents is refused, as upstream refuses it.
     /// - Parameter clock: seconds since the epoch; tests pass their own to age locks.
-    public init(databasePath: String, node: String, clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }) throws {
+    /// - Parameter cluster: run in cluster mode when the database holds `corosync.conf` (as the original decides);
+    ///   then the node's directories are made through the cluster once it synced, not here.
+    public init(databasePath: String, node: String, cluster: Bool = false,
+                clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }) throws {
         database = try Database(path: databasePath)
         self.node = node
         self.clock = clock
         wwwDataGID = UInt32(getgrnam("www-data")?.pointee.gr_gid ?? 33)
         startTime = clock()
         try load(try database.loadAll())
+        if cluster && resolve(["corosync.conf"]) != nil { clusterMode = true }
         // The directories every node has.
         for path in ["nodes", "nodes/\(node)", "nodes/\(node)/qemu-server", "nodes/\(node)/lxc", "nodes/\(node)/openvz",
-                     "nodes/\(node)/priv", "priv", "priv/lock"] where resolve(components(path)) == nil {
+                     "nodes/\(node)/priv", "priv", "priv/lock"] where !clusterMode && resolve(components(path)) == nil {
             let result = mkdir("/" + path)
             if result != 0 { throw StartupError(description: "cannot create /\(path): errno \(-result)") }
         }
@@ -353,6 +357,14 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     private func attributes(_ entry: Entry, parts: [String]) -> Attributes {
+        var attributes = baseAttributes(entry, parts: parts)
+        // Without quorum the tree is read-only, as the original shows it (tools check the modes).
+        if !isWritable { attributes.mode &= ~0o222 }
+        if isClusterMode { attributes.cacheable = false }
+        return attributes
+    }
+
+    private func baseAttributes(_ entry: Entry, parts: [String]) -> Attributes {
         let privateEntry = isPrivate(parts)
         let cacheable = !(parts.count >= 2 && parts[0] == "priv" && parts[1] == "lock")
         if entry.type == .directory {
@@ -392,7 +404,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Whether the kernel may remember that a name does not exist in this
     /// directory: not in priv/lock, where locks expire without a call.
     public func cachesMissingNames(in directory: String) -> Bool {
-        components(directory) != ["priv", "lock"]
+        !isClusterMode && components(directory) != ["priv", "lock"]
     }
 
     /// A directory's entries with their attributes, for READDIR.
@@ -446,8 +458,31 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     public func mkdir(_ path: String) -> Int32 { perform(.mkdir(path)) }
 
-    /// Applies a change made here: as writer 0 at the local clock (local mode).
-    func perform(_ operation: TreeOperation) -> Int32 { apply(operation, stamp: Stamp(writer: 0, time: now())) }
+    /// Applies a change made here: as writer 0 at the local clock in local mode; in cluster mode through the replicator
+    /// (refused with EACCES until it runs).
+    func perform(_ operation: TreeOperation) -> Int32 {
+        let (cluster, replicator) = modeLock.withLock { (clusterMode, replication) }
+        guard cluster else { return apply(operation, stamp: Stamp(writer: 0, time: now())) }
+        return replicator?.submit(operation) ?? -EACCES
+    }
+
+    private let modeLock = NSLock()
+    private var clusterMode = false
+    private var replication: Replicator?
+
+    /// Cluster mode from now on: changes go through `replicator` once it is attached, the tree is read-only without
+    /// quorum, and the kernel caches nothing (a change from another node must be seen at once).
+    public func enterClusterMode() { modeLock.withLock { clusterMode = true } }
+
+    public func attach(_ replicator: Replicator) { modeLock.withLock { replication = replicator } }
+
+    public var isClusterMode: Bool { modeLock.withLock { clusterMode } }
+
+    /// Writable: always in local mode, with quorum in cluster mode.
+    var isWritable: Bool {
+        let (cluster, replicator) = modeLock.withLock { (clusterMode, replication) }
+        return !cluster || (replicator?.isQuorate ?? false)
+    }
 
     /// Applies a change with its writer and time as given, so that every replica applying the same operations in the
     /// same order holds the same tree (inode numbers, versions, writers and times included). Returns what the file

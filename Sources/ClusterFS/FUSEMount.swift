@@ -193,7 +193,8 @@ public enum FUSEMount {
                 let truncated = fs.truncate(path, size: 0)
                 if truncated != 0 { return FUSEMount.replyResult(request, truncated) }
             }
-            if node >= ClusterFileSystem.statusNodeBase && node < ClusterFileSystem.symlinkNodeBase {
+            // In cluster mode another node may change any file: no page cache (the original's direct_io).
+            if (node >= ClusterFileSystem.statusNodeBase && node < ClusterFileSystem.symlinkNodeBase) || fs.isClusterMode {
                 info.pointee.direct_io = 1
             } else {
                 info.pointee.keep_cache = 1
@@ -208,7 +209,7 @@ public enum FUSEMount {
             let (found, attributes) = fs.getattr(path)
             guard found == 0, let attributes else { return FUSEMount.replyResult(request, found) }
             var entry = FUSEMount.entryParameters(attributes)
-            info.pointee.keep_cache = 1
+            if fs.isClusterMode { info.pointee.direct_io = 1 } else { info.pointee.keep_cache = 1 }
             fuse_reply_create(request, &entry, info)
         }
         operations.read = { request, node, size, offset, _ in

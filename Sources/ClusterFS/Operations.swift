@@ -132,7 +132,9 @@ public struct TreeSnapshot: Sendable, Hashable {
 
     /// SHA-256 over the version and every row in inode order (inode, parent, version, writer, mtime, type, name, data):
     /// equal on two nodes exactly when their trees, inode numbers included, are equal.
-    public var digest: String {
+    public var digest: String { digestBytes.map { String(format: "%02x", $0) }.joined() }
+
+    public var digestBytes: [UInt8] {
         var hasher = SHA256()
         func add<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { hasher.update(bufferPointer: $0) } }
         add(version)
@@ -148,6 +150,6 @@ public struct TreeSnapshot: Sendable, Hashable {
             add(UInt32(row.data.count))
             hasher.update(data: row.data)
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return Array(hasher.finalize())
     }
 }

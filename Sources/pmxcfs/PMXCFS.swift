@@ -8,8 +8,11 @@ struct PMXCFS: ParsableCommand {
         commandName: "pmxcfs",
         abstract: "The cluster file system: /etc/pve served from memory, persisted in SQLite.",
         discussion: """
-        Local mode (one node, no corosync) is what runs today. Every change is
-        committed to the database before the file system call returns.
+        Without --local, a database that holds corosync.conf runs in cluster
+        mode: changes go through corosync (CPG) to every node in one order,
+        need quorum, and the nodes resync on every membership change. Every
+        change is committed to the database before the file system call
+        returns.
 
         Examples:
           pmxcfs --local
@@ -47,9 +50,6 @@ struct PMXCFS: ParsableCommand {
         sigemptyset(&stopSignals)
         for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&stopSignals, signal) }
         pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
-        if !local {
-            throw ValidationError("cluster mode (corosync) is not available yet; run with --local")
-        }
         let nodeName = node ?? String(ProcessInfo.processInfo.hostName.split(separator: ".").first ?? "localhost")
         try FileManager.default.createDirectory(atPath: URL(fileURLWithPath: db).deletingLastPathComponent().path, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
@@ -63,7 +63,7 @@ struct PMXCFS: ParsableCommand {
         }
         let fileSystem: ClusterFileSystem
         do {
-            fileSystem = try ClusterFileSystem(databasePath: db, node: nodeName)
+            fileSystem = try ClusterFileSystem(databasePath: db, node: nodeName, cluster: !local)
         } catch {
             FileHandle.standardError.write(Data("pmxcfs: cannot load \(db): \(error)\n".utf8))
             throw ExitCode(1)
@@ -80,6 +80,7 @@ struct PMXCFS: ParsableCommand {
                 } catch {
                     FileHandle.standardError.write(Data("pmxcfs: IPC service not available: \(error)\n".utf8))
                 }
+                if fileSystem.isClusterMode { Self.joinCluster(fileSystem) }
                 try? Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: pidFile))
             }
         } catch {
@@ -87,5 +88,25 @@ struct PMXCFS: ParsableCommand {
             throw ExitCode(1)
         }
         close(lockFD)
+    }
+
+    /// Joins corosync's process group, again every second until corosync answers (writes are refused until then).
+    static func joinCluster(_ fileSystem: ClusterFileSystem) {
+        let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data("pmxcfs: \($0)\n".utf8)) }
+        Thread.detachNewThread {
+            var reported = false
+            while true {
+                do {
+                    let replicator = try Replicator(fileSystem: fileSystem, log: log)
+                    fileSystem.attach(replicator)
+                    log("cluster mode: joined \(Replicator.groupName) as node \(replicator.nodeID)")
+                    return
+                } catch {
+                    if !reported { log("cluster mode: corosync does not answer yet (\(error)); trying every second") }
+                    reported = true
+                    sleep(1)
+                }
+            }
+        }
     }
 }

@@ -12,6 +12,10 @@ public final class PMXCFSProcess: @unchecked Sendable {
     /// A service name of its own, so daemons of parallel tests do not meet.
     public let ipcName = "pvt-\(UUID().uuidString.prefix(8).lowercased())"
     private var pid: pid_t = 0
+    /// Local mode (`--local`); off, a database holding corosync.conf runs in cluster mode.
+    public var local = true
+    /// Run through this (e.g. `nsenter --net=…`, to reach a node's corosync), the daemon's arguments appended.
+    public var launcher: [String] = []
 
     public static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pmxcfs").path
 
@@ -30,13 +34,14 @@ public final class PMXCFSProcess: @unchecked Sendable {
     }
 
     public var arguments: [String] {
-        ["--local", "--foreground", "--mount", mountPoint, "--db", database, "--run-dir", directory.path + "/run", "--node", node,
+        (local ? ["--local"] : []) + ["--foreground", "--mount", mountPoint, "--db", database, "--run-dir", directory.path + "/run", "--node", node,
          "--ipc-name", ipcName]
     }
 
     /// Starts the daemon and waits (bounded) until the mount is there.
     public func start() throws {
-        pid = try spawn(Self.binary, arguments)
+        pid = launcher.isEmpty ? try spawn(Self.binary, arguments)
+            : try DetachedProcess.spawn(launcher + [Self.binary] + arguments, log: directory.path + "/pmxcfs.log")
         guard waitFor(seconds: 15, { self.isMounted }) else {
             kill(pid, SIGKILL)
             _ = reap(pid)

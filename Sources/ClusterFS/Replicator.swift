@@ -1,0 +1,345 @@
+import Foundation
+
+/// Cluster mode: every change to the tree is multicast through a corosync process group and applied by every member
+/// in the one order the group delivers, stamped with the sender's node id and the sender's time; the writing call
+/// returns after its own message came back, with the result of applying it here. A write needs quorum when it is sent
+/// and again when it is delivered (a node without quorum refuses it and catches up at the next sync).
+///
+/// On every membership change the members resync before anything else is applied: each sends its state (version,
+/// newest change time, tree digest); all pick the same leader (highest version, then newest time, then lowest
+/// node id and pid); a member whose digest differs from the leader's takes the leader's tree, which the leader sends
+/// row by row, in one transaction. Changes delivered meanwhile wait, in order, and writers block until the sync ends.
+public final class Replicator: @unchecked Sendable {
+    // @unchecked: all mutable state is guarded by `condition`; the group's callbacks run on its dispatch thread.
+    enum Kind: UInt8 {
+        case change = 1, state, row, complete
+    }
+
+    struct PeerState: Equatable {
+        var version: UInt64
+        var mtime: UInt32
+        var digest: [UInt8]
+    }
+
+    struct Change {
+        var from: GroupMember
+        var time: UInt32
+        var counter: UInt64
+        var operation: TreeOperation
+    }
+
+    public static let groupName = "pvectl_dcdb_v1"
+
+    let fileSystem: ClusterFileSystem
+    private let condition = NSCondition()
+    private var group: ProcessGroup?
+    private var quorum: QuorumTracker?
+    private var me = GroupMember(nodeID: 0, pid: UInt32(getpid()))
+    private var counter: UInt64 = 0
+    private var results: [UInt64: Int32] = [:]
+    /// Membership changes seen (for the log); a sync round is the view it follows, which every member delivers at the
+    /// same point of the message stream (CPG's virtual synchrony), so messages need no round number.
+    private var round: UInt32 = 0
+    private var members: [GroupMember] = []
+    private var synced = false
+    private var states: [GroupMember: PeerState] = [:]
+    private var leader: (member: GroupMember, state: PeerState)?
+    private var collected: [TreeSnapshot.Row] = []
+    private var queued: [Change] = []
+    private var syncCount = 0
+    private let clock: @Sendable () -> UInt32
+    private let log: @Sendable (String) -> Void
+
+    /// Joins the group on this node's corosync (the caller must be in the node's network namespace).
+    public init(fileSystem: ClusterFileSystem, clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) },
+                log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+        self.fileSystem = fileSystem
+        self.clock = clock
+        self.log = log
+        quorum = try QuorumTracker { [weak self] quorate, _ in self?.log("quorum: \(quorate ? "quorate" : "not quorate")") }
+        group = try ProcessGroup(name: Self.groupName) { [weak self] event in self?.handle(event) }
+        condition.withLock { me = GroupMember(nodeID: group!.localNodeID, pid: UInt32(getpid())) }
+    }
+
+    public func stop() {
+        group?.stop()
+        quorum?.stop()
+        condition.withLock {
+            synced = true
+            for id in results.keys where results[id] == Int32.min { results[id] = -EBUSY }
+            condition.broadcast()
+        }
+    }
+
+    public var isQuorate: Bool { quorum?.isQuorate ?? false }
+    public var nodeID: UInt32 { condition.withLock { me.nodeID } }
+    public var isSynced: Bool { condition.withLock { synced } }
+    /// Syncs completed since start (the first makes the tree usable).
+    public var completedSyncs: Int { condition.withLock { syncCount } }
+
+    // MARK: writing
+
+    /// How long a writer waits for a sync to end, or for its change to come back, before it gets EBUSY (the change may
+    /// still be applied later: its outcome is then unknown to the caller, as with any timeout).
+    static let writeTimeout: TimeInterval = 60
+
+    /// Sends a change and waits until it was applied here; -EACCES without quorum, -EBUSY when it cannot be sent.
+    public func submit(_ operation: TreeOperation) -> Int32 {
+        condition.lock()
+        let deadline = Date().addingTimeInterval(Self.writeTimeout)
+        while !synced {
+            guard condition.wait(until: deadline) || synced else {
+                condition.unlock()
+                return -EBUSY
+            }
+        }
+        guard isQuorate else {
+            condition.unlock()
+            return -EACCES
+        }
+        counter += 1
+        let id = counter
+        results[id] = Int32.min
+        let message = Self.encode(kind: .change) { writer in
+            writer.u64(id)
+            writer.u32(clock())
+            writer.bytes(operation.encoded())
+        }
+        condition.unlock()
+        do {
+            try group?.multicast(message)
+        } catch {
+            condition.withLock { results[id] = nil }
+            log("cannot send a change: \(error)")
+            return -EBUSY
+        }
+        condition.lock()
+        defer { condition.unlock() }
+        while results[id] == Int32.min {
+            guard condition.wait(until: deadline) || results[id] != Int32.min else {
+                results[id] = nil
+                return -EBUSY
+            }
+        }
+        return results.removeValue(forKey: id) ?? -EBUSY
+    }
+
+    // MARK: delivery (the group's dispatch thread)
+
+    private func handle(_ event: ProcessGroup.Event) {
+        switch event {
+        case .membership(let list, let joined, let left):
+            log("membership: \(list.map(\.description).joined(separator: " ")) (joined \(joined.count), left \(left.count))")
+            startSync(members: list.sorted())
+        case .message(let from, let data):
+            do {
+                try receive(from: from, Array(data))
+            } catch {
+                log("ignored a message from \(from): \(error)")
+            }
+        }
+    }
+
+    private func startSync(members list: [GroupMember]) {
+        let snapshot = fileSystem.snapshot()
+        let message: Data = condition.withLock {
+            round &+= 1
+            members = list
+            synced = false
+            states = [:]
+            leader = nil
+            collected = []
+            return Self.encode(kind: .state) { writer in
+                writer.u64(snapshot.version)
+                writer.u32(snapshot.mtime)
+                writer.bytes(snapshot.digestBytes)
+            }
+        }
+        send(message)
+    }
+
+    private func receive(from: GroupMember, _ bytes: [UInt8]) throws {
+        var reader = WireReader(bytes)
+        guard let kind = Kind(rawValue: try reader.u8()) else { throw WireReader.Failure(description: "unknown message kind") }
+        switch kind {
+        case .change:
+            let id = try reader.u64()
+            let time = try reader.u32()
+            let change = Change(from: from, time: time, counter: id, operation: try TreeOperation(decoding: reader.rest()))
+            let now: Bool = condition.withLock {
+                if !synced { queued.append(change) }
+                return synced
+            }
+            if now { apply(change) }
+        case .state:
+            let state = PeerState(version: try reader.u64(), mtime: try reader.u32(), digest: try reader.take(32))
+            receiveState(from: from, state)
+        case .row:
+            let row = TreeSnapshot.Row(inode: try reader.u64(), parent: try reader.u64(), version: try reader.u64(), writer: try reader.u32(),
+                                       mtime: try reader.u32(), type: try reader.u8(), name: try reader.text(), data: try reader.blob())
+            condition.withLock {
+                if !synced, leader?.member == from { collected.append(row) }
+            }
+        case .complete:
+            let state = PeerState(version: try reader.u64(), mtime: try reader.u32(), digest: try reader.take(32))
+            complete(from: from, state)
+        }
+    }
+
+    private func receiveState(from: GroupMember, _ state: PeerState) {
+        var rowsToSend: [Data] = []
+        var finished = false
+        condition.withLock {
+            guard !synced, members.contains(from) else { return }
+            states[from] = state
+            guard states.count == members.count else { return }
+            // Everyone has the same states: the same leader everywhere.
+            let best = states.max { lhs, rhs in
+                (lhs.value.version, lhs.value.mtime) != (rhs.value.version, rhs.value.mtime)
+                    ? (lhs.value.version, lhs.value.mtime) < (rhs.value.version, rhs.value.mtime)
+                    : lhs.key > rhs.key
+            }!
+            leader = (best.key, best.value)
+            let mine = states[me]
+            if best.key == me && states.values.contains(where: { $0.digest != best.value.digest }) {
+                // The leader's tree as it is now: changes delivered since the sync began are still queued.
+                let snapshot = fileSystem.snapshot()
+                rowsToSend = snapshot.rows.map { row in
+                    Self.encode(kind: .row) { writer in
+                        writer.u64(row.inode)
+                        writer.u64(row.parent)
+                        writer.u64(row.version)
+                        writer.u32(row.writer)
+                        writer.u32(row.mtime)
+                        writer.u8(row.type)
+                        writer.text(row.name)
+                        writer.blob(row.data)
+                    }
+                }
+                rowsToSend.append(Self.encode(kind: .complete) { writer in
+                    writer.u64(best.value.version)
+                    writer.u32(best.value.mtime)
+                    writer.bytes(best.value.digest)
+                })
+            }
+            finished = mine?.digest == best.value.digest
+        }
+        for message in rowsToSend { send(message) }
+        if finished { finishSync(took: nil) }
+    }
+
+    private func complete(from: GroupMember, _ state: PeerState) {
+        let rows: [TreeSnapshot.Row]? = condition.withLock {
+            guard !synced, leader?.member == from else { return nil }
+            return collected
+        }
+        guard let rows else { return }
+        let snapshot = TreeSnapshot(version: state.version, mtime: state.mtime, rows: rows)
+        do {
+            guard snapshot.digestBytes == state.digest else {
+                throw WireReader.Failure(description: "the leader's rows do not give the leader's digest")
+            }
+            try fileSystem.replace(with: snapshot)
+            finishSync(took: rows.count)
+        } catch {
+            // Nothing applied: stay out of sync until the next membership change (the original's error state).
+            log("sync failed, the tree is left as it was: \(error)")
+        }
+    }
+
+    /// Applies what waited for the sync, in order, then lets writers go.
+    private func finishSync(took rows: Int?) {
+        let waiting: [Change] = condition.withLock {
+            defer { queued = [] }
+            return queued
+        }
+        for change in waiting { apply(change) }
+        let finishedRound: UInt32 = condition.withLock {
+            synced = true
+            syncCount += 1
+            condition.broadcast()
+            return round
+        }
+        log("synced (round \(finishedRound))" + (rows.map { ": took the leader's tree, \($0) entries" } ?? ""))
+        // The directories every node has, made now that the tree is the cluster's (never before a sync: a local change
+        // would make this node the leader of a stale tree), again after every sync (the leader's tree may lack them).
+        let node = fileSystem.node
+        Thread.detachNewThread { [self] in
+            for path in ["nodes", "nodes/\(node)", "nodes/\(node)/qemu-server", "nodes/\(node)/lxc", "nodes/\(node)/openvz",
+                         "nodes/\(node)/priv", "priv", "priv/lock"] where isQuorate && fileSystem.getattr("/" + path).0 == -ENOENT {
+                _ = submit(.mkdir("/" + path))
+            }
+        }
+    }
+
+    private func apply(_ change: Change) {
+        let result = isQuorate ? fileSystem.apply(change.operation, stamp: Stamp(writer: change.from.nodeID, time: change.time)) : -EACCES
+        condition.withLock {
+            if change.from == me, results[change.counter] == Int32.min {
+                results[change.counter] = result
+                condition.broadcast()
+            }
+        }
+    }
+
+    private func send(_ message: Data) {
+        do {
+            try group?.multicast(message)
+        } catch {
+            log("cannot send: \(error)")
+        }
+    }
+
+    // MARK: wire
+
+    static func encode(kind: Kind, _ body: (inout WireWriter) -> Void) -> Data {
+        var writer = WireWriter()
+        writer.u8(kind.rawValue)
+        body(&writer)
+        return Data(writer.bytes)
+    }
+}
+
+/// Little-endian fields, as the replication messages carry them.
+struct WireWriter {
+    var bytes: [UInt8] = []
+    mutating func u8(_ value: UInt8) { bytes.append(value) }
+    mutating func u32(_ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+    mutating func u64(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+    mutating func bytes(_ value: [UInt8]) { bytes += value }
+    mutating func blob(_ value: [UInt8]) {
+        u32(UInt32(value.count))
+        bytes += value
+    }
+    mutating func text(_ value: String) { blob(Array(value.utf8)) }
+}
+
+struct WireReader {
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    let bytes: [UInt8]
+    var position = 0
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    mutating func take(_ count: Int) throws -> [UInt8] {
+        guard count >= 0, bytes.count - position >= count else { throw Failure(description: "truncated message") }
+        defer { position += count }
+        return Array(bytes[position..<(position + count)])
+    }
+
+    mutating func u8() throws -> UInt8 { try take(1)[0] }
+    mutating func u32() throws -> UInt32 { try take(4).reversed().reduce(0) { $0 << 8 | UInt32($1) } }
+    mutating func u64() throws -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+    mutating func blob() throws -> [UInt8] { try take(Int(try u32())) }
+    mutating func text() throws -> String {
+        guard let text = String(validating: try blob(), as: UTF8.self) else { throw Failure(description: "a name that is not UTF-8") }
+        return text
+    }
+    mutating func rest() -> [UInt8] {
+        defer { position = bytes.count }
+        return Array(bytes[position...])
+    }
+}

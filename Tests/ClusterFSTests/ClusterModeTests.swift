@@ -1,0 +1,103 @@
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+
+/// pmxcfs in cluster mode on three corosync nodes in namespaces (each daemon in its node's network namespace, its
+/// mount in this one): writes replicated in one order, lock races, a cut node read-only while the majority writes,
+/// the resync after healing, and an empty node receiving the whole tree.
+@Suite("ClusterFS cluster mode: three pmxcfs on three corosync nodes", .serialized,
+       .enabled(if: CorosyncCluster.unavailableReason == nil && PMXCFSProcess.unavailableReason == nil,
+                Comment(rawValue: CorosyncCluster.unavailableReason ?? PMXCFSProcess.unavailableReason ?? "")))
+struct ClusterModeTests {
+    /// A daemon per node, its database first made in local mode holding the cluster's corosync.conf.
+    static func node(_ cluster: CorosyncCluster, _ index: Int, directory: TemporaryDirectory? = nil) throws -> PMXCFSProcess {
+        let daemon = try PMXCFSProcess(node: "node\(index)", directory: directory)
+        try daemon.start()
+        try Data(cluster.configuration.utf8).write(to: URL(fileURLWithPath: daemon.path("corosync.conf")))
+        daemon.stop()
+        daemon.local = false
+        daemon.launcher = ["/usr/bin/nsenter", "--net=/run/netns/\(cluster.namespace(index))"]
+        try daemon.start()
+        return daemon
+    }
+
+    /// Every file and directory under a mount: path, inode number and content (the tree as a node serves it).
+    static func tree(_ daemon: PMXCFSProcess) -> [String: String] {
+        var result: [String: String] = [:]
+        let root = daemon.mountPoint
+        guard let walker = FileManager.default.enumerator(atPath: root) else { return [:] }
+        while let relative = walker.nextObject() as? String {
+            let path = root + "/" + relative
+            var info = stat()
+            guard lstat(path, &info) == 0 else { continue }
+            switch info.st_mode & S_IFMT {
+            case S_IFLNK:
+                walker.skipDescendants()
+            case S_IFDIR:
+                result[relative] = "dir \(info.st_ino)"
+            default:
+                let content = FileManager.default.contents(atPath: path).map { "\($0.count) bytes, \(Array($0).hashValue)" } ?? "?"
+                result[relative] = "file \(info.st_ino) \(content)"
+            }
+        }
+        return result.filter { !$0.key.hasPrefix(".") }
+    }
+
+    static func put(_ daemon: PMXCFSProcess, _ relative: String, _ text: String) -> Int32 {
+        let descriptor = open(daemon.path(relative), O_CREAT | O_WRONLY | O_TRUNC, 0o640)
+        guard descriptor >= 0 else { return errno }
+        defer { close(descriptor) }
+        let bytes = Array(text.utf8)
+        return write(descriptor, bytes, bytes.count) == bytes.count ? 0 : errno
+    }
+
+    static func read(_ daemon: PMXCFSProcess, _ relative: String) -> String? {
+        FileManager.default.contents(atPath: daemon.path(relative)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    @Test("replicated writes, a lock race, a cut node read-only and resynced, an empty node given the whole tree")
+    func cluster() throws {
+        let cluster = try CorosyncCluster()
+        #expect(waitFor(seconds: 60) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "a quorate corosync cluster")
+        let nodes = try (1...3).map { try Self.node(cluster, $0) }
+        defer { nodes.forEach { $0.stop() } }
+        // Synced: each node's own directories made through the cluster, on every node.
+        #expect(waitFor(seconds: 60) {
+            nodes.allSatisfy { daemon in (1...3).allSatisfy { FileManager.default.fileExists(atPath: daemon.path("nodes/node\($0)/qemu-server")) } }
+        }, "every node's directories everywhere: \(nodes.map { (try? FileManager.default.contentsOfDirectory(atPath: $0.path("nodes"))) ?? [] })")
+
+        // A write on one node is read back on the others.
+        #expect(Self.put(nodes[0], "storage.cfg", "dir: local\n\tpath /var/lib/vz\n") == 0)
+        #expect(waitFor(seconds: 10) { nodes.allSatisfy { Self.read($0, "storage.cfg") == "dir: local\n\tpath /var/lib/vz\n" } })
+
+        // The same lock taken from three nodes at once: exactly one wins.
+        let outcomes = Mutex<[Int32]>([])
+        DispatchQueue.concurrentPerform(iterations: 3) { index in
+            let result = mkdir(nodes[index].path("priv/lock/race"), 0o755) == 0 ? 0 : errno
+            outcomes.withLock { $0.append(result) }
+        }
+        #expect(outcomes.withLock { $0.sorted() } == [0, EEXIST, EEXIST])
+        #expect(Set(nodes.map(Self.tree)).count == 1, "identical trees, inode numbers included")
+
+        // A cut node goes read-only; the majority keeps writing after the detection pause.
+        try cluster.cut(3)
+        #expect(waitFor(seconds: 30) { Self.put(nodes[2], "nodes/node3/cut-off", "x") == EACCES }, "the cut node refuses writes")
+        var info = stat()
+        #expect(stat(nodes[2].path("storage.cfg"), &info) == 0 && info.st_mode & 0o777 == 0o440, "read-only modes")
+        #expect(waitFor(seconds: 30) { Self.put(nodes[0], "datacenter.cfg", "keyboard: en-us\n") == 0 }, "the majority writes")
+        #expect(Self.read(nodes[1], "datacenter.cfg") == "keyboard: en-us\n")
+        try cluster.heal(3)
+        #expect(waitFor(seconds: 60) { Self.read(nodes[2], "datacenter.cfg") == "keyboard: en-us\n" }, "healed and resynced")
+        #expect(waitFor(seconds: 30) { Set(nodes.map(Self.tree)).count == 1 }, "identical trees after the heal")
+        #expect(waitFor(seconds: 30) { Self.put(nodes[2], "nodes/node3/back", "y") == 0 }, "writable again")
+
+        // An empty node joins: node 3 restarted on a new database receives the whole tree, a 1 MiB file included.
+        #expect(Self.put(nodes[0], "big", String(repeating: "z", count: 1 << 20)) == 0)
+        nodes[2].stop()
+        let fresh = try Self.node(cluster, 3, directory: try TemporaryDirectory(prefix: "pmxcfs-fresh"))
+        defer { fresh.stop() }
+        #expect(waitFor(seconds: 60) { Self.tree(fresh) == Self.tree(nodes[0]) }, "the joiner holds the cluster's tree")
+        #expect(Self.read(fresh, "big")?.count == 1 << 20)
+    }
+}
