@@ -153,6 +153,7 @@ public final class Replicator: @unchecked Sendable {
                 writer.u64(snapshot.version)
                 writer.u32(snapshot.mtime)
                 writer.bytes(snapshot.digestBytes)
+                writer.blob(Self.viewTag(list))
             }
         }
         send(message)
@@ -173,6 +174,9 @@ public final class Replicator: @unchecked Sendable {
             if now { apply(change) }
         case .state:
             let state = PeerState(version: try reader.u64(), mtime: try reader.u32(), digest: try reader.take(32))
+            // A state sent for an earlier view can arrive after the next view began: it counts only for its own view.
+            let view = try reader.blob()
+            guard view == condition.withLock({ Self.viewTag(members) }) else { return }
             receiveState(from: from, state)
         case .row:
             let row = TreeSnapshot.Row(inode: try reader.u64(), parent: try reader.u64(), version: try reader.u64(), writer: try reader.u32(),
@@ -216,10 +220,11 @@ public final class Replicator: @unchecked Sendable {
                         writer.blob(row.data)
                     }
                 }
+                // The rows' own version and digest: what the others must hold once they took them.
                 rowsToSend.append(Self.encode(kind: .complete) { writer in
-                    writer.u64(best.value.version)
-                    writer.u32(best.value.mtime)
-                    writer.bytes(best.value.digest)
+                    writer.u64(snapshot.version)
+                    writer.u32(snapshot.mtime)
+                    writer.bytes(snapshot.digestBytes)
                 })
             }
             finished = mine?.digest == best.value.digest
@@ -291,6 +296,16 @@ public final class Replicator: @unchecked Sendable {
     }
 
     // MARK: wire
+
+    /// The members of a view, as a state message names the view it was sent for.
+    static func viewTag(_ members: [GroupMember]) -> [UInt8] {
+        var writer = WireWriter()
+        for member in members.sorted() {
+            writer.u32(member.nodeID)
+            writer.u32(member.pid)
+        }
+        return writer.bytes
+    }
 
     static func encode(kind: Kind, _ body: (inout WireWriter) -> Void) -> Data {
         var writer = WireWriter()

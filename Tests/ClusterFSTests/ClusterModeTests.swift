@@ -56,7 +56,7 @@ struct ClusterModeTests {
         FileManager.default.contents(atPath: daemon.path(relative)).map { String(decoding: $0, as: UTF8.self) }
     }
 
-    @Test("replicated writes, a lock race, a cut node read-only and resynced, an empty node given the whole tree")
+    @Test("writes, races, kill -9 mid-stream, a cut node read-only then resynced, an empty node given the whole tree")
     func cluster() throws {
         let cluster = try CorosyncCluster()
         #expect(waitFor(seconds: 60) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "a quorate corosync cluster")
@@ -67,9 +67,36 @@ struct ClusterModeTests {
             nodes.allSatisfy { daemon in (1...3).allSatisfy { FileManager.default.fileExists(atPath: daemon.path("nodes/node\($0)/qemu-server")) } }
         }, "every node's directories everywhere: \(nodes.map { (try? FileManager.default.contentsOfDirectory(atPath: $0.path("nodes"))) ?? [] })")
 
-        // A write on one node is read back on the others.
+        // A write on one node is read back on the others: at once, the writer returns after its change was applied
+        // everywhere it was delivered (the others see it by the time they deliver it).
         #expect(Self.put(nodes[0], "storage.cfg", "dir: local\n\tpath /var/lib/vz\n") == 0)
         #expect(waitFor(seconds: 10) { nodes.allSatisfy { Self.read($0, "storage.cfg") == "dir: local\n\tpath /var/lib/vz\n" } })
+        var latencies: [Double] = []
+        for index in 0..<50 {
+            let started = Date()
+            #expect(Self.put(nodes[index % 3], "latency", "\(index)") == 0)
+            let reader = nodes[(index + 1) % 3]
+            _ = waitFor(seconds: 10) { Self.read(reader, "latency") == "\(index)" }
+            latencies.append(Date().timeIntervalSince(started) * 1000)
+        }
+        latencies.sort()
+        print("cluster mode: write on one node until read back on another, 50 writes: p50 \(String(format: "%.1f", latencies[25])) ms, "
+              + "p99 \(String(format: "%.1f", latencies[49])) ms")
+
+        // The same new VMID from three nodes at once: one config wins, the others get EEXIST.
+        let vmids = Mutex<[Int32]>([])
+        DispatchQueue.concurrentPerform(iterations: 3) { index in
+            let result = Self.put(nodes[index], "nodes/node\(index + 1)/qemu-server/4242.conf", "memory: 512\n")
+            vmids.withLock { $0.append(result) }
+        }
+        #expect(vmids.withLock { $0.sorted() } == [0, EEXIST, EEXIST])
+
+        // The same file written from two nodes: identical everywhere, equal to one of the two writes.
+        DispatchQueue.concurrentPerform(iterations: 2) { index in
+            for round in 0..<20 { _ = Self.put(nodes[index], "contended", "writer \(index) round \(round)\n") }
+        }
+        let finals = nodes.map { Self.read($0, "contended") }
+        #expect(Set(finals).count == 1 && finals[0]?.hasSuffix("round 19\n") == true, "\(finals)")
 
         // The same lock taken from three nodes at once: exactly one wins.
         let outcomes = Mutex<[Int32]>([])
@@ -91,6 +118,22 @@ struct ClusterModeTests {
         #expect(waitFor(seconds: 60) { Self.read(nodes[2], "datacenter.cfg") == "keyboard: en-us\n" }, "healed and resynced")
         #expect(waitFor(seconds: 30) { Set(nodes.map(Self.tree)).count == 1 }, "identical trees after the heal")
         #expect(waitFor(seconds: 30) { Self.put(nodes[2], "nodes/node3/back", "y") == 0 }, "writable again")
+
+        // kill -9 of a node's pmxcfs in the middle of a write stream: every acknowledged write is on the survivors; the
+        // restarted node's database holds what it had applied, and it resyncs.
+        let acknowledged = Mutex<[Int]>([])
+        let writer = Thread {
+            for index in 0..<400 where Self.put(nodes[0], "stream-\(index)", "\(index)") == 0 { acknowledged.withLock { $0.append(index) } }
+        }
+        writer.start()
+        _ = waitFor(seconds: 10) { acknowledged.withLock { $0.count } > 50 }
+        nodes[1].crash()
+        _ = waitFor(seconds: 60) { writer.isFinished }
+        for index in acknowledged.withLock({ $0 }) {
+            #expect(Self.read(nodes[0], "stream-\(index)") == "\(index)" && Self.read(nodes[2], "stream-\(index)") == "\(index)")
+        }
+        try nodes[1].start()
+        #expect(waitFor(seconds: 60) { Self.tree(nodes[1]) == Self.tree(nodes[0]) }, "the restarted node resynced")
 
         // An empty node joins: node 3 restarted on a new database receives the whole tree, a 1 MiB file included.
         #expect(Self.put(nodes[0], "big", String(repeating: "z", count: 1 << 20)) == 0)
