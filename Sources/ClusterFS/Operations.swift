@@ -26,6 +26,16 @@ public enum TreeOperation: Sendable, Hashable {
     /// nil: now (the stamp's time).
     case mtime(String, UInt32?)
 
+    /// Whether the operation changes (or moves something onto) `path`.
+    public func touches(_ path: String) -> Bool {
+        switch self {
+        case .create(let target), .mkdir(let target), .write(let target, _, _), .truncate(let target, _), .unlink(let target),
+             .rmdir(let target), .mtime(let target, _):
+            target == path
+        case .rename(let from, let to): from == path || to == path
+        }
+    }
+
     enum Code: UInt8 {
         case create = 1, mkdir, write, truncate, unlink, rmdir, rename, mtime
     }

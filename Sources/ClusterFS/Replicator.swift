@@ -50,10 +50,15 @@ public final class Replicator: @unchecked Sendable {
     private let clock: @Sendable () -> UInt32
     private let log: @Sendable (String) -> Void
 
+    /// Where corosync reads its configuration: the tree's corosync.conf is copied there when its config_version is not
+    /// lower than the file's.
+    let corosyncConfigPath: String?
+
     /// Joins the group on this node's corosync (the caller must be in the node's network namespace).
-    public init(fileSystem: ClusterFileSystem, clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) },
-                log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+    public init(fileSystem: ClusterFileSystem, corosyncConfig: String? = "/etc/corosync/corosync.conf",
+                clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.fileSystem = fileSystem
+        corosyncConfigPath = corosyncConfig
         self.clock = clock
         self.log = log
         quorum = try QuorumTracker { [weak self] quorate, _ in self?.log("quorum: \(quorate ? "quorate" : "not quorate")") }
@@ -266,6 +271,7 @@ public final class Replicator: @unchecked Sendable {
             return round
         }
         log("synced (round \(finishedRound))" + (rows.map { ": took the leader's tree, \($0) entries" } ?? ""))
+        installCorosyncConfig(reload: false)
         // The directories every node has, made now that the tree is the cluster's (never before a sync: a local change
         // would make this node the leader of a stale tree), again after every sync (the leader's tree may lack them).
         let node = fileSystem.node
@@ -279,12 +285,59 @@ public final class Replicator: @unchecked Sendable {
 
     private func apply(_ change: Change) {
         let result = isQuorate ? fileSystem.apply(change.operation, stamp: Stamp(writer: change.from.nodeID, time: change.time)) : -EACCES
+        if result >= 0, change.operation.touches("/corosync.conf") { installCorosyncConfig(reload: change.from == me) }
         condition.withLock {
             if change.from == me, results[change.counter] == Int32.min {
                 results[change.counter] = result
                 condition.broadcast()
             }
         }
+    }
+
+    /// Copies the tree's corosync.conf to corosync's when its config_version is not lower (and the text differs), as
+    /// the original does; the node whose write it was reloads corosync (`corosync-cfgtool -R`).
+    func installCorosyncConfig(reload: Bool) {
+        guard let target = corosyncConfigPath else { return }
+        let (found, attributes) = fileSystem.getattr("/corosync.conf")
+        guard found == 0, let attributes else { return }
+        let (read, bytes) = fileSystem.read("/corosync.conf", size: attributes.size, offset: 0)
+        guard read >= 0 else { return }
+        let current = FileManager.default.contents(atPath: target).map { Array($0) }
+        guard current != bytes else { return }
+        // A file being written (truncated, half there) has no config_version yet: only a whole config is installed.
+        guard let treeVersion = Self.configVersion(bytes) else { return }
+        if let current, let installed = Self.configVersion(current), treeVersion < installed {
+            log("corosync.conf in the tree has config_version \(treeVersion), lower than \(target)'s \(installed): not installed")
+            return
+        }
+        let temporary = target + ".pmxcfs.\(getpid())"
+        guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes), attributes: [.posixPermissions: 0o644]),
+              rename(temporary, target) == 0 else {
+            log("cannot write \(target): \(String(cString: strerror(errno)))")
+            return
+        }
+        log("installed corosync.conf (config_version \(treeVersion)) as \(target)")
+        guard reload else { return }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/corosync-cfgtool")
+        process.arguments = ["-R"]
+        do {
+            try process.run()
+            process.waitUntilExit()
+            log("reloaded corosync (corosync-cfgtool -R: exit \(process.terminationStatus))")
+        } catch {
+            log("cannot reload corosync: \(error)")
+        }
+    }
+
+    /// The `config_version:` in a corosync.conf's totem section (the first one in the file).
+    static func configVersion(_ bytes: [UInt8]) -> UInt64? {
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            guard trimmed.hasPrefix("config_version:") else { continue }
+            return UInt64(trimmed.dropFirst("config_version:".count).trimmingCharacters(in: .whitespaces))
+        }
+        return nil
     }
 
     private func send(_ message: Data) {

@@ -44,6 +44,10 @@ struct PMXCFS: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Name of the libqb IPC service (upstream: pve2).", valueName: "NAME"))
     var ipcName: String = "pve2"
 
+    @Option(name: .long, help: ArgumentHelp("Cluster mode: where corosync reads its configuration (the tree's corosync.conf "
+                                            + "is installed there).", valueName: "FILE"))
+    var corosyncConf: String = "/etc/corosync/corosync.conf"
+
     func run() throws {
         // A blocked SIGTERM inherited from the parent would make the daemon unstoppable.
         var stopSignals = sigset_t()
@@ -80,7 +84,7 @@ struct PMXCFS: ParsableCommand {
                 } catch {
                     FileHandle.standardError.write(Data("pmxcfs: IPC service not available: \(error)\n".utf8))
                 }
-                if fileSystem.isClusterMode { Self.joinCluster(fileSystem) }
+                if fileSystem.isClusterMode { Self.joinCluster(fileSystem, corosyncConfig: corosyncConf) }
                 try? Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: pidFile))
             }
         } catch {
@@ -91,13 +95,13 @@ struct PMXCFS: ParsableCommand {
     }
 
     /// Joins corosync's process group, again every second until corosync answers (writes are refused until then).
-    static func joinCluster(_ fileSystem: ClusterFileSystem) {
+    static func joinCluster(_ fileSystem: ClusterFileSystem, corosyncConfig: String) {
         let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data("pmxcfs: \($0)\n".utf8)) }
         Thread.detachNewThread {
             var reported = false
             while true {
                 do {
-                    let replicator = try Replicator(fileSystem: fileSystem, log: log)
+                    let replicator = try Replicator(fileSystem: fileSystem, corosyncConfig: corosyncConfig, log: log)
                     fileSystem.attach(replicator)
                     log("cluster mode: joined \(Replicator.groupName) as node \(replicator.nodeID)")
                     return

@@ -18,6 +18,7 @@ struct ClusterModeTests {
         daemon.stop()
         daemon.local = false
         daemon.launcher = ["/usr/bin/nsenter", "--net=/run/netns/\(cluster.namespace(index))"]
+        daemon.extraArguments = ["--corosync-conf", cluster.corosyncConfigPath(index)]
         try daemon.start()
         return daemon
     }
@@ -50,6 +51,17 @@ struct ClusterModeTests {
         defer { close(descriptor) }
         let bytes = Array(text.utf8)
         return write(descriptor, bytes, bytes.count) == bytes.count ? 0 : errno
+    }
+
+    /// Writes `relative.new`, then renames it over `relative`.
+    static func replace(_ daemon: PMXCFSProcess, _ relative: String, _ text: String) -> Int32 {
+        let written = put(daemon, relative + ".new", text)
+        guard written == 0 else { return written }
+        return rename(daemon.path(relative + ".new"), daemon.path(relative)) == 0 ? 0 : errno
+    }
+
+    static func installed(_ cluster: CorosyncCluster, _ node: Int) -> String {
+        (try? String(contentsOfFile: cluster.corosyncConfigPath(node), encoding: .utf8)) ?? ""
     }
 
     static func read(_ daemon: PMXCFSProcess, _ relative: String) -> String? {
@@ -95,8 +107,24 @@ struct ClusterModeTests {
         DispatchQueue.concurrentPerform(iterations: 2) { index in
             for round in 0..<20 { _ = Self.put(nodes[index], "contended", "writer \(index) round \(round)\n") }
         }
-        let finals = nodes.map { Self.read($0, "contended") }
-        #expect(Set(finals).count == 1 && finals[0]?.hasSuffix("round 19\n") == true, "\(finals)")
+        // Each node applies a change when it delivers it: the last one arrives everywhere within moments.
+        #expect(waitFor(seconds: 10) { Set(nodes.map { Self.read($0, "contended") }).count == 1 },
+                "\(nodes.map { Self.read($0, "contended") })")
+        #expect(Self.read(nodes[0], "contended")?.hasSuffix("round 19\n") == true)
+
+        // corosync.conf written into the tree reaches every node's corosync when its config_version is not lower; the
+        // writing node reloads corosync, and the cluster stays quorate.
+        // Written as the tools write it: a new file, renamed over the old one (one replicated change for the content).
+        let bumped = cluster.configuration.replacingOccurrences(of: "config_version: 1", with: "config_version: 2")
+        #expect(Self.replace(nodes[0], "corosync.conf", bumped) == 0)
+        #expect(waitFor(seconds: 20) { (1...3).allSatisfy { Self.installed(cluster, $0).contains("config_version: 2") } },
+                "installed on every node: \((1...3).map { Self.installed(cluster, $0).contains("config_version: 2") })")
+        #expect(waitFor(seconds: 20) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "still quorate after the reload")
+        #expect(Self.replace(nodes[1], "corosync.conf", cluster.configuration) == 0)
+        #expect(waitFor(seconds: 10) { Self.read(nodes[2], "corosync.conf") == cluster.configuration })
+        #expect((1...3).allSatisfy { Self.installed(cluster, $0).contains("config_version: 2") }, "a lower config_version is not installed")
+        #expect(Self.replace(nodes[1], "corosync.conf", bumped) == 0)
+
 
         // The same lock taken from three nodes at once: exactly one wins.
         let outcomes = Mutex<[Int32]>([])

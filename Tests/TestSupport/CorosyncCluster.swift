@@ -56,6 +56,8 @@ public final class CorosyncCluster: @unchecked Sendable {
     }
 
     public func namespace(_ node: Int) -> String { "\(prefix)-n\(node)" }
+    /// The corosync.conf node's corosync reads (its /etc/corosync).
+    public func corosyncConfigPath(_ node: Int) -> String { directory.path + "/n\(node)/etc/corosync.conf" }
     public func address(_ node: Int) -> String { "192.0.2.1\(node)" }
 
     public var configuration: String {

@@ -16,6 +16,8 @@ public final class PMXCFSProcess: @unchecked Sendable {
     public var local = true
     /// Run through this (e.g. `nsenter --net=…`, to reach a node's corosync), the daemon's arguments appended.
     public var launcher: [String] = []
+    /// More options for the daemon (`--corosync-conf FILE`).
+    public var extraArguments: [String] = []
 
     public static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pmxcfs").path
 
@@ -35,7 +37,7 @@ public final class PMXCFSProcess: @unchecked Sendable {
 
     public var arguments: [String] {
         (local ? ["--local"] : []) + ["--foreground", "--mount", mountPoint, "--db", database, "--run-dir", directory.path + "/run", "--node", node,
-         "--ipc-name", ipcName]
+         "--ipc-name", ipcName] + extraArguments
     }
 
     /// Starts the daemon and waits (bounded) until the mount is there.
