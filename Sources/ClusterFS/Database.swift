@@ -127,13 +127,20 @@ final class Database {
 
     /// Replaces the whole table (a lagging node taking another's tree) in one transaction.
     func replaceAll(with rows: [Row], version: Row) throws {
-        try step(begin)
-        do {
+        try transaction {
             try execute("DELETE FROM tree")
             for row in rows + [version] {
                 bind(row)
                 try step(replaceStatement)
             }
+        }
+    }
+
+    /// Runs `body` in one transaction, rolled back when it throws.
+    private func transaction(_ body: () throws -> Void) throws {
+        try step(begin)
+        do {
+            try body()
             try step(commit)
         } catch {
             try? step(rollback)
@@ -144,8 +151,7 @@ final class Database {
     /// One durable change: the rows to replace, the inodes to delete, and the
     /// new global version, in a single transaction.
     func apply(replace rows: [Row], delete inodes: [UInt64], version: Row) throws {
-        try step(begin)
-        do {
+        try transaction {
             for inode in inodes {
                 sqlite3_bind_int64(deleteStatement, 1, Int64(bitPattern: inode))
                 try step(deleteStatement)
@@ -154,10 +160,6 @@ final class Database {
                 bind(row)
                 try step(replaceStatement)
             }
-            try step(commit)
-        } catch {
-            try? step(rollback)
-            throw error
         }
     }
 }
