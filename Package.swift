@@ -49,7 +49,7 @@ let package = Package(
         .systemLibrary(name: "CCorosync", providers: [.apt(["libcpg-dev", "libquorum-dev", "libcmap-dev"])]),
         .target(
             name: "ClusterFS",
-            dependencies: ["CFuse3", "CSQLite", "CQB", "CCorosync", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Resources", "CFuse3", "CSQLite", "CQB", "CCorosync", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         .executableTarget(

@@ -1,4 +1,5 @@
 import Foundation
+import Resources
 
 public enum EntryType: UInt8, Sendable {
     case directory = 4
@@ -734,7 +735,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             text += "\"kvstore\": {\n\"\(node)\": {\n" + ownStatus.joined(separator: ",\n") + "}\n}\n}\n"
             return Array(text.utf8)
         case ".members":
-            return Array("{\n\"nodename\": \"\(node)\",\n\"version\": 0\n}\n".utf8)
+            return membersText()
         case ".vmlist":
             guard !vmlist.isEmpty else { return Array("{\n\"version\": \(vmlistVersion)\n\n}\n".utf8) }
             let ids = vmlist.keys.sorted().map { vmid -> String in
@@ -755,6 +756,32 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// `{"data": [...]}`, newest first, at most `maximum` entries, only the
     /// given user's when one is named.
+    /// `.members`: this node alone in local mode; in cluster mode the cluster's name and config_version, the nodes of the
+    /// tree's corosync.conf with their ids, whether corosync sees them (online) and their ring0 address, and quorum.
+    /// (Called with `lock` held.)
+    private func membersText() -> [UInt8] {
+        let replicator = modeLock.withLock { replication }
+        guard let replicator, let entry = resolve(["corosync.conf"]) else {
+            return Array("{\n\"nodename\": \"\(node)\",\n\"version\": 0\n}\n".utf8)
+        }
+        let (config, _) = CorosyncConfig.parse(String(decoding: entry.data, as: UTF8.self), file: "corosync.conf")
+        let online = Set(replicator.onlineNodeIDs)
+        let nodes = config.nodes.compactMap { section -> (name: String, id: UInt32, ip: String)? in
+            guard let name = section["name"], let id = section["nodeid"].flatMap({ UInt32($0) }) else { return nil }
+            return (name, id, section["ring0_addr"] ?? "")
+        }.sorted { $0.id < $1.id }
+        var text = "{\n\"nodename\": \"\(jsonEscaped(node))\",\n\"version\": \(replicator.membershipVersion),\n"
+        text += "\"cluster\": { \"name\": \"\(jsonEscaped(config.totem?["cluster_name"] ?? ""))\", "
+        text += "\"version\": \(config.totem?["config_version"].flatMap { Int($0) } ?? 0), \"nodes\": \(nodes.count), "
+        text += "\"quorate\": \(replicator.isQuorate ? 1 : 0) },\n\"nodelist\": {\n"
+        text += nodes.map { node in
+            "  \"\(jsonEscaped(node.name))\": { \"id\": \(node.id), \"online\": \(online.contains(node.id) ? 1 : 0), "
+                + "\"ip\": \"\(jsonEscaped(node.ip))\"}"
+        }.joined(separator: ",\n")
+        text += "\n  }\n}\n"
+        return Array(text.utf8)
+    }
+
     private func clusterLogText(maximum: Int, user: String) -> [UInt8] {
         var lines: [String] = []
         for entry in clusterLogEntries.reversed() {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Cluster mode: every change to the tree is multicast through a corosync process group and applied by every member
 /// in the one order the group delivers, stamped with the sender's node id and the sender's time; the writing call
@@ -77,6 +78,12 @@ public final class Replicator: @unchecked Sendable {
     }
 
     public var isQuorate: Bool { quorum?.isQuorate ?? false }
+    /// Node ids in corosync's current view (online), from the quorum service.
+    public var onlineNodeIDs: [UInt32] { quorum?.members ?? [] }
+    /// Membership changes seen: the version `.members` reports (an atomic: the file system asks while holding its lock,
+    /// which the sync holds this object's lock around).
+    public var membershipVersion: UInt32 { rounds.load(ordering: .relaxed) }
+    private let rounds = Atomic<UInt32>(0)
     public var nodeID: UInt32 { condition.withLock { me.nodeID } }
     public var isSynced: Bool { condition.withLock { synced } }
     /// Syncs completed since start (the first makes the tree usable).
@@ -149,6 +156,7 @@ public final class Replicator: @unchecked Sendable {
         let snapshot = fileSystem.snapshot()
         let message: Data = condition.withLock {
             round &+= 1
+            rounds.store(round, ordering: .relaxed)
             members = list
             synced = false
             states = [:]

@@ -79,6 +79,14 @@ struct ClusterModeTests {
             nodes.allSatisfy { daemon in (1...3).allSatisfy { FileManager.default.fileExists(atPath: daemon.path("nodes/node\($0)/qemu-server")) } }
         }, "every node's directories everywhere: \(nodes.map { (try? FileManager.default.contentsOfDirectory(atPath: $0.path("nodes"))) ?? [] })")
 
+        // .members: the cluster as corosync sees it, from every node.
+        let members = Self.read(nodes[1], ".members") ?? ""
+        #expect(members.contains("\"cluster\": { \"name\": \"\(cluster.prefix)\", \"version\": 1, \"nodes\": 3, \"quorate\": 1 }"), "\(members)")
+        #expect(members.contains("\"nodename\": \"node2\""))
+        for index in 1...3 {
+            #expect(members.contains("\"node\(index)\": { \"id\": \(index), \"online\": 1, \"ip\": \"\(cluster.address(index))\"}"), "\(members)")
+        }
+
         // A write on one node is read back on the others: at once, the writer returns after its change was applied
         // everywhere it was delivered (the others see it by the time they deliver it).
         #expect(Self.put(nodes[0], "storage.cfg", "dir: local\n\tpath /var/lib/vz\n") == 0)
@@ -140,6 +148,9 @@ struct ClusterModeTests {
         #expect(waitFor(seconds: 30) { Self.put(nodes[2], "nodes/node3/cut-off", "x") == EACCES }, "the cut node refuses writes")
         var info = stat()
         #expect(stat(nodes[2].path("storage.cfg"), &info) == 0 && info.st_mode & 0o777 == 0o440, "read-only modes")
+        #expect(Self.read(nodes[2], ".members")?.contains("\"quorate\": 0") == true)
+        #expect(waitFor(seconds: 30) { Self.read(nodes[0], ".members")?.contains("\"node3\": { \"id\": 3, \"online\": 0") == true },
+                "the majority sees node 3 offline: \(Self.read(nodes[0], ".members") ?? "")")
         #expect(waitFor(seconds: 30) { Self.put(nodes[0], "datacenter.cfg", "keyboard: en-us\n") == 0 }, "the majority writes")
         #expect(Self.read(nodes[1], "datacenter.cfg") == "keyboard: en-us\n")
         try cluster.heal(3)
