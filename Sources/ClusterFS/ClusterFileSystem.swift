@@ -806,7 +806,17 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// SET_STATUS: an empty value removes the key; a new key starts at
     /// version 0 and every later update counts up (reported in `.version`).
+    /// SET_STATUS: this node's key, held in memory; in cluster mode sent to every node (the status channel).
     public func setStatus(name: String, value: [UInt8]) {
+        if let replicator = modeLock.withLock({ replication }) {
+            replicator.publish(.status(node: node, name: name, value: value))
+            return
+        }
+        storeStatus(node: node, name: name, value: value)
+    }
+
+    /// A status key of `node` (this node's, or another's as the status channel delivered it); empty removes it.
+    public func storeStatus(node: String, name: String, value: [UInt8]) {
         lock.lock()
         defer { lock.unlock() }
         if value.isEmpty {
@@ -821,18 +831,43 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
     }
 
+    /// This node's own status keys, sent again after every sync so that a joining node learns them.
+    public func ownStatus() -> [(name: String, value: [UInt8])] {
+        lock.withLock { (statusStore[node] ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) } }
+    }
+
+    /// This node's own cluster log entries, sent again after every sync (the others keep one copy of each).
+    public func ownLogEntries() -> [ClusterLogEntry] {
+        lock.withLock { clusterLogEntries.filter { $0.node == node } }
+    }
+
     public func status(name: String, node: String) -> [UInt8]? {
         lock.lock()
         defer { lock.unlock() }
         return statusStore[node]?[name]
     }
 
+    /// LOG_CLUSTER_MSG: an entry of this node's, in cluster mode sent to every node.
     public func log(priority: UInt8, ident: String, tag: String, pid: Int32, message: String) {
+        let entry: ClusterLogEntry = lock.withLock {
+            defer { nextLogUID += 1 }
+            return ClusterLogEntry(uid: nextLogUID, time: now(), priority: priority, tag: tag, pid: pid, node: node, user: ident,
+                                   message: message)
+        }
+        if let replicator = modeLock.withLock({ replication }) {
+            replicator.publish(.log(entry))
+            return
+        }
+        appendLog(entry)
+    }
+
+    /// Adds an entry (from this node or, through the status channel, another); one already held is not added again.
+    public func appendLog(_ entry: ClusterLogEntry) {
         lock.lock()
         defer { lock.unlock() }
-        clusterLogEntries.append(ClusterLogEntry(uid: nextLogUID, time: now(), priority: priority, tag: tag, pid: pid,
-                                                 node: node, user: ident, message: message))
-        nextLogUID += 1
+        if clusterLogEntries.contains(where: { $0.node == entry.node && $0.uid == entry.uid && $0.time == entry.time }) { return }
+        let index = clusterLogEntries.lastIndex { ($0.time, $0.node, $0.uid) <= (entry.time, entry.node, entry.uid) }.map { $0 + 1 } ?? 0
+        clusterLogEntries.insert(entry, at: index)
         if clusterLogEntries.count > Self.clusterLogCapacity { clusterLogEntries.removeFirst(clusterLogEntries.count - Self.clusterLogCapacity) }
     }
 
@@ -912,15 +947,16 @@ func jsonEscaped(_ text: String) -> String {
 }
 
 /// One cluster log entry, in the JSON shape of `.clusterlog`.
-struct ClusterLogEntry {
-    var uid: UInt32
-    var time: UInt32
-    var priority: UInt8
-    var tag: String
-    var pid: Int32
-    var node: String
-    var user: String
-    var message: String
+/// One entry of the cluster log.
+public struct ClusterLogEntry: Sendable, Hashable {
+    public var uid: UInt32
+    public var time: UInt32
+    public var priority: UInt8
+    public var tag: String
+    public var pid: Int32
+    public var node: String
+    public var user: String
+    public var message: String
 
     /// One line of `.clusterlog`, in the original's key order and spacing.
     var jsonLine: String {

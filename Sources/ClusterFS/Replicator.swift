@@ -13,7 +13,14 @@ import Synchronization
 public final class Replicator: @unchecked Sendable {
     // @unchecked: all mutable state is guarded by `condition`; the group's callbacks run on its dispatch thread.
     enum Kind: UInt8 {
-        case change = 1, state, row, complete
+        case change = 1, state, row, complete, status, log
+    }
+
+    /// What the status channel carries: a node's status key, or a cluster log entry. Applied on delivery whatever the
+    /// sync state (it is not part of the tree), and sent again by each node after every sync.
+    public enum StatusItem: Sendable {
+        case status(node: String, name: String, value: [UInt8])
+        case log(ClusterLogEntry)
     }
 
     struct PeerState: Equatable {
@@ -136,6 +143,41 @@ public final class Replicator: @unchecked Sendable {
         return results.removeValue(forKey: id) ?? -EBUSY
     }
 
+    /// Sends a status key or log entry to every node (not waiting for it); kept here alone when it cannot be sent.
+    public func publish(_ item: StatusItem) {
+        let message = Self.encode(kind: { if case .status = item { .status } else { .log } }()) { writer in
+            switch item {
+            case .status(let node, let name, let value):
+                writer.text(node)
+                writer.text(name)
+                writer.blob(value)
+            case .log(let entry):
+                // In the order of ClusterLogEntry's fields, which the reader fills left to right.
+                writer.u32(entry.uid)
+                writer.u32(entry.time)
+                writer.u8(entry.priority)
+                writer.text(entry.tag)
+                writer.u32(UInt32(bitPattern: entry.pid))
+                writer.text(entry.node)
+                writer.text(entry.user)
+                writer.text(entry.message)
+            }
+        }
+        do {
+            try group?.multicast(message)
+        } catch {
+            log("status channel: cannot send (\(error)); kept on this node")
+            deliver(item)
+        }
+    }
+
+    private func deliver(_ item: StatusItem) {
+        switch item {
+        case .status(let node, let name, let value): fileSystem.storeStatus(node: node, name: name, value: value)
+        case .log(let entry): fileSystem.appendLog(entry)
+        }
+    }
+
     // MARK: delivery (the group's dispatch thread)
 
     private func handle(_ event: ProcessGroup.Event) {
@@ -200,6 +242,12 @@ public final class Replicator: @unchecked Sendable {
         case .complete:
             let state = PeerState(version: try reader.u64(), mtime: try reader.u32(), digest: try reader.take(32))
             complete(from: from, state)
+        case .status:
+            deliver(.status(node: try reader.text(), name: try reader.text(), value: try reader.blob()))
+        case .log:
+            deliver(.log(ClusterLogEntry(uid: try reader.u32(), time: try reader.u32(), priority: try reader.u8(), tag: try reader.text(),
+                                         pid: Int32(bitPattern: try reader.u32()), node: try reader.text(), user: try reader.text(),
+                                         message: try reader.text())))
         }
     }
 
@@ -284,6 +332,9 @@ public final class Replicator: @unchecked Sendable {
         // would make this node the leader of a stale tree), again after every sync (the leader's tree may lack them).
         let node = fileSystem.node
         Thread.detachNewThread { [self] in
+            // The status channel is memory only: what this node holds of its own goes to the nodes that just joined.
+            for (name, value) in fileSystem.ownStatus() { publish(.status(node: node, name: name, value: value)) }
+            for entry in fileSystem.ownLogEntries() { publish(.log(entry)) }
             for path in ["nodes", "nodes/\(node)", "nodes/\(node)/qemu-server", "nodes/\(node)/lxc", "nodes/\(node)/openvz",
                          "nodes/\(node)/priv", "priv", "priv/lock"] where isQuorate && fileSystem.getattr("/" + path).0 == -ENOENT {
                 _ = submit(.mkdir("/" + path))

@@ -1,3 +1,4 @@
+@testable import ClusterFS
 import Foundation
 import Synchronization
 import Testing
@@ -53,6 +54,13 @@ struct ClusterModeTests {
         return write(descriptor, bytes, bytes.count) == bytes.count ? 0 : errno
     }
 
+    /// One IPC request to node's daemon, from a thread in the node's network namespace (libqb's sockets are abstract).
+    static func ipc(_ cluster: CorosyncCluster, _ node: Int, _ daemon: PMXCFSProcess, _ request: IPCRequest,
+                    _ body: [UInt8]) throws -> (Int32, [UInt8]) {
+        let service = daemon.ipcName
+        return try cluster.inNode(node) { try IPCClient(service: service).request(request, body: body) }
+    }
+
     /// Writes `relative.new`, then renames it over `relative`.
     static func replace(_ daemon: PMXCFSProcess, _ relative: String, _ text: String) -> Int32 {
         let written = put(daemon, relative + ".new", text)
@@ -86,6 +94,20 @@ struct ClusterModeTests {
         for index in 1...3 {
             #expect(members.contains("\"node\(index)\": { \"id\": \(index), \"online\": 1, \"ip\": \"\(cluster.address(index))\"}"), "\(members)")
         }
+
+        // The status channel: a key set on node 1 is read on node 2 under node 1's name; a cluster log entry of node 1's
+        // is in every node's log.
+        var setBody = [UInt8](repeating: 0, count: 256)
+        setBody.replaceSubrange(0..<6, with: Array("nodeip".utf8))
+        #expect(try Self.ipc(cluster, 1, nodes[0], .setStatus, setBody + Array("192.0.2.11".utf8)).0 == 0)
+        var getBody = [UInt8](repeating: 0, count: 512)
+        getBody.replaceSubrange(0..<6, with: Array("nodeip".utf8))
+        getBody.replaceSubrange(256..<261, with: Array("node1".utf8))
+        #expect(waitFor(seconds: 10) { (try? Self.ipc(cluster, 2, nodes[1], .getStatus, getBody))?.1 == Array("192.0.2.11".utf8) })
+        let ident = Array("root@pam".utf8) + [0], tag = Array("test".utf8) + [0]
+        #expect(try Self.ipc(cluster, 1, nodes[0], .logClusterMessage,
+                             [6, UInt8(ident.count), UInt8(tag.count)] + ident + tag + Array("hello cluster".utf8) + [0]).0 == 0)
+        #expect(waitFor(seconds: 10) { nodes.allSatisfy { Self.read($0, ".clusterlog")?.contains("hello cluster") == true } })
 
         // A write on one node is read back on the others: at once, the writer returns after its change was applied
         // everywhere it was delivered (the others see it by the time they deliver it).
@@ -181,5 +203,8 @@ struct ClusterModeTests {
         defer { fresh.stop() }
         #expect(waitFor(seconds: 60) { Self.tree(fresh) == Self.tree(nodes[0]) }, "the joiner holds the cluster's tree")
         #expect(Self.read(fresh, "big")?.count == 1 << 20)
+        #expect(waitFor(seconds: 10) { (try? Self.ipc(cluster, 3, fresh, .getStatus, getBody))?.1 == Array("192.0.2.11".utf8) },
+                "the joiner learns the others' status keys")
+        #expect(waitFor(seconds: 10) { Self.read(fresh, ".clusterlog")?.contains("hello cluster") == true }, "and their log")
     }
 }
