@@ -33,7 +33,8 @@ final class DispatchThread: @unchecked Sendable {
     // @unchecked: the pipe is set in init; the thread only reads it.
     private let wake: (read: Int32, write: Int32)
 
-    init(name: String, descriptor: Int32, dispatch: @escaping @Sendable () -> Bool) {
+    /// `onLost` runs when `dispatch` fails (corosync went away), not when stopped.
+    init(name: String, descriptor: Int32, dispatch: @escaping @Sendable () -> Bool, onLost: @escaping @Sendable () -> Void = {}) {
         var fds: [Int32] = [0, 0]
         pipe(&fds)
         wake = (fds[0], fds[1])
@@ -44,7 +45,10 @@ final class DispatchThread: @unchecked Sendable {
                 let ready = poll(&polled, 2, -1)
                 if ready < 0 && errno == EINTR { continue }
                 if ready < 0 || polled[1].revents != 0 { break }
-                if polled[0].revents != 0 && !dispatch() { break }
+                if polled[0].revents != 0 && !dispatch() {
+                    onLost()
+                    break
+                }
             }
             close(wakeRead)
         }
@@ -77,7 +81,8 @@ public final class ProcessGroup: @unchecked Sendable {
     private var dispatcher: DispatchThread?
 
     /// Connects to this node's corosync and joins `name`. The name is sent with its NUL counted, as the original does.
-    public init(name: String, onEvent: @escaping @Sendable (Event) -> Void) throws {
+    /// `onLost` runs (on the dispatch thread) when corosync goes away.
+    public init(name: String, onEvent: @escaping @Sendable (Event) -> Void, onLost: @escaping @Sendable () -> Void = {}) throws {
         self.name = name
         self.onEvent = onEvent
         let bytes = Array(name.utf8) + [0]
@@ -109,10 +114,10 @@ public final class ProcessGroup: @unchecked Sendable {
         try Self.retrying("cpg_join") { cpg_join(joined, &groupName) }
         var descriptor: Int32 = -1
         try Self.check("cpg_fd_get", cpg_fd_get(joined, &descriptor))
-        dispatcher = DispatchThread(name: "cpg-\(name)", descriptor: descriptor) {
+        dispatcher = DispatchThread(name: "cpg-\(name)", descriptor: descriptor, dispatch: {
             let result = cpg_dispatch(joined, CS_DISPATCH_ALL)
             return result == CS_OK || result == CS_ERR_TRY_AGAIN
-        }
+        }, onLost: onLost)
     }
 
     deinit { stop() }
@@ -190,10 +195,15 @@ public final class QuorumTracker: @unchecked Sendable {
         var descriptor: Int32 = -1
         try ProcessGroup.check("quorum_fd_get", quorum_fd_get(handle, &descriptor))
         let tracked = self.handle
-        dispatcher = DispatchThread(name: "quorum", descriptor: descriptor) {
+        dispatcher = DispatchThread(name: "quorum", descriptor: descriptor, dispatch: {
             let result = quorum_dispatch(tracked, CS_DISPATCH_ALL)
             return result == CS_OK || result == CS_ERR_TRY_AGAIN
-        }
+        }, onLost: { [weak self] in
+            // Without corosync there is no quorum.
+            guard let self else { return }
+            self.lock.withLock { self.quorateState = false }
+            self.onChange(false, [])
+        })
     }
 
     deinit { stop() }

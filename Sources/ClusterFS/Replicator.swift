@@ -55,6 +55,10 @@ public final class Replicator: @unchecked Sendable {
     private var collected: [TreeSnapshot.Row] = []
     private var queued: [Change] = []
     private var syncCount = 0
+    private var stopped = false
+    /// Guards `group` and `quorum` alone, never held while another lock is taken (the file system asks for quorum while
+    /// holding its own lock; the sync holds `condition` while it reads the tree).
+    private let connection = NSLock()
     private let clock: @Sendable () -> UInt32
     private let log: @Sendable (String) -> Void
 
@@ -69,14 +73,60 @@ public final class Replicator: @unchecked Sendable {
         corosyncConfigPath = corosyncConfig
         self.clock = clock
         self.log = log
-        quorum = try QuorumTracker { [weak self] quorate, _ in self?.log("quorum: \(quorate ? "quorate" : "not quorate")") }
-        group = try ProcessGroup(name: Self.groupName) { [weak self] event in self?.handle(event) }
-        condition.withLock { me = GroupMember(nodeID: group!.localNodeID, pid: UInt32(getpid())) }
+        try connect()
+    }
+
+    /// Connects to corosync: quorum, then the process group (whose first membership change starts a sync).
+    private func connect() throws {
+        let tracker = try QuorumTracker { [weak self] quorate, _ in self?.log("quorum: \(quorate ? "quorate" : "not quorate")") }
+        let joined: ProcessGroup
+        do {
+            joined = try ProcessGroup(name: Self.groupName, onEvent: { [weak self] event in self?.handle(event) },
+                                      onLost: { [weak self] in self?.lost() })
+        } catch {
+            tracker.stop()
+            throw error
+        }
+        connection.withLock {
+            quorum = tracker
+            group = joined
+        }
+        condition.withLock { me = GroupMember(nodeID: joined.localNodeID, pid: UInt32(getpid())) }
+    }
+
+    /// corosync went away (killed, restarted): out of sync, no quorum, and a reconnection every second, as the
+    /// original re-initialises its services on a timer.
+    private func lost() {
+        log("corosync is gone: the tree is read-only until it is back")
+        let (oldGroup, oldQuorum): (ProcessGroup?, QuorumTracker?) = connection.withLock {
+            defer {
+                group = nil
+                quorum = nil
+            }
+            return (group, quorum)
+        }
+        condition.withLock { synced = false }
+        Thread.detachNewThread { [self] in
+            oldGroup?.stop()
+            oldQuorum?.stop()
+            while !condition.withLock({ stopped }) {
+                sleep(1)
+                do {
+                    try connect()
+                    log("corosync is back: joined \(Self.groupName) again")
+                    return
+                } catch {
+                    continue
+                }
+            }
+        }
     }
 
     public func stop() {
-        group?.stop()
-        quorum?.stop()
+        condition.withLock { stopped = true }
+        let (oldGroup, oldQuorum): (ProcessGroup?, QuorumTracker?) = connection.withLock { (group, quorum) }
+        oldGroup?.stop()
+        oldQuorum?.stop()
         condition.withLock {
             synced = true
             for id in results.keys where results[id] == Int32.min { results[id] = -EBUSY }
@@ -84,9 +134,9 @@ public final class Replicator: @unchecked Sendable {
         }
     }
 
-    public var isQuorate: Bool { quorum?.isQuorate ?? false }
+    public var isQuorate: Bool { connection.withLock { quorum }?.isQuorate ?? false }
     /// Node ids in corosync's current view (online), from the quorum service.
-    public var onlineNodeIDs: [UInt32] { quorum?.members ?? [] }
+    public var onlineNodeIDs: [UInt32] { connection.withLock { quorum }?.members ?? [] }
     /// Membership changes seen: the version `.members` reports (an atomic: the file system asks while holding its lock,
     /// which the sync holds this object's lock around).
     public var membershipVersion: UInt32 { rounds.load(ordering: .relaxed) }
@@ -126,7 +176,7 @@ public final class Replicator: @unchecked Sendable {
         }
         condition.unlock()
         do {
-            try group?.multicast(message)
+            try connection.withLock({ group })?.multicast(message)
         } catch {
             condition.withLock { results[id] = nil }
             log("cannot send a change: \(error)")
@@ -164,7 +214,7 @@ public final class Replicator: @unchecked Sendable {
             }
         }
         do {
-            try group?.multicast(message)
+            try connection.withLock({ group })?.multicast(message)
         } catch {
             log("status channel: cannot send (\(error)); kept on this node")
             deliver(item)
@@ -401,7 +451,7 @@ public final class Replicator: @unchecked Sendable {
 
     private func send(_ message: Data) {
         do {
-            try group?.multicast(message)
+            try connection.withLock({ group })?.multicast(message)
         } catch {
             log("cannot send: \(error)")
         }

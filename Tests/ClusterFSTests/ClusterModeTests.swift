@@ -196,6 +196,24 @@ struct ClusterModeTests {
         try nodes[1].start()
         #expect(waitFor(seconds: 60) { Self.tree(nodes[1]) == Self.tree(nodes[0]) }, "the restarted node resynced")
 
+        // kill -9 of a node's corosync in the middle of a write stream: every acknowledged write is on the survivors; when
+        // corosync is back, that node's pmxcfs joins again by itself and resyncs.
+        let acknowledgedAcrossCorosync = Mutex<[Int]>([])
+        let stream = Thread {
+            for index in 0..<300 where Self.put(nodes[0], "cs-\(index)", "\(index)") == 0 {
+                acknowledgedAcrossCorosync.withLock { $0.append(index) }
+            }
+        }
+        stream.start()
+        _ = waitFor(seconds: 10) { acknowledgedAcrossCorosync.withLock { $0.count } > 30 }
+        cluster.stop(2, kill: true)
+        #expect(waitFor(seconds: 120) { stream.isFinished })
+        for index in acknowledgedAcrossCorosync.withLock({ $0 }) {
+            #expect(Self.read(nodes[0], "cs-\(index)") == "\(index)" && Self.read(nodes[2], "cs-\(index)") == "\(index)")
+        }
+        try cluster.start(2)
+        #expect(waitFor(seconds: 90) { Self.tree(nodes[1]) == Self.tree(nodes[0]) }, "node 2 joined again and resynced")
+
         // An empty node joins: node 3 restarted on a new database receives the whole tree, a 1 MiB file included.
         #expect(Self.put(nodes[0], "big", String(repeating: "z", count: 1 << 20)) == 0)
         nodes[2].stop()
