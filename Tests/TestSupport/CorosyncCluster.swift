@@ -6,7 +6,7 @@ import Foundation
 /// Corosync nodes on one machine (../shared/design/recipes/corosync-3-nodes.sh): each node a network namespace with
 /// 192.0.2.1N on a veth to a bridge in a switch namespace, and its own corosync in a mount namespace with private
 /// /run, /etc/corosync and /var/lib/corosync (libqb's sockets are abstract, so a client only needs the node's network
-/// namespace; the data rings are in /dev/shm, shared). Fast timeouts (token 1000 ms). Torn down when released.
+/// namespace; the data rings are in /dev/shm, shared). A 3 s token. Torn down when released.
 public final class CorosyncCluster: @unchecked Sendable {
     // @unchecked: immutable after init, apart from the launcher pids guarded by `lock`.
     public let prefix: String
@@ -67,7 +67,8 @@ public final class CorosyncCluster: @unchecked Sendable {
         }
         text += "}\n\nquorum {\n  provider: corosync_votequorum\n}\n\ntotem {\n  cluster_name: \(prefix)\n  config_version: 1\n"
         text += "  interface {\n    linknumber: 0\n  }\n  ip_version: ipv4-6\n  link_mode: passive\n  secauth: on\n"
-        text += "  token: 1000\n  token_coefficient: 0\n  version: 2\n}\n"
+        // A 3 s token: failure detection a few seconds, and no false one when tests load the machine.
+        text += "  token: 3000\n  token_coefficient: 0\n  version: 2\n}\n"
         return text
     }
 
