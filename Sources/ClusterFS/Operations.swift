@@ -44,81 +44,59 @@ public enum TreeOperation: Sendable, Hashable {
         public var description: String
     }
 
-    /// Little-endian: a code byte, then per case its fields; strings and data as a u32 length and the bytes.
+    /// Little-endian (`WireWriter`): a code byte, then per case its fields; strings and data as a u32 length and the bytes.
     public func encoded() -> [UInt8] {
-        var bytes: [UInt8] = []
-        func u32(_ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
-        func u64(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
-        func blob(_ value: [UInt8]) {
-            u32(UInt32(value.count))
-            bytes += value
-        }
-        func text(_ value: String) { blob(Array(value.utf8)) }
+        var writer = WireWriter()
         switch self {
-        case .create(let path): bytes.append(Code.create.rawValue); text(path)
-        case .mkdir(let path): bytes.append(Code.mkdir.rawValue); text(path)
-        case .write(let path, let offset, let data): bytes.append(Code.write.rawValue); text(path); u64(UInt64(offset)); blob(data)
-        case .truncate(let path, let size): bytes.append(Code.truncate.rawValue); text(path); u64(UInt64(size))
-        case .unlink(let path): bytes.append(Code.unlink.rawValue); text(path)
-        case .rmdir(let path): bytes.append(Code.rmdir.rawValue); text(path)
-        case .rename(let from, let to): bytes.append(Code.rename.rawValue); text(from); text(to)
+        case .create(let path): writer.u8(Code.create.rawValue); writer.text(path)
+        case .mkdir(let path): writer.u8(Code.mkdir.rawValue); writer.text(path)
+        case .write(let path, let offset, let data):
+            writer.u8(Code.write.rawValue)
+            writer.text(path)
+            writer.u64(UInt64(offset))
+            writer.blob(data)
+        case .truncate(let path, let size): writer.u8(Code.truncate.rawValue); writer.text(path); writer.u64(UInt64(size))
+        case .unlink(let path): writer.u8(Code.unlink.rawValue); writer.text(path)
+        case .rmdir(let path): writer.u8(Code.rmdir.rawValue); writer.text(path)
+        case .rename(let from, let to): writer.u8(Code.rename.rawValue); writer.text(from); writer.text(to)
         case .mtime(let path, let time):
-            bytes.append(Code.mtime.rawValue)
-            text(path)
-            bytes.append(time == nil ? 0 : 1)
-            u32(time ?? 0)
+            writer.u8(Code.mtime.rawValue)
+            writer.text(path)
+            writer.u8(time == nil ? 0 : 1)
+            writer.u32(time ?? 0)
         }
-        return bytes
+        return writer.bytes
     }
 
     /// The operation in `bytes`; anything short, too long, unknown or trailing is an error, never a trap.
     public init(decoding bytes: [UInt8]) throws {
-        var position = 0
-        func take(_ count: Int) throws -> ArraySlice<UInt8> {
-            guard count >= 0, bytes.count - position >= count else { throw DecodeError(description: "truncated at byte \(position)") }
-            defer { position += count }
-            return bytes[position..<(position + count)]
-        }
-        func u32() throws -> UInt32 { try take(4).reversed().reduce(0) { $0 << 8 | UInt32($1) } }
-        func u64() throws -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
-        func blob() throws -> [UInt8] {
-            let count = try u32()
-            guard count <= UInt32(ClusterFileSystem.maxFileSize) * 2 else { throw DecodeError(description: "a field of \(count) bytes") }
-            return Array(try take(Int(count)))
-        }
-        func text() throws -> String {
-            guard let value = String(validating: try blob(), as: UTF8.self) else { throw DecodeError(description: "a path that is not UTF-8") }
-            return value
-        }
+        var reader = WireReader(bytes)
         func size() throws -> Int {
-            let value = try u64()
+            let value = try reader.u64()
             guard value <= UInt64(Int32.max) else { throw DecodeError(description: "an offset or size of \(value)") }
             return Int(value)
         }
-        guard let first = try take(1).first, let code = Code(rawValue: first) else { throw DecodeError(description: "an unknown operation") }
-        switch code {
-        case .create: self = .create(try text())
-        case .mkdir: self = .mkdir(try text())
-        case .write:
-            let path = try text()
-            let offset = try size()
-            self = .write(path, offset: offset, data: try blob())
-        case .truncate:
-            let path = try text()
-            self = .truncate(path, size: try size())
-        case .unlink: self = .unlink(try text())
-        case .rmdir: self = .rmdir(try text())
-        case .rename:
-            let from = try text()
-            self = .rename(from, to: try text())
-        case .mtime:
-            let path = try text()
-            let given = try take(1).first!
-            let time = try u32()
-            guard given <= 1 else { throw DecodeError(description: "an mtime flag of \(given)") }
-            self = .mtime(path, given == 1 ? time : nil)
+        do {
+            guard let code = Code(rawValue: try reader.u8()) else { throw DecodeError(description: "an unknown operation") }
+            switch code {
+            case .create: self = .create(try reader.text())
+            case .mkdir: self = .mkdir(try reader.text())
+            case .write: self = .write(try reader.text(), offset: try size(), data: try reader.blob())
+            case .truncate: self = .truncate(try reader.text(), size: try size())
+            case .unlink: self = .unlink(try reader.text())
+            case .rmdir: self = .rmdir(try reader.text())
+            case .rename: self = .rename(try reader.text(), to: try reader.text())
+            case .mtime:
+                let path = try reader.text()
+                let given = try reader.u8()
+                let time = try reader.u32()
+                guard given <= 1 else { throw DecodeError(description: "an mtime flag of \(given)") }
+                self = .mtime(path, given == 1 ? time : nil)
+            }
+        } catch let failure as WireReader.Failure {
+            throw DecodeError(description: failure.description)
         }
-        guard position == bytes.count else { throw DecodeError(description: "\(bytes.count - position) trailing bytes") }
+        guard reader.position == bytes.count else { throw DecodeError(description: "\(bytes.count - reader.position) trailing bytes") }
     }
 }
 

@@ -313,3 +313,13 @@ public enum Digest {
         }.joined()
     }
 }
+
+extension DesiredState {
+    /// HA resources of one type (`vm`, `ct`) from ha/resources.cfg: their VMID and requested state (default started).
+    public func haStates(type: String) -> [Int: String] {
+        Dictionary((sectionConfigs["ha/resources.cfg"]?.sections ?? []).compactMap { section -> (Int, String)? in
+            guard section.type == type, let vmid = Int(section.id) else { return nil }
+            return (vmid, section["state"] ?? "started")
+        }, uniquingKeysWith: { first, _ in first })
+    }
+}

@@ -123,14 +123,7 @@ public struct LxcReconciler: Sendable {
     static func generatedValues(vmid: Int, config: [String: String], seed: String, macPrefix: String) -> [String: String] {
         var result: [String: String] = [:]
         for (key, value) in config where isNIC(key) && PropertyString(parsing: value)["hwaddr"] == nil {
-            let bytes = QemuReconciler.derivedBytes("\(seed)/\(key)")
-            var prefix = macPrefix.split(separator: ":").map { String($0).uppercased() }.filter { !$0.isEmpty }
-            var index = 0
-            while prefix.count < 6 {
-                prefix.append(String(format: "%02X", prefix.isEmpty ? (bytes[index] & 0xFE) | 0x02 : bytes[index]))
-                index += 1
-            }
-            result[key] = value + ",hwaddr=" + prefix.joined(separator: ":")
+            result[key] = value + ",hwaddr=" + QemuReconciler.macAddress(seed: "\(seed)/\(key)", prefix: macPrefix)
         }
         return result
     }
@@ -181,26 +174,16 @@ public struct LxcReconciler: Sendable {
     public func compute(_ state: DesiredState, context: PlanContext) async throws -> Computed {
         var computed = Computed()
         computed.records = try store.load(Self.name, as: LxcRecords.self) ?? LxcRecords()
-        var inactive: [String: String] = [:]
+        let storageInput = context.input(StorageReconciler.self)
+        let inactive = storageInput?.inactiveStorages(fixedFirst: context.planned.contains(StorageReconciler.name)) ?? [:]
         // Volumes the storage kind cannot allocate (a subvol size a dir storage cannot hold, ...), by volume id.
         var unallocatable: [String: String] = [:]
-        if let storage = context.input(StorageReconciler.self) {
-            for volume in storage.resources where volume.action == .blocked && volume.name.contains(":") {
-                unallocatable[volume.name] = volume.message ?? volume.changes.first?.new ?? "blocked"
-            }
-            let fixedFirst = context.planned.contains(StorageReconciler.name)
-                ? Set(storage.resources.filter { [.create, .update].contains($0.action) && !$0.name.contains(":") }.map(\.name)) : []
-            for status in storage.statuses where !status.active && !fixedFirst.contains(status.storage.id) {
-                inactive[status.storage.id] = status.reason ?? "inactive"
-            }
+        for volume in storageInput?.resources ?? [] where volume.action == .blocked && volume.name.contains(":") {
+            unallocatable[volume.name] = volume.message ?? volume.changes.first?.new ?? "blocked"
         }
         let only = context.scope
         let named = Set(context.named.filter { $0.kind == Self.name }.compactMap { $0.name.flatMap { Int($0) } })
-        let haStates: [Int: String] = Dictionary(
-            (state.sectionConfigs["ha/resources.cfg"]?.sections ?? []).compactMap { section -> (Int, String)? in
-                guard section.type == "ct", let vmid = Int(section.id) else { return nil }
-                return (vmid, section["state"] ?? "started")
-            }, uniquingKeysWith: { a, _ in a })
+        let haStates = state.haStates(type: "ct")
         let macPrefix = state.datacenter?["mac_prefix"] ?? "BC:24:11"
         let storages = state.storage.map { StorageDesiredState.storagesByID(StorageDesiredState.storages(from: $0, node: state.node).storages) }
             ?? [:]
@@ -368,16 +351,16 @@ public struct LxcReconciler: Sendable {
                     }
                 }
                 let arch = desired["arch"] ?? driver.architecture(rootfs) ?? "amd64"
+                let section = Self.section(guest, desired: desired)
                 let generatedConfig: LxcConfig
                 do {
-                    generatedConfig = try LxcConfig.generate(vmid: vmid, config: Self.section(guest, desired: desired), host: facts, arch: arch)
+                    generatedConfig = try LxcConfig.generate(vmid: vmid, config: section, host: facts, arch: arch)
                 } catch {
                     return .failure(.blocked("cannot generate its LXC config: \(error)"))
                 }
                 operations.append("guest setup (\(desired["ostype"] ?? "?")), lxc-start")
                 operations += nics.map { "put \($0.veth) on \($0.bridge)" + ($0.tag.map { " (VLAN \($0))" } ?? "")
                     + ($0.rate.map { ", \($0) MB/s" } ?? "") }
-                let section = Self.section(guest, desired: desired)
                 let spec = ContainerStartSpec(
                     vmid: vmid, config: generatedConfig.config, seccompRules: generatedConfig.seccompRules, mounts: mounts, nics: nics,
                     guestConfig: section.entries.map { "\($0.key): \($0.value)\n" }.joined(), template: template?.path,

@@ -26,15 +26,8 @@ extension QemuReconciler: GuestKind {
     }
 
     public func compute(_ state: DesiredState, context: PlanContext) async throws -> Computed {
-        var inactive: [String: String] = [:]
-        if let storage = context.input(StorageReconciler.self) {
-            // Storages this same apply creates or activates first are not in the way.
-            let fixedFirst = context.planned.contains(StorageReconciler.name)
-                ? Set(storage.resources.filter { [.create, .update].contains($0.action) && !$0.name.contains(":") }.map(\.name)) : []
-            for status in storage.statuses where !status.active && !fixedFirst.contains(status.storage.id) {
-                inactive[status.storage.id] = status.reason ?? "inactive"
-            }
-        }
+        let inactive = context.input(StorageReconciler.self)?.inactiveStorages(fixedFirst: context.planned.contains(StorageReconciler.name))
+            ?? [:]
         let named = Set(context.named.filter { $0.kind == Self.name }.compactMap { $0.name.flatMap { Int($0) } })
         return try await compute(state, only: context.scope, cpuModels: state.cpuModels, inactiveStorages: inactive, named: named)
     }

@@ -204,6 +204,19 @@ public struct QemuReconciler: Sendable {
         Array(SHA256.hash(data: Data(seed.utf8)))
     }
 
+    /// A MAC under `prefix` (`BC:24:11`), its other bytes derived from `seed`; a locally administered unicast one
+    /// when there is no prefix.
+    static func macAddress(seed: String, prefix macPrefix: String) -> String {
+        let bytes = derivedBytes(seed)
+        var parts = macPrefix.split(separator: ":").map { String($0).uppercased() }.filter { !$0.isEmpty }
+        var index = 0
+        while parts.count < 6 {
+            parts.append(String(format: "%02X", parts.isEmpty ? (bytes[index] & 0xFE) | 0x02 : bytes[index]))
+            index += 1
+        }
+        return parts.joined(separator: ":")
+    }
+
     static func uuid(_ bytes: [UInt8]) -> String {
         var b = Array(bytes.prefix(16))
         b[6] = (b[6] & 0x0F) | 0x40
@@ -222,14 +235,7 @@ public struct QemuReconciler: Sendable {
             let hasMAC = parts.contains { $0.hasPrefix("macaddr=") }
                 || (first.contains("=") && nicModels.contains(String(first.split(separator: "=")[0])))
             if hasMAC { continue }
-            let bytes = derivedBytes("\(seed)/\(key)")
-            var prefix = macPrefix.split(separator: ":").map { String($0).uppercased() }.filter { !$0.isEmpty }
-            var index = 0
-            while prefix.count < 6 {
-                prefix.append(String(format: "%02X", prefix.isEmpty ? (bytes[index] & 0xFE) | 0x02 : bytes[index]))
-                index += 1
-            }
-            let mac = prefix.joined(separator: ":")
+            let mac = macAddress(seed: "\(seed)/\(key)", prefix: macPrefix)
             if nicModels.contains(first) {
                 parts[0] = "\(first)=\(mac)"
             } else {
@@ -293,11 +299,7 @@ public struct QemuReconciler: Sendable {
         computed.acceleration = acceleration
         let host = driver.hostProfile(node: state.node, acceleration: acceleration)
         if !acceleration.kvm { computed.notes.append("qemu: VMs run under TCG (emulation): \(acceleration.reason)") }
-        let haStates: [Int: String] = Dictionary(
-            (state.sectionConfigs["ha/resources.cfg"]?.sections ?? []).compactMap { section -> (Int, String)? in
-                guard section.type == "vm", let vmid = Int(section.id) else { return nil }
-                return (vmid, section["state"] ?? "started")
-            }, uniquingKeysWith: { a, _ in a })
+        let haStates = state.haStates(type: "vm")
         let macPrefix = state.datacenter?["mac_prefix"] ?? "BC:24:11"
         let named = named ?? Set(only.filter { $0.kind == "qemu" }.compactMap { $0.name.flatMap { Int($0) } })
         let local = state.localGuests.filter { $0.kind == .qemu }

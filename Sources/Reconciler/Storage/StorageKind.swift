@@ -32,3 +32,17 @@ extension StorageReconciler: ResourceKind {
             .map { StatusRow(id: "storage/" + $0.storage.id, condition: $0.active ? "Ready" : "Inactive", message: $0.reason) }
     }
 }
+
+extension StorageReconciler.Computed {
+    /// Storages this node cannot serve now, with the reason, for the guest kinds: a guest with a volume there cannot
+    /// start. With `fixedFirst` (the storage kind applies in the same run), storages it creates or activates first are
+    /// not in the way.
+    public func inactiveStorages(fixedFirst: Bool) -> [String: String] {
+        let fixed = fixedFirst ? Set(resources.filter { [.create, .update].contains($0.action) && !$0.name.contains(":") }.map(\.name)) : []
+        var inactive: [String: String] = [:]
+        for status in statuses where !status.active && !fixed.contains(status.storage.id) {
+            inactive[status.storage.id] = status.reason ?? "inactive"
+        }
+        return inactive
+    }
+}
