@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Resources
 
@@ -16,7 +17,13 @@ final class Entry {
     var type: EntryType
     var name: String
     var data: [UInt8]
-    var children: [String: UInt64] = [:]
+    /// The id the kernel knows this entry by: inode + 1, until a change from another node renames it (then a fresh
+    /// one, so that the kernel's name for the old place is stale, see `ClusterFileSystem.path(ofNode:)`).
+    var nodeID: UInt64
+    private(set) var children: [String: UInt64] = [:]
+    /// How many children are directories: a directory's link count, asked on every GETATTR of it (the kernel asks
+    /// for the parent's attributes after each change in it), so it is kept instead of counted.
+    private(set) var subdirectories = 0
 
     init(inode: UInt64, parent: UInt64, version: UInt64, writer: UInt32, mtime: UInt32, type: EntryType, name: String, data: [UInt8] = []) {
         self.inode = inode
@@ -27,11 +34,29 @@ final class Entry {
         self.type = type
         self.name = name
         self.data = data
+        nodeID = inode + 1
+    }
+
+    func link(_ child: Entry) {
+        children[child.name] = child.inode
+        if child.type == .directory { subdirectories += 1 }
+    }
+
+    func unlink(_ child: Entry, name: String) {
+        if children.removeValue(forKey: name) != nil && child.type == .directory { subdirectories -= 1 }
     }
 
     var row: Database.Row {
         Database.Row(inode: inode, parent: parent, version: version, writer: writer, mtime: mtime, type: type.rawValue, name: name, data: data)
     }
+}
+
+/// What the kernel must forget after a change it did not see (cluster mode): the attributes of `attributes` and the
+/// cached pages of `contents` (FUSE node ids).
+public struct CacheInvalidation: Sendable, Equatable {
+    public var attributes: Set<UInt64> = []
+    public var contents: Set<UInt64> = []
+    public var isEmpty: Bool { attributes.isEmpty && contents.isEmpty }
 }
 
 /// What `stat` shows.
@@ -86,6 +111,17 @@ public final class ClusterFileSystem: @unchecked Sendable {
     private var guestVersionCounter: UInt32 = 0
     /// Change counters of the files `.version` reports (all 1 after startup).
     private var changeCounters: [String: UInt32] = [:]
+    /// Node ids given to entries moved by another node's change (or by a sync): node id → inode.
+    private var movedNodes: [UInt64: UInt64] = [:]
+    private var nextMovedNode = ClusterFileSystem.movedNodeBase
+    /// Cluster mode: what the change being applied made stale in the kernel's caches (collected under `lock`).
+    private var pendingInvalidation = CacheInvalidation()
+    /// Tells the kernel to forget cached attributes and pages (set by the mount; nil when nothing is mounted).
+    public var invalidateKernelCache: (@Sendable (CacheInvalidation) -> Void)? {
+        get { modeLock.withLock { invalidator } }
+        set { modeLock.withLock { invalidator = newValue } }
+    }
+    private var invalidator: (@Sendable (CacheInvalidation) -> Void)?
 
     struct GuestInfo {
         var node: String
@@ -107,11 +143,14 @@ public final class ClusterFileSystem: @unchecked Sendable {
     ]
 
     public static let maxFileSize = 1 << 20
+    /// How long a lock lives unchanged before an unlock request releases it (the original's 120 s).
     public static let lockExpiry: UInt32 = 120
+    let lockTimeout: UInt32
     static let rootInode: UInt64 = 0
     static let statusFiles = [".version", ".members", ".vmlist", ".clusterlog", ".debug", ".rrd"]
     static let symlinkNames = ["local", "qemu-server", "lxc", "openvz"]
     public static let rootNodeID: UInt64 = 1
+    static let movedNodeBase: UInt64 = 1 << 60
     static let statusNodeBase: UInt64 = 1 << 61
     static let symlinkNodeBase: UInt64 = 1 << 62
     static let guestDirectories = ["qemu-server": "qemu", "lxc": "lxc", "openvz": "openvz"]
@@ -125,15 +164,20 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// - Parameter clock: seconds since the epoch; tests pass their own to age locks.
     /// - Parameter cluster: run in cluster mode when the database holds `corosync.conf` (as the original decides);
     ///   then the node's directories are made through the cluster once it synced, not here.
-    public init(databasePath: String, node: String, cluster: Bool = false,
+    public init(databasePath: String, node: String, cluster: Bool = false, lockExpiry: UInt32 = ClusterFileSystem.lockExpiry,
                 clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }) throws {
         database = try Database(path: databasePath)
         self.node = node
         self.clock = clock
+        lockTimeout = lockExpiry
         wwwDataGID = UInt32(getgrnam("www-data")?.pointee.gr_gid ?? 33)
         startTime = clock()
         try load(try database.loadAll())
-        if cluster && resolve(["corosync.conf"]) != nil { clusterMode = true }
+        rememberLocks()
+        if cluster && resolve(["corosync.conf"]) != nil {
+            clusterMode = true
+            collecting = true
+        }
         // The directories every node has.
         for path in ["nodes", "nodes/\(node)", "nodes/\(node)/qemu-server", "nodes/\(node)/lxc", "nodes/\(node)/openvz",
                      "nodes/\(node)/priv", "priv", "priv/lock"] where !clusterMode && resolve(components(path)) == nil {
@@ -172,7 +216,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             if parent.children[entry.name] != nil {
                 throw StartupError(description: "duplicate name '\(entry.name)' in directory inode \(entry.parent)")
             }
-            parent.children[entry.name] = entry.inode
+            parent.link(entry)
         }
         entries = loaded
         version = loadedVersion
@@ -212,6 +256,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
                 (entries, version, versionMTime) = previous
                 throw error
             }
+            rememberLocks()
             for file in Self.trackedFiles { changeCounters[file, default: 0] &+= 1 }
             vmlistVersion &+= 1
             vmlist = [:]
@@ -219,7 +264,15 @@ public final class ClusterFileSystem: @unchecked Sendable {
                 guestVersionCounter += 1
                 vmlist[vmid] = GuestInfo(node: guest.node, type: guest.type, version: guestVersionCounter)
             }
+            // Whatever the kernel holds of the old tree is stale: every entry gets a fresh node id (the kernel looks
+            // each path up again), and what it cached under the old ones goes.
+            if collecting {
+                for entry in previous.0.values { stale(entry, contents: entry.type == .file) }
+                movedNodes = [:]
+                for entry in entries.values where entry.inode != Self.rootInode { renumber(entry) }
+            }
         }
+        flushInvalidation()
     }
 
     // MARK: paths
@@ -361,7 +414,6 @@ public final class ClusterFileSystem: @unchecked Sendable {
         var attributes = baseAttributes(entry, parts: parts)
         // Without quorum the tree is read-only, as the original shows it (tools check the modes).
         if !isWritable { attributes.mode &= ~0o222 }
-        if isClusterMode { attributes.cacheable = false }
         return attributes
     }
 
@@ -372,11 +424,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
             let root = entry.inode == Self.rootInode
             return Attributes(inode: root ? 1 : entry.inode, kind: .directory, mode: privateEntry ? 0o700 : 0o755,
                               size: 0, mtime: root ? versionMTime : entry.mtime, uid: 0, gid: wwwDataGID,
-                              links: 2 + entry.children.values.filter { entries[$0]?.type == .directory }.count,
-                              nodeID: entry.inode + 1, cacheable: cacheable)
+                              links: 2 + entry.subdirectories,
+                              nodeID: entry.nodeID, cacheable: cacheable)
         }
         return Attributes(inode: entry.inode, kind: .file, mode: privateEntry ? 0o600 : 0o640, size: entry.data.count,
-                          mtime: entry.mtime, uid: 0, gid: wwwDataGID, links: 1, nodeID: entry.inode + 1, cacheable: cacheable)
+                          mtime: entry.mtime, uid: 0, gid: wwwDataGID, links: 1, nodeID: entry.nodeID, cacheable: cacheable)
     }
 
     /// The path of a node id the kernel holds, or nil when it is gone.
@@ -393,7 +445,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         var names: [String] = []
-        guard var entry = entries[node - 1] else { return nil }
+        // A node id the entry no longer has (another node moved it, a sync replaced the tree) is stale: the mount
+        // answers ESTALE and the kernel looks the path up again.
+        let inode = node >= Self.movedNodeBase ? movedNodes[node] : node - 1
+        guard let inode, var entry = entries[inode], entry.nodeID == node else { return nil }
         while entry.inode != Self.rootInode {
             names.append(entry.name)
             guard let parent = entries[entry.parent] else { return nil }
@@ -464,7 +519,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
     func perform(_ operation: TreeOperation) -> Int32 {
         let (cluster, replicator) = modeLock.withLock { (clusterMode, replication) }
         guard cluster else { return apply(operation, stamp: Stamp(writer: 0, time: now())) }
-        return replicator?.submit(operation) ?? -EACCES
+        guard let replicator else { return -EACCES }
+        // mtime 0 on a lock: the original's unlock request. The lowest node judges by when it first saw the lock
+        // (its own clock, never the requester's) and sends the unlock, which every node applies in order.
+        if case .mtime(let path, 0) = operation, let digest = lockDigest(path) { return replicator.requestUnlock(path, digest: digest) }
+        return replicator.submit(operation)
     }
 
     private let modeLock = NSLock()
@@ -473,7 +532,47 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// Cluster mode from now on: changes go through `replicator` once it is attached, the tree is read-only without
     /// quorum, and the kernel caches nothing (a change from another node must be seen at once).
-    public func enterClusterMode() { modeLock.withLock { clusterMode = true } }
+    public func enterClusterMode() {
+        modeLock.withLock { clusterMode = true }
+        lock.withLock { collecting = true }
+    }
+
+    /// Cluster mode: changes applied here collect what the kernel must forget (`pendingInvalidation`).
+    private var collecting = false
+
+    /// Marks an entry's cached attributes (and, for a file whose bytes changed, its pages) stale; under `lock`.
+    private func stale(_ entry: Entry, contents: Bool = false) {
+        guard collecting else { return }
+        pendingInvalidation.attributes.insert(entry.nodeID)
+        if contents { pendingInvalidation.contents.insert(entry.nodeID) }
+    }
+
+    /// Gives an entry a fresh node id (its old one reads as stale); under `lock`.
+    private func renumber(_ entry: Entry) {
+        if entry.nodeID >= Self.movedNodeBase { movedNodes[entry.nodeID] = nil }
+        entry.nodeID = nextMovedNode
+        movedNodes[nextMovedNode] = entry.inode
+        nextMovedNode += 1
+    }
+
+    /// Tells the kernel what the last change made stale (cluster mode). Outside `lock`: the kernel waits for page
+    /// locks that a read in flight holds while it waits for `lock`.
+    private func flushInvalidation() {
+        let work: CacheInvalidation? = lock.withLock {
+            guard collecting, !pendingInvalidation.isEmpty else { return nil }
+            defer { pendingInvalidation = CacheInvalidation() }
+            return pendingInvalidation
+        }
+        if let work { invalidateKernelCache?(work) }
+    }
+
+    /// Quorum came or went: every mode shown changes (read-only without quorum), so no cached attribute holds.
+    public func forgetCachedAttributes() {
+        let all: CacheInvalidation = lock.withLock {
+            CacheInvalidation(attributes: Set(entries.values.map(\.nodeID)), contents: [])
+        }
+        invalidateKernelCache?(all)
+    }
 
     public func attach(_ replicator: Replicator) { modeLock.withLock { replication = replicator } }
 
@@ -488,17 +587,22 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Applies a change with its writer and time as given, so that every replica applying the same operations in the
     /// same order holds the same tree (inode numbers, versions, writers and times included). Returns what the file
     /// system call returns: 0, the bytes written, or -errno.
-    public func apply(_ operation: TreeOperation, stamp: Stamp) -> Int32 {
-        switch operation {
+    /// - Parameter fromElsewhere: the change came from another node (the kernel here did not see it happen): an entry
+    ///   it moves gets a fresh node id, so that the kernel's cached name for its old place is not trusted.
+    public func apply(_ operation: TreeOperation, stamp: Stamp, fromElsewhere: Bool = false) -> Int32 {
+        let result = switch operation {
         case .create(let path): createEntry(path, type: .file, stamp)
         case .mkdir(let path): createEntry(path, type: .directory, stamp)
         case .write(let path, let offset, let data): writeData(path, data, offset: offset, stamp)
         case .truncate(let path, let size): truncateEntry(path, size: size, stamp)
         case .unlink(let path): remove(path, directory: false, stamp)
         case .rmdir(let path): remove(path, directory: true, stamp)
-        case .rename(let from, let to): renameEntry(from, to, stamp)
+        case .rename(let from, let to): renameEntry(from, to, stamp, moved: fromElsewhere)
         case .mtime(let path, let mtime): setMTime(path, mtime: mtime, stamp)
+        case .unlock(let path, let digest): unlockEntry(path, digest: digest, stamp)
         }
+        flushInvalidation()
+        return result
     }
 
     private func createEntry(_ path: String, type: EntryType, _ stamp: Stamp) -> Int32 {
@@ -521,6 +625,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             recordChange(parts)
             registerGuest(parts)
         }
+        if result == 0, isLockDirectory(parts), let entry = resolve(parts) { lockSeen[parts.joined(separator: "/")] = (now(), digest(of: entry)) }
         return result
     }
 
@@ -533,8 +638,16 @@ public final class ClusterFileSystem: @unchecked Sendable {
             return -EIO
         }
         entries[entry.inode] = entry
-        parent.children[name] = entry.inode
+        parent.link(entry)
+        stale(parent)
         return 0
+    }
+
+    /// Drops a removed entry; its node id reads as stale from now on. Under `lock`.
+    private func forget(_ entry: Entry) {
+        stale(entry, contents: entry.type == .file)
+        entries[entry.inode] = nil
+        if entry.nodeID >= Self.movedNodeBase { movedNodes[entry.nodeID] = nil }
     }
 
     public func write(_ path: String, bytes: UnsafeRawBufferPointer, offset: Int) -> Int32 {
@@ -600,6 +713,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             version -= 1
             return -EIO
         }
+        stale(entry, contents: entry.type == .file)
         return 0
     }
 
@@ -622,8 +736,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
             version -= 1
             return -EIO
         }
-        parent.children[entry.name] = nil
-        entries[entry.inode] = nil
+        parent.unlink(entry, name: entry.name)
+        forget(entry)
+        stale(parent)
         recordChange(parts)
         if entry.type == .file { unregisterGuest(parts) }
         return 0
@@ -631,7 +746,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     public func rename(_ from: String, _ to: String) -> Int32 { perform(.rename(from, to: to)) }
 
-    private func renameEntry(_ from: String, _ to: String, _ stamp: Stamp) -> Int32 {
+    private func renameEntry(_ from: String, _ to: String, _ stamp: Stamp, moved: Bool) -> Int32 {
         let source = components(from)
         let target = components(to)
         guard !source.isEmpty, !target.isEmpty, let targetName = target.last else { return -EACCES }
@@ -644,14 +759,15 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard newParent.type == .directory else { return -ENOTDIR }
         if entry.type == .directory && !entry.children.isEmpty { return -EACCES }
         if target.starts(with: source) && target.count > source.count { return -EINVAL }
-        var deleted: [UInt64] = []
+        var replaced: Entry?
         if let existingInode = newParent.children[targetName], let existing = entries[existingInode] {
             if existing.inode == entry.inode { return 0 }
             if existing.type == .directory && entry.type != .directory { return -EISDIR }
             if existing.type != .directory && entry.type == .directory { return -ENOTDIR }
             if existing.type == .directory && !existing.children.isEmpty { return -ENOTEMPTY }
-            deleted.append(existing.inode)
+            replaced = existing
         }
+        let deleted = replaced.map { [$0.inode] } ?? []
         let vmidCheck = checkVMID(target, movingFrom: source)
         if vmidCheck != 0 { return vmidCheck }
         let mtime = stamp.time
@@ -666,9 +782,16 @@ public final class ClusterFileSystem: @unchecked Sendable {
             version -= 1
             return -EIO
         }
-        for inode in deleted { entries[inode] = nil }
-        oldParent.children[source.last!] = nil
-        newParent.children[targetName] = entry.inode
+        if let replaced {
+            newParent.unlink(replaced, name: targetName)
+            forget(replaced)
+        }
+        oldParent.unlink(entry, name: source.last!)
+        newParent.link(entry)
+        stale(oldParent)
+        stale(newParent)
+        stale(entry)
+        if moved && collecting { renumber(entry) }
         recordChange(source)
         recordChange(target)
         if entry.type == .file {
@@ -690,21 +813,106 @@ public final class ClusterFileSystem: @unchecked Sendable {
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
         let stamp = mtime ?? change.time
-        if isLockDirectory(parts) && stamp == 0 {
-            guard change.time >= entry.mtime &+ Self.lockExpiry, entry.children.isEmpty, let parent = entries[entry.parent] else { return 0 }
-            version += 1
-            guard persist(replace: [], delete: [entry.inode], mtime: change.time) else {
-                version -= 1
-                return -EIO
+        if isLockDirectory(parts) {
+            // mtime 0 asks for the lock to go. In local mode this node decides (the lock first seen here more than
+            // the expiry ago, unchanged since); in cluster mode the request went to the lowest node instead (see
+            // `perform`), and an mtime 0 delivered here changes nothing on any node.
+            if stamp == 0 {
+                guard !collecting, lockExpired(path: parts.joined(separator: "/"), entry: entry) else { return 0 }
+                return removeLock(entry, change)
             }
-            parent.children[entry.name] = nil
-            entries[entry.inode] = nil
-            return 0
+            // A refresh: newer, and by the node that holds it (the original's rule).
+            if stamp < entry.mtime || entry.writer != change.writer { return -EACCES }
         }
-        if isLockDirectory(parts) && stamp < entry.mtime { return -EACCES }
         let result = update(entry, data: entry.data, change, mtime: stamp)
-        if result == 0 { recordChange(parts) }
+        if result == 0 {
+            recordChange(parts)
+            if isLockDirectory(parts) { lockSeen[parts.joined(separator: "/")] = (now(), digest(of: entry)) }
+        }
         return result
+    }
+
+    /// Releases a lock the lowest node found expired, if it is still that lock (same digest); otherwise nothing.
+    private func unlockEntry(_ path: String, digest expected: [UInt8], _ change: Stamp) -> Int32 {
+        let parts = components(path)
+        lock.lock()
+        defer { lock.unlock() }
+        guard isLockDirectory(parts), let entry = resolve(parts), entry.type == .directory, digest(of: entry) == expected else { return 0 }
+        return removeLock(entry, change)
+    }
+
+    /// Under `lock`.
+    private func removeLock(_ entry: Entry, _ change: Stamp) -> Int32 {
+        guard entry.children.isEmpty, let parent = entries[entry.parent] else { return 0 }
+        version += 1
+        guard persist(replace: [], delete: [entry.inode], mtime: change.time) else {
+            version -= 1
+            return -EIO
+        }
+        parent.unlink(entry, name: entry.name)
+        forget(entry)
+        stale(parent)
+        lockSeen["priv/lock/" + entry.name] = nil
+        return 0
+    }
+
+    // MARK: lock expiry (the original's memdb_lock_expired)
+
+    /// When this node first saw each lock (its own clock) and the lock's digest then: a lock is expired once it
+    /// stayed the same entry for longer than the expiry, as seen here. Any change to the entry starts it again.
+    private var lockSeen: [String: (time: UInt32, digest: [UInt8])] = [:]
+
+    /// A lock entry's identity: a refresh (mtime, writer, version) or a new lock of the same name differs.
+    private func digest(of entry: Entry) -> [UInt8] {
+        var hasher = SHA256()
+        for value in [entry.inode, entry.version, UInt64(entry.writer), UInt64(entry.mtime)] {
+            withUnsafeBytes(of: value.littleEndian) { hasher.update(bufferPointer: $0) }
+        }
+        hasher.update(data: Array(entry.name.utf8))
+        return Array(hasher.finalize())
+    }
+
+    /// Under `lock`; records the lock when first seen (or seen changed).
+    private func lockExpired(path: String, entry: Entry) -> Bool {
+        let current = digest(of: entry), time = now()
+        guard let seen = lockSeen[path], seen.digest == current else {
+            lockSeen[path] = (time, current)
+            return false
+        }
+        return time > seen.time && time - seen.time > lockTimeout
+    }
+
+    /// The digest of the lock directory at `path`, nil when there is none.
+    public func lockDigest(_ path: String) -> [UInt8]? {
+        let parts = components(path)
+        return lock.withLock {
+            guard isLockDirectory(parts), let entry = resolve(parts), entry.type == .directory else { return nil }
+            return digest(of: entry)
+        }
+    }
+
+    /// Whether the lock at `path`, still with `digest`, is older than the expiry as this node has seen it.
+    public func lockExpired(_ path: String, digest expected: [UInt8]) -> Bool {
+        let parts = components(path)
+        return lock.withLock {
+            guard isLockDirectory(parts), let entry = resolve(parts), digest(of: entry) == expected else { return false }
+            return lockExpired(path: parts.joined(separator: "/"), entry: entry)
+        }
+    }
+
+    /// Every lock in the tree, first seen now unless it is unchanged since it was seen (startup, a sync).
+    private func rememberLocks() {
+        guard let directory = resolve(["priv", "lock"]) else {
+            lockSeen = [:]
+            return
+        }
+        var seen: [String: (time: UInt32, digest: [UInt8])] = [:]
+        for (name, inode) in directory.children {
+            guard let entry = entries[inode], entry.type == .directory else { continue }
+            let path = "priv/lock/" + name, current = digest(of: entry)
+            seen[path] = lockSeen[path].flatMap { $0.digest == current ? $0 : nil } ?? (now(), current)
+        }
+        lockSeen = seen
     }
 
     /// Only the mode the entry already has is accepted.

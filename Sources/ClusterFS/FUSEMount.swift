@@ -3,11 +3,16 @@ import Foundation
 
 /// Serves a `ClusterFileSystem` through libfuse3's low-level (inode-based) API.
 ///
-/// The kernel keeps names, attributes and file pages in its caches: in local
-/// mode every change comes through this mount, so the kernel's copies stay
-/// right and most calls never reach the daemon. What changes behind the
-/// kernel's back is never cached: status files (generated per read, direct
-/// I/O, attributes asked every time) and lock directories (they expire).
+/// The kernel keeps names, attributes and file pages in its caches: a change
+/// made through this mount keeps the kernel's copies right, and most calls
+/// never reach the daemon. In cluster mode a change from another node is
+/// applied here behind the kernel's back: the file system then tells the
+/// kernel what to forget (FUSE notify: attributes, pages) before the change
+/// counts as applied here, and gives a moved entry a fresh node id, so that
+/// a cached name for its old place is answered ESTALE and looked up again
+/// (names that do not exist are not cached in cluster mode). Status files
+/// (generated per read, direct I/O) and lock directories (they expire) are
+/// never cached.
 /// `default_permissions` lets the kernel enforce the modes (priv/ is root
 /// only), `allow_other` lets www-data read.
 public enum FUSEMount {
@@ -98,7 +103,7 @@ public enum FUSEMount {
         }
         operations.lookup = { request, parent, name in
             let fs = FUSEMount.fileSystem(request)
-            guard let directory = fs.path(ofNode: UInt64(parent)), let name else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let directory = fs.path(ofNode: UInt64(parent)), let name else { return FUSEMount.replyResult(request, -ESTALE) }
             let (result, attributes) = fs.getattr(FUSEMount.childPath(directory, name))
             if result == -ENOENT {
                 // A negative entry: the kernel remembers the name is missing.
@@ -115,12 +120,12 @@ public enum FUSEMount {
         operations.forget_multi = { request, _, _ in fuse_reply_none(request) }
         operations.getattr = { request, node, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
             FUSEMount.replyAttributes(request, fs, path: path)
         }
         operations.setattr = { request, node, attributes, toSet, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)), let attributes else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = fs.path(ofNode: UInt64(node)), let attributes else { return FUSEMount.replyResult(request, -ESTALE) }
             let (found, before) = fs.getattr(path)
             guard found == 0, let before else { return FUSEMount.replyResult(request, found) }
             var result: Int32 = 0
@@ -144,14 +149,14 @@ public enum FUSEMount {
         }
         operations.readlink = { request, node in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
             let (result, target) = fs.readlink(path)
             guard result == 0, let target else { return FUSEMount.replyResult(request, result) }
             fuse_reply_readlink(request, target)
         }
         operations.mknod = { request, parent, name, mode, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ESTALE) }
             guard mode & S_IFMT == S_IFREG else { return FUSEMount.replyResult(request, -EPERM) }
             let result = fs.create(path)
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
@@ -159,19 +164,19 @@ public enum FUSEMount {
         }
         operations.mkdir = { request, parent, name, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ESTALE) }
             let result = fs.mkdir(path)
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
             FUSEMount.replyEntry(request, fs, path: path)
         }
         operations.unlink = { request, parent, name in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ESTALE) }
             FUSEMount.replyResult(request, fs.unlink(path))
         }
         operations.rmdir = { request, parent, name in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ESTALE) }
             FUSEMount.replyResult(request, fs.rmdir(path))
         }
         operations.rename = { request, parent, name, newParent, newName, flags in
@@ -179,22 +184,25 @@ public enum FUSEMount {
             if flags != 0 { return FUSEMount.replyResult(request, -EINVAL) }
             let fs = FUSEMount.fileSystem(request)
             guard let from = FUSEMount.childPath(fs, parent, name), let to = FUSEMount.childPath(fs, newParent, newName) else {
-                return FUSEMount.replyResult(request, -ENOENT)
+                return FUSEMount.replyResult(request, -ESTALE)
             }
             FUSEMount.replyResult(request, fs.rename(from, to))
         }
         operations.link = { request, _, _, _ in FUSEMount.replyResult(request, -EPERM) }
         operations.open = { request, node, info in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)), let info else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = fs.path(ofNode: UInt64(node)), let info else { return FUSEMount.replyResult(request, -ESTALE) }
             // libfuse asks for atomic O_TRUNC: the truncation comes with OPEN
             // instead of a separate SETATTR.
             if info.pointee.flags & O_TRUNC != 0 {
                 let truncated = fs.truncate(path, size: 0)
                 if truncated != 0 { return FUSEMount.replyResult(request, truncated) }
             }
-            // In cluster mode another node may change any file: no page cache (the original's direct_io).
-            if (node >= ClusterFileSystem.statusNodeBase && node < ClusterFileSystem.symlinkNodeBase) || fs.isClusterMode {
+            // Status files are made per read: never cached. In cluster mode a file opened for writing bypasses the page
+            // cache, so that no page lock is held while its write waits for the cluster (the kernel's invalidation of a
+            // change from another node waits for page locks), and what was read stays cached until such a change.
+            let writing = info.pointee.flags & O_ACCMODE != O_RDONLY
+            if (node >= ClusterFileSystem.statusNodeBase && node < ClusterFileSystem.symlinkNodeBase) || (writing && fs.isClusterMode) {
                 info.pointee.direct_io = 1
             } else {
                 info.pointee.keep_cache = 1
@@ -203,25 +211,29 @@ public enum FUSEMount {
         }
         operations.create = { request, parent, name, _, info in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name), let info else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = FUSEMount.childPath(fs, parent, name), let info else { return FUSEMount.replyResult(request, -ESTALE) }
             let result = fs.create(path)
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
             let (found, attributes) = fs.getattr(path)
             guard found == 0, let attributes else { return FUSEMount.replyResult(request, found) }
             var entry = FUSEMount.entryParameters(attributes)
-            if fs.isClusterMode { info.pointee.direct_io = 1 } else { info.pointee.keep_cache = 1 }
+            if fs.isClusterMode && info.pointee.flags & O_ACCMODE != O_RDONLY {
+                info.pointee.direct_io = 1
+            } else {
+                info.pointee.keep_cache = 1
+            }
             fuse_reply_create(request, &entry, info)
         }
         operations.read = { request, node, size, offset, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
             let (result, bytes) = fs.read(path, size: size, offset: Int(offset))
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
             _ = bytes.withUnsafeBytes { fuse_reply_buf(request, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
         }
         operations.write = { request, node, buffer, size, offset, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)), let buffer else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = fs.path(ofNode: UInt64(node)), let buffer else { return FUSEMount.replyResult(request, -ESTALE) }
             let result = fs.write(path, bytes: UnsafeRawBufferPointer(start: buffer, count: size), offset: Int(offset))
             guard result >= 0 else { return FUSEMount.replyResult(request, result) }
             fuse_reply_write(request, Int(result))
@@ -247,7 +259,7 @@ public enum FUSEMount {
         operations.removexattr = { request, _, _ in FUSEMount.replyResult(request, -ENOSYS) }
         operations.readdir = { request, node, size, offset, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ENOENT) }
+            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
             let (result, children) = fs.readdirAttributes(path)
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
             var list: [(String, UInt, mode_t)] = [(".", UInt(node), S_IFDIR), ("..", 0, S_IFDIR)]
@@ -275,6 +287,18 @@ public enum FUSEMount {
         return operations
     }
 
+    /// The session, for notifications from other threads (libfuse's notify calls are thread safe).
+    struct SessionHandle: @unchecked Sendable {
+        let session: OpaquePointer
+
+        /// Attributes alone where the bytes did not change (no page lock needed), pages too where they did. A node id
+        /// the kernel does not hold answers ENOENT: nothing to forget.
+        func invalidate(_ stale: CacheInvalidation) {
+            for node in stale.contents { fuse_lowlevel_notify_inval_inode(session, fuse_ino_t(node), 0, 0) }
+            for node in stale.attributes.subtracting(stale.contents) { fuse_lowlevel_notify_inval_inode(session, fuse_ino_t(node), -1, 0) }
+        }
+    }
+
     public struct MountError: Error, CustomStringConvertible {
         public var description: String
     }
@@ -298,6 +322,9 @@ public enum FUSEMount {
                 return -1
             }
             defer { fuse_session_destroy(session) }
+            let handle = SessionHandle(session: session)
+            fileSystem.invalidateKernelCache = { stale in handle.invalidate(stale) }
+            defer { fileSystem.invalidateKernelCache = nil }
             guard fuse_set_signal_handlers(session) == 0 else { return -3 }
             defer { fuse_remove_signal_handlers(session) }
             guard fuse_session_mount(session, mountPoint) == 0 else { return -2 }

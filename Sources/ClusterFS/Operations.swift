@@ -25,19 +25,22 @@ public enum TreeOperation: Sendable, Hashable {
     case rename(String, to: String)
     /// nil: now (the stamp's time).
     case mtime(String, UInt32?)
+    /// Releases the lock directory `path` if it is still the entry whose `digest` the lowest node found expired
+    /// (a refresh or a new lock since then keeps it).
+    case unlock(String, digest: [UInt8])
 
     /// Whether the operation changes (or moves something onto) `path`.
     public func touches(_ path: String) -> Bool {
         switch self {
         case .create(let target), .mkdir(let target), .write(let target, _, _), .truncate(let target, _), .unlink(let target),
-             .rmdir(let target), .mtime(let target, _):
+             .rmdir(let target), .mtime(let target, _), .unlock(let target, _):
             target == path
         case .rename(let from, let to): from == path || to == path
         }
     }
 
     enum Code: UInt8 {
-        case create = 1, mkdir, write, truncate, unlink, rmdir, rename, mtime
+        case create = 1, mkdir, write, truncate, unlink, rmdir, rename, mtime, unlock
     }
 
     public struct DecodeError: Error, CustomStringConvertible, Sendable {
@@ -64,6 +67,7 @@ public enum TreeOperation: Sendable, Hashable {
             writer.text(path)
             writer.u8(time == nil ? 0 : 1)
             writer.u32(time ?? 0)
+        case .unlock(let path, let digest): writer.u8(Code.unlock.rawValue); writer.text(path); writer.blob(digest)
         }
         return writer.bytes
     }
@@ -92,6 +96,7 @@ public enum TreeOperation: Sendable, Hashable {
                 let time = try reader.u32()
                 guard given <= 1 else { throw DecodeError(description: "an mtime flag of \(given)") }
                 self = .mtime(path, given == 1 ? time : nil)
+            case .unlock: self = .unlock(try reader.text(), digest: try reader.blob())
             }
         } catch let failure as WireReader.Failure {
             throw DecodeError(description: failure.description)

@@ -13,7 +13,7 @@ import Synchronization
 public final class Replicator: @unchecked Sendable {
     // @unchecked: all mutable state is guarded by `condition`; the group's callbacks run on its dispatch thread.
     enum Kind: UInt8 {
-        case change = 1, state, row, complete, status, log
+        case change = 1, state, row, complete, status, log, unlockRequest
     }
 
     /// What the status channel carries: a node's status key, or a cluster log entry. Applied on delivery whatever the
@@ -78,7 +78,10 @@ public final class Replicator: @unchecked Sendable {
 
     /// Connects to corosync: quorum, then the process group (whose first membership change starts a sync).
     private func connect() throws {
-        let tracker = try QuorumTracker { [weak self] quorate, _ in self?.log("quorum: \(quorate ? "quorate" : "not quorate")") }
+        let tracker = try QuorumTracker { [weak self] quorate, _ in
+            self?.log("quorum: \(quorate ? "quorate" : "not quorate")")
+            self?.quorumChanged(quorate)
+        }
         let joined: ProcessGroup
         do {
             joined = try ProcessGroup(name: Self.groupName, onEvent: { [weak self] event in self?.handle(event) },
@@ -92,6 +95,29 @@ public final class Replicator: @unchecked Sendable {
             group = joined
         }
         condition.withLock { me = GroupMember(nodeID: joined.localNodeID, pid: UInt32(getpid())) }
+        quorumChanged(tracker.isQuorate)
+    }
+
+    /// Quorum as this node acts on it (writes, modes), the changes of it seen, and how many of them the kernel's cached
+    /// attributes reflect: one lock, so that nobody sees the new quorum before it counts as a change.
+    private let quorumView = Mutex<(quorate: Bool, seen: UInt64, forgotten: UInt64)>((false, 0, 0))
+
+    /// The modes shown follow quorum (read-only without it): the kernel must ask for every attribute again.
+    private func quorumChanged(_ quorate: Bool) {
+        quorumView.withLock {
+            $0.quorate = quorate
+            $0.seen += 1
+        }
+        settleQuorumView()
+    }
+
+    /// Makes sure the kernel holds no attribute from before the last quorum change: also called before a write is
+    /// refused for want of quorum, so that whoever sees the refusal then sees the read-only modes too.
+    private func settleQuorumView() {
+        let seen: UInt64? = quorumView.withLock { $0.forgotten < $0.seen ? $0.seen : nil }
+        guard let seen else { return }
+        fileSystem.forgetCachedAttributes()
+        quorumView.withLock { $0.forgotten = max($0.forgotten, seen) }
     }
 
     /// corosync went away (killed, restarted): out of sync, no quorum, and a reconnection every second, as the
@@ -106,6 +132,7 @@ public final class Replicator: @unchecked Sendable {
             return (group, quorum)
         }
         condition.withLock { synced = false }
+        quorumChanged(false)
         Thread.detachNewThread { [self] in
             oldGroup?.stop()
             oldQuorum?.stop()
@@ -134,7 +161,7 @@ public final class Replicator: @unchecked Sendable {
         }
     }
 
-    public var isQuorate: Bool { connection.withLock { quorum }?.isQuorate ?? false }
+    public var isQuorate: Bool { quorumView.withLock { $0.quorate } }
     /// Node ids in corosync's current view (online), from the quorum service.
     public var onlineNodeIDs: [UInt32] { connection.withLock { quorum }?.members ?? [] }
     /// Membership changes seen: the version `.members` reports (an atomic: the file system asks while holding its lock,
@@ -164,6 +191,7 @@ public final class Replicator: @unchecked Sendable {
         }
         guard isQuorate else {
             condition.unlock()
+            settleQuorumView()
             return -EACCES
         }
         counter += 1
@@ -191,6 +219,20 @@ public final class Replicator: @unchecked Sendable {
             }
         }
         return results.removeValue(forKey: id) ?? -EBUSY
+    }
+
+    /// Asks the lowest node to release the lock at `path` if it is expired (not waiting: a caller polls for the lock to
+    /// go, as the tools do).
+    public func requestUnlock(_ path: String, digest: [UInt8]) -> Int32 {
+        guard isQuorate else {
+            settleQuorumView()
+            return -EACCES
+        }
+        send(Self.encode(kind: .unlockRequest) { writer in
+            writer.text(path)
+            writer.blob(digest)
+        })
+        return 0
     }
 
     /// Sends a status key or log entry to every node (not waiting for it); kept here alone when it cannot be sent.
@@ -292,6 +334,16 @@ public final class Replicator: @unchecked Sendable {
         case .complete:
             let state = PeerState(version: try reader.u64(), mtime: try reader.u32(), digest: try reader.take(32))
             complete(from: from, state)
+        case .unlockRequest:
+            let path = try reader.text(), digest = try reader.blob()
+            let lowest = condition.withLock { synced && members.map(\.nodeID).min() == me.nodeID }
+            guard lowest, fileSystem.lockExpired(path, digest: digest) else { return }
+            // A change nobody waits for (id 0): applied everywhere in order, only if the lock is still that one.
+            send(Self.encode(kind: .change) { writer in
+                writer.u64(0)
+                writer.u32(clock())
+                writer.bytes(TreeOperation.unlock(path, digest: digest).encoded())
+            })
         case .status:
             deliver(.status(node: try reader.text(), name: try reader.text(), value: try reader.blob()))
         case .log:
@@ -393,7 +445,11 @@ public final class Replicator: @unchecked Sendable {
     }
 
     private func apply(_ change: Change) {
-        let result = isQuorate ? fileSystem.apply(change.operation, stamp: Stamp(writer: change.from.nodeID, time: change.time)) : -EACCES
+        let elsewhere = condition.withLock { change.from != me }
+        let stamp = Stamp(writer: change.from.nodeID, time: change.time)
+        let quorate = isQuorate
+        if !quorate { settleQuorumView() }
+        let result = quorate ? fileSystem.apply(change.operation, stamp: stamp, fromElsewhere: elsewhere) : -EACCES
         if result >= 0, change.operation.touches("/corosync.conf") { installCorosyncConfig(reload: change.from == me) }
         condition.withLock {
             if change.from == me, results[change.counter] == Int32.min {

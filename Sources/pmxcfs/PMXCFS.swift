@@ -48,6 +48,10 @@ struct PMXCFS: ParsableCommand {
                                             + "is installed there).", valueName: "FILE"))
     var corosyncConf: String = "/etc/corosync/corosync.conf"
 
+    /// Seconds a lock lives unchanged before an unlock request releases it (upstream's fixed 120): tests shorten it.
+    @Option(name: .long, help: .hidden)
+    var lockExpiry: UInt32 = ClusterFileSystem.lockExpiry
+
     func run() throws {
         // A blocked SIGTERM inherited from the parent would make the daemon unstoppable.
         var stopSignals = sigset_t()
@@ -67,7 +71,7 @@ struct PMXCFS: ParsableCommand {
         }
         let fileSystem: ClusterFileSystem
         do {
-            fileSystem = try ClusterFileSystem(databasePath: db, node: nodeName, cluster: !local)
+            fileSystem = try ClusterFileSystem(databasePath: db, node: nodeName, cluster: !local, lockExpiry: lockExpiry)
         } catch {
             FileHandle.standardError.write(Data("pmxcfs: cannot load \(db): \(error)\n".utf8))
             throw ExitCode(1)

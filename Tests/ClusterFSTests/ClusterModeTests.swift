@@ -11,6 +11,9 @@ import TestSupport
        .enabled(if: CorosyncCluster.unavailableReason == nil && PMXCFSProcess.unavailableReason == nil,
                 Comment(rawValue: CorosyncCluster.unavailableReason ?? PMXCFSProcess.unavailableReason ?? "")))
 struct ClusterModeTests {
+    /// Seconds a lock lives unchanged before an unlock request releases it, in these tests (upstream: 120).
+    static let lockExpiry = 3
+
     /// A daemon per node, its database first made in local mode holding the cluster's corosync.conf.
     static func node(_ cluster: CorosyncCluster, _ index: Int, directory: TemporaryDirectory? = nil) throws -> PMXCFSProcess {
         let daemon = try PMXCFSProcess(node: "node\(index)", directory: directory)
@@ -19,7 +22,7 @@ struct ClusterModeTests {
         daemon.stop()
         daemon.local = false
         daemon.launcher = ["/usr/bin/nsenter", "--net=/run/netns/\(cluster.namespace(index))"]
-        daemon.extraArguments = ["--corosync-conf", cluster.corosyncConfigPath(index)]
+        daemon.extraArguments = ["--corosync-conf", cluster.corosyncConfigPath(index), "--lock-expiry", "\(lockExpiry)"]
         try daemon.start()
         return daemon
     }
@@ -142,6 +145,40 @@ struct ClusterModeTests {
                 "\(nodes.map { Self.read($0, "contended") })")
         #expect(Self.read(nodes[0], "contended")?.hasSuffix("round 19\n") == true)
 
+        var info = stat()
+        // The kernel's caches on node 2 never serve what another node changed. Node 2 holds pages, attributes and names
+        // (read twice, stat, a descriptor kept open, a name found missing); node 1 rewrites a file in place at the same
+        // size, replaces one through tmp+rename, renames one away, removes one and creates the missing name. Once node 2
+        // has acknowledged a write of its own (ordered after all of node 1's), everything reads as node 1 left it, at
+        // once: the invalidation was part of applying each change there.
+        let cached = ["inplace", "replaced", "moved", "removed"]
+        for name in cached { #expect(Self.put(nodes[0], "cache-\(name)", "old \(name)\n") == 0) }
+        #expect(waitFor(seconds: 10) { cached.allSatisfy { Self.read(nodes[1], "cache-\($0)") == "old \($0)\n" } })
+        for name in cached {
+            _ = Self.read(nodes[1], "cache-\(name)")
+            #expect(stat(nodes[1].path("cache-\(name)"), &info) == 0)
+        }
+        let held = open(nodes[1].path("cache-inplace"), O_RDONLY)
+        defer { close(held) }
+        #expect(Self.read(nodes[1], "cache-created") == nil)
+        let inPlace = open(nodes[0].path("cache-inplace"), O_WRONLY)
+        #expect(inPlace >= 0 && pwrite(inPlace, "new", 3, 0) == 3)
+        close(inPlace)
+        #expect(Self.replace(nodes[0], "cache-replaced", "new replaced\n") == 0)
+        #expect(rename(nodes[0].path("cache-moved"), nodes[0].path("cache-moved-away")) == 0)
+        #expect(unlink(nodes[0].path("cache-removed")) == 0)
+        #expect(Self.put(nodes[0], "cache-created", "new created\n") == 0)
+        #expect(Self.put(nodes[1], "cache-barrier", "ordered after node 1's changes") == 0)
+        #expect(Self.read(nodes[1], "cache-inplace") == "new inplace\n")
+        var heldBytes = [UInt8](repeating: 0, count: 64)
+        let heldCount = pread(held, &heldBytes, 64, 0)
+        #expect(heldCount > 0 && String(decoding: heldBytes.prefix(heldCount), as: UTF8.self) == "new inplace\n", "through the open descriptor")
+        #expect(Self.read(nodes[1], "cache-replaced") == "new replaced\n")
+        #expect(!FileManager.default.fileExists(atPath: nodes[1].path("cache-moved")))
+        #expect(Self.read(nodes[1], "cache-moved-away") == "old moved\n")
+        #expect(!FileManager.default.fileExists(atPath: nodes[1].path("cache-removed")))
+        #expect(Self.read(nodes[1], "cache-created") == "new created\n")
+
         // corosync.conf written into the tree reaches every node's corosync when its config_version is not lower; the
         // writing node reloads corosync, and the cluster stays quorate.
         // Written as the tools write it: a new file, renamed over the old one (one replicated change for the content).
@@ -165,10 +202,27 @@ struct ClusterModeTests {
         #expect(outcomes.withLock { $0.sorted() } == [0, EEXIST, EEXIST])
         #expect(Set(nodes.map(Self.tree)).count == 1, "identical trees, inode numbers included")
 
+        // Locks expire through the lowest node (node 1), judged by when it first saw the lock on its own clock: node 3's
+        // request for a fresh lock of node 2's leaves it; a refresh only by its holder, and it starts the time again;
+        // requested once older than the expiry, the lock goes on every node.
+        let expiring = "priv/lock/expiring"
+        #expect(mkdir(nodes[1].path(expiring), 0o755) == 0)
+        #expect(waitFor(seconds: 10) { FileManager.default.fileExists(atPath: nodes[2].path(expiring)) })
+        let unlockRequest = [timespec(tv_sec: 0, tv_nsec: 0), timespec(tv_sec: 0, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, nodes[2].path(expiring), unlockRequest, 0) == 0)
+        #expect(!waitFor(seconds: 1) { !FileManager.default.fileExists(atPath: nodes[0].path(expiring)) }, "a fresh lock stays")
+        #expect(utimensat(AT_FDCWD, nodes[2].path(expiring), nil, 0) == -1 && errno == EACCES, "only its holder refreshes a lock")
+        #expect(utimensat(AT_FDCWD, nodes[1].path(expiring), nil, 0) == 0, "its holder does")
+        let refreshed = Date()
+        #expect(waitFor(seconds: 30) {
+            _ = utimensat(AT_FDCWD, nodes[2].path(expiring), unlockRequest, 0)
+            return waitFor(seconds: 0.5) { nodes.allSatisfy { !FileManager.default.fileExists(atPath: $0.path(expiring)) } }
+        }, "an expired lock goes on request")
+        #expect(Date().timeIntervalSince(refreshed) >= Double(Self.lockExpiry), "not before the expiry")
+
         // A cut node goes read-only; the majority keeps writing after the detection pause.
         try cluster.cut(3)
         #expect(waitFor(seconds: 30) { Self.put(nodes[2], "nodes/node3/cut-off", "x") == EACCES }, "the cut node refuses writes")
-        var info = stat()
         #expect(stat(nodes[2].path("storage.cfg"), &info) == 0 && info.st_mode & 0o777 == 0o440, "read-only modes")
         #expect(Self.read(nodes[2], ".members")?.contains("\"quorate\": 0") == true)
         #expect(waitFor(seconds: 30) { Self.read(nodes[0], ".members")?.contains("\"node3\": { \"id\": 3, \"online\": 0") == true },

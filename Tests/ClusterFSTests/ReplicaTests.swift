@@ -39,7 +39,7 @@ struct ReplicaTests {
         (.truncate("/storage.cfg", size: 10), Stamp(writer: 3, time: 1_700_000_017)),
         (.mkdir("/priv/lock/file-storage"), Stamp(writer: 3, time: 1_700_000_018)),
         (.mkdir("/priv/lock/file-storage"), Stamp(writer: 1, time: 1_700_000_019)),
-        (.mtime("/priv/lock/file-storage", 0), Stamp(writer: 1, time: 1_700_000_200)),
+        (.unlock("/priv/lock/file-storage", digest: [UInt8](repeating: 7, count: 32)), Stamp(writer: 1, time: 1_700_000_200)),
         (.create("/nodes/node1/lxc/100.conf"), Stamp(writer: 1, time: 1_700_000_201)),
         (.unlink("/storage.cfg"), Stamp(writer: 2, time: 1_700_000_202)),
     ]
@@ -55,7 +55,15 @@ struct ReplicaTests {
         #expect(first.fs.snapshot().digest == second.fs.snapshot().digest)
         #expect(try first.reopened().snapshot() == first.fs.snapshot(), "the database holds what memory holds")
         #expect(first.text("/nodes/node2/qemu-server/100.conf") == "memory: 512\n")
-        #expect(first.fs.getattr("/priv/lock/file-storage").0 == -ENOENT, "the lock expired at the unlock request's time")
+        let lock = "/priv/lock/file-storage"
+        #expect(first.fs.getattr(lock).0 == 0, "an unlock for another entry (digest) leaves the lock")
+        let digest = try #require(first.fs.lockDigest(lock))
+        #expect(second.fs.lockDigest(lock) == digest, "a lock's digest is the same on every replica")
+        for replica in [first, second] {
+            #expect(replica.fs.apply(.unlock(lock, digest: digest), stamp: Stamp(writer: 1, time: 1_700_000_300)) == 0)
+        }
+        #expect(first.fs.getattr(lock).0 == -ENOENT, "the unlock the lowest node sent releases the lock on every replica")
+        #expect(first.fs.snapshot() == second.fs.snapshot())
         let row = try #require(first.fs.snapshot().rows.first { $0.name == "100.conf" })
         #expect(row.writer == 2 && row.mtime == 1_700_000_014, "the writer and time are the stamp's")
     }
