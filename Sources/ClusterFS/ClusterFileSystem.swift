@@ -267,7 +267,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
             // Whatever the kernel holds of the old tree is stale: every entry gets a fresh node id (the kernel looks
             // each path up again), and what it cached under the old ones goes.
             if collecting {
+                kernelSawChange = false
                 for entry in previous.0.values { stale(entry, contents: entry.type == .file) }
+                pagesMayBeCached = []
                 movedNodes = [:]
                 for entry in entries.values where entry.inode != Self.rootInode { renumber(entry) }
             }
@@ -444,17 +446,56 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
         lock.lock()
         defer { lock.unlock() }
-        var names: [String] = []
-        // A node id the entry no longer has (another node moved it, a sync replaced the tree) is stale: the mount
-        // answers ESTALE and the kernel looks the path up again.
+        guard let entry = entry(ofNode: node), let parts = components(of: entry) else { return nil }
+        return "/" + parts.joined(separator: "/")
+    }
+
+    /// The entry a node id names, nil when no entry has it any more. A node id the entry no longer has (another node
+    /// moved it, a sync replaced the tree) is stale: the mount answers ESTALE and the kernel looks the path up again.
+    /// Under `lock`; tree entries only (not the status files and symlinks).
+    private func entry(ofNode node: UInt64) -> Entry? {
         let inode = node >= Self.movedNodeBase ? movedNodes[node] : node - 1
-        guard let inode, var entry = entries[inode], entry.nodeID == node else { return nil }
-        while entry.inode != Self.rootInode {
-            names.append(entry.name)
-            guard let parent = entries[entry.parent] else { return nil }
-            entry = parent
+        guard let inode, let entry = entries[inode], entry.nodeID == node else { return nil }
+        return entry
+    }
+
+    /// An entry's path as components, from the root; under `lock`.
+    private func components(of entry: Entry) -> [String]? {
+        var names: [String] = []
+        var current = entry
+        while current.inode != Self.rootInode {
+            names.append(current.name)
+            guard let parent = entries[current.parent] else { return nil }
+            current = parent
         }
-        return "/" + names.reversed().joined(separator: "/")
+        return names.reversed()
+    }
+
+    /// The attributes of what a node id names, resolved by the id alone: the kernel caches what it gets under that id,
+    /// so the answer must be that entry's even while another node's change puts a different entry at its path.
+    public func getattr(node: UInt64) -> (Int32, Attributes?) {
+        guard node < Self.movedNodeBase || node >= Self.statusNodeBase else {
+            lock.lock()
+            defer { lock.unlock() }
+            guard let entry = entry(ofNode: node), let parts = components(of: entry) else { return (-ESTALE, nil) }
+            return (0, attributes(entry, parts: parts))
+        }
+        guard let path = path(ofNode: node) else { return (-ESTALE, nil) }
+        return getattr(path)
+    }
+
+    /// READ on a node id: that entry's bytes (see `getattr(node:)`), or a status file's.
+    public func read(node: UInt64, size: Int, offset: Int) -> (Int32, [UInt8]) {
+        guard node < Self.movedNodeBase || node >= Self.statusNodeBase else {
+            lock.lock()
+            defer { lock.unlock() }
+            guard let entry = entry(ofNode: node) else { return (-ESTALE, []) }
+            guard entry.type == .file else { return (-EISDIR, []) }
+            guard offset < entry.data.count else { return (0, []) }
+            return (0, Array(entry.data[offset..<min(entry.data.count, offset + size)]))
+        }
+        guard let path = path(ofNode: node) else { return (-ESTALE, []) }
+        return read(path, size: size, offset: offset)
     }
 
     /// Whether the kernel may remember that a name does not exist in this
@@ -540,11 +581,26 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Cluster mode: changes applied here collect what the kernel must forget (`pendingInvalidation`).
     private var collecting = false
 
-    /// Marks an entry's cached attributes (and, for a file whose bytes changed, its pages) stale; under `lock`.
+    /// Marks an entry's cached attributes (and, for a file whose bytes changed, its pages) stale; under `lock`. A change
+    /// through this mount leaves only pages to forget: its writes bypass the page cache (direct I/O), so pages read
+    /// before are stale, if the file was ever opened for reading here.
     private func stale(_ entry: Entry, contents: Bool = false) {
         guard collecting else { return }
-        pendingInvalidation.attributes.insert(entry.nodeID)
-        if contents { pendingInvalidation.contents.insert(entry.nodeID) }
+        if !kernelSawChange { pendingInvalidation.attributes.insert(entry.nodeID) }
+        if contents && (!kernelSawChange || pagesMayBeCached.contains(entry.nodeID)) { pendingInvalidation.contents.insert(entry.nodeID) }
+    }
+
+    /// Whether the change being applied came through this mount (see `apply`); under `lock`.
+    private var kernelSawChange = true
+    /// Node ids opened for reading through the page cache (cluster mode): only these can hold pages a write of this
+    /// node's leaves stale.
+    private var pagesMayBeCached: Set<UInt64> = []
+
+    /// The mount opens `node` for reading with the page cache kept.
+    public func notePagesCached(_ node: UInt64) {
+        lock.withLock {
+            if collecting { pagesMayBeCached.insert(node) }
+        }
     }
 
     /// Gives an entry a fresh node id (its old one reads as stale); under `lock`.
@@ -587,9 +643,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Applies a change with its writer and time as given, so that every replica applying the same operations in the
     /// same order holds the same tree (inode numbers, versions, writers and times included). Returns what the file
     /// system call returns: 0, the bytes written, or -errno.
-    /// - Parameter fromElsewhere: the change came from another node (the kernel here did not see it happen): an entry
-    ///   it moves gets a fresh node id, so that the kernel's cached name for its old place is not trusted.
-    public func apply(_ operation: TreeOperation, stamp: Stamp, fromElsewhere: Bool = false) -> Int32 {
+    /// - Parameter seenByKernel: the change is a call through this mount (local mode, or this node's own in cluster
+    ///   mode): the kernel keeps its names and attributes right itself. Otherwise an entry the change moves gets a fresh
+    ///   node id, so that the kernel's cached name for its old place is not trusted, and every attribute it changed is
+    ///   invalidated.
+    public func apply(_ operation: TreeOperation, stamp: Stamp, seenByKernel: Bool = true) -> Int32 {
+        lock.withLock { kernelSawChange = seenByKernel }
         let result = switch operation {
         case .create(let path): createEntry(path, type: .file, stamp)
         case .mkdir(let path): createEntry(path, type: .directory, stamp)
@@ -597,7 +656,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         case .truncate(let path, let size): truncateEntry(path, size: size, stamp)
         case .unlink(let path): remove(path, directory: false, stamp)
         case .rmdir(let path): remove(path, directory: true, stamp)
-        case .rename(let from, let to): renameEntry(from, to, stamp, moved: fromElsewhere)
+        case .rename(let from, let to): renameEntry(from, to, stamp, moved: !seenByKernel)
         case .mtime(let path, let mtime): setMTime(path, mtime: mtime, stamp)
         case .unlock(let path, let digest): unlockEntry(path, digest: digest, stamp)
         }
@@ -646,6 +705,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Drops a removed entry; its node id reads as stale from now on. Under `lock`.
     private func forget(_ entry: Entry) {
         stale(entry, contents: entry.type == .file)
+        pagesMayBeCached.remove(entry.nodeID)
         entries[entry.inode] = nil
         if entry.nodeID >= Self.movedNodeBase { movedNodes[entry.nodeID] = nil }
     }
@@ -937,10 +997,16 @@ public final class ClusterFileSystem: @unchecked Sendable {
     func statusContent(_ name: String) -> [UInt8] {
         switch name {
         case ".version":
-            var text = "{\n\"starttime\": \(startTime),\n\"clinfo\": 0,\n\"vmlist\": \(vmlistVersion),\n"
+            // clinfo: the cluster view's version (membership changes seen; 0 in local mode). kvstore: every node's
+            // status keys with their versions (this node's alone in local mode).
+            let clusterInfo = modeLock.withLock { replication }?.membershipVersion ?? 0
+            var text = "{\n\"starttime\": \(startTime),\n\"clinfo\": \(clusterInfo),\n\"vmlist\": \(vmlistVersion),\n"
             for file in Self.trackedFiles { text += "\"\(file)\": \(changeCounters[file] ?? 0),\n" }
-            let ownStatus = (statusStore[node] ?? [:]).keys.sorted().map { "\"\(jsonEscaped($0))\": \(statusVersions[node]?[$0] ?? 0)" }
-            text += "\"kvstore\": {\n\"\(node)\": {\n" + ownStatus.joined(separator: ",\n") + "}\n}\n}\n"
+            let stores = Set(statusStore.keys).union([node]).sorted().map { owner in
+                let keys = (statusStore[owner] ?? [:]).keys.sorted().map { "\"\(jsonEscaped($0))\": \(statusVersions[owner]?[$0] ?? 0)" }
+                return "\"\(jsonEscaped(owner))\": {\n" + keys.joined(separator: ",\n") + "}"
+            }
+            text += "\"kvstore\": {\n" + stores.joined(separator: ",\n") + "\n}\n}\n"
             return Array(text.utf8)
         case ".members":
             return membersText()

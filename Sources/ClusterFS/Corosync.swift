@@ -81,8 +81,10 @@ public final class ProcessGroup: @unchecked Sendable {
     private var dispatcher: DispatchThread?
 
     /// Connects to this node's corosync and joins `name`. The name is sent with its NUL counted, as the original does.
-    /// `onLost` runs (on the dispatch thread) when corosync goes away.
-    public init(name: String, onEvent: @escaping @Sendable (Event) -> Void, onLost: @escaping @Sendable () -> Void = {}) throws {
+    /// `onLost` runs (on the dispatch thread) when corosync goes away. With `dispatching` false, nothing is delivered
+    /// until `startDispatching()` (corosync keeps the events): a caller that must know `localNodeID` first.
+    public init(name: String, dispatching: Bool = true, onEvent: @escaping @Sendable (Event) -> Void,
+                onLost: @escaping @Sendable () -> Void = {}) throws {
         self.name = name
         self.onEvent = onEvent
         let bytes = Array(name.utf8) + [0]
@@ -114,6 +116,18 @@ public final class ProcessGroup: @unchecked Sendable {
         try Self.retrying("cpg_join") { cpg_join(joined, &groupName) }
         var descriptor: Int32 = -1
         try Self.check("cpg_fd_get", cpg_fd_get(joined, &descriptor))
+        self.descriptor = descriptor
+        self.onLost = onLost
+        if dispatching { startDispatching() }
+    }
+
+    private var descriptor: Int32 = -1
+    private var onLost: @Sendable () -> Void = {}
+
+    /// Delivers messages and membership changes from now on, on the group's own thread.
+    public func startDispatching() {
+        guard dispatcher == nil, handle != 0 else { return }
+        let joined = handle
         dispatcher = DispatchThread(name: "cpg-\(name)", descriptor: descriptor, dispatch: {
             let result = cpg_dispatch(joined, CS_DISPATCH_ALL)
             return result == CS_OK || result == CS_ERR_TRY_AGAIN

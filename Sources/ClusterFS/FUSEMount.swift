@@ -77,17 +77,6 @@ public enum FUSEMount {
         fuse_reply_entry(request, &entry)
     }
 
-    private static func replyAttributes(_ request: fuse_req_t?, _ fs: ClusterFileSystem, path: String) {
-        let (result, attributes) = fs.getattr(path)
-        guard result == 0, let attributes else {
-            fuse_reply_err(request, -result)
-            return
-        }
-        var stat = Glibc.stat()
-        fill(&stat, attributes)
-        fuse_reply_attr(request, &stat, timeout(attributes))
-    }
-
     private static func replyResult(_ request: fuse_req_t?, _ result: Int32) {
         fuse_reply_err(request, -result)
     }
@@ -119,14 +108,16 @@ public enum FUSEMount {
         operations.forget = { request, _, _ in fuse_reply_none(request) }
         operations.forget_multi = { request, _, _ in fuse_reply_none(request) }
         operations.getattr = { request, node, _ in
-            let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
-            FUSEMount.replyAttributes(request, fs, path: path)
+            let (result, attributes) = FUSEMount.fileSystem(request).getattr(node: UInt64(node))
+            guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
+            var stat = Glibc.stat()
+            FUSEMount.fill(&stat, attributes)
+            fuse_reply_attr(request, &stat, FUSEMount.timeout(attributes))
         }
         operations.setattr = { request, node, attributes, toSet, _ in
             let fs = FUSEMount.fileSystem(request)
             guard let path = fs.path(ofNode: UInt64(node)), let attributes else { return FUSEMount.replyResult(request, -ESTALE) }
-            let (found, before) = fs.getattr(path)
+            let (found, before) = fs.getattr(node: UInt64(node))
             guard found == 0, let before else { return FUSEMount.replyResult(request, found) }
             var result: Int32 = 0
             if result == 0, toSet & FUSE_SET_ATTR_MODE != 0 { result = fs.chmod(path, mode: attributes.pointee.st_mode) }
@@ -141,7 +132,7 @@ public enum FUSEMount {
                 result = fs.utimens(path, mtime: UInt32(truncatingIfNeeded: attributes.pointee.st_mtim.tv_sec))
             }
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
-            let (_, after) = fs.getattr(path)
+            let (_, after) = fs.getattr(node: UInt64(node))
             // A lock directory that expired on utime(0) is gone: answer with what it was.
             var stat = Glibc.stat()
             FUSEMount.fill(&stat, after ?? before)
@@ -206,6 +197,7 @@ public enum FUSEMount {
                 info.pointee.direct_io = 1
             } else {
                 info.pointee.keep_cache = 1
+                fs.notePagesCached(UInt64(node))
             }
             fuse_reply_open(request, info)
         }
@@ -225,9 +217,7 @@ public enum FUSEMount {
             fuse_reply_create(request, &entry, info)
         }
         operations.read = { request, node, size, offset, _ in
-            let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
-            let (result, bytes) = fs.read(path, size: size, offset: Int(offset))
+            let (result, bytes) = FUSEMount.fileSystem(request).read(node: UInt64(node), size: size, offset: Int(offset))
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
             _ = bytes.withUnsafeBytes { fuse_reply_buf(request, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
         }

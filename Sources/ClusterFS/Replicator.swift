@@ -45,6 +45,8 @@ public final class Replicator: @unchecked Sendable {
     private var me = GroupMember(nodeID: 0, pid: UInt32(getpid()))
     private var counter: UInt64 = 0
     private var results: [UInt64: Int32] = [:]
+    /// Changes of this node's that came through its mount, until delivered.
+    private var seenByKernel: Set<UInt64> = []
     /// Membership changes seen (for the log); a sync round is the view it follows, which every member delivers at the
     /// same point of the message stream (CPG's virtual synchrony), so messages need no round number.
     private var round: UInt32 = 0
@@ -84,7 +86,7 @@ public final class Replicator: @unchecked Sendable {
         }
         let joined: ProcessGroup
         do {
-            joined = try ProcessGroup(name: Self.groupName, onEvent: { [weak self] event in self?.handle(event) },
+            joined = try ProcessGroup(name: Self.groupName, dispatching: false, onEvent: { [weak self] event in self?.handle(event) },
                                       onLost: { [weak self] in self?.lost() })
         } catch {
             tracker.stop()
@@ -96,6 +98,8 @@ public final class Replicator: @unchecked Sendable {
         }
         condition.withLock { me = GroupMember(nodeID: joined.localNodeID, pid: UInt32(getpid())) }
         quorumChanged(tracker.isQuorate)
+        // Only now: the first membership change starts a sync, which must know who this node is.
+        joined.startDispatching()
     }
 
     /// Quorum as this node acts on it (writes, modes), the changes of it seen, and how many of them the kernel's cached
@@ -109,6 +113,7 @@ public final class Replicator: @unchecked Sendable {
             $0.seen += 1
         }
         settleQuorumView()
+        if quorate { rejoinIfPending() }
     }
 
     /// Makes sure the kernel holds no attribute from before the last quorum change: also called before a write is
@@ -124,6 +129,19 @@ public final class Replicator: @unchecked Sendable {
     /// original re-initialises its services on a timer.
     private func lost() {
         log("corosync is gone: the tree is read-only until it is back")
+        reconnect(waitingFirst: true, then: "corosync is back: joined \(Self.groupName) again")
+    }
+
+    /// Leaves the group and joins it again: a membership change for every member, so a sync. After this node refused a
+    /// delivered change for want of quorum its tree lacks what the others applied; the sync gives it the leader's.
+    private func rejoin() {
+        log("refused a delivered change without quorum: leaving \(Self.groupName) to resync")
+        reconnect(waitingFirst: false, then: "joined \(Self.groupName) again")
+    }
+
+    /// Drops the group and quorum (read-only, out of sync) and connects again on a thread of its own, every second
+    /// until corosync answers.
+    private func reconnect(waitingFirst: Bool, then message: String) {
         let (oldGroup, oldQuorum): (ProcessGroup?, QuorumTracker?) = connection.withLock {
             defer {
                 group = nil
@@ -136,17 +154,32 @@ public final class Replicator: @unchecked Sendable {
         Thread.detachNewThread { [self] in
             oldGroup?.stop()
             oldQuorum?.stop()
+            var first = true
             while !condition.withLock({ stopped }) {
-                sleep(1)
+                if waitingFirst || !first { sleep(1) }
+                first = false
                 do {
                     try connect()
-                    log("corosync is back: joined \(Self.groupName) again")
+                    log(message)
                     return
                 } catch {
                     continue
                 }
             }
         }
+    }
+
+    /// This node refused a delivered change (no quorum at delivery): it rejoins once it has quorum again, and is out of
+    /// sync until the sync that follows.
+    private var rejoinPending = false
+    private var refusedSinceSync = false
+
+    private func rejoinIfPending() {
+        let pending: Bool = condition.withLock {
+            defer { rejoinPending = false }
+            return rejoinPending
+        }
+        if pending { rejoin() }
     }
 
     public func stop() {
@@ -180,7 +213,9 @@ public final class Replicator: @unchecked Sendable {
     static let writeTimeout: TimeInterval = 60
 
     /// Sends a change and waits until it was applied here; -EACCES without quorum, -EBUSY when it cannot be sent.
-    public func submit(_ operation: TreeOperation) -> Int32 {
+    /// - Parameter throughMount: the change is a file system call through this node's mount (the kernel saw it happen and
+    ///   keeps its own caches right); false for changes the daemon makes itself.
+    public func submit(_ operation: TreeOperation, throughMount: Bool = true) -> Int32 {
         condition.lock()
         let deadline = Date().addingTimeInterval(Self.writeTimeout)
         while !synced {
@@ -197,6 +232,7 @@ public final class Replicator: @unchecked Sendable {
         counter += 1
         let id = counter
         results[id] = Int32.min
+        if throughMount { seenByKernel.insert(id) }
         let message = Self.encode(kind: .change) { writer in
             writer.u64(id)
             writer.u32(clock())
@@ -206,7 +242,10 @@ public final class Replicator: @unchecked Sendable {
         do {
             try connection.withLock({ group })?.multicast(message)
         } catch {
-            condition.withLock { results[id] = nil }
+            condition.withLock {
+                results[id] = nil
+                seenByKernel.remove(id)
+            }
             log("cannot send a change: \(error)")
             return -EBUSY
         }
@@ -214,7 +253,9 @@ public final class Replicator: @unchecked Sendable {
         defer { condition.unlock() }
         while results[id] == Int32.min {
             guard condition.wait(until: deadline) || results[id] != Int32.min else {
+                // Still delivered later, it then counts as a change the kernel did not see (caches invalidated).
                 results[id] = nil
+                seenByKernel.remove(id)
                 return -EBUSY
             }
         }
@@ -293,9 +334,16 @@ public final class Replicator: @unchecked Sendable {
             rounds.store(round, ordering: .relaxed)
             members = list
             synced = false
+            refusedSinceSync = false
             states = [:]
             leader = nil
             collected = []
+            // Changes queued in an earlier view are either in the next leader's tree (a member that was in sync applied
+            // them) or applied nowhere: applying them after taking the leader's tree would apply them twice. Their
+            // writers learn nothing certain (EBUSY, as a timeout).
+            for change in queued where change.from == me && results[change.counter] == Int32.min { results[change.counter] = -EBUSY }
+            queued = []
+            condition.broadcast()
             return Self.encode(kind: .state) { writer in
                 writer.u64(snapshot.version)
                 writer.u32(snapshot.mtime)
@@ -421,9 +469,10 @@ public final class Replicator: @unchecked Sendable {
             defer { queued = [] }
             return queued
         }
-        for change in waiting { apply(change) }
+        for change in waiting where !condition.withLock({ refusedSinceSync }) { apply(change) }
         let finishedRound: UInt32 = condition.withLock {
-            synced = true
+            // A change refused meanwhile (no quorum) leaves this node out of sync until it rejoined.
+            synced = !refusedSinceSync
             syncCount += 1
             condition.broadcast()
             return round
@@ -439,17 +488,27 @@ public final class Replicator: @unchecked Sendable {
             for entry in fileSystem.ownLogEntries() { publish(.log(entry)) }
             for path in ["nodes", "nodes/\(node)", "nodes/\(node)/qemu-server", "nodes/\(node)/lxc", "nodes/\(node)/openvz",
                          "nodes/\(node)/priv", "priv", "priv/lock"] where isQuorate && fileSystem.getattr("/" + path).0 == -ENOENT {
-                _ = submit(.mkdir("/" + path))
+                _ = submit(.mkdir("/" + path), throughMount: false)
             }
         }
     }
 
     private func apply(_ change: Change) {
-        let elsewhere = condition.withLock { change.from != me }
+        let seen = condition.withLock { change.from == me && seenByKernel.remove(change.counter) != nil }
         let stamp = Stamp(writer: change.from.nodeID, time: change.time)
         let quorate = isQuorate
-        if !quorate { settleQuorumView() }
-        let result = quorate ? fileSystem.apply(change.operation, stamp: stamp, fromElsewhere: elsewhere) : -EACCES
+        if !quorate {
+            settleQuorumView()
+            // Out of sync from here: what follows waits for the resync, which rejoining brings once quorate.
+            condition.withLock {
+                synced = false
+                refusedSinceSync = true
+                rejoinPending = true
+            }
+            // Quorum may be back already (its notification and this delivery come on different channels).
+            if isQuorate { rejoinIfPending() }
+        }
+        let result = quorate ? fileSystem.apply(change.operation, stamp: stamp, seenByKernel: seen) : -EACCES
         if result >= 0, change.operation.touches("/corosync.conf") { installCorosyncConfig(reload: change.from == me) }
         condition.withLock {
             if change.from == me, results[change.counter] == Int32.min {

@@ -107,6 +107,9 @@ struct ClusterModeTests {
         getBody.replaceSubrange(0..<6, with: Array("nodeip".utf8))
         getBody.replaceSubrange(256..<261, with: Array("node1".utf8))
         #expect(waitFor(seconds: 10) { (try? Self.ipc(cluster, 2, nodes[1], .getStatus, getBody))?.1 == Array("192.0.2.11".utf8) })
+        let version = Self.read(nodes[1], ".version") ?? ""
+        #expect(version.contains("\"node1\": {\n\"nodeip\": 0}") && !version.contains("\"clinfo\": 0,"),
+                ".version: every node's status keys, the cluster view's version: \(version)")
         let ident = Array("root@pam".utf8) + [0], tag = Array("test".utf8) + [0]
         #expect(try Self.ipc(cluster, 1, nodes[0], .logClusterMessage,
                              [6, UInt8(ident.count), UInt8(tag.count)] + ident + tag + Array("hello cluster".utf8) + [0]).0 == 0)
