@@ -484,6 +484,26 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return getattr(path)
     }
 
+    /// LOOKUP: `name` in the directory a node id names, resolved under one lock (no path built or split). For a missing
+    /// name, whether the kernel may remember it is missing (see `cachesMissingNames`).
+    public func lookup(parent: UInt64, name: String) -> (result: Int32, attributes: Attributes?, cacheMissing: Bool) {
+        guard parent != Self.rootNodeID, parent < Self.movedNodeBase || parent >= Self.statusNodeBase else {
+            // The root holds the status files and symlinks; other virtual entries are no directories.
+            guard let directory = path(ofNode: parent) else { return (-ESTALE, nil, false) }
+            let (result, attributes) = getattr(directory == "/" ? "/" + name : directory + "/" + name)
+            return (result, attributes, cachesMissingNames(in: directory))
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        guard let directory = entry(ofNode: parent), var parts = components(of: directory) else { return (-ESTALE, nil, false) }
+        guard directory.type == .directory else { return (-ENOTDIR, nil, false) }
+        guard let inode = directory.children[name], let child = entries[inode] else {
+            return (-ENOENT, nil, !collecting && parts != ["priv", "lock"])
+        }
+        parts.append(name)
+        return (0, attributes(child, parts: parts), false)
+    }
+
     /// READ on a node id: that entry's bytes (see `getattr(node:)`), or a status file's.
     public func read(node: UInt64, size: Int, offset: Int) -> (Int32, [UInt8]) {
         guard node < Self.movedNodeBase || node >= Self.statusNodeBase else {

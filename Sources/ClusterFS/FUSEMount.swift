@@ -91,13 +91,12 @@ public enum FUSEMount {
             connection?.pointee.want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
         }
         operations.lookup = { request, parent, name in
-            let fs = FUSEMount.fileSystem(request)
-            guard let directory = fs.path(ofNode: UInt64(parent)), let name else { return FUSEMount.replyResult(request, -ESTALE) }
-            let (result, attributes) = fs.getattr(FUSEMount.childPath(directory, name))
+            guard let name else { return FUSEMount.replyResult(request, -ENOENT) }
+            let (result, attributes, cacheMissing) = FUSEMount.fileSystem(request).lookup(parent: UInt64(parent), name: String(cString: name))
             if result == -ENOENT {
-                // A negative entry: the kernel remembers the name is missing.
+                // A negative entry: the kernel remembers the name is missing (when it may).
                 var entry = fuse_entry_param()
-                entry.entry_timeout = fs.cachesMissingNames(in: directory) ? FUSEMount.cacheTimeout : 0
+                entry.entry_timeout = cacheMissing ? FUSEMount.cacheTimeout : 0
                 fuse_reply_entry(request, &entry)
                 return
             }
