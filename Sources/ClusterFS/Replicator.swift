@@ -13,7 +13,7 @@ import Synchronization
 public final class Replicator: @unchecked Sendable {
     // @unchecked: all mutable state is guarded by `condition`; the group's callbacks run on its dispatch thread.
     enum Kind: UInt8 {
-        case change = 1, state, row, complete, status, log, unlockRequest
+        case change = 1, state, row, complete, status, log, unlockRequest, verifyRequest, verifyDigest
     }
 
     /// What the status channel carries: a node's status key, or a cluster log entry. Applied on delivery whatever the
@@ -69,13 +69,86 @@ public final class Replicator: @unchecked Sendable {
     let corosyncConfigPath: String?
 
     /// Joins the group on this node's corosync (the caller must be in the node's network namespace).
-    public init(fileSystem: ClusterFileSystem, corosyncConfig: String? = "/etc/corosync/corosync.conf",
+    /// - Parameter verifyInterval: how often the lowest member asks every member to compare its tree's digest (the
+    ///   original: hourly).
+    public init(fileSystem: ClusterFileSystem, corosyncConfig: String? = "/etc/corosync/corosync.conf", verifyInterval: TimeInterval = 3600,
                 clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.fileSystem = fileSystem
+        self.verifyInterval = verifyInterval
         corosyncConfigPath = corosyncConfig
         self.clock = clock
         self.log = log
         try connect()
+        startVerificationTimer()
+    }
+
+    // MARK: verification (the original's hourly dcdb verify)
+
+    let verifyInterval: TimeInterval
+    /// Verification rounds of the current view: this node's digest at the request's place in the stream, and every
+    /// member's.
+    private var verifications: [UInt64: (mine: [UInt8]?, members: [GroupMember: [UInt8]])] = [:]
+    private var verificationCounter: UInt32 = 0
+    /// This node's tree differed from the cluster's at a verification: until the resync it rejoined for, it never leads.
+    private var diverged = false
+
+    private func startVerificationTimer() {
+        Thread.detachNewThread { [weak self] in
+            var waited: TimeInterval = 0
+            while let self, !self.condition.withLock({ self.stopped }) {
+                sleep(1)
+                waited += 1
+                guard waited >= self.verifyInterval else { continue }
+                waited = 0
+                let lowest = self.condition.withLock { self.synced && self.members.map(\.nodeID).min() == self.me.nodeID }
+                if lowest { self.requestVerification() }
+            }
+        }
+    }
+
+    /// Asks every member to send its tree's digest as of this request's place in the delivery order; a member whose
+    /// digest differs from the majority's (the lowest member's on a tie) leaves and rejoins, and takes the leader's
+    /// tree in the sync that follows.
+    public func requestVerification() {
+        let nonce: UInt64? = condition.withLock {
+            guard synced else { return nil }
+            verificationCounter &+= 1
+            return UInt64(me.nodeID) << 32 | UInt64(verificationCounter)
+        }
+        guard let nonce else { return }
+        send(Self.encode(kind: .verifyRequest) { $0.u64(nonce) })
+    }
+
+    private func receiveVerifyRequest(_ nonce: UInt64) {
+        // Everything delivered before this request is applied (in order, on this thread): the digest is of that tree.
+        guard condition.withLock({ synced }) else { return }
+        let digest = fileSystem.snapshot().digestBytes
+        condition.withLock { verifications[nonce, default: (nil, [:])].mine = digest }
+        send(Self.encode(kind: .verifyDigest) { writer in
+            writer.u64(nonce)
+            writer.bytes(digest)
+        })
+    }
+
+    private func receiveVerifyDigest(from: GroupMember, nonce: UInt64, digest: [UInt8]) {
+        let differs: Bool = condition.withLock {
+            guard synced, members.contains(from) else { return false }
+            verifications[nonce, default: (nil, [:])].members[from] = digest
+            guard let round = verifications[nonce], let mine = round.mine, round.members.count == members.count else { return false }
+            verifications[nonce] = nil
+            let counts = Dictionary(round.members.values.map { ($0, 1) }, uniquingKeysWith: +)
+            let most = counts.values.max() ?? 0
+            let lowest = round.members.keys.min().flatMap { round.members[$0] }
+            let winners = counts.filter { $0.value == most }.map(\.key)
+            let reference = winners.count == 1 ? winners[0] : lowest
+            guard let reference, reference != mine else { return false }
+            diverged = true
+            return true
+        }
+        if differs {
+            log("verification: this node's tree differs from the cluster's; leaving \(Self.groupName) to resync")
+            reconnect(waitingFirst: false, then: "joined \(Self.groupName) again")
+        }
     }
 
     /// Connects to corosync: quorum, then the process group (whose first membership change starts a sync).
@@ -344,9 +417,12 @@ public final class Replicator: @unchecked Sendable {
             for change in queued where change.from == me && results[change.counter] == Int32.min { results[change.counter] = -EBUSY }
             queued = []
             condition.broadcast()
+            verifications = [:]
+            // A node that failed a verification must not lead: its version and time count as none.
+            let diverged = diverged
             return Self.encode(kind: .state) { writer in
-                writer.u64(snapshot.version)
-                writer.u32(snapshot.mtime)
+                writer.u64(diverged ? 0 : snapshot.version)
+                writer.u32(diverged ? 0 : snapshot.mtime)
                 writer.bytes(snapshot.digestBytes)
                 writer.blob(Self.viewTag(list))
             }
@@ -382,6 +458,10 @@ public final class Replicator: @unchecked Sendable {
         case .complete:
             let state = PeerState(version: try reader.u64(), mtime: try reader.u32(), digest: try reader.take(32))
             complete(from: from, state)
+        case .verifyRequest:
+            receiveVerifyRequest(try reader.u64())
+        case .verifyDigest:
+            receiveVerifyDigest(from: from, nonce: try reader.u64(), digest: try reader.take(32))
         case .unlockRequest:
             let path = try reader.text(), digest = try reader.blob()
             let lowest = condition.withLock { synced && members.map(\.nodeID).min() == me.nodeID }
@@ -473,6 +553,7 @@ public final class Replicator: @unchecked Sendable {
         let finishedRound: UInt32 = condition.withLock {
             // A change refused meanwhile (no quorum) leaves this node out of sync until it rejoined.
             synced = !refusedSinceSync
+            diverged = false
             syncCount += 1
             condition.broadcast()
             return round
