@@ -13,6 +13,7 @@ once: per-operation p50/p99 and throughput, on three nodes, on one node, and in 
 when its binary is given (run in private mount namespaces: its paths are fixed).
 """
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -120,69 +121,66 @@ def writers(targets, directory, files, size):
     return figures
 
 
-def cluster_mode(binary, original, work, files):
-    print(f"== Cluster mode: {files} files of 512 B per writer; p50 / p99 per operation (us), files per second ==")
-    rows = []
+def cluster_mode(binary, original, work, files, rounds):
+    print(f"== Cluster mode: {files} files of 512 B per writer; p50 / p99 per operation (us), files per second; "
+          f"median of {rounds} interleaved rounds ==")
+    results = {}
+    runs = itertools.count()
 
-    def measure(label, targets, single_writer_only=False):
-        one = writers(targets[:1], f"one-{len(rows)}", files, 512)
-        rows.append((label + ", one writer", one))
-        if not single_writer_only:
-            rows.append((label + f", {len(targets)} writers at once", writers(targets, f"all-{len(rows)}", files, 512)))
+    def measure(label, targets, ready, several):
+        """Starts the daemons, waits until they take writes, runs one writer and (several) one per node, stops them."""
+        for target in targets:
+            target.start(local=len(targets) == 1 and getattr(target, "namespace", None) is None)
+        try:
+            wait_for(lambda: all(ready(t) for t in targets), f"{label} to take writes", timeout=90)
+            results.setdefault(label + ", one writer", []).append(writers(targets[:1], f"one-{next(runs)}", files, 512))
+            if several:
+                results.setdefault(label + f", {len(targets)} writers at once", []).append(
+                    writers(targets, f"all-{next(runs)}", files, 512))
+        finally:
+            for target in targets:
+                target.stop()
 
-    local = Ours(binary, work, "cluster-local")
-    local.start()
+    def ours_ready(daemon):
+        # Joined, synced and quorate (a seed in local mode made the node directories already).
+        return ('"quorate": 1' in open(daemon.path(".members")).read() or daemon.namespace is None) and \
+            subprocess.run(["touch", daemon.path(f"bench-ready-{daemon.node}")]).returncode == 0
+
+    def original_ready(daemon):
+        return subprocess.run(daemon.enter_prefix() + ["touch", f"/etc/pve/bench-ready-{daemon.node}"],
+                              stderr=subprocess.DEVNULL).returncode == 0
+
+    clusters = {nodes: Corosync(work, nodes, f"cfsb{os.getpid() % 10000}x{nodes}") for nodes in (1, 3)}
     try:
-        measure("ours, local mode", [local], True)
-    finally:
-        local.stop()
-    if original:
-        theirs = Original(original, work, "cluster-original-local")
-        theirs.start()
-        try:
-            measure("original, local mode", [theirs], True)
-        finally:
-            theirs.stop()
-    for nodes in (1, 3):
-        cluster = Corosync(work, nodes, f"cfsb{os.getpid() % 10000}x{nodes}")
-        try:
-            daemons = []
-            for i in range(1, nodes + 1):
-                daemon = Ours(binary, work, f"c{nodes}-n{i}", node=f"node{i}", namespace=cluster.namespace(i),
-                              corosync_conf=cluster.directory(i) + "/etc/corosync.conf")
-                daemon.seed(cluster.configuration)
-                daemons.append(daemon)
-            try:
-                for daemon in daemons:
-                    daemon.start(local=False)
-                # Joined, synced and quorate on every node (the seed in local mode made the node directories already).
-                wait_for(lambda: all('"quorate": 1' in open(d.path(".members")).read() for d in daemons)
-                         and all(subprocess.run(["touch", d.path(f"bench-ready-{d.node}")]).returncode == 0 for d in daemons),
-                         "the cluster to take writes", timeout=90)
-                measure(f"ours, {nodes}-node cluster", daemons, nodes == 1)
-            finally:
-                for daemon in daemons:
-                    daemon.stop()
+        ours = {nodes: [Ours(binary, work, f"c{nodes}-n{i}", node=f"node{i}", namespace=cluster.namespace(i),
+                             corosync_conf=cluster.directory(i) + "/etc/corosync.conf") for i in range(1, nodes + 1)]
+                for nodes, cluster in clusters.items()}
+        for nodes, daemons in ours.items():
+            for daemon in daemons:
+                daemon.seed(clusters[nodes].configuration)
+        for round_number in range(rounds):
+            measure("ours, local mode", [Ours(binary, work, "cluster-local")], ours_ready, False)
             if original:
-                theirs = [Original(original, work, f"c{nodes}-orig-n{i}", node=f"node{i}", namespace=cluster.namespace(i),
-                                   address=f"192.0.2.1{i}", corosync_etc=cluster.directory(i) + "/etc")
-                          for i in range(1, nodes + 1)]
-                try:
-                    for daemon in theirs:
-                        daemon.start(local=False)
-                    wait_for(lambda: all(subprocess.run(d.enter_prefix() + ["touch", f"/etc/pve/bench-ready-{d.node}"],
-                                                        stderr=subprocess.DEVNULL).returncode == 0 for d in theirs),
-                             "the original's cluster to take writes", timeout=90)
-                    measure(f"original, {nodes}-node cluster", theirs, nodes == 1)
-                finally:
-                    for daemon in theirs:
-                        daemon.stop()
-        finally:
+                measure("original, local mode", [Original(original, work, f"cluster-original-local-{round_number}")],
+                        original_ready, False)
+            for nodes, cluster in clusters.items():
+                measure(f"ours, {nodes}-node cluster", ours[nodes], ours_ready, nodes > 1)
+                if original:
+                    theirs = [Original(original, work, f"c{nodes}-orig-{round_number}-n{i}", node=f"node{i}",
+                                       namespace=cluster.namespace(i), address=f"192.0.2.1{i}",
+                                       corosync_etc=cluster.directory(i) + "/etc") for i in range(1, nodes + 1)]
+                    measure(f"original, {nodes}-node cluster", theirs, original_ready, nodes > 1)
+    finally:
+        for cluster in clusters.values():
             cluster.down()
-    print(f"  {'setup':<44}{'create+write p50/p99':>22}{'files/s':>9}{'rewrite p50/p99':>19}{'files/s':>9}")
-    for label, figures in rows:
+    medians = {label: {phase: tuple(statistics.median(r[phase][k] for r in runs) for k in range(3))
+                       for phase in ("create+write", "rewrite")} for label, runs in results.items()}
+    print(f"  {'setup':<44}{'create+write p50/p99':>22}{'files/s':>9}{'rewrite p50/p99':>19}{'files/s':>9}  p50 ours/original")
+    for label, figures in medians.items():
         cw, rw = figures["create+write"], figures["rewrite"]
-        print(f"  {label:<44}{cw[0]:>12.0f} / {cw[1]:<7.0f}{cw[2]:>9.0f}{rw[0]:>9.0f} / {rw[1]:<7.0f}{rw[2]:>9.0f}")
+        peer = medians.get(label.replace("ours,", "original,")) if label.startswith("ours,") else None
+        ratio = f"  {cw[0] / peer['create+write'][0]:.2f}x / {rw[0] / peer['rewrite'][0]:.2f}x" if peer else ""
+        print(f"  {label:<44}{cw[0]:>12.0f} / {cw[1]:<7.0f}{cw[2]:>9.0f}{rw[0]:>9.0f} / {rw[1]:<7.0f}{rw[2]:>9.0f}{ratio}")
 
 
 def main():
@@ -198,7 +196,7 @@ def main():
     try:
         local_mode(options.pmxcfs, options.original, work, options.files, options.rounds)
         if not options.skip_cluster:
-            cluster_mode(options.pmxcfs, options.original, work, options.cluster_files)
+            cluster_mode(options.pmxcfs, options.original, work, options.cluster_files, options.rounds)
     finally:
         subprocess.run(["umount", "-l", work + "/tmpfs"], stderr=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
