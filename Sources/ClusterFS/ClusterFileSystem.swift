@@ -450,6 +450,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return "/" + parts.joined(separator: "/")
     }
 
+    /// Whether a node id still names something (OPEN needs no path unless it truncates).
+    public func holds(node: UInt64) -> Bool {
+        if node == Self.rootNodeID || node >= Self.statusNodeBase { return path(ofNode: node) != nil }
+        return lock.withLock { entry(ofNode: node) != nil }
+    }
+
     /// The entry a node id names, nil when no entry has it any more. A node id the entry no longer has (another node
     /// moved it, a sync replaced the tree) is stale: the mount answers ESTALE and the kernel looks the path up again.
     /// Under `lock`; tree entries only (not the status files and symlinks).

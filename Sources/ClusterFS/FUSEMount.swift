@@ -181,12 +181,15 @@ public enum FUSEMount {
         operations.link = { request, _, _, _ in FUSEMount.replyResult(request, -EPERM) }
         operations.open = { request, node, info in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)), let info else { return FUSEMount.replyResult(request, -ESTALE) }
+            guard let info else { return FUSEMount.replyResult(request, -EINVAL) }
             // libfuse asks for atomic O_TRUNC: the truncation comes with OPEN
             // instead of a separate SETATTR.
             if info.pointee.flags & O_TRUNC != 0 {
+                guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
                 let truncated = fs.truncate(path, size: 0)
                 if truncated != 0 { return FUSEMount.replyResult(request, truncated) }
+            } else if !fs.holds(node: UInt64(node)) {
+                return FUSEMount.replyResult(request, -ESTALE)
             }
             // Status files are made per read: never cached. In cluster mode a file opened for writing bypasses the page
             // cache, so that no page lock is held while its write waits for the cluster (the kernel's invalidation of a
