@@ -414,7 +414,10 @@ public final class Replicator: @unchecked Sendable {
             // Changes queued in an earlier view are either in the next leader's tree (a member that was in sync applied
             // them) or applied nowhere: applying them after taking the leader's tree would apply them twice. Their
             // writers learn nothing certain (EBUSY, as a timeout).
-            for change in queued where change.from == me && results[change.counter] == Int32.min { results[change.counter] = -EBUSY }
+            for change in queued where change.from == me && results[change.counter] == Int32.min {
+                results[change.counter] = -EBUSY
+                seenByKernel.remove(change.counter)
+            }
             queued = []
             condition.broadcast()
             verifications = [:]
