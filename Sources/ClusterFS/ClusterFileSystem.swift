@@ -452,9 +452,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// Whether a node id still names something (OPEN needs no path unless it truncates).
     public func holds(node: UInt64) -> Bool {
-        if node == Self.rootNodeID || node >= Self.statusNodeBase { return path(ofNode: node) != nil }
+        guard Self.isTreeNode(node) else { return path(ofNode: node) != nil }
         return lock.withLock { entry(ofNode: node) != nil }
     }
+
+    /// Whether a node id is the tree's (an entry's), not a status file's or a symlink's.
+    private static func isTreeNode(_ node: UInt64) -> Bool { node < statusNodeBase }
 
     /// The entry a node id names, nil when no entry has it any more. A node id the entry no longer has (another node
     /// moved it, a sync replaced the tree) is stale: the mount answers ESTALE and the kernel looks the path up again.
@@ -480,20 +483,20 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// The attributes of what a node id names, resolved by the id alone: the kernel caches what it gets under that id,
     /// so the answer must be that entry's even while another node's change puts a different entry at its path.
     public func getattr(node: UInt64) -> (Int32, Attributes?) {
-        guard node < Self.movedNodeBase || node >= Self.statusNodeBase else {
-            lock.lock()
-            defer { lock.unlock() }
-            guard let entry = entry(ofNode: node), let parts = components(of: entry) else { return (-ESTALE, nil) }
-            return (0, attributes(entry, parts: parts))
+        guard Self.isTreeNode(node) else {
+            guard let path = path(ofNode: node) else { return (-ESTALE, nil) }
+            return getattr(path)
         }
-        guard let path = path(ofNode: node) else { return (-ESTALE, nil) }
-        return getattr(path)
+        lock.lock()
+        defer { lock.unlock() }
+        guard let entry = entry(ofNode: node), let parts = components(of: entry) else { return (-ESTALE, nil) }
+        return (0, attributes(entry, parts: parts))
     }
 
     /// LOOKUP: `name` in the directory a node id names, resolved under one lock (no path built or split). For a missing
     /// name, whether the kernel may remember it is missing (see `cachesMissingNames`).
     public func lookup(parent: UInt64, name: String) -> (result: Int32, attributes: Attributes?, cacheMissing: Bool) {
-        guard parent != Self.rootNodeID, parent < Self.movedNodeBase || parent >= Self.statusNodeBase else {
+        guard parent != Self.rootNodeID, Self.isTreeNode(parent) else {
             // The root holds the status files and symlinks; other virtual entries are no directories.
             guard let directory = path(ofNode: parent) else { return (-ESTALE, nil, false) }
             let (result, attributes) = getattr(directory == "/" ? "/" + name : directory + "/" + name)
@@ -512,16 +515,16 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// READ on a node id: that entry's bytes (see `getattr(node:)`), or a status file's.
     public func read(node: UInt64, size: Int, offset: Int) -> (Int32, [UInt8]) {
-        guard node < Self.movedNodeBase || node >= Self.statusNodeBase else {
-            lock.lock()
-            defer { lock.unlock() }
-            guard let entry = entry(ofNode: node) else { return (-ESTALE, []) }
-            guard entry.type == .file else { return (-EISDIR, []) }
-            guard offset < entry.data.count else { return (0, []) }
-            return (0, Array(entry.data[offset..<min(entry.data.count, offset + size)]))
+        guard Self.isTreeNode(node) else {
+            guard let path = path(ofNode: node) else { return (-ESTALE, []) }
+            return read(path, size: size, offset: offset)
         }
-        guard let path = path(ofNode: node) else { return (-ESTALE, []) }
-        return read(path, size: size, offset: offset)
+        lock.lock()
+        defer { lock.unlock() }
+        guard let entry = entry(ofNode: node) else { return (-ESTALE, []) }
+        guard entry.type == .file else { return (-EISDIR, []) }
+        guard offset < entry.data.count else { return (0, []) }
+        return (0, Array(entry.data[offset..<min(entry.data.count, offset + size)]))
     }
 
     /// Whether the kernel may remember that a name does not exist in this
@@ -710,7 +713,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             recordChange(parts)
             registerGuest(parts)
         }
-        if result == 0, isLockDirectory(parts), let entry = resolve(parts) { lockSeen[parts.joined(separator: "/")] = (now(), digest(of: entry)) }
+        if result == 0, isLockDirectory(parts), let entry = resolve(parts) { sawLock(entry) }
         return result
     }
 
@@ -904,7 +907,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             // the expiry ago, unchanged since); in cluster mode the request went to the lowest node instead (see
             // `perform`), and an mtime 0 delivered here changes nothing on any node.
             if stamp == 0 {
-                guard !collecting, lockExpired(path: parts.joined(separator: "/"), entry: entry) else { return 0 }
+                guard !collecting, lockExpired(entry) else { return 0 }
                 return removeLock(entry, change)
             }
             // A refresh: newer, and by the node that holds it (the original's rule).
@@ -913,17 +916,16 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let result = update(entry, data: entry.data, change, mtime: stamp)
         if result == 0 {
             recordChange(parts)
-            if isLockDirectory(parts) { lockSeen[parts.joined(separator: "/")] = (now(), digest(of: entry)) }
+            if isLockDirectory(parts) { sawLock(entry) }
         }
         return result
     }
 
     /// Releases a lock the lowest node found expired, if it is still that lock (same digest); otherwise nothing.
     private func unlockEntry(_ path: String, digest expected: [UInt8], _ change: Stamp) -> Int32 {
-        let parts = components(path)
         lock.lock()
         defer { lock.unlock() }
-        guard isLockDirectory(parts), let entry = resolve(parts), entry.type == .directory, digest(of: entry) == expected else { return 0 }
+        guard let entry = lockEntry(path), digest(of: entry) == expected else { return 0 }
         return removeLock(entry, change)
     }
 
@@ -938,15 +940,26 @@ public final class ClusterFileSystem: @unchecked Sendable {
         parent.unlink(entry, name: entry.name)
         forget(entry)
         stale(parent)
-        lockSeen["priv/lock/" + entry.name] = nil
+        lockSeen[entry.name] = nil
         return 0
     }
 
     // MARK: lock expiry (the original's memdb_lock_expired)
 
-    /// When this node first saw each lock (its own clock) and the lock's digest then: a lock is expired once it
-    /// stayed the same entry for longer than the expiry, as seen here. Any change to the entry starts it again.
+    /// When this node first saw each lock (by name under priv/lock; its own clock) and the lock's digest then: a lock
+    /// is expired once it stayed the same entry for longer than the expiry, as seen here. Any change to the entry
+    /// starts it again.
     private var lockSeen: [String: (time: UInt32, digest: [UInt8])] = [:]
+
+    /// The lock directory at `path`, nil when there is none; under `lock`.
+    private func lockEntry(_ path: String) -> Entry? {
+        let parts = components(path)
+        guard isLockDirectory(parts), let entry = resolve(parts), entry.type == .directory else { return nil }
+        return entry
+    }
+
+    /// A lock made or refreshed: first seen now, as it is; under `lock`.
+    private func sawLock(_ entry: Entry) { lockSeen[entry.name] = (now(), digest(of: entry)) }
 
     /// A lock entry's identity: a refresh (mtime, writer, version) or a new lock of the same name differs.
     private func digest(of entry: Entry) -> [UInt8] {
@@ -959,10 +972,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     /// Under `lock`; records the lock when first seen (or seen changed).
-    private func lockExpired(path: String, entry: Entry) -> Bool {
+    private func lockExpired(_ entry: Entry) -> Bool {
         let current = digest(of: entry), time = now()
-        guard let seen = lockSeen[path], seen.digest == current else {
-            lockSeen[path] = (time, current)
+        guard let seen = lockSeen[entry.name], seen.digest == current else {
+            lockSeen[entry.name] = (time, current)
             return false
         }
         return time > seen.time && time - seen.time > lockTimeout
@@ -970,19 +983,14 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// The digest of the lock directory at `path`, nil when there is none.
     public func lockDigest(_ path: String) -> [UInt8]? {
-        let parts = components(path)
-        return lock.withLock {
-            guard isLockDirectory(parts), let entry = resolve(parts), entry.type == .directory else { return nil }
-            return digest(of: entry)
-        }
+        lock.withLock { lockEntry(path).map(digest(of:)) }
     }
 
     /// Whether the lock at `path`, still with `digest`, is older than the expiry as this node has seen it.
     public func lockExpired(_ path: String, digest expected: [UInt8]) -> Bool {
-        let parts = components(path)
-        return lock.withLock {
-            guard isLockDirectory(parts), let entry = resolve(parts), digest(of: entry) == expected else { return false }
-            return lockExpired(path: parts.joined(separator: "/"), entry: entry)
+        lock.withLock {
+            guard let entry = lockEntry(path), digest(of: entry) == expected else { return false }
+            return lockExpired(entry)
         }
     }
 
@@ -995,8 +1003,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
         var seen: [String: (time: UInt32, digest: [UInt8])] = [:]
         for (name, inode) in directory.children {
             guard let entry = entries[inode], entry.type == .directory else { continue }
-            let path = "priv/lock/" + name, current = digest(of: entry)
-            seen[path] = lockSeen[path].flatMap { $0.digest == current ? $0 : nil } ?? (now(), current)
+            let current = digest(of: entry)
+            seen[name] = lockSeen[name].flatMap { $0.digest == current ? $0 : nil } ?? (now(), current)
         }
         lockSeen = seen
     }

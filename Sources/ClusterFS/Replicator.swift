@@ -100,7 +100,7 @@ public final class Replicator: @unchecked Sendable {
                 waited += 1
                 guard waited >= self.verifyInterval else { continue }
                 waited = 0
-                let lowest = self.condition.withLock { self.synced && self.members.map(\.nodeID).min() == self.me.nodeID }
+                let lowest = self.condition.withLock { self.isSyncedLowestMember }
                 if lowest { self.requestVerification() }
             }
         }
@@ -306,11 +306,7 @@ public final class Replicator: @unchecked Sendable {
         let id = counter
         results[id] = Int32.min
         if throughMount { seenByKernel.insert(id) }
-        let message = Self.encode(kind: .change) { writer in
-            writer.u64(id)
-            writer.u32(clock())
-            writer.bytes(operation.encoded())
-        }
+        let message = changeMessage(id: id, operation)
         condition.unlock()
         do {
             try connection.withLock({ group })?.multicast(message)
@@ -467,14 +463,10 @@ public final class Replicator: @unchecked Sendable {
             receiveVerifyDigest(from: from, nonce: try reader.u64(), digest: try reader.take(32))
         case .unlockRequest:
             let path = try reader.text(), digest = try reader.blob()
-            let lowest = condition.withLock { synced && members.map(\.nodeID).min() == me.nodeID }
+            let lowest = condition.withLock { isSyncedLowestMember }
             guard lowest, fileSystem.lockExpired(path, digest: digest) else { return }
             // A change nobody waits for (id 0): applied everywhere in order, only if the lock is still that one.
-            send(Self.encode(kind: .change) { writer in
-                writer.u64(0)
-                writer.u32(clock())
-                writer.bytes(TreeOperation.unlock(path, digest: digest).encoded())
-            })
+            send(changeMessage(id: 0, .unlock(path, digest: digest)))
         case .status:
             deliver(.status(node: try reader.text(), name: try reader.text(), value: try reader.blob()))
         case .log:
@@ -647,6 +639,19 @@ public final class Replicator: @unchecked Sendable {
         }
         return nil
     }
+
+    /// A change as multicast: the sender's counter (0: nobody waits for it), the sender's time, the operation.
+    private func changeMessage(id: UInt64, _ operation: TreeOperation) -> Data {
+        Self.encode(kind: .change) { writer in
+            writer.u64(id)
+            writer.u32(clock())
+            writer.bytes(operation.encoded())
+        }
+    }
+
+    /// In sync and the member with the lowest node id (who decides lock expiry and asks for verifications); under
+    /// `condition`.
+    private var isSyncedLowestMember: Bool { synced && members.map(\.nodeID).min() == me.nodeID }
 
     private func send(_ message: Data) {
         do {
