@@ -18,7 +18,7 @@ public struct SourceLocation: Hashable, Sendable, Comparable, Codable, CustomStr
 }
 
 /// What kind of problem a diagnostic is, for code that acts on it: a code, never the wording, decides.
-public struct DiagnosticCode: RawRepresentable, Hashable, Sendable {
+public struct DiagnosticCode: RawRepresentable, Hashable, Sendable, Codable {
     public let rawValue: String
     public init(rawValue: String) { self.rawValue = rawValue }
 
@@ -54,8 +54,8 @@ public struct DiagnosticCode: RawRepresentable, Hashable, Sendable {
 }
 
 /// One problem found in an input, printed as `path:line:column: error: message`.
-public struct Diagnostic: Error, Hashable, Sendable, CustomStringConvertible, Comparable {
-    public enum Severity: String, Sendable, Hashable {
+public struct Diagnostic: Error, Hashable, Sendable, CustomStringConvertible, Comparable, Codable {
+    public enum Severity: String, Sendable, Hashable, Codable {
         case error
         case warning
     }

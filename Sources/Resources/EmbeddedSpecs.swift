@@ -174,6 +174,12 @@ options:
   tty: {type: integer, min: 0, max: 6, default: "2", class: restart, description: Number of ttys.}
   unprivileged: {type: boolean, default: "0", class: forbidden, description: Run with a user namespace (cannot change after creation).}
   unused[n]: {type: string, count: 256, class: none, description: A volume no longer mounted.}
+# What Proxmox and pvectl write into a container's config themselves; `pvectl push` keeps these when the repository
+# does not set them (see qemu.yaml).
+system_owned:
+  keys: [lock, parent, "unused[n]"]
+  properties: {"net[n]": [hwaddr]}
+  sections: [pending, snapshots]
 formats:
   dev:
     default_key: path
@@ -432,6 +438,14 @@ options:
       description: VM generation ID.}
   vmstate: {type: string, class: forbidden, description: Volume holding the RAM of a snapshot or hibernated VM.}
   watchdog: {type: property, format: watchdog, class: restart, description: Virtual watchdog.}
+# What Proxmox and pvectl write into a VM's config themselves. `pvectl push` keeps these when the repository does not set
+# them, so a push never fights the system over its own values (the perpetual diff of Terraform's Proxmox providers).
+#   keys: whole options; properties: one property inside an option's value (a NIC's MAC is `MODEL=MAC` or
+#   macaddr=MAC); sections: [PENDING] (pending), snapshots, and special sections by name.
+system_owned:
+  keys: [lock, meta, vmgenid, parent, vmstate, runningmachine, runningcpu, "unused[n]"]
+  properties: {"net[n]": [macaddr], smbios1: [uuid]}
+  sections: [pending, snapshots, "special:cloudinit", "special:fleecing"]
 formats:
   agent:
     default_key: enabled

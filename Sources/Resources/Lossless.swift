@@ -39,7 +39,7 @@ extension LosslessBlock {
     }
 
     /// The block's text for a lossless write: its source if unedited.
-    func losslessText() -> String {
+    public func losslessText() -> String {
         let canonical = canonicalLines().joined(separator: "\n")
         if let origin, origin.canonicalAtParse == canonical { return origin.rawText }
         return canonical

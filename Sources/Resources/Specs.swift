@@ -75,6 +75,40 @@ public struct FormatSpec: Sendable, Hashable, Decodable {
     }
 }
 
+/// What the system writes into a guest config itself (`system_owned` in a guest kind's spec): a push keeps these
+/// values when the repository does not set them.
+public struct SystemOwnedSpec: Sendable, Hashable, Decodable {
+    /// Whole options; indexed ones as `unused[n]`.
+    public var keys: [String]
+    /// Option (`net[n]`) → properties inside its value that the system fills in (`macaddr`, `uuid`).
+    public var properties: [String: [String]]
+    /// `pending`, `snapshots`, or `special:NAME`.
+    public var sections: [String]
+
+    public init(keys: [String], properties: [String: [String]], sections: [String]) {
+        self.keys = keys
+        self.properties = properties
+        self.sections = sections
+    }
+
+    /// Whether `key` (`unused3`, `lock`) is one of `patterns` (`unused[n]`).
+    public static func matches(_ key: String, _ patterns: some Sequence<String>) -> Bool {
+        patterns.contains { pattern in
+            guard pattern.hasSuffix("[n]") else { return pattern == key }
+            let prefix = pattern.dropLast(3)
+            let digits = key.dropFirst(prefix.count)
+            return key.hasPrefix(prefix) && !digits.isEmpty && digits.allSatisfy(\.isNumber)
+        }
+    }
+
+    public func ownsKey(_ key: String) -> Bool { Self.matches(key, keys) }
+
+    /// The system-filled properties inside `key`'s value (`net0` → [macaddr]).
+    public func properties(of key: String) -> [String] {
+        properties.first { Self.matches(key, [$0.key]) }?.value ?? []
+    }
+}
+
 /// A storage type's properties (`storage.yaml` `types`).
 public struct SectionTypeSpec: Sendable, Hashable, Decodable {
     public var required: [String]
@@ -97,11 +131,14 @@ public struct KindSpec: Sendable, Decodable {
     /// JSON schema takes (1/0, yes/no, on/off, true/false); the firewall's own
     /// option parser takes only 0 and 1.
     public var booleanSpellings: [String]?
+    /// Guest kinds: what Proxmox writes into the config itself.
+    public var systemOwned: SystemOwnedSpec?
 
     enum CodingKeys: String, CodingKey {
         case kind, options, formats, types, properties, scopes, macros, methods
         case ruleOptions = "rule_options"
         case booleanSpellings = "boolean_spellings"
+        case systemOwned = "system_owned"
     }
 
     public init(from decoder: Decoder) throws {
@@ -117,6 +154,7 @@ public struct KindSpec: Sendable, Decodable {
         macros = try c.decodeIfPresent([String].self, forKey: .macros) ?? []
         methods = try c.decodeIfPresent([String].self, forKey: .methods) ?? []
         booleanSpellings = try c.decodeIfPresent([String].self, forKey: .booleanSpellings)
+        systemOwned = try c.decodeIfPresent(SystemOwnedSpec.self, forKey: .systemOwned)
         if let spellings = booleanSpellings {
             // Declared once for the format, enforced on every boolean of it.
             func restrict(_ options: inout [String: OptionSpec]) {
