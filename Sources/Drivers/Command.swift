@@ -83,6 +83,24 @@ public enum Command {
         return CommandResult(status: status, output: result.standardOutput, error: result.standardError)
     }
 
+    /// Runs and returns standard output as bytes (file contents from `git cat-file`, which need not be text); throws
+    /// `CommandError` unless the command exits 0.
+    public static func bytes(_ arguments: [String], input: String? = nil) async throws -> [UInt8] {
+        precondition(!arguments.isEmpty)
+        if let missing = programs(arguments).first(where: { locate($0) == nil }) { throw MissingExecutable(name: missing) }
+        let executable: Executable = arguments[0].hasPrefix("/") ? .path(.init(arguments[0])) : .name(arguments[0])
+        let result = try await Subprocess.run(executable, arguments: Arguments(Array(arguments.dropFirst())), input: .string(input ?? ""),
+                                              output: .bytes(limit: outputLimit), error: .string(limit: outputLimit))
+        let status: Int32 = switch result.terminationStatus {
+        case .exited(let code): code
+        case .signaled(let signal): 128 + signal
+        }
+        guard status == 0 else {
+            throw CommandError(command: arguments, result: CommandResult(status: status, output: "", error: result.standardError))
+        }
+        return result.standardOutput
+    }
+
     /// Runs and throws `CommandError` unless the command exits 0.
     @discardableResult
     public static func check(_ arguments: [String], input: String? = nil) async throws -> String {

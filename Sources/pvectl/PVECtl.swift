@@ -13,7 +13,8 @@ struct PVECtl: AsyncParsableCommand {
         Desired state lives in /etc/pve (storage.cfg, guest .conf files, firewall
         .fw files) and /etc/network/interfaces, in Proxmox VE's own formats.
         """,
-        subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, StatusCommand.self, ShowCommand.self,
+        subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, StatusCommand.self, PushCommand.self,
+                      ShowCommand.self,
                       LxcConfigCommand.self, LxcHookCommand.self, FirewallCommand.self, ClusterFSCommand.self]
     )
 }
@@ -35,8 +36,10 @@ struct TreeOptions: ParsableArguments {
     var ipcService: String = "pve2"
 
     /// Plain files, or the pmxcfs IPC service when the root is its mount and it answers.
-    var source: any TreeSource {
-        if let ipc = IPCTreeSource(root: root, service: ipcService, node: nodeName) {
+    var source: any TreeSource { Self.source(root: root, ipcService: ipcService, node: nodeName) }
+
+    static func source(root: String, ipcService: String, node: String) -> any TreeSource {
+        if let ipc = IPCTreeSource(root: root, service: ipcService, node: node) {
             // Said once per process: the loop loads the tree on every pass.
             announcedIPC.withLock { announced in
                 if !announced { FileHandle.standardError.write(Data("reading \(root) through the pmxcfs IPC service \(ipcService)\n".utf8)) }

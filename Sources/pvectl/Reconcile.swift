@@ -292,6 +292,7 @@ struct StatusCommand: AsyncParsableCommand {
             }
         var rows = engine.status(computation)
         rows += loopRows(selectors)
+        if selectors.isEmpty { rows += pushRows() }
         rows.sort { $0.id < $1.id }
         if options.json {
             let encoder = JSONEncoder()

@@ -33,10 +33,18 @@ struct RunCommand: AsyncParsableCommand {
         explicit apply. --report-only KIND logs that kind's drift and changes
         nothing. SIGTERM or SIGINT ends the loop after the pass in progress.
 
+        Pull mode (--source REPO, as Flux or Argo CD): every --poll seconds the
+        ref's head (--ref, default HEAD; a URL is mirrored under --state-dir) is
+        validated and pushed into --root as `pvectl push` does; a commit that
+        does not validate is logged with file:line and not pushed, the last good
+        one stays. Files of --root changed by hand are logged as drift and, with
+        --self-heal, written back. `pvectl status` shows the pull row.
+
         Examples:
           pvectl run
           pvectl run --only network --only firewall --resync 60
           pvectl run --report-only firewall
+          pvectl run --source https://git.example/pve.git --ref main --poll 30 --self-heal
         """
     )
 
@@ -53,12 +61,26 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Also log every event and every pass that found nothing to do.")
     var verbose = false
 
+    @Option(name: .long, help: ArgumentHelp("Pull mode: keep --root at this repository's ref (a path or URL).", valueName: "REPO"))
+    var source: String?
+
+    @Option(name: .long, help: ArgumentHelp("Pull mode: the ref to follow (default HEAD).", valueName: "REF"))
+    var ref: String?
+
+    @Option(name: .long, help: ArgumentHelp("Pull mode: seconds between polls of the source.", valueName: "SECONDS"))
+    var poll: Double = 60
+
+    @Flag(name: .customLong("self-heal"), help: "Pull mode: write back files of --root changed by hand.")
+    var selfHeal = false
+
     func validate() throws {
         guard resync >= 1 else { throw ValidationError("--resync \(resync): at least 1 second") }
         for kind in reportOnly where !Kinds.catalog.contains(where: { $0.name == kind }) {
             throw ValidationError("--report-only \(kind): expected one of \(Kinds.names)")
         }
         if options.restart { throw ValidationError("--restart is for `pvectl apply`: the loop never restarts running VMs") }
+        guard poll >= 1 else { throw ValidationError("--poll \(poll): at least 1 second") }
+        if source == nil && (ref != nil || selfHeal) { throw ValidationError("--ref and --self-heal are for pull mode: add --source REPO") }
     }
 
     func run() async throws {
@@ -70,8 +92,15 @@ struct RunCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "pvectl")
         let controller = ReconcileLoop(options: options, resync: resync, reportOnly: Set(reportOnly), logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: controller)]
+        if let source {
+            let pusher = Pusher(root: options.tree.root, interfaces: options.tree.interfaces, node: options.tree.nodeName,
+                                mirrors: options.stateDir + "/sources", includePrivate: false, prune: false)
+            let pull = PullMode(pusher: pusher, source: source, ref: ref, selfHeal: selfHeal, base: options.tree.source)
+            services.append(.init(service: PullService(pull: pull, poll: poll, store: StateStore(directory: options.stateDir), logger: logger)))
+        }
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [.init(service: controller)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }
@@ -191,6 +220,27 @@ struct ReconcileLoop: Service {
             logger.info("stopped")
         } onGracefulShutdown: {
             Task { await inbox.stop() }
+        }
+    }
+}
+
+/// Pull mode as a service: a poll of the source every `poll` seconds, its record saved for `pvectl status`.
+struct PullService: Service {
+    let pull: PullMode
+    let poll: Double
+    let store: StateStore
+    let logger: Logger
+
+    func run() async throws {
+        var record = try? store.load("pull", as: PullRecord.self)
+        if record?.source != pull.source || record?.ref != pull.ref { record = nil }
+        logger.info("pull mode", metadata: ["source": "\(pull.source)", "ref": "\(pull.ref ?? "HEAD")", "poll": "\(Int(poll)) s",
+                                            "self-heal": "\(pull.selfHeal)"])
+        while !Task.isShuttingDownGracefully {
+            let next = await pull.poll(previous: record) { [logger] line in logger.info("pull: \(line)") }
+            record = next
+            do { try store.save(next, as: "pull") } catch { logger.error("cannot record pull mode's state: \(error)") }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(poll)) }
         }
     }
 }
