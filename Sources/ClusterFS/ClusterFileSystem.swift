@@ -279,8 +279,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     // MARK: paths
 
+    /// Split on the bytes: splitting the String itself walks grapheme clusters, which cost every operation more than
+    /// the tree lookup it serves (a '/' byte is never part of another UTF-8 character).
     func components(_ path: String) -> [String] {
-        path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        path.utf8.split(separator: UInt8(ascii: "/")).map { String(Substring($0)) }
     }
 
     private func resolve(_ parts: [String]) -> Entry? {
