@@ -234,6 +234,41 @@ struct QemuLifecycleTests {
         #expect(node.pvectl("apply", ["--auto-approve"]).status == 0)
     }
 
+    @Test("pushed from git: apply starts the VM and writes back its MAC and uuid; the same commit pushed again writes nothing",
+          .enabled(if: PMXCFSProcess.unavailableReason == nil && Command.locate("git") != nil,
+                   Comment(rawValue: PMXCFSProcess.unavailableReason ?? "git is not installed")))
+    func pushKeepsWhatApplyWrote() async throws {
+        let cfs = try PMXCFSProcess(node: "localhost")
+        try cfs.start()
+        defer { cfs.stop() }
+        let node = try QemuTestNode(storage: false, root: cfs.mountPoint)
+        let repository = try TestRepository()
+        let config = "memory: 128\nonboot: 1\nstartup: down=1\nnet0: virtio,bridge=vmbr0\n"
+        try repository.commit("a small VM", ["nodes/localhost/qemu-server/\(node.vmid).conf": config])
+        let push = node.pvectl("push", [repository.path, "--auto-approve"])
+        try #require(push.status == 0, "\(push.output)\n\(push.error)")
+        #expect(push.output.contains("+ qemu/\(node.vmid)"), "the node plan shows the VM to start: \(push.output)")
+        #expect(node.config == config)
+        let apply = node.pvectl("apply", ["--auto-approve"])
+        try #require(apply.status == 0, "\(apply.output)\n\(apply.error)")
+        let written = node.config
+        #expect(written.contains("smbios1: uuid=") && written.contains("net0: virtio=BC:24:11:"), "\(written)")
+
+        // The same commit again: the system's values are kept, so nothing to write and nothing to plan.
+        let again = node.pvectl("push", [repository.path, "--auto-approve"])
+        #expect(again.status == 0 && again.output.contains("Nothing to push"), "\(again.output)\n\(again.error)")
+        #expect(node.config == written)
+        #expect(node.pvectl("plan", ["--detailed-exitcode"]).status == 0)
+        #expect(node.pvectl("push", [repository.path, "--check"]).status == 0, "no perpetual diff")
+        // A change in the repository is merged around them: the MAC and uuid stay, the memory changes.
+        try repository.commit("more memory", ["nodes/localhost/qemu-server/\(node.vmid).conf": config.replacingOccurrences(of: "128", with: "192")])
+        let change = node.pvectl("push", [repository.path, "--auto-approve"])
+        #expect(change.status == 0 && change.output.contains("kept from \(cfs.mountPoint): net0 macaddr, smbios1"), "\(change.output)")
+        let generated = written.split(separator: "\n").filter { $0.hasPrefix("net0:") || $0.hasPrefix("smbios1:") || $0.hasPrefix("vmgenid:") }
+        #expect(node.config.contains("memory: 192\n") && generated.allSatisfy { node.config.contains($0 + "\n") }, "\(node.config)")
+        #expect(node.pvectl("push", [repository.path, "--check"]).status == 0)
+    }
+
     @Test("onboot and startup order on a full run; a removed config stops its VM; a broken config freezes it")
     func ordering() async throws {
         let node = try QemuTestNode(storage: false)

@@ -84,7 +84,7 @@ public struct Pusher: Sendable {
     public func write(_ plan: PushPlan, stagedInterfaces: Data?, progress: (String) -> Void) throws {
         let now = try target.layoutDigests(includePrivate: includePrivate)
         if let stale = plan.staleFile(now: now) { throw Stale(path: target.absolute(stale)) }
-        target.removeLeftovers(in: plan.changes.map(\.path))
+        target.removeLeftovers(in: plan.changes.map(\.path) + plan.record.files.keys)
         for change in plan.changes {
             try target.apply(change)
             progress("\(change.action == .delete ? "deleted" : "wrote") \(target.absolute(change.path))")

@@ -62,7 +62,7 @@ public struct GuestConfigMerge: Sendable {
 
         // Whole keys the system wrote and the repository does not set, at the end of the main section.
         var insertions: [String] = []
-        for entry in currentMain.effectiveEntries where owned.ownsKey(entry.key) && repositoryMain[entry.key] == nil {
+        for entry in currentMain.effectiveEntries where repositoryMain[entry.key] == nil && isSystemWritten(entry) {
             if lastPushed[entry.key] == entry.value { continue }
             insertions.append("\(entry.key): \(entry.value)")
             kept.append(entry.key)
@@ -83,7 +83,23 @@ public struct GuestConfigMerge: Sendable {
             kept.append(Self.describe(section.role))
         }
         let merged = rows.map(\.text).joined(separator: "\n") + (trailingNewline || rows.count > lines.count ? "\n" : "")
+        // Proxmox (and apply) rewrite a config in their order: when the merge says what /etc/pve says, in another order
+        // or spelling of lines, /etc/pve's bytes stay (no rewrite back and forth).
+        let (mergedConfig, _) = GuestConfig.parse(merged, file: file, kind: kind)
+        if mergedConfig.canonicalText(spec: nil) == current.canonicalText(spec: nil) {
+            let text = current.losslessText()
+            return Result(text: text, sourceLines: [], repositorySystemValues: repositorySystemValues, kept: kept)
+        }
         return Result(text: merged, sourceLines: rows.map(\.source), repositorySystemValues: repositorySystemValues, kept: kept)
+    }
+
+    /// A whole key of the system's: declared so (`lock`, `vmgenid`), or a key holding nothing but system-filled
+    /// properties (`smbios1: uuid=…`, which Proxmox adds when a VM has none).
+    private func isSystemWritten(_ entry: GuestConfig.Entry) -> Bool {
+        if owned.ownsKey(entry.key) { return true }
+        let properties = owned.properties(of: entry.key)
+        guard !properties.isEmpty else { return false }
+        return properties.reduce(entry.value) { removing($1, from: $0) }.isEmpty
     }
 
     /// The config with everything the system owns taken out: what the repository decides. Two files with the same
