@@ -136,10 +136,22 @@ public struct PushTarget: Sendable {
         let temporary = path + ".tmp.pvectl.\(getpid())"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o640)
         guard descriptor >= 0 else { throw Failure(description: "\(temporary): cannot create: \(String(cString: strerror(errno)))") }
-        let written = data.withUnsafeBytes { buffer in buffer.isEmpty ? 0 : write(descriptor, buffer.baseAddress, buffer.count) }
-        let failure = errno
+        // A write may take less than all (FUSE hands over at most its buffer per call): go on from where it stopped.
+        let failure: Int32? = data.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = write(descriptor, buffer.baseAddress! + offset, buffer.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    return errno
+                }
+                if written == 0 { return EIO }
+                offset += written
+            }
+            return nil
+        }
         close(descriptor)
-        guard written == data.count else {
+        if let failure {
             unlink(temporary)
             throw Failure(description: "\(temporary): cannot write: \(String(cString: strerror(failure)))")
         }

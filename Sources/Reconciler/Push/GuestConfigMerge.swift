@@ -163,7 +163,9 @@ public struct GuestConfigMerge: Sendable {
             let first = PropertyString(parsing: current).entries.first.map { $0.key == property } ?? false
             entries.insert((property, systemValue), at: first ? 0 : entries.count)
         }
-        return entries.map { key, value in key.map { "\($0)=\(value)" } ?? value }.joined(separator: ",")
+        let merged = entries.map { key, value in key.map { "\($0)=\(value)" } ?? value }.joined(separator: ",")
+        // A value that cannot carry it (an unclosed quote swallows what follows) does not get it: validation reports it.
+        return value(of: property, in: merged) == systemValue ? merged : nil
     }
 
     private func removing(_ property: String, from text: String) -> String {

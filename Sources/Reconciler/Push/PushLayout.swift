@@ -29,7 +29,8 @@ public enum PushLayout {
     /// The stage of a relative path, or nil when a push does not write it. `priv/` only when asked for.
     public static func stage(of path: String, includePrivate: Bool) -> Stage? {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        guard !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." || $0.hasPrefix(".") }) else { return nil }
+        guard !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." || $0.hasPrefix(".") }),
+              !path.contains(where: { $0 == "\t" || $0 == "\n" || $0 == "\r" }) else { return nil }
         if parts.first == "priv" { return includePrivate && parts.count > 1 && parts[1] != "lock" ? .cluster : nil }
         if let stage = rootFiles[path] { return stage }
         if parts.count == 2, let stage = configDirectories[parts[0]], parts[1].hasSuffix(".cfg") { return stage }

@@ -80,6 +80,18 @@ public enum PushPlanner {
         return Digest.sha256Hex(all)
     }
 
+    /// What merging one repository file gave.
+    struct FileOutcome {
+        var change: PushPlan.FileChange?
+        var unchanged = false
+        var locked: PushPlan.LockedGuest?
+        var problems: [Diagnostic] = []
+        var sourceLines: [Int?]?
+        /// The file's record line and the system values the repository set (nil when the file is left alone).
+        var record: PushRecord.FileRecord?
+        var systemValues: [String: String]?
+    }
+
     public static func plan(_ input: Input, root: String) -> PushPlan {
         var changes: [PushPlan.FileChange] = []
         var locked: [PushPlan.LockedGuest] = []
@@ -88,53 +100,27 @@ public enum PushPlanner {
         var unchanged = 0
         var files = input.record?.files ?? [:]
         var systemValues = input.record?.repositorySystemValues ?? [:]
-        let merges = Dictionary(uniqueKeysWithValues: GuestConfig.Kind.allCases.map { ($0, GuestConfigMerge(kind: $0)) })
-        func absolute(_ path: String) -> String { root.hasSuffix("/") ? root + path : root + "/" + path }
+        @Sendable func absolute(_ path: String) -> String { root.hasSuffix("/") ? root + path : root + "/" + path }
+        let currentDigests = digests(input.current)
 
-        /// The config in /etc/pve, parsed, and its `lock:`; a problem when it cannot be parsed.
-        func currentGuest(_ path: String, kind: GuestConfig.Kind) -> (config: GuestConfig?, lock: String?, broken: Bool) {
-            guard let data = input.current[path] else { return (nil, nil, false) }
-            guard let text = String(data: data, encoding: .utf8) else {
-                problems.append(.error(SourceLocation(file: absolute(path), line: 1),
-                                       "not valid UTF-8: a push cannot merge into it; fix or remove it first", code: .unreadableFile))
-                return (nil, nil, true)
-            }
-            let (config, diagnostics) = GuestConfig.parse(text, file: absolute(path), kind: kind)
-            if let syntax = diagnostics.first(where: { $0.severity == .error && $0.code == .syntax }) {
-                problems.append(.error(syntax.location, syntax.message + " (a push cannot merge into this file; fix it in /etc/pve first)",
-                                       code: .syntax))
-                return (nil, nil, true)
-            }
-            return (config, config.main["lock"], false)
+        // Files are independent and a repository may hold thousands of guests: merged on all cores.
+        let sources = input.source.sorted { $0.key < $1.key }
+        let outcomes = UnsafeResultSlots<FileOutcome>(count: sources.count)
+        DispatchQueue.concurrentPerform(iterations: sources.count) { index in
+            let (path, data) = sources[index]
+            outcomes.set(index, outcome(path: path, data: data, input: input, currentDigest: currentDigests[path], file: absolute(path),
+                                        root: root))
         }
-
-        for (path, data) in input.source.sorted(by: { $0.key < $1.key }) {
-            guard let stage = PushLayout.stage(of: path, includePrivate: true) else { continue }
-            var content = data
-            var kept: [String] = []
-            if let kind = PushLayout.guestKind(of: path), let text = String(data: data, encoding: .utf8) {
-                let current = currentGuest(path, kind: kind)
-                if current.broken { continue }
-                if let lock = current.lock {
-                    locked.append(PushPlan.LockedGuest(path: path, lock: lock))
-                    continue
-                }
-                let merge = merges[kind]!
-                let result = merge.merge(repository: text, file: absolute(path), current: current.config,
-                                         lastPushed: input.record?.repositorySystemValues[path] ?? [:])
-                content = Data(result.text.utf8)
-                kept = result.kept
-                sourceLines[path] = result.sourceLines
-                systemValues[path] = result.repositorySystemValues.isEmpty ? nil : result.repositorySystemValues
-            }
-            files[path] = PushRecord.FileRecord(written: PushRecord.digest(content),
-                                                managed: PushDrift.managedDigest(path: path, data: content, root: root))
-            if input.current[path] == content {
-                unchanged += 1
-                continue
-            }
-            changes.append(PushPlan.FileChange(path: path, action: input.current[path] == nil ? .create : .update, stage: stage,
-                                               content: content, current: input.current[path], kept: kept))
+        for (index, outcome) in outcomes.values.enumerated() {
+            let path = sources[index].key
+            problems += outcome.problems
+            if let guest = outcome.locked { locked.append(guest) }
+            guard let record = outcome.record else { continue }
+            files[path] = record
+            systemValues[path] = outcome.systemValues.flatMap { $0.isEmpty ? nil : $0 }
+            if let lines = outcome.sourceLines { sourceLines[path] = lines }
+            if outcome.unchanged { unchanged += 1 }
+            if let change = outcome.change { changes.append(change) }
         }
 
         var keptUnowned: [String] = []
@@ -147,9 +133,11 @@ public enum PushPlanner {
                     continue
                 }
                 if let kind = PushLayout.guestKind(of: path) {
-                    let current = currentGuest(path, kind: kind)
-                    if current.broken { continue }
-                    if let lock = current.lock {
+                    // A config that cannot be read as one is not deleted either: a person looks at it first.
+                    guard let text = String(data: data, encoding: .utf8) else { continue }
+                    let (config, diagnostics) = GuestConfig.parse(text, file: absolute(path), kind: kind)
+                    if diagnostics.contains(where: { $0.severity == .error && $0.code == .syntax }) { continue }
+                    if let lock = config.main["lock"] {
                         locked.append(PushPlan.LockedGuest(path: path, lock: lock))
                         continue
                     }
@@ -168,7 +156,67 @@ public enum PushPlanner {
                                 files: files, repositorySystemValues: systemValues)
         return PushPlan(revision: input.revision, node: input.node, changes: changes + deletions, locked: locked.sorted { $0.path < $1.path },
                         keptUnowned: keptUnowned, unchanged: unchanged, problems: problems, sourceLines: sourceLines, record: record,
-                        currentDigests: input.current.mapValues { PushRecord.digest($0) })
+                        currentDigests: currentDigests)
+    }
+}
+
+extension PushPlanner {
+    /// SHA-256 of every file, on all cores.
+    static func digests(_ files: [String: Data]) -> [String: String] {
+        let entries = Array(files)
+        let slots = UnsafeResultSlots<String>(count: entries.count)
+        DispatchQueue.concurrentPerform(iterations: entries.count) { slots.set($0, PushRecord.digest(entries[$0].value)) }
+        return Dictionary(uniqueKeysWithValues: zip(entries.map(\.key), slots.values))
+    }
+
+    static func outcome(path: String, data: Data, input: Input, currentDigest: String?, file: String, root: String) -> FileOutcome {
+        guard let stage = PushLayout.stage(of: path, includePrivate: true) else { return FileOutcome() }
+        let current = input.current[path]
+        let sourceDigest = PushRecord.digest(data)
+        // The repository's file and /etc/pve's are the bytes the last push read and wrote: the merge would give /etc/pve's
+        // bytes again (a merge of its own result is that result), so it is not run.
+        if let previous = input.record?.files[path], previous.source == sourceDigest, let currentDigest, currentDigest == previous.written {
+            return FileOutcome(unchanged: true, record: previous, systemValues: input.record?.repositorySystemValues[path])
+        }
+        var outcome = FileOutcome()
+        var content = data
+        var kept: [String] = []
+        if let kind = PushLayout.guestKind(of: path), let text = String(data: data, encoding: .utf8) {
+            var currentConfig: GuestConfig?
+            if let current {
+                guard let currentText = String(data: current, encoding: .utf8) else {
+                    outcome.problems.append(.error(SourceLocation(file: file, line: 1),
+                                                   "not valid UTF-8: a push cannot merge into it; fix or remove it first", code: .unreadableFile))
+                    return outcome
+                }
+                let (config, diagnostics) = GuestConfig.parse(currentText, file: file, kind: kind)
+                if let syntax = diagnostics.first(where: { $0.severity == .error && $0.code == .syntax }) {
+                    outcome.problems.append(.error(syntax.location, syntax.message
+                                                   + " (a push cannot merge into this file; fix it in /etc/pve first)", code: .syntax))
+                    return outcome
+                }
+                if let lock = config.main["lock"] {
+                    outcome.locked = PushPlan.LockedGuest(path: path, lock: lock)
+                    return outcome
+                }
+                currentConfig = config
+            }
+            let result = GuestConfigMerge(kind: kind).merge(repository: text, file: file, current: currentConfig,
+                                                            lastPushed: input.record?.repositorySystemValues[path] ?? [:])
+            content = Data(result.text.utf8)
+            kept = result.kept
+            outcome.sourceLines = result.sourceLines
+            outcome.systemValues = result.repositorySystemValues
+        }
+        outcome.record = PushRecord.FileRecord(written: PushRecord.digest(content),
+                                               managed: PushDrift.managedDigest(path: path, data: content, root: root), source: sourceDigest)
+        if current == content {
+            outcome.unchanged = true
+        } else {
+            outcome.change = PushPlan.FileChange(path: path, action: current == nil ? .create : .update, stage: stage, content: content,
+                                                 current: current, kept: kept)
+        }
+        return outcome
     }
 }
 

@@ -5,9 +5,8 @@ import Resources
 /// files it owns (only those are ever pruned) with the digests of what it wrote (drift: by hand or by the system), and
 /// the system-owned values the repository set itself (the base of the next three-way merge).
 ///
-/// pmxcfs caps a file at 1 MiB, so the file list is kept in chunks of at most `chunkSize` lines
-/// (`files-<generation>-<n>`, "WRITTEN MANAGED PATH" per line), named by the header `push.json`, which is replaced last:
-/// a push killed half-way leaves the previous record whole.
+/// pmxcfs caps a file at 1 MiB, so the file list is kept in parts of at most `chunkBytes` (`files-<generation>-<n>`),
+/// named by the header `push.json`, which is replaced last: a push killed half-way leaves the previous record whole.
 public struct PushRecord: Codable, Sendable, Equatable {
     public struct Revision: Codable, Sendable, Equatable {
         /// The git commit, or nil for a plain directory.
@@ -45,10 +44,13 @@ public struct PushRecord: Codable, Sendable, Equatable {
         /// Digest of the part the repository decides (without system-owned values); equal to `written` for files the
         /// system does not write into.
         public var managed: String
+        /// Digest of the repository's bytes it was merged from: the same repository file onto the same bytes needs no merge.
+        public var source: String
 
-        public init(written: String, managed: String) {
+        public init(written: String, managed: String, source: String) {
             self.written = written
             self.managed = managed
+            self.source = source
         }
     }
 
@@ -70,7 +72,8 @@ public struct PushRecord: Codable, Sendable, Equatable {
     }
 
     public static let headerName = "push.json"
-    public static let chunkSize = 5000
+    /// A part stays well below pmxcfs's 1 MiB per file.
+    public static let chunkBytes = 768 << 10
 
     struct Header: Codable {
         var revision: Revision
@@ -78,20 +81,29 @@ public struct PushRecord: Codable, Sendable, Equatable {
         var node: String
         var generation: Int
         var chunks: [String]
-        var repositorySystemValues: [String: [String: String]]
     }
 
-    /// The record as files of `recordDirectory`: chunk names → bytes, and the header (written last).
+    /// The record as files of `recordDirectory`: part names → bytes, and the header (written last). A part's line is
+    /// "WRITTEN MANAGED SOURCE PATH", then a tab and the system values the repository set in that file (JSON) when it set any.
     public func encoded() throws -> (chunks: [(name: String, data: Data)], header: Data) {
-        let lines = files.sorted { $0.key < $1.key }.map { "\($0.value.written) \($0.value.managed) \($0.key)" }
-        var chunks: [(String, Data)] = []
-        for (index, start) in stride(from: 0, to: lines.count, by: Self.chunkSize).enumerated() {
-            let slice = lines[start..<min(lines.count, start + Self.chunkSize)]
-            chunks.append(("files-\(generation)-\(index)", Data((slice.joined(separator: "\n") + "\n").utf8)))
-        }
-        let header = Header(revision: revision, pushedAt: pushedAt, node: node, generation: generation, chunks: chunks.map(\.0),
-                            repositorySystemValues: repositorySystemValues)
         let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var chunks: [(String, Data)] = []
+        var current = Data()
+        for (path, file) in files.sorted(by: { $0.key < $1.key }) {
+            var line = "\(file.written) \(file.managed) \(file.source) \(path)"
+            if let values = repositorySystemValues[path], !values.isEmpty {
+                line += "\t" + String(decoding: try encoder.encode(values), as: UTF8.self)
+            }
+            let bytes = Data((line + "\n").utf8)
+            if !current.isEmpty && current.count + bytes.count > Self.chunkBytes {
+                chunks.append(("files-\(generation)-\(chunks.count)", current))
+                current = Data()
+            }
+            current += bytes
+        }
+        if !current.isEmpty { chunks.append(("files-\(generation)-\(chunks.count)", current)) }
+        let header = Header(revision: revision, pushedAt: pushedAt, node: node, generation: generation, chunks: chunks.map(\.0))
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
         return (chunks, try encoder.encode(header) + Data("\n".utf8))
@@ -114,16 +126,26 @@ public struct PushRecord: Codable, Sendable, Equatable {
             throw DamagedRecord(file: file, reason: "not the JSON a push writes")
         }
         var files: [String: FileRecord] = [:]
+        var systemValues: [String: [String: String]] = [:]
         for chunk in parsed.chunks {
             guard let data = read(chunk) else { throw DamagedRecord(file: file, reason: "its part \(chunk) is missing") }
             for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
-                let fields = line.split(separator: " ", maxSplits: 2).map(String.init)
-                guard fields.count == 3 else { throw DamagedRecord(file: file, reason: "a line of \(chunk) is not 'WRITTEN MANAGED PATH'") }
-                files[fields[2]] = FileRecord(written: fields[0], managed: fields[1])
+                let columns = line.split(separator: "\t", maxSplits: 1)
+                let fields = columns[0].split(separator: " ", maxSplits: 3).map(String.init)
+                guard fields.count == 4 else {
+                    throw DamagedRecord(file: file, reason: "a line of \(chunk) is not 'WRITTEN MANAGED SOURCE PATH'")
+                }
+                files[fields[3]] = FileRecord(written: fields[0], managed: fields[1], source: fields[2])
+                if columns.count == 2 {
+                    guard let values = try? decoder.decode([String: String].self, from: Data(columns[1].utf8)) else {
+                        throw DamagedRecord(file: file, reason: "the system values of \(fields[3]) in \(chunk) are not JSON")
+                    }
+                    systemValues[fields[3]] = values
+                }
             }
         }
         return PushRecord(revision: parsed.revision, pushedAt: parsed.pushedAt, node: parsed.node, generation: parsed.generation,
-                          files: files, repositorySystemValues: parsed.repositorySystemValues)
+                          files: files, repositorySystemValues: systemValues)
     }
 
     /// Short content digests: 64 bits tell edits apart, and keep a 10,000-guest record within pmxcfs's file limit.

@@ -56,7 +56,7 @@ public enum UnifiedDiff {
         return out
     }
 
-    static func lines(_ text: String) -> [Substring] {
+    public static func lines(_ text: String) -> [Substring] {
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         if lines.last == "" { lines.removeLast() }
         return lines
