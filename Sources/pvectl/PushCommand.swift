@@ -109,7 +109,9 @@ struct PushCommand: AsyncParsableCommand {
         let plan = preview.plan
         let engine = try options.engine
         let selectors = try options.selectors
-        let nodePlan = preview.errors.isEmpty ? try await engine.plan(preview.state, scope: selectors, named: selectors).plan : nil
+        // The plan of what the push changes: the resources its files concern (all of them for a whole kind's file).
+        let scope = engine.scope(forChangesOf: preview.changedPaths, root: root, interfaces: options.tree.interfaces, within: selectors)
+        let nodePlan = preview.errors.isEmpty && !scope.isEmpty ? try await engine.plan(preview.state, scope: scope, named: selectors).plan : nil
         if options.json {
             let files = plan.changes.map { change in
                 Report.File(path: change.path, action: change.action.rawValue, diff: diff(change, colors: false), kept: change.kept)
@@ -236,6 +238,9 @@ struct PushCommand: AsyncParsableCommand {
         }
         if let nodePlan {
             out += "\nPlan of the pushed tree on this node (\(plan.node)):\n" + nodePlan.render(colors: colors)
+        } else if preview.errors.isEmpty {
+            out += preview.changedPaths.isEmpty ? "\nThe push changes no file: nothing to plan on this node.\n"
+                : "\nThe files it writes concern no resource this node manages (see `pvectl plan` after the push).\n"
         }
         return out
     }

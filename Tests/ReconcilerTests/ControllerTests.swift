@@ -51,6 +51,22 @@ struct ControllerTests {
         #expect(keys("/etc/network/interfaces") == ["network", "firewall"])
     }
 
+    @Test("the scope of a plan of changed files: what they concern, a whole kind over its resources, within --only")
+    func scopeOfChanges() {
+        func scope(_ paths: [String], within: [String] = []) -> [String] {
+            Self.engine.scope(forChangesOf: paths, root: "/etc/pve", interfaces: "/etc/network/interfaces",
+                              within: within.compactMap(ResourceSelector.init)).map(\.description)
+        }
+        #expect(scope([]).isEmpty)
+        #expect(scope(["/etc/pve/nodes/pve1/qemu-server/100.conf", "/etc/pve/nodes/pve1/qemu-server/101.conf"])
+                == ["storage", "qemu/100", "qemu/101", "firewall"])
+        #expect(scope(["/etc/pve/nodes/pve1/qemu-server/100.conf", "/etc/pve/storage.cfg"]) == ["storage", "qemu", "lxc", "firewall"])
+        #expect(scope(["/etc/pve/nodes/pve1/qemu-server/100.conf"], within: ["qemu"]) == ["qemu/100"])
+        #expect(scope(["/etc/pve/storage.cfg"], within: ["qemu/7"]) == ["qemu/7"])
+        #expect(scope(["/etc/pve/nodes/pve1/qemu-server/100.conf"], within: ["qemu/101", "network"]).isEmpty)
+        #expect(scope(["/etc/pve/README"]).isEmpty)
+    }
+
     @Test("per resource: a failing VM backs off alone, another VM's edit runs at once, a whole-kind pass covers both")
     func perResourceBackoff() {
         let now = Date(timeIntervalSince1970: 1_000_000)

@@ -31,6 +31,9 @@ public struct Pusher: Sendable {
         public var state: DesiredState
         /// The node's interfaces file as the repository has it (staged as interfaces.new on a push).
         public var stagedInterfaces: Data?
+        /// The files the push changes on this node (absolute paths; the staged interfaces.new among them): what its plan
+        /// is of.
+        public var changedPaths: [String]
 
         public var errors: [Diagnostic] { diagnostics.filter { $0.severity == .error } }
     }
@@ -68,7 +71,9 @@ public struct Pusher: Sendable {
             }
         }
         diagnostics = (plan.problems + diagnostics).sorted().saidOnce()
-        return Preview(plan: plan, source: source, diagnostics: diagnostics, state: state, stagedInterfaces: stagedInterfaces)
+        let changedPaths = overlay.keys.sorted()
+        return Preview(plan: plan, source: source, diagnostics: diagnostics, state: state, stagedInterfaces: stagedInterfaces,
+                       changedPaths: changedPaths)
     }
 
     public struct Stale: Error, CustomStringConvertible {

@@ -303,6 +303,25 @@ public struct ReconcileEngine: Sendable {
         return keys
     }
 
+    /// The plan scope changed files call for: the resources an edit of them may change (the whole kind where a kind
+    /// cannot name one), within `within` (the operator's `--only`; empty: everything). Empty when they concern nothing.
+    public func scope(forChangesOf paths: [String], root: String, interfaces: String?, within: [ResourceSelector]) -> [ResourceSelector] {
+        let keys = paths.reduce(into: Set<ResourceKey>()) { $0.formUnion(affected(byChangeOf: $1, root: root, interfaces: interfaces)) }
+        let wholeKinds = Set(keys.filter { $0.name == nil }.map(\.kind))
+        var scope: Set<ResourceSelector> = []
+        for key in keys where key.name == nil || !wholeKinds.contains(key.kind) {
+            let selector = ResourceSelector(kind: key.kind, name: key.name)
+            guard !within.isEmpty else {
+                scope.insert(selector)
+                continue
+            }
+            for wanted in within where wanted.kind == key.kind {
+                if key.name == nil { scope.insert(wanted) } else if wanted.name == nil || wanted.name == key.name { scope.insert(selector) }
+            }
+        }
+        return scope.sorted { precedes(ResourceKey($0.kind, $0.name), ResourceKey($1.kind, $1.name)) }
+    }
+
     /// The kinds a host event concerns.
     public func kinds(following event: HostEvent) -> [String] {
         kinds.filter { $0.kindType.events.contains(event) }.map(\.kindName)
