@@ -6,7 +6,7 @@
 import PackageDescription
 
 let formats = ["storage", "sectionconfig", "qemu", "lxc", "interfaces", "firewall", "corosync", "datacenter", "user", "volumeid",
-               "firewallruleset", "netservices"]
+               "firewallruleset", "netservices", "push"]
 
 let package = Package(
     name: "pvectl-fuzz",

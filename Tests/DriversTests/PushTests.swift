@@ -156,6 +156,30 @@ struct PushTests {
         #expect(target.read(Self.guest) == nil && target.read("nodes/pve1/qemu-server/102.conf") == "memory: 64\n")
     }
 
+    @Test("examples/gitops: the three-node repository previews with no problem on each node, as a directory and at a ref")
+    func gitopsExample() throws {
+        let repository = Corpus.packageRoot.appendingPathComponent("examples/gitops/repository").path
+        let copy = try TestRepository()
+        for name in try FileManager.default.subpathsOfDirectory(atPath: repository) {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: repository + "/" + name, isDirectory: &isDirectory), !isDirectory.boolValue {
+                try copy.directory.write(name, try String(contentsOfFile: repository + "/" + name, encoding: .utf8))
+            }
+        }
+        let commit = try copy.commit("the example", [:])
+        for node in ["pve1", "pve2", "pve3"] {
+            let target = try TemporaryDirectory(prefix: "pvectl-gitops")
+            for source in [[repository], [copy.path, "--ref", commit]] {
+                let preview = NetworkNamespace.capture([Self.binary, "push"] + source + ["--dry-run", "--to", target.path, "--node", node,
+                                                                                         "--interfaces", target.path + "/interfaces",
+                                                                                         "--state-dir", target.path + "/state"])
+                #expect(preview.status == 0, "\(node): \(preview)")
+                #expect(preview.output.contains("Push: 9 to write"), "\(node): \(preview.output)")
+                #expect(!preview.error.contains("error") && !preview.error.contains("warning"), "\(node): \(preview.error)")
+            }
+        }
+    }
+
     @Test("two pushes at once never interleave: the lock serializes them and the second plans on the first's result")
     func concurrentPushes() throws {
         let target = try Target()

@@ -207,3 +207,29 @@ final class MemoryContainerFiles: ContainerFiles {
     func remove(_ path: String) throws { files[path] = nil }
     func symlink(_ path: String, to target: String) throws {}
 }
+
+extension FuzzSupport {
+    /// A push's merge of a repository's guest config into /etc/pve's (the input split at a `%%` line, for both kinds):
+    /// never traps, and pushing the merged result again writes nothing (no perpetual diff). The record reader and the
+    /// diff take the same bytes: the reader refuses or reads, the diff is empty exactly when the lines are equal.
+    public static func runPush(_ data: UnsafePointer<UInt8>, _ size: Int) {
+        let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
+        let parts = text.components(separatedBy: "\n%%\n")
+        let repository = parts[0]
+        let currentText = parts.count > 1 ? parts[1] : ""
+        for kind in GuestConfig.Kind.allCases {
+            let merge = GuestConfigMerge(kind: kind)
+            let current = GuestConfig.parse(currentText, file: "100.conf", kind: kind).0
+            let first = merge.merge(repository: repository, file: "100.conf", current: current, lastPushed: [:])
+            let merged = GuestConfig.parse(first.text, file: "100.conf", kind: kind).0
+            let second = merge.merge(repository: repository, file: "100.conf", current: merged, lastPushed: first.repositorySystemValues)
+            precondition(second.text == first.text, "pushing the merged config again would change it")
+            precondition(first.sourceLines.isEmpty || first.sourceLines.count == first.text.split(separator: "\n", omittingEmptySubsequences: false)
+                .count - (first.text.hasSuffix("\n") ? 1 : 0), "the line map does not cover the merged file")
+            _ = merge.managedPart(of: merged)
+        }
+        _ = try? PushRecord.decode(header: Data(repository.utf8), file: "push.json") { _ in Data(currentText.utf8) }
+        let diff = UnifiedDiff.render(old: repository, new: currentText, oldName: "a", newName: "b")
+        precondition(diff.isEmpty == (UnifiedDiff.lines(repository) == UnifiedDiff.lines(currentText)), "diff and equality disagree")
+    }
+}
