@@ -34,6 +34,7 @@ public struct MissingExecutable: Error, CustomStringConvertible, Sendable {
         "btrfs": "btrfs-progs", "mount": "mount", "umount": "mount", "findmnt": "util-linux",
         "lxc-start": "lxc", "lxc-stop": "lxc", "lxc-info": "lxc", "lxc-attach": "lxc", "lxc-monitor": "lxc", "lxc-usernsexec": "lxc", "tc": "iproute2",
         "zstd": "zstd", "xz": "xz-utils", "bzip2": "bzip2", "gzip": "gzip",
+        "corosync-cfgtool": "corosync", "corosync-cmapctl": "corosync", "corosync-quorumtool": "corosync", "corosync-keygen": "corosync",
     ]
 
     public var description: String {

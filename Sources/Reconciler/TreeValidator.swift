@@ -14,7 +14,7 @@ public enum TreeValidator {
         let storageKind = state.storage.map { StorageDesiredState.storages(from: $0, node: state.node) }
         let storagesByID = storageKind.map { StorageDesiredState.storagesByID($0.storages) }
         if let datacenter = state.datacenter { diagnostics += DatacenterValidator.validate(datacenter) }
-        if let corosync = state.corosync { diagnostics += CorosyncValidator.validate(corosync) }
+        if let corosync = state.corosync { diagnostics += CorosyncValidator.validate(corosync, node: state.node) }
         if let users = state.users { diagnostics += UserConfigValidator.validate(users) }
 
         // Guest files are independent: validate them on all cores, beside storage.cfg and the interfaces file (the first

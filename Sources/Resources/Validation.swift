@@ -268,7 +268,9 @@ public enum FirewallValidator {
 }
 
 public enum CorosyncValidator {
-    public static func validate(_ config: CorosyncConfig) -> [Diagnostic] {
+    /// The file's own rules and, with `node`, what would split the cluster from the node reading it: node names, ids
+    /// and each link's addresses unique, every node on the same links, and this node in the nodelist.
+    public static func validate(_ config: CorosyncConfig, node: String? = nil) -> [Diagnostic] {
         var diagnostics: [Diagnostic] = []
         let top = SourceLocation(file: config.file, line: 1)
         guard let totem = config.totem else {
@@ -294,13 +296,42 @@ public enum CorosyncValidator {
                     diagnostics.append(.error(node.location, "nodeid '\(id)' must be a positive number", code: .invalidValue))
                 }
                 if let first = ids[id] {
-                    diagnostics.append(.warning(node.location, "nodeid \(id) is used twice (first at line \(first.line))", code: .duplicate))
+                    diagnostics.append(.error(node.location, "nodeid \(id) is used twice (first at line \(first.line))", code: .duplicate))
                 }
                 ids[id] = node.location
             }
             if node["ring0_addr"] == nil && node["name"] == nil {
                 diagnostics.append(.error(node.location, "node has neither ring0_addr nor name", code: .missingValue))
             }
+        }
+        // Each link's addresses unique, and every node on the same links (knet needs an address per link on each node).
+        var addresses: [String: SourceLocation] = [:]
+        var firstLinks: (links: [String], name: String)?
+        for node in config.nodes {
+            var links: [String] = []
+            for case .value(let key, let address, let location) in node.items where key.hasPrefix("ring") && key.hasSuffix("_addr") {
+                links.append(key)
+                if let first = addresses[key + " " + address] {
+                    diagnostics.append(.error(location, "\(key) \(address) is used by two nodes (first at line \(first.line))", code: .duplicate))
+                }
+                addresses[key + " " + address] = location
+            }
+            links.sort()
+            let name = node["name"] ?? node["nodeid"] ?? "?"
+            if let first = firstLinks {
+                if first.links != links {
+                    diagnostics.append(.error(node.location, "node \(name) has links \(links.joined(separator: ", ")) but node \(first.name) has "
+                                              + "\(first.links.joined(separator: ", ")): every node needs an address on the same links",
+                                              code: .reference))
+                }
+            } else {
+                firstLinks = (links, name)
+            }
+        }
+        if let node, !config.nodes.isEmpty, !config.nodes.contains(where: { $0["name"] == node }) {
+            diagnostics.append(.error(config.root.sections("nodelist").first?.location ?? top, "this node (\(node)) is not in the nodelist: "
+                                      + "installing it would remove the node you stand on from the cluster (delnode it from another node)",
+                                      code: .reference))
         }
         return diagnostics
     }

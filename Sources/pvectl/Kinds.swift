@@ -25,6 +25,7 @@ enum Kinds {
                            restart: settings.restartGuests),
             LxcReconciler(driver: LxcToolDriver(), store: settings.store, restart: settings.restartGuests),
             FirewallReconciler(driver: NftablesFirewallDriver(), store: settings.store),
+            CorosyncReconciler(driver: HostCorosyncDriver()),
         ]
     }
 

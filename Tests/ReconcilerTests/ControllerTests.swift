@@ -31,7 +31,7 @@ struct ControllerTests {
         #expect(kinds("/etc/pve/nodes/pve2") == ["storage", "qemu", "lxc", "firewall"], "a new directory may hold configs")
         #expect(kinds("/etc/pve/ha/resources.cfg") == ["qemu", "lxc"])
         #expect(kinds("/etc/pve/datacenter.cfg") == ["qemu", "lxc", "firewall"])
-        #expect(kinds("/etc/pve/corosync.conf") == ["firewall"])
+        #expect(kinds("/etc/pve/corosync.conf") == ["firewall", "corosync"])
         #expect(kinds("/etc/pve/virtual-guest/cpu-models.conf") == ["qemu"])
         #expect(kinds("/etc/pve/user.cfg").isEmpty)
         #expect(kinds("/elsewhere/storage.cfg").isEmpty)

@@ -107,7 +107,7 @@ struct EngineTests {
     @Test("the registry orders kinds by what they are applied after, and refuses duplicates, unknown names and cycles")
     func registry() throws {
         let engine = try Node().engine()
-        #expect(engine.names == ["network", "storage", "qemu", "lxc", "firewall"])
+        #expect(engine.names == ["network", "storage", "qemu", "lxc", "firewall", "corosync"])
         // Registered in another order, the apply order is the same.
         let store = StateStore(directory: "/nonexistent")
         let host = InMemoryHost(tree: MemoryTree(), links: ObservedNetwork())
@@ -231,7 +231,7 @@ struct EngineTests {
             passes.append(key.description)
             await manager.pass(key, load: load, logger: logs.logger)
         }
-        #expect(passes == ["network", "storage", "qemu", "lxc", "firewall"], "network and storage feed qemu and firewall again: queued once")
+        #expect(passes == ["network", "storage", "qemu", "lxc", "firewall", "corosync"], "network and storage feed qemu and firewall again: queued once")
         #expect(manager.record.kinds["qemu"]?.outcome == "failed")
         #expect(manager.record.kinds["qemu"]?.retryAt == node.clock.now().addingTimeInterval(1))
         #expect(manager.record.kinds["lxc"]?.outcome == "applied", "container 200 started")

@@ -403,14 +403,36 @@ public final class InMemoryHost: Sendable {
     public let storage: InMemoryStorageDriver
     public let firewall: InMemoryFirewallDriver
     public let lxc: InMemoryLxcDriver
+    public let corosync: InMemoryCorosyncDriver
 
-    public init(tree: MemoryTree, links: ObservedNetwork) {
+    public init(tree: MemoryTree, links: ObservedNetwork, corosync: CorosyncObservation? = nil) {
         self.tree = tree
         network = InMemoryNetworkDriver(links, tree: tree)
         qemu = InMemoryQemuDriver(network: network, tree: tree)
         storage = InMemoryStorageDriver(qemu: qemu)
         firewall = InMemoryFirewallDriver(network: network)
         lxc = InMemoryLxcDriver(network: network, tree: tree)
+        self.corosync = InMemoryCorosyncDriver(corosync ?? CorosyncObservation(installed: nil, runningVersion: nil, localAddresses: []))
+    }
+}
+
+/// corosync on a node, in memory: the installed file, the version the running corosync has, the node's addresses; a
+/// reload makes the running version the installed file's.
+public final class InMemoryCorosyncDriver: CorosyncDriver {
+    public let installedPath = "/etc/corosync/corosync.conf"
+    public let state: Mutex<CorosyncObservation>
+    public let reloads = Mutex(0)
+
+    public init(_ observation: CorosyncObservation) { state = Mutex(observation) }
+
+    public func observe() async -> CorosyncObservation { state.withLock { $0 } }
+    public func install(_ text: String) async throws { state.withLock { $0.installed = text } }
+    public func reload() async throws {
+        reloads.withLock { $0 += 1 }
+        state.withLock { observed in
+            observed.runningVersion = observed.installed.flatMap { CorosyncConfig.parse($0, file: "x").0.totem?["config_version"] }
+                .flatMap { UInt64($0) }
+        }
     }
 }
 
@@ -423,6 +445,7 @@ extension InMemoryHost {
             QemuReconciler(driver: qemu, store: store, restart: restartVMs, clock: clock),
             LxcReconciler(driver: lxc, store: store, restart: restartVMs, clock: clock),
             FirewallReconciler(driver: firewall, store: store, clock: clock),
+            CorosyncReconciler(driver: corosync),
         ])
     }
 }
