@@ -54,8 +54,9 @@ struct PushTests {
         let cfs: PMXCFSProcess
         let scratch: TemporaryDirectory
 
-        init() throws {
+        init(pmxcfsArguments: [String] = []) throws {
             cfs = try PMXCFSProcess(node: "pve1")
+            cfs.extraArguments = pmxcfsArguments
             try cfs.start()
             scratch = try TemporaryDirectory(prefix: "pvectl-push")
             try scratch.write("network/interfaces", "auto lo\niface lo inet loopback\n")
@@ -228,6 +229,19 @@ struct PushTests {
         #expect(target.push([repository.path, "--out", planFile]).status == 0)
         let applied = target.push([planFile])
         #expect(applied.status == 0 && target.read("storage.cfg") == Self.storage, "\(applied)")
+    }
+
+    @Test("a lock left by a killed push expires through pmxcfs (its 120 s, 3 s here) and the next push takes it")
+    func expiredLock() throws {
+        let target = try Target(pmxcfsArguments: ["--lock-expiry", "3"])
+        let repository = try TestRepository()
+        try repository.commit("storage", ["storage.cfg": Self.storage])
+        #expect(mkdir(target.root + "/priv/lock/pvectl-push", 0o755) == 0)
+        let started = Date()
+        let push = target.push([repository.path, "--auto-approve"])
+        #expect(push.status == 0 && target.read("storage.cfg") == Self.storage, "\(push)")
+        #expect(Date().timeIntervalSince(started) >= 2.5, "taken only once expired")
+        #expect(!FileManager.default.fileExists(atPath: target.root + "/priv/lock/pvectl-push"), "released after the push")
     }
 
     @Test("a push killed with SIGKILL while it writes leaves every file old or new; the next push completes it")
