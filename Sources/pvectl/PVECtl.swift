@@ -15,7 +15,8 @@ struct PVECtl: AsyncParsableCommand {
         """,
         subcommands: [Validate.self, Format.self, PlanCommand.self, ApplyCommand.self, RunCommand.self, StatusCommand.self, PushCommand.self,
                       ShowCommand.self,
-                      LxcConfigCommand.self, LxcHookCommand.self, FirewallCommand.self, ClusterFSCommand.self]
+                      LxcConfigCommand.self, LxcHookCommand.self, FirewallCommand.self, ClusterFSCommand.self,
+                      ClusterCommand.self]
     )
 }
 

@@ -65,4 +65,34 @@ struct CorosyncKindHostTests {
         #expect(removed.status == 1 && removed.error.contains("this node (node4) is not in the nodelist"), "\(removed)")
         #expect(cmap("totem.config_version") == "2")
     }
+
+    @Test("pvectl cluster status, nodes and expected on the real cluster, as pvecm shows them; a cut node made quorate on purpose")
+    func clusterCommands() throws {
+        let cluster = try CorosyncCluster()
+        #expect(waitFor(seconds: 60) { cluster.isQuorate(1) == true && cluster.isQuorate(3) == true }, "quorate")
+        let root = try TemporaryDirectory(prefix: "pvectl-cluster-root")
+        try root.write("corosync.conf", cluster.configuration)
+        func pvectl(_ node: Int, _ arguments: [String]) -> (status: Int32, output: String, error: String) {
+            NetworkNamespace.capture(["ip", "netns", "exec", cluster.namespace(node), Self.binary, "cluster"] + arguments)
+        }
+        let status = pvectl(1, ["status", "--root", root.path])
+        #expect(status.status == 0, "\(status)")
+        for expected in ["Cluster information", "Name:             \(cluster.prefix)", "Config Version:   1", "Transport:        knet",
+                         "Secure auth:      on", "Quorate:          Yes", "Expected votes:   3", "0x00000001          1 192.0.2.11 (local)"] {
+            #expect(status.output.contains(expected), "missing '\(expected)': \(status.output)")
+        }
+        let nodes = pvectl(2, ["nodes", "--json"])
+        let members = (try? JSONSerialization.jsonObject(with: Data(nodes.output.utf8))) as? [[String: Any]] ?? []
+        #expect(members.map { $0["name"] as? String } == ["node1", "node2", "node3"], "\(nodes)")
+        #expect(members.filter { $0["local"] as? Bool == true }.map { $0["nodeid"] as? Int } == [2])
+
+        try cluster.cut(3)
+        #expect(waitFor(seconds: 60) { cluster.isQuorate(3) == false }, "the cut node loses quorum")
+        let lonely = pvectl(3, ["status", "--json"])
+        #expect(lonely.output.contains("\"quorate\" : false"), "\(lonely)")
+        #expect(pvectl(3, ["expected", "1"]).status == 0)
+        #expect(waitFor(seconds: 10) { cluster.isQuorate(3) == true }, "expected 1 makes it quorate")
+        try cluster.heal(3)
+        #expect(pvectl(1, ["expected", "0"]).status != 0, "at least 1 vote")
+    }
 }

@@ -15,6 +15,8 @@ public enum FuzzSupport {
         _ = format.canonicalize(text, file: file, dropInvalid: true)
         precondition(format.losslessRoundTrip(text, file: file) == text, "lossless round trip changed the input")
         if format == .lxc { runContainer(text, file: file) }
+        // corosync-quorumtool's output, which `pvectl cluster` reads, beside corosync.conf.
+        if format == .corosync { _ = QuorumStatus.parse(text) }
         if format == .qemu {
             // Any VM config either gives a command line or a clear error, never a trap.
             let config = GuestConfig.parse(text, file: file, kind: .qemu).0
