@@ -39,7 +39,7 @@ let package = Package(
         ),
         .target(
             name: "Drivers",
-            dependencies: ["Reconciler", "Resources", .product(name: "Subprocess", package: "swift-subprocess")],
+            dependencies: ["Reconciler", "Resources", "ClusterFS", .product(name: "Subprocess", package: "swift-subprocess")],
             swiftSettings: strict
         ),
         // Thin system-library targets: module maps only, no logic in C.

@@ -1108,6 +1108,23 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Whether a path is private (priv/, nodes/*/priv/): not for read-only clients.
     public func isPrivate(path: String) -> Bool { isPrivate(components(path)) }
 
+    /// What a watcher needs to follow the tree from outside (other nodes' changes never reach inotify on FUSE): a first
+    /// line `VERSION QUORATE` (the tree's change counter, 1 when writes are taken), then, when the counter is not `since`,
+    /// one line `VERSION PATH` per entry (`/`-separated, no leading slash).
+    public func treeVersions(since: UInt64) -> [UInt8] {
+        let quorate = isWritable
+        lock.lock()
+        defer { lock.unlock() }
+        var out = "\(version) \(quorate ? 1 : 0)\n"
+        if version != since {
+            for entry in entries.values where entry.inode != Self.rootInode {
+                guard let parts = components(of: entry) else { continue }
+                out += "\(entry.version) \(parts.joined(separator: "/"))\n"
+            }
+        }
+        return Array(out.utf8)
+    }
+
     public func statusFile(_ name: String) -> [UInt8] {
         lock.lock()
         defer { lock.unlock() }

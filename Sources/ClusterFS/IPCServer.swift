@@ -12,6 +12,9 @@ public enum IPCRequest: Int32, Sendable {
     case logClusterMessage = 7
     case getClusterLog = 8
     case getGuestConfigProperties = 13
+    /// This implementation's own: the tree's change counter, quorum, and every entry's version (`treeVersions`), for a
+    /// watcher on another process (pvectl run) to see other nodes' changes. Body: the u64 counter last seen.
+    case getTreeVersions = 100
 }
 
 /// Sizes of the wire structures, as the C compiler lays them out.
@@ -185,6 +188,9 @@ public enum IPCServer {
             let maximum = Int(body.loadUnaligned(as: UInt32.self))
             let user = Self.string(body, from: 16)
             return (0, fs.clusterLog(maximum: maximum == 0 ? 50 : maximum, user: user))
+        case .getTreeVersions:
+            guard body.count == 8 else { return (-EINVAL, []) }
+            return (0, fs.treeVersions(since: body.loadUnaligned(as: UInt64.self)))
         case .getGuestConfigProperties:
             // u32 vmid, u8 count, then count NUL-terminated names starting with a-z.
             guard body.count >= 6 else { return (-EINVAL, []) }

@@ -248,7 +248,8 @@ struct StatusCommand: AsyncParsableCommand {
             var message = entry.outcome + (entry.message.map { $0.isEmpty ? "" : ": \($0)" } ?? "")
             if alive, let retry = entry.retryAt { message += "; next try \(formatter.string(from: retry))" }
             if !alive { message = "pvectl run (pid \(loop.pid)) is not running; its last pass: " + message }
-            let condition = !alive ? "Stopped" : entry.failures > 0 ? "Degraded" : entry.outcome == "blocked" ? "Blocked" : "Watching"
+            let condition = !alive ? "Stopped" : entry.failures > 0 ? "Degraded" : entry.outcome == "blocked" ? "Blocked"
+                : entry.outcome == "held" ? "Held" : "Watching"
             return StatusRow(id: "loop/\(kind)", condition: condition, updatedAt: entry.lastPassAt, message: message)
         }
     }

@@ -33,6 +33,12 @@ struct RunCommand: AsyncParsableCommand {
         explicit apply. --report-only KIND logs that kind's drift and changes
         nothing. SIGTERM or SIGINT ends the loop after the pass in progress.
 
+        On a pmxcfs mount, what other nodes write is followed through pmxcfs's
+        IPC service (its change counter, asked every 0.2 s): inotify never sees
+        it on FUSE. A node without quorum applies nothing (its guests stay as
+        they are): passes say what they would do, status shows loop/KIND Held,
+        and everything is looked at again when quorum comes back.
+
         Pull mode (--source REPO, as Flux or Argo CD): every --poll seconds the
         ref's head (--ref, default HEAD; a URL is mirrored under --state-dir) is
         validated and pushed into --root as `pvectl push` does; a commit that
@@ -129,6 +135,14 @@ struct ReconcileLoop: Service {
             logger.debug("changed: \(path) → \(affected.map(\.description).sorted())")
             if !affected.isEmpty { Task { await inbox.post(keys: affected) } }
         }
+        // A pmxcfs mount: other nodes' changes never reach inotify; pmxcfs's change counter is followed over its IPC
+        // service, and its quorum (a node without quorum applies nothing: its guests stay as they are).
+        let treeWatcher = ClusterTreeWatcher(root: root, service: options.tree.ipcService)
+        treeWatcher?.start(onChange: onFileChange, onQuorum: { [logger] quorate in
+            logger.notice(quorate ? "quorum regained: applying again" : "quorum lost: applying nothing, guests stay as they are")
+            if quorate { Task { await inbox.post(keys: manager.kinds.map { ResourceKey($0) }) } }
+        })
+        if treeWatcher != nil { logger.info("following the cluster file system through pmxcfs's IPC service \(options.tree.ipcService)") }
         // Three levels below the root reach nodes/<node>/qemu-server/; of the interfaces file, its directory alone.
         let rootWatcher = try FileChangeWatcher(directories: [root], depth: 3, onChange: onFileChange)
         let interfacesWatcher = try FileChangeWatcher(directories: [(interfaces as NSString).deletingLastPathComponent], depth: 0,
@@ -191,6 +205,7 @@ struct ReconcileLoop: Service {
         defer {
             containerEvents?.stop()
             rootWatcher.stop()
+            treeWatcher?.stop()
             interfacesWatcher.stop()
             netlinkWatcher.stop()
             qemuEvents?.stop()
@@ -209,7 +224,8 @@ struct ReconcileLoop: Service {
             while await !inbox.isStopping {
                 manager.post(await inbox.take())
                 if let key = manager.next() {
-                    await manager.pass(key, load: load, logger: logger)
+                    let hold = treeWatcher.map { $0.isQuorate ? nil : "no quorum" } ?? nil
+                    await manager.pass(key, load: load, logger: logger, hold: hold)
                     do { try store.save(manager.record, as: "loop") } catch { logger.error("cannot record the loop's state: \(error)") }
                     continue
                 }

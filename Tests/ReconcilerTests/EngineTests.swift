@@ -215,6 +215,26 @@ struct EngineTests {
         #expect(moved?.hasPrefix("the system changed: network/vmbr0") == true, "\(moved ?? "nil")")
     }
 
+    @Test("the loop held (a node without quorum): passes plan and say what they would do, apply nothing; after the hold they do")
+    func heldLoop() async throws {
+        let node = Node()
+        let logs = LogLines()
+        var manager = LoopManager(engine: try node.engine(), selectors: [], pid: 1, clock: node.clock, minimumInterval: 0)
+        let load: @Sendable () -> DesiredState = { node.load(staged: false) }
+        manager.postAll()
+        while let key = manager.next() { await manager.pass(key, load: load, logger: logs.logger, hold: "no quorum") }
+        #expect(node.host.network.performed.withLock { $0 }.isEmpty, "nothing applied")
+        #expect(node.host.qemu.vms.withLock { $0 }.isEmpty && node.host.lxc.containers.withLock { $0 }.isEmpty, "no guest started")
+        #expect(manager.record.kinds["network"]?.outcome == "held")
+        let held = "no quorum: keeping everything as it is; would update network/eno1, create network/vmbr0"
+        #expect(manager.record.kinds["network"]?.message?.hasPrefix(held) == true,
+                "\(String(describing: manager.record.kinds["network"]))")
+        #expect(logs.all.contains { $0.contains("held (no quorum): not applying") }, "\(logs.all)")
+        manager.postAll()
+        while let key = manager.next() { await manager.pass(key, load: load, logger: logs.logger) }
+        #expect(!node.host.network.performed.withLock { $0 }.isEmpty && manager.record.kinds["network"]?.outcome == "applied")
+    }
+
     @Test("the loop: a failing VM backs off alone on the clock, an edit of another VM runs at once and plans only that VM")
     func loopBackoffPerResource() async throws {
         var files = Self.files
@@ -231,7 +251,8 @@ struct EngineTests {
             passes.append(key.description)
             await manager.pass(key, load: load, logger: logs.logger)
         }
-        #expect(passes == ["network", "storage", "qemu", "lxc", "firewall", "corosync"], "network and storage feed qemu and firewall again: queued once")
+        #expect(passes == ["network", "storage", "qemu", "lxc", "firewall", "corosync"],
+                "network and storage feed qemu and firewall again: queued once")
         #expect(manager.record.kinds["qemu"]?.outcome == "failed")
         #expect(manager.record.kinds["qemu"]?.retryAt == node.clock.now().addingTimeInterval(1))
         #expect(manager.record.kinds["lxc"]?.outcome == "applied", "container 200 started")

@@ -78,8 +78,11 @@ public struct LoopManager: Sendable {
     /// returns what it did. A failure is retried with the key's own backoff; a plan blocked by its input is not
     /// retried: it waits for that input to change.
     @discardableResult
-    public mutating func pass(_ key: ResourceKey, load: @Sendable () throws -> DesiredState, logger: Logger) async -> LoopRecord.KindRecord {
-        var (outcome, requested) = await run(key, load: load, logger: logger)
+    /// - Parameter hold: why nothing may be applied now (a node without quorum keeps its guests as they are): the pass
+    ///   plans and says what it would do, and applies nothing.
+    public mutating func pass(_ key: ResourceKey, load: @Sendable () throws -> DesiredState, logger: Logger,
+                              hold: String? = nil) async -> LoopRecord.KindRecord {
+        var (outcome, requested) = await run(key, load: load, logger: logger, hold: hold)
         if let delay = requested {
             // A kind asked to be looked at again: not a failure, no backoff.
             let at = clock.now().addingTimeInterval(delay)
@@ -92,7 +95,7 @@ public struct LoopManager: Sendable {
 
     /// What the pass did, and when its kinds asked to be looked at again (`KindComputation.requeueAfter`).
     private mutating func run(_ key: ResourceKey, load: @Sendable () throws -> DesiredState,
-                              logger: Logger) async -> (LoopRecord.KindRecord, requeueAfter: TimeInterval?) {
+                              logger: Logger, hold: String?) async -> (LoopRecord.KindRecord, requeueAfter: TimeInterval?) {
         let started = clock.now()
         let chosen = selectors.filter { $0.kind == key.kind }
         // One resource: planned alone; the operator's own selectors still say which VMs they named.
@@ -125,6 +128,14 @@ public struct LoopManager: Sendable {
                 return (blocked.isEmpty ? LoopRecord.KindRecord(lastPassAt: started, outcome: "converged")
                     : LoopRecord.KindRecord(lastPassAt: started, outcome: "blocked", message: blocked.map(\.id).joined(separator: ", ")),
                     requested)
+            }
+            if let hold {
+                let would = changing.map { "\($0.action.rawValue) \($0.id)" }.joined(separator: ", ")
+                log.notice("held (\(hold)): not applying \(would)")
+                // Not a failure: the key is posted again when the hold ends.
+                queue.succeeded(key)
+                return (LoopRecord.KindRecord(lastPassAt: started, outcome: "held", message: "\(hold): keeping everything as it is; would " + would),
+                        requested)
             }
             if reportOnly.contains(key.kind) {
                 for resource in changing {
