@@ -164,8 +164,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// - Parameter clock: seconds since the epoch; tests pass their own to age locks.
     /// - Parameter cluster: run in cluster mode when the database holds `corosync.conf` (as the original decides);
     ///   then the node's directories are made through the cluster once it synced, not here.
+    /// - Parameter importCorosyncConfig: corosync's own file, taken into a database that has none (as the original
+    ///   imports /etc/corosync/corosync.conf at startup): a node joining a cluster starts from it in cluster mode.
     public init(databasePath: String, node: String, cluster: Bool = false, lockExpiry: UInt32 = ClusterFileSystem.lockExpiry,
-                clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }) throws {
+                importCorosyncConfig: [UInt8]? = nil, clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }) throws {
         database = try Database(path: databasePath)
         self.node = node
         self.clock = clock
@@ -174,6 +176,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
         startTime = clock()
         try load(try database.loadAll())
         rememberLocks()
+        if cluster, resolve(["corosync.conf"]) == nil, let imported = importCorosyncConfig {
+            guard create("/corosync.conf") == 0,
+                  imported.withUnsafeBytes({ Int(write("/corosync.conf", bytes: $0, offset: 0)) }) == imported.count
+            else { throw StartupError(description: "cannot import corosync.conf") }
+        }
         if cluster && resolve(["corosync.conf"]) != nil {
             clusterMode = true
             collecting = true

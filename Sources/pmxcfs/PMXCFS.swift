@@ -71,7 +71,10 @@ struct PMXCFS: ParsableCommand {
         }
         let fileSystem: ClusterFileSystem
         do {
-            fileSystem = try ClusterFileSystem(databasePath: db, node: nodeName, cluster: !local, lockExpiry: lockExpiry)
+            // Not in local mode, a database without corosync.conf takes corosync's own (a node that joined a cluster).
+            let imported = local ? nil : FileManager.default.contents(atPath: corosyncConf).map { Array($0) }
+            fileSystem = try ClusterFileSystem(databasePath: db, node: nodeName, cluster: !local, lockExpiry: lockExpiry,
+                                               importCorosyncConfig: imported)
         } catch {
             FileHandle.standardError.write(Data("pmxcfs: cannot load \(db): \(error)\n".utf8))
             throw ExitCode(1)

@@ -8,8 +8,20 @@ import Resources
 struct ClusterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
-        abstract: "The cluster manager (pvecm's status, nodes and expected).",
+        abstract: "The cluster manager (pvecm's create, add/join, delnode, status, nodes, expected).",
         discussion: """
+        `create NAME --link0 ADDRESS[,priority=N]` makes this node a cluster:
+        corosync's key (corosync-keygen) and configuration, in /etc/pve and where
+        pmxcfs's --corosync-conf says, corosync started, pmxcfs restarted out of
+        local mode. `add NODE --link0 ADDRESS --out FILE`, on a member, puts a
+        node into the nodelist (replicated; corosync reloads it everywhere) and
+        writes the join bundle (it holds the cluster's key: move it like one);
+        `join FILE` on the new node starts corosync with it and restarts pmxcfs
+        on an empty database, keeping its own tree's database aside, so it takes
+        the cluster's tree. `delnode NODE` removes a node (powered off for good)
+        from the nodelist. corosync is started with --start-corosync COMMAND,
+        else `systemctl restart corosync` under systemd, else `corosync`.
+
         `status` prints the cluster's corosync.conf (name, config version,
         transport, secure auth) and corosync's quorum, votequorum and membership
         information, as `pvecm status` does; `nodes` the members, as `pvecm
@@ -20,12 +32,140 @@ struct ClusterCommand: AsyncParsableCommand {
         reloads it or must restart.
 
         Examples:
+          pvectl cluster create prod --link0 192.0.2.11
+          pvectl cluster add pve2 --link0 192.0.2.12 --out /root/pve2.join      (on pve1)
+          pvectl cluster join /root/pve2.join                                   (on pve2)
           pvectl cluster status
           pvectl cluster nodes --json
+          pvectl cluster delnode pve3
           pvectl cluster expected 1
         """,
-        subcommands: [Status.self, Nodes.self, Expected.self]
+        subcommands: [Create.self, Add.self, Join.self, Delnode.self, Status.self, Nodes.self, Expected.self]
     )
+
+    /// What the membership commands share.
+    struct SetupOptions: ParsableArguments {
+        @Option(name: .long, help: ArgumentHelp("The cluster file system's root.", valueName: "DIR"))
+        var root: String = "/etc/pve"
+
+        @Option(name: .long, help: ArgumentHelp("This node's name (default: short host name).", valueName: "NAME"))
+        var node: String?
+
+        @Option(name: .customLong("pmxcfs-pid-file"), help: ArgumentHelp("The running pmxcfs's pid file.", valueName: "FILE"))
+        var pmxcfsPidFile: String = "/run/pve-cluster/pmxcfs.pid"
+
+        @Option(name: .customLong("start-corosync"),
+                help: ArgumentHelp("Shell command that starts corosync (default: systemctl restart corosync, or corosync).",
+                                   valueName: "COMMAND"))
+        var startCorosync: String?
+
+        var setup: ClusterSetup {
+            let host = ProcessInfo.processInfo.hostName
+            return ClusterSetup(root: root, node: node ?? String(host.split(separator: ".").first ?? Substring(host)),
+                                pmxcfsPidFile: pmxcfsPidFile, startCorosync: startCorosync)
+        }
+    }
+
+    /// `--link0 ADDRESS[,priority=N]` ... `--link7`.
+    struct LinkOptions: ParsableArguments {
+        @Option(name: .customLong("link0"), help: ArgumentHelp("This node's address on link 0 (and priority=N).", valueName: "ADDRESS"))
+        var link0: String?
+        @Option(name: .customLong("link1"), help: .hidden) var link1: String?
+        @Option(name: .customLong("link2"), help: .hidden) var link2: String?
+        @Option(name: .customLong("link3"), help: .hidden) var link3: String?
+        @Option(name: .customLong("link4"), help: .hidden) var link4: String?
+        @Option(name: .customLong("link5"), help: .hidden) var link5: String?
+        @Option(name: .customLong("link6"), help: .hidden) var link6: String?
+        @Option(name: .customLong("link7"), help: .hidden) var link7: String?
+
+        var links: [ClusterMembership.Link] {
+            get throws {
+                try [link0, link1, link2, link3, link4, link5, link6, link7].enumerated().compactMap { number, text in
+                    try text.map { try ClusterMembership.Link(number: number, parsing: $0) }
+                }
+            }
+        }
+    }
+
+    static func guarded(_ body: () async throws -> Void) async throws {
+        do { try await body() } catch let error as ClusterSetup.Failure {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        } catch let error as ClusterMembership.Failure {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        } catch let error as CommandError {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+    }
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make this node a new cluster (pvecm create).")
+        @Argument(help: ArgumentHelp("The cluster's name (1-15 letters, digits, '-').", valueName: "NAME")) var name: String
+        @OptionGroup var options: SetupOptions
+        @OptionGroup var links: LinkOptions
+        @Option(name: .long, help: "This node's id.") var nodeid: Int = 1
+        @Option(name: .long, help: "This node's votes.") var votes: Int = 1
+
+        func run() async throws {
+            try await ClusterCommand.guarded {
+                try await options.setup.create(name: name, links: try links.links, nodeid: nodeid, votes: votes) { printOut($0 + "\n") }
+                printOut("Cluster \(name) created. Add a node: pvectl cluster add NODE --link0 ADDRESS --out FILE, then on it: "
+                         + "pvectl cluster join FILE\n")
+            }
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put a node into the cluster and write its join bundle (on a member).")
+        @Argument(help: ArgumentHelp("The new node's name.", valueName: "NODE")) var newNode: String
+        @OptionGroup var options: SetupOptions
+        @OptionGroup var links: LinkOptions
+        @Option(name: .long, help: "The new node's id (default: the next free one).") var nodeid: Int?
+        @Option(name: .long, help: "The new node's votes.") var votes: Int = 1
+        @Option(name: .long, help: ArgumentHelp("Where to write the join bundle (mode 0600).", valueName: "FILE")) var out: String
+
+        func run() async throws {
+            try await ClusterCommand.guarded {
+                let bundle = try options.setup.add(node: newNode, links: try links.links, nodeid: nodeid, votes: votes) { printOut($0 + "\n") }
+                let descriptor = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+                guard descriptor >= 0 else { throw ClusterSetup.Failure(description: "\(out): cannot create") }
+                let text = Array(try bundle.encoded().utf8)
+                let written = write(descriptor, text, text.count)
+                close(descriptor)
+                guard written == text.count else { throw ClusterSetup.Failure(description: "\(out): cannot write") }
+                printOut("Join bundle for \(newNode) in \(out) (it holds the cluster's key). On \(newNode): pvectl cluster join \(out)\n")
+            }
+        }
+    }
+
+    struct Join: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Join the cluster with a bundle from `pvectl cluster add` (on the new node).")
+        @Argument(help: ArgumentHelp("The join bundle.", valueName: "FILE")) var bundle: String
+        @OptionGroup var options: SetupOptions
+
+        func run() async throws {
+            try await ClusterCommand.guarded {
+                guard let text = try? String(contentsOfFile: bundle, encoding: .utf8) else {
+                    throw ClusterSetup.Failure(description: "cannot read \(bundle)")
+                }
+                let decoded = try ClusterSetup.JoinBundle.decode(text)
+                try await options.setup.join(decoded) { printOut($0 + "\n") }
+                printOut("\(decoded.node) joined cluster \(decoded.cluster).\n")
+            }
+        }
+    }
+
+    struct Delnode: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a node from the cluster (pvecm delnode; power it off first).")
+        @Argument(help: ArgumentHelp("The node to remove.", valueName: "NODE")) var name: String
+        @OptionGroup var options: SetupOptions
+
+        func run() async throws {
+            try await ClusterCommand.guarded { try options.setup.delnode(name) { printOut($0 + "\n") } }
+        }
+    }
 
     static func json<T: Encodable>(_ value: T) throws -> String {
         let encoder = JSONEncoder()

@@ -24,7 +24,9 @@ public final class CorosyncCluster: @unchecked Sendable {
         return nil
     }()
 
-    public init(nodes: Int = 3) throws {
+    /// - Parameter start: configure and start corosync on every node; without, the namespaces and folders are ready and
+    ///   corosync is for the test to set up (`startCommand`).
+    public init(nodes: Int = 3, start: Bool = true) throws {
         count = nodes
         prefix = "pcs\(UUID().uuidString.prefix(6).lowercased())"
         directory = try TemporaryDirectory(prefix: "pvectl-corosync")
@@ -42,10 +44,11 @@ public final class CorosyncCluster: @unchecked Sendable {
             try run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             let base = directory.path + "/n\(node)"
             for sub in ["run", "lib", "etc"] { try FileManager.default.createDirectory(atPath: "\(base)/\(sub)", withIntermediateDirectories: true) }
+            guard start else { continue }
             try FileManager.default.copyItem(atPath: directory.path + "/authkey", toPath: base + "/etc/authkey")
             chmod(base + "/etc/authkey", 0o400)
             try Data(configuration.utf8).write(to: URL(fileURLWithPath: base + "/etc/corosync.conf"))
-            try start(node)
+            try self.start(node)
         }
     }
 
@@ -82,20 +85,37 @@ public final class CorosyncCluster: @unchecked Sendable {
         lock.withLock { launchers[node] = pid }
     }
 
+    /// A shell command that starts node's corosync as `start` does, detached, its launcher's pid in the node's folder:
+    /// for a program under test that starts corosync itself (`pvectl cluster create --start-corosync`).
+    public func startCommand(_ node: Int) -> String {
+        let base = directory.path + "/n\(node)"
+        let script = "mount --bind \(base)/run /run && mount --bind \(base)/etc /etc/corosync && mount --bind \(base)/lib /var/lib/corosync"
+            + " && exec corosync -f"
+        return "setsid ip netns exec \(namespace(node)) unshare -m --propagation private sh -c '\(script)' >> \(base)/corosync.log 2>&1 "
+            + "< /dev/null & echo $! > \(base)/launcher.pid"
+    }
+
     /// Stops node's corosync cleanly, or kills it (and removes the shared-memory rings a killed corosync leaves).
     public func stop(_ node: Int, kill force: Bool = false) {
-        guard let pid = lock.withLock({ launchers.removeValue(forKey: node) }) else { return }
+        // Started by `start` (a child of this process), or by `startCommand` (its pid in a file).
+        let child = lock.withLock { launchers.removeValue(forKey: node) }
+        let pidFile = directory.path + "/n\(node)/launcher.pid"
+        let recorded = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        guard let pid = child ?? recorded else { return }
+        try? FileManager.default.removeItem(atPath: pidFile)
+        func gone() -> Bool {
+            guard child != nil else { return kill(pid, 0) != 0 }
+            var status: Int32 = 0
+            return waitpid(pid, &status, WNOHANG) == pid
+        }
         var reaped = false
         if !force {
             _ = NetworkNamespace.capture(["ip", "netns", "exec", namespace(node), "corosync-cfgtool", "-H", "--force"])
-            reaped = waitFor(seconds: 10) {
-                var status: Int32 = 0
-                return waitpid(pid, &status, WNOHANG) == pid
-            }
+            reaped = waitFor(seconds: 10, gone)
         }
         if !reaped {
             kill(pid, SIGKILL)
-            _ = reap(pid)
+            if child != nil { _ = reap(pid) } else { _ = waitFor(seconds: 5) { kill(pid, 0) != 0 } }
         }
         let leftovers = ((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? []).filter {
             $0.hasPrefix("qb-") && $0.contains("-\(pid)-")
