@@ -264,3 +264,78 @@ struct ClusterCommand: AsyncParsableCommand {
         }
     }
 }
+
+extension StatusCommand {
+    /// One row per node of the cluster: its loop, last pass, the push revision it last saw and whether it converged.
+    struct ClusterRow: Encodable {
+        var node: String
+        var loop: String
+        var lastPassAt: Date?
+        var pushed: String?
+        var converged: Bool
+        var detail: String
+
+        enum CodingKeys: String, CodingKey {
+            case node, loop, pushed, converged, detail
+            case lastPassAt = "last_pass_at"
+        }
+    }
+
+    func clusterStatus() throws {
+        let root = options.tree.root
+        guard let data = FileManager.default.contents(atPath: root + "/.members"),
+              let members = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw ValidationError("\(root) is not a pmxcfs mount (no .members): --cluster needs the cluster file system")
+        }
+        let nodes = ((members["nodelist"] as? [String: Any])?.keys.sorted()) ?? [members["nodename"] as? String].compactMap { $0 }
+        let record: PushRecord? = (try? PushTarget(root: root).record()) ?? nil
+        let current: String? = record.map { $0.revision.commit ?? $0.revision.digest }
+        let reports = LoopPublisher(service: options.tree.ipcService).reports(nodes: nodes)
+        let rows = nodes.map { node -> ClusterRow in
+            guard let report = reports[node] else {
+                return ClusterRow(node: node, loop: "-", lastPassAt: nil, pushed: nil, converged: false, detail: "no pvectl run publishes here")
+            }
+            let kinds = report.loop.kinds
+            let outcomes = Set(kinds.values.map(\.outcome))
+            let failing = kinds.values.contains { $0.failures > 0 }
+            var loop = "Watching"
+            if report.loop.stoppedAt != nil {
+                loop = "Stopped"
+            } else if outcomes.contains("held") {
+                loop = "Held"
+            } else if failing {
+                loop = "Degraded"
+            } else if outcomes.contains("blocked") {
+                loop = "Blocked"
+            }
+            let detail = kinds.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.outcome)" }.joined(separator: ", ")
+            let converged = report.converged && (current == nil || report.pushed == current) && report.loop.stoppedAt == nil
+            let lastPass: Date? = kinds.values.map { $0.lastPassAt }.max()
+            return ClusterRow(node: node, loop: loop, lastPassAt: lastPass, pushed: report.pushed,
+                              converged: converged, detail: detail)
+        }
+        if options.json {
+            struct Report: Encodable {
+                var pushed: String?
+                var nodes: [ClusterRow]
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            encoder.dateEncodingStrategy = .iso8601
+            printOut(String(decoding: try encoder.encode(Report(pushed: current, nodes: rows)), as: UTF8.self) + "\n")
+            return
+        }
+        let formatter = ISO8601DateFormatter()
+        if let revision = record?.revision { printOut("Pushed: \(revision.summary)\n\n") }
+        let width = max(6, (rows.map { $0.node.count }.max() ?? 0) + 2)
+        printOut("NODE".padding(toLength: width, withPad: " ", startingAt: 0) + "LOOP      LAST PASS             PUSHED        CONVERGED  DETAIL\n")
+        for row in rows {
+            printOut(row.node.padding(toLength: width, withPad: " ", startingAt: 0) + row.loop.padding(toLength: 10, withPad: " ", startingAt: 0)
+                     + (row.lastPassAt.map { formatter.string(from: $0) } ?? "-").padding(toLength: 22, withPad: " ", startingAt: 0)
+                     + (row.pushed.map { String($0.prefix(12)) } ?? "-").padding(toLength: 14, withPad: " ", startingAt: 0)
+                     + (row.converged ? "yes" : "no").padding(toLength: 11, withPad: " ", startingAt: 0) + row.detail + "\n")
+        }
+        let done = rows.filter { $0.converged }.count
+        printOut("\n\(done) of \(rows.count) node\(rows.count == 1 ? "" : "s") converged" + (current.map { " to \($0.prefix(12))" } ?? "") + ".\n")
+    }
+}

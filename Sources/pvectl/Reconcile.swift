@@ -237,6 +237,9 @@ struct StatusCommand: AsyncParsableCommand {
 
     @OptionGroup var options: ReconcileOptions
 
+    @Flag(name: .long, help: "Every node's loop and last pass, from pmxcfs's status channel (run on any node of the cluster).")
+    var cluster = false
+
     /// The continuous loop's last pass per kind, from its record in the state directory.
     func loopRows(_ selectors: [ResourceSelector]) -> [StatusRow] {
         guard let loop = try? StateStore(directory: options.stateDir).load("loop", as: LoopRecord.self) else { return [] }
@@ -275,6 +278,10 @@ struct StatusCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if cluster {
+            try clusterStatus()
+            return
+        }
         let engine = try options.engine
         let computation = try await options.computePlan(with: engine, reportProblems: false)
         let selectors = try options.selectors

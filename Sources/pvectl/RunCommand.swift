@@ -216,6 +216,7 @@ struct ReconcileLoop: Service {
         let store = StateStore(directory: options.stateDir)
         try store.save(manager.record, as: "loop")
         let options = self.options
+        let publisher = treeWatcher.map { _ in LoopPublisher(service: options.tree.ipcService) }
         // The loop never installs a staged interfaces.new: Proxmox applies one only when asked.
         let load: @Sendable () throws -> DesiredState = { try options.load(stagedInterfaces: false) }
         await withGracefulShutdownHandler {
@@ -227,6 +228,14 @@ struct ReconcileLoop: Service {
                     let hold = treeWatcher.map { $0.isQuorate ? nil : "no quorum" } ?? nil
                     await manager.pass(key, load: load, logger: logger, hold: hold)
                     do { try store.save(manager.record, as: "loop") } catch { logger.error("cannot record the loop's state: \(error)") }
+                    if let publisher {
+                        // The other nodes read it through `pvectl status --cluster`.
+                        let pushed = (try? PushTarget(root: root).record())?.flatMap { $0.revision.commit ?? $0.revision.digest }
+                        do {
+                            try publisher.publish(LoopPublisher.Report(node: options.tree.nodeName, loop: manager.record, pushed: pushed,
+                                                                       publishedAt: Date()))
+                        } catch { logger.debug("cannot publish the loop's state: \(error)") }
+                    }
                     continue
                 }
                 await inbox.wait(until: .now + .milliseconds(max(0, Int(manager.nextWake.timeIntervalSince(manager.clock.now()) * 1000))))

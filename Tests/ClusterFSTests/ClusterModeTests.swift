@@ -16,15 +16,7 @@ struct ClusterModeTests {
 
     /// A daemon per node, its database first made in local mode holding the cluster's corosync.conf.
     static func node(_ cluster: CorosyncCluster, _ index: Int, directory: TemporaryDirectory? = nil) throws -> PMXCFSProcess {
-        let daemon = try PMXCFSProcess(node: "node\(index)", directory: directory)
-        try daemon.start()
-        try Data(cluster.configuration.utf8).write(to: URL(fileURLWithPath: daemon.path("corosync.conf")))
-        daemon.stop()
-        daemon.local = false
-        daemon.launcher = ["/usr/bin/nsenter", "--net=/run/netns/\(cluster.namespace(index))"]
-        daemon.extraArguments = ["--corosync-conf", cluster.corosyncConfigPath(index), "--lock-expiry", "\(lockExpiry)"]
-        try daemon.start()
-        return daemon
+        try cluster.pmxcfs(index, directory: directory, arguments: ["--lock-expiry", "\(lockExpiry)"])
     }
 
     /// Every file and directory under a mount: path, inode number and content (the tree as a node serves it).

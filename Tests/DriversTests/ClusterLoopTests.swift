@@ -11,24 +11,11 @@ import TestSupport
 struct ClusterLoopTests {
     static let binary = Corpus.packageRoot.appendingPathComponent(".build/debug/pvectl").path
 
-    /// A pmxcfs per node in cluster mode, its database first made in local mode holding the cluster's corosync.conf.
-    static func node(_ cluster: CorosyncCluster, _ index: Int) throws -> PMXCFSProcess {
-        let daemon = try PMXCFSProcess(node: "node\(index)")
-        try daemon.start()
-        try Data(cluster.configuration.utf8).write(to: URL(fileURLWithPath: daemon.path("corosync.conf")))
-        daemon.stop()
-        daemon.local = false
-        daemon.launcher = ["/usr/bin/nsenter", "--net=/run/netns/\(cluster.namespace(index))"]
-        daemon.extraArguments = ["--corosync-conf", cluster.corosyncConfigPath(index)]
-        try daemon.start()
-        return daemon
-    }
-
-    @Test("a storage written on node 1 is seen by node 2's loop within a second and applied there; cut, it holds; healed, it applies")
+    @Test("node 1's write seen by node 2's loop within a second and applied there, shown by status --cluster; cut, it holds; healed, it applies")
     func followAndHold() throws {
         let cluster = try CorosyncCluster()
         #expect(waitFor(seconds: 60) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "a quorate corosync cluster")
-        let nodes = try (1...3).map { try Self.node(cluster, $0) }
+        let nodes = try (1...3).map { try cluster.pmxcfs($0) }
         defer { nodes.forEach { $0.stop() } }
         #expect(waitFor(seconds: 60) { nodes.allSatisfy { FileManager.default.fileExists(atPath: $0.path("nodes/node3/qemu-server")) } },
                 "synced")
@@ -58,12 +45,26 @@ struct ClusterLoopTests {
         #expect(Date().timeIntervalSince(written) < 1.0, "seen by node 2 within a second: \(Date().timeIntervalSince(written)) s")
         #expect(waitFor(seconds: 30) { FileManager.default.fileExists(atPath: store) }, "applied on node 2: \(logText())")
 
+        // Node 2's loop is seen from node 1 through the status channel.
+        func clusterStatus(_ index: Int) -> [[String: Any]] {
+            let daemon = nodes[index - 1]
+            let result = NetworkNamespace.capture(["ip", "netns", "exec", cluster.namespace(index), Self.binary, "status", "--cluster", "--json",
+                                                   "--root", daemon.mountPoint, "--ipc-service", daemon.ipcName])
+            let object = (try? JSONSerialization.jsonObject(with: Data(result.output.utf8))) as? [String: Any]
+            return object?["nodes"] as? [[String: Any]] ?? []
+        }
+        #expect(waitFor(seconds: 10) {
+            clusterStatus(1).contains { $0["node"] as? String == "node2" && $0["loop"] as? String == "Watching" && $0["converged"] as? Bool == true }
+        }, "\(clusterStatus(1))")
+        #expect(clusterStatus(1).first { $0["node"] as? String == "node3" }?["detail"] as? String == "no pvectl run publishes here")
+
         // Cut: no quorum; the loop plans, says what it would do, and applies nothing.
         try cluster.cut(2)
         #expect(waitFor(seconds: 60) { logText().contains("quorum lost") }, "\(logText())")
         try FileManager.default.removeItem(atPath: store)
         #expect(waitFor(seconds: 30) { logText().contains("held (no quorum): not applying create storage/scratch") }, "\(logText())")
         #expect(!FileManager.default.fileExists(atPath: store), "nothing applied without quorum")
+        #expect(clusterStatus(2).first { $0["node"] as? String == "node2" }?["loop"] as? String == "Held", "\(clusterStatus(2))")
         let status = NetworkNamespace.capture(["ip", "netns", "exec", cluster.namespace(2), Self.binary, "status", "--json",
                                                "--root", second.mountPoint, "--node", "node2", "--ipc-service", second.ipcName,
                                                "--state-dir", scratch.path + "/state", "--interfaces", scratch.path + "/interfaces"])

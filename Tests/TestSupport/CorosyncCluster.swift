@@ -172,6 +172,22 @@ public final class CorosyncCluster: @unchecked Sendable {
     }
 }
 
+extension CorosyncCluster {
+    /// A pmxcfs for `index` in cluster mode: its database first made in local mode holding the cluster's corosync.conf,
+    /// then the daemon in the node's network namespace (its mount in this one).
+    public func pmxcfs(_ index: Int, directory: TemporaryDirectory? = nil, arguments: [String] = []) throws -> PMXCFSProcess {
+        let daemon = try PMXCFSProcess(node: "node\(index)", directory: directory)
+        try daemon.start()
+        try Data(configuration.utf8).write(to: URL(fileURLWithPath: daemon.path("corosync.conf")))
+        daemon.stop()
+        daemon.local = false
+        daemon.launcher = ["/usr/bin/nsenter", "--net=/run/netns/\(namespace(index))"]
+        daemon.extraArguments = ["--corosync-conf", corosyncConfigPath(index)] + arguments
+        try daemon.start()
+        return daemon
+    }
+}
+
 /// A result handed from a thread to the one waiting for it.
 private final class ResultBox<T>: @unchecked Sendable {
     // @unchecked: written by one thread before a semaphore signal, read after the wait.
