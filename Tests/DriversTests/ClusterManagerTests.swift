@@ -89,4 +89,20 @@ struct ClusterManagerTests {
         let status = NetworkNamespace.capture(["ip", "netns", "exec", cluster.namespace(2), Self.binary, "cluster", "status", "--json"])
         #expect(status.output.contains("\"expected_votes\" : 2") && status.output.contains("\"quorate\" : true"), "\(status)")
     }
+
+    @Test("examples/cluster/three-nodes: the README's walkthrough runs to the end and leaves nothing behind")
+    func walkthrough() throws {
+        let script = Corpus.packageRoot.appendingPathComponent("examples/cluster/three-nodes").path
+        let run = NetworkNamespace.capture([script], environment: ["PVECTL_BIN": Self.binary, "PMXCFS_BIN": PMXCFSProcess.binary, "NO_COLOR": "1"])
+        #expect(run.status == 0, "\(run.output)\n\(run.error)")
+        for expected in ["Cluster demo created", "node3 joined cluster demo", "Quorate:          Yes", "Push complete", "node2 created",
+                         "3 of 3 nodes converged to", "node3: writes refused (no quorum)", "quorum lost", "node3 healed",
+                         "removed node3", "two nodes left, quorate", "the host is as it was"] {
+            #expect(run.output.contains(expected), "missing '\(expected)':\n\(run.output)\n\(run.error)")
+        }
+        let namespaces = NetworkNamespace.capture(["ip", "netns", "list"]).output
+        #expect(!namespaces.contains("pv3-"), "\(namespaces)")
+        let processes = NetworkNamespace.capture(["pgrep", "-f", "pvectl-cluster\\."]).output
+        #expect(processes.isEmpty, "nothing of it still runs: \(processes)")
+    }
 }
