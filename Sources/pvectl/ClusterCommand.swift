@@ -33,8 +33,8 @@ struct ClusterCommand: AsyncParsableCommand {
 
         Examples:
           pvectl cluster create prod --link0 192.0.2.11
-          pvectl cluster add pve2 --link0 192.0.2.12 --out /root/pve2.join      (on pve1)
-          pvectl cluster join /root/pve2.join                                   (on pve2)
+          pvectl cluster add pve2 --link0 192.0.2.12 --out pve2.join   (on pve1)
+          pvectl cluster join pve2.join                                (on pve2)
           pvectl cluster status
           pvectl cluster nodes --json
           pvectl cluster delnode pve3

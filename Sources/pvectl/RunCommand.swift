@@ -33,6 +33,10 @@ struct RunCommand: AsyncParsableCommand {
         explicit apply. --report-only KIND logs that kind's drift and changes
         nothing. SIGTERM or SIGINT ends the loop after the pass in progress.
 
+        The node's own network file in the tree (nodes/<node>/network/interfaces,
+        as `pvectl push` writes it from any node) is staged as interfaces.new
+        beside --interfaces when it differs; `pvectl apply` installs it.
+
         On a pmxcfs mount, what other nodes write is followed through pmxcfs's
         IPC service (its change counter, asked every 0.2 s): inotify never sees
         it on FUSE. A node without quorum applies nothing (its guests stay as
@@ -130,7 +134,20 @@ struct ReconcileLoop: Service {
         let root = URL(fileURLWithPath: options.tree.root).standardized.path
         let interfaces = URL(fileURLWithPath: options.tree.interfaces).standardized.path
         let inbox = ControllerInbox()
+        // This node's network file as a push wrote it into the tree (from any node): staged beside the live one as
+        // interfaces.new, as Proxmox stages network changes; `pvectl apply` installs it.
+        let nodeInterfaces = root + "/nodes/\(options.tree.nodeName)/network/interfaces"
+        let stageNodeInterfaces: @Sendable () -> Void = { [logger] in
+            guard let content = FileManager.default.contents(atPath: nodeInterfaces) else { return }
+            do {
+                if let done = try PushTarget.stageInterfaces(content, live: interfaces) { logger.notice("\(done)") }
+            } catch {
+                logger.error("cannot stage \(nodeInterfaces): \(error)")
+            }
+        }
+        stageNodeInterfaces()
         let onFileChange: @Sendable (String) -> Void = { [logger] path in
+            if path == nodeInterfaces { stageNodeInterfaces() }
             let affected = manager.keys(forChangeOf: path, root: root, interfaces: interfaces)
             logger.debug("changed: \(path) → \(affected.map(\.description).sorted())")
             if !affected.isEmpty { Task { await inbox.post(keys: affected) } }

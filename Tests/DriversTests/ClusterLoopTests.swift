@@ -45,6 +45,12 @@ struct ClusterLoopTests {
         #expect(Date().timeIntervalSince(written) < 1.0, "seen by node 2 within a second: \(Date().timeIntervalSince(written)) s")
         #expect(waitFor(seconds: 30) { FileManager.default.fileExists(atPath: store) }, "applied on node 2: \(logText())")
 
+        // Node 2's network file, written on node 1 (as a push from node 1 writes it): staged on node 2 only.
+        let bridge = "auto lo\niface lo inet loopback\n\nauto vmbr9\niface vmbr9 inet manual\n\tbridge-ports none\n"
+        try FileManager.default.createDirectory(atPath: nodes[0].path("nodes/node2/network"), withIntermediateDirectories: true)
+        try Data(bridge.utf8).write(to: URL(fileURLWithPath: nodes[0].path("nodes/node2/network/interfaces")))
+        #expect(waitFor(seconds: 10) { scratch.read("interfaces.new") == bridge }, "staged on node 2: \(logText())")
+
         // Node 2's loop is seen from node 1 through the status channel.
         func clusterStatus(_ index: Int) -> [[String: Any]] {
             let daemon = nodes[index - 1]
