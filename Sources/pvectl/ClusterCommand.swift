@@ -128,13 +128,14 @@ struct ClusterCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await ClusterCommand.guarded {
-                let bundle = try options.setup.add(node: newNode, links: try links.links, nodeid: nodeid, votes: votes) { printOut($0 + "\n") }
+                // The bundle's file is made first (root alone reads it: it holds the key): the nodelist changes only then.
                 let descriptor = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-                guard descriptor >= 0 else { throw ClusterSetup.Failure(description: "\(out): cannot create") }
+                guard descriptor >= 0, fchmod(descriptor, 0o600) == 0 else { throw ClusterSetup.Failure(description: "\(out): cannot create") }
+                defer { close(descriptor) }
+                let bundle = try options.setup.add(node: newNode, links: try links.links, nodeid: nodeid, votes: votes) { printOut($0 + "\n") }
                 let text = Array(try bundle.encoded().utf8)
-                let written = write(descriptor, text, text.count)
-                close(descriptor)
-                guard written == text.count else { throw ClusterSetup.Failure(description: "\(out): cannot write") }
+                guard write(descriptor, text, text.count) == text.count else { throw ClusterSetup.Failure(description: "\(out): cannot write") }
+                printOut("note: the cluster waits for \(newNode) to join (its vote counts from now on)\n")
                 printOut("Join bundle for \(newNode) in \(out) (it holds the cluster's key). On \(newNode): pvectl cluster join \(out)\n")
             }
         }

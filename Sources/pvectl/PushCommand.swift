@@ -101,11 +101,13 @@ struct PushCommand: AsyncParsableCommand {
             try writeSavedPlan()
             return
         }
-        // An approved push plans under the lock, so that a second push waits and then plans on the first one's result.
+        // The source is read (fetched) first; an approved push then plans under the lock, so that a second push waits and
+        // plans on the first one's result.
+        let read = try await PushSource.read(source, ref: ref, includePrivate: includePrivate, mirrors: options.stateDir + "/sources")
         let lock = autoApprove && !dryRun && !check && out == nil ? try pusher.lock() : nil
         defer { lock?.release() }
-        let preview = try await pusher.preview(source, ref: ref, base: TreeOptions.source(root: root, ipcService: options.tree.ipcService,
-                                                                                        node: options.tree.nodeName))
+        let base = TreeOptions.source(root: root, ipcService: options.tree.ipcService, node: options.tree.nodeName)
+        let preview = try pusher.preview(read, base: base)
         let plan = preview.plan
         let engine = try options.engine
         let selectors = try options.selectors
@@ -135,8 +137,10 @@ struct PushCommand: AsyncParsableCommand {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             encoder.dateEncodingStrategy = .iso8601
-            try encoder.encode(SavedPush(root: root, plan: plan, stagedInterfaces: preview.stagedInterfaces))
-                .write(to: URL(fileURLWithPath: out), options: .atomic)
+            // It may hold priv/ files (--include-priv): readable by root alone.
+            let saved = try encoder.encode(SavedPush(root: root, plan: plan, stagedInterfaces: preview.stagedInterfaces,
+                                                     includePrivate: includePrivate))
+            try PushTarget.writePrivately(saved, to: out)
             if !options.json { printOut("Saved the push plan to \(out); write it with: pvectl push \(out)\n") }
             return
         }
@@ -154,7 +158,7 @@ struct PushCommand: AsyncParsableCommand {
         }
         let held = try lock ?? pusher.lock()
         defer { if lock == nil { held.release() } }
-        try write(plan, stagedInterfaces: preview.stagedInterfaces)
+        try write(plan, stagedInterfaces: preview.stagedInterfaces, lock: held)
     }
 
     /// A saved push: the plan and where it was made for.
@@ -162,6 +166,7 @@ struct PushCommand: AsyncParsableCommand {
         var root: String
         var plan: PushPlan
         var stagedInterfaces: Data?
+        var includePrivate: Bool
     }
 
     func writeSavedPlan() throws {
@@ -172,15 +177,21 @@ struct PushCommand: AsyncParsableCommand {
             throw ValidationError("\(source) is not a push plan saved by `pvectl push --out`")
         }
         let pusher = Pusher(root: to ?? saved.root, interfaces: options.tree.interfaces, node: saved.plan.node,
-                            mirrors: options.stateDir + "/sources", includePrivate: includePrivate, prune: prune)
+                            mirrors: options.stateDir + "/sources", includePrivate: saved.includePrivate, prune: prune)
+        // The staged network file is the planning node's: on another node it is not this node's to stage.
+        var staged = saved.stagedInterfaces
+        if staged != nil && saved.plan.node != options.tree.nodeName {
+            printError("note: the plan was made for node \(saved.plan.node): its interfaces file is not staged on \(options.tree.nodeName)")
+            staged = nil
+        }
         let lock = try pusher.lock()
         defer { lock.release() }
-        try write(saved.plan, stagedInterfaces: saved.stagedInterfaces, with: pusher)
+        try write(saved.plan, stagedInterfaces: staged, lock: lock, with: pusher)
     }
 
-    func write(_ plan: PushPlan, stagedInterfaces: Data?, with pusher: Pusher? = nil) throws {
+    func write(_ plan: PushPlan, stagedInterfaces: Data?, lock: PushLock, with pusher: Pusher? = nil) throws {
         do {
-            try (pusher ?? self.pusher).write(plan, stagedInterfaces: stagedInterfaces) { printOut($0 + "\n") }
+            try (pusher ?? self.pusher).write(plan, stagedInterfaces: stagedInterfaces, lock: lock) { printOut($0 + "\n") }
         } catch let stale as Pusher.Stale {
             printError("error: nothing pushed: \(stale). Run `pvectl push` again.")
             throw ExitCode(1)

@@ -160,6 +160,10 @@ struct ReconcileLoop: Service {
             if quorate { Task { await inbox.post(keys: manager.kinds.map { ResourceKey($0) }) } }
         })
         if treeWatcher != nil { logger.info("following the cluster file system through pmxcfs's IPC service \(options.tree.ipcService)") }
+        let onClusterFileSystem = FileManager.default.fileExists(atPath: root + "/.members")
+        if treeWatcher == nil && onClusterFileSystem {
+            logger.warning("\(root) is a pmxcfs mount but its IPC service \(options.tree.ipcService) does not answer: applying nothing")
+        }
         // Three levels below the root reach nodes/<node>/qemu-server/; of the interfaces file, its directory alone.
         let rootWatcher = try FileChangeWatcher(directories: [root], depth: 3, onChange: onFileChange)
         let interfacesWatcher = try FileChangeWatcher(directories: [(interfaces as NSString).deletingLastPathComponent], depth: 0,
@@ -242,7 +246,9 @@ struct ReconcileLoop: Service {
             while await !inbox.isStopping {
                 manager.post(await inbox.take())
                 if let key = manager.next() {
-                    let hold = treeWatcher.map { $0.isQuorate ? nil : "no quorum" } ?? nil
+                    // On a pmxcfs mount whose IPC service does not answer, quorum is unknown: nothing is applied either.
+                    let unknown = onClusterFileSystem ? "quorum unknown (pmxcfs's IPC service does not answer)" : nil
+                    let hold = treeWatcher.map { $0.isQuorate ? nil : "no quorum" } ?? unknown
                     await manager.pass(key, load: load, logger: logger, hold: hold)
                     do { try store.save(manager.record, as: "loop") } catch { logger.error("cannot record the loop's state: \(error)") }
                     if let publisher {

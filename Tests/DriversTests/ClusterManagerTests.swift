@@ -55,10 +55,17 @@ struct ClusterManagerTests {
         #expect(read(1, "storage.cfg") == "dir: local\n\tpath /var/lib/vz\n", "the creating node keeps its tree")
         #expect(FileManager.default.fileExists(atPath: daemons[0].path("priv/authkey.key")))
 
+        // Node 3 has a guest: it may not join until it is moved away (as pvecm add refuses).
+        try Data("memory: 64\n".utf8).write(to: URL(fileURLWithPath: daemons[2].path("nodes/node3/qemu-server/999.conf")))
         for (member, joining) in [(1, 2), (2, 3)] {
             let bundle = scratch.path + "/node\(joining).join"
             let add = pvectl(member, ["add", "node\(joining)", "--link0", "192.0.2.1\(joining)", "--out", bundle])
             #expect(add.status == 0, "\(add)")
+            if joining == 3 {
+                let refused = pvectl(3, ["join", bundle])
+                #expect(refused.status == 1 && refused.error.contains("this node has guests (999.conf)"), "\(refused)")
+                try FileManager.default.removeItem(atPath: daemons[2].path("nodes/node3/qemu-server/999.conf"))
+            }
             let join = pvectl(joining, ["join", bundle])
             #expect(join.status == 0, "\(join)")
             #expect(waitFor(seconds: 60) {

@@ -214,8 +214,9 @@ struct LxcLifecycleTests {
         #expect(plan.output.contains("No changes"), "\(plan.output)\(plan.error)")
 
         // Memory lowered live: written to the limit cgroup and enforced on a process inside.
+        // The hog is the OOM killer's first choice (oom_score_adj 1000): under 32 MiB it, not the container's init, is killed.
         let hog = ["lxc-attach", "-P", "/var/lib/lxc", "-n", String(vmid), "--",
-                   "sh", "-c", "a=$(head -c 48000000 /dev/zero | tr '\\0' x); echo ${#a}"]
+                   "sh", "-c", "echo 1000 > /proc/self/oom_score_adj; a=$(head -c 48000000 /dev/zero | tr '\\0' x); echo ${#a}"]
         #expect(node.run(hog).output.contains("48000000"), "48 MB fit in 128 MiB")
         try node.write(vmid, node.config(vmid).replacingOccurrences(of: "memory: 128", with: "memory: 32"))
         let lowered = node.apply(["lxc/\(vmid)"])

@@ -218,6 +218,14 @@ struct PushTests {
         #expect(target.read("storage.cfg") == nil)
         #expect(rmdir(lock) == 0)
 
+        // A push's lock that expired and was taken by another push is not removed by the first one's release.
+        let first = try Pusher(root: target.root, interfaces: target.scratch.path + "/network/interfaces", node: "pve1",
+                               mirrors: target.scratch.path + "/mirrors", includePrivate: false, prune: false).lock()
+        #expect(rmdir(lock) == 0 && mkdir(lock, 0o755) == 0, "expired, then another push's")
+        first.release()
+        #expect(FileManager.default.fileExists(atPath: lock), "the other push's lock stays")
+        #expect(rmdir(lock) == 0)
+
         let planFile = target.scratch.path + "/push.plan"
         let saved = target.push([repository.path, "--out", planFile])
         #expect(saved.status == 0 && saved.output.contains("Saved the push plan"), "\(saved)")
@@ -227,6 +235,8 @@ struct PushTests {
         #expect(refused.error.contains("\(target.root)/datacenter.cfg changed since the push was planned"), "\(refused.error)")
         #expect(target.read("storage.cfg") == nil)
         #expect(target.push([repository.path, "--out", planFile]).status == 0)
+        var info = stat()
+        #expect(stat(planFile, &info) == 0 && info.st_mode & 0o077 == 0, "a saved plan is root's alone (it may hold priv/)")
         let applied = target.push([planFile])
         #expect(applied.status == 0 && target.read("storage.cfg") == Self.storage, "\(applied)")
     }

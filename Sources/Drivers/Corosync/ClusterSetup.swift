@@ -52,6 +52,11 @@ public struct ClusterSetup: Sendable {
             throw Failure(description: "pmxcfs is not running (no live pid in \(pmxcfsPidFile))")
         }
         let arguments = raw.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        // A pid file left by a pmxcfs that died may name another process by now: that one is not ours to stop.
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) ?? arguments.first ?? ""
+        guard (executable as NSString).lastPathComponent.hasPrefix("pmxcfs") else {
+            throw Failure(description: "\(pmxcfsPidFile) names pid \(pid), which is \(executable), not pmxcfs")
+        }
         return (pid, arguments)
     }
 
@@ -102,10 +107,16 @@ public struct ClusterSetup: Sendable {
         let mountPoint = Self.option("--mount", in: running.arguments) ?? root
         for _ in 0..<100 where Self.isMounted(mountPoint) { try await Task.sleep(for: .milliseconds(100)) }
         if Self.isMounted(mountPoint) { _ = try? await Command.run(["umount", "-l", mountPoint]) }
-        try between()
-        let arguments = running.arguments.filter { $0 != "--local" && $0 != "-l" }
         // What it says before it detaches (or all of it in the foreground) is kept in its run directory.
-        let log = (Self.option("--run-dir", in: arguments) ?? "/run/pve-cluster") + "/pmxcfs-restart.log"
+        let log = (Self.option("--run-dir", in: running.arguments) ?? "/run/pve-cluster") + "/pmxcfs-restart.log"
+        do {
+            try between()
+        } catch {
+            // /etc/pve must not stay away: pmxcfs comes back as it was.
+            _ = try? DetachedProcess.spawn(running.arguments, log: log)
+            throw error
+        }
+        let arguments = running.arguments.filter { $0 != "--local" && $0 != "-l" }
         _ = try DetachedProcess.spawn(arguments, log: log)
         for _ in 0..<300 {
             if let members = try? String(contentsOfFile: root + "/.members", encoding: .utf8), members.contains("\"cluster\"") {
@@ -180,6 +191,13 @@ public struct ClusterSetup: Sendable {
             throw Failure(description: "\(root)/corosync.conf exists: this node is in a cluster already")
         }
         guard let key = Data(base64Encoded: bundle.authkey) else { throw Failure(description: "the bundle's key is damaged") }
+        // As pvecm add: a node with guests does not join (their configs would leave /etc/pve, their VMIDs become free).
+        let guests = ["qemu-server", "lxc"].flatMap { kind in
+            ((try? FileManager.default.contentsOfDirectory(atPath: "\(root)/nodes/\(node)/\(kind)")) ?? []).filter { $0.hasSuffix(".conf") }
+        }
+        guard guests.isEmpty else {
+            throw Failure(description: "this node has guests (\(guests.sorted().joined(separator: ", "))): move or remove them before joining")
+        }
         let running = try pmxcfs()
         let files = corosyncFiles(running.arguments)
         try write(key, to: files.authkey, mode: 0o400)

@@ -29,12 +29,12 @@ public struct PullMode: Sendable {
         record.ref = ref
         record.lastPoll = now
         do {
-            let lock = try pusher.lock(timeout: 30)
-            defer { lock.release() }
-            let head = try await pusher.preview(source, ref: ref, base: base, now: now)
+            // Fetched and validated first; planned again under the lock, which is held for the writes alone.
+            let headSource = try await PushSource.read(source, ref: ref, includePrivate: pusher.includePrivate, mirrors: pusher.mirrors)
+            let head = try pusher.preview(headSource, base: base, now: now)
             let commit = head.source.revision.commit ?? head.source.revision.digest
             record.head = commit
-            var target = head
+            var targetSource = headSource
             if !head.errors.isEmpty {
                 if record.failing != commit {
                     log("commit \(commit.prefix(12)) is not pushed: it does not validate; \(record.lastGood.map { "\($0.prefix(12))" } ?? "nothing")"
@@ -45,17 +45,27 @@ public struct PullMode: Sendable {
                 record.failures = head.errors.map(\.description)
                 guard let lastGood = record.lastGood, head.source.revision.commit != nil else { return record }
                 // Drift is measured against the last good commit.
-                target = try await pusher.preview(source, ref: lastGood, base: base, now: now)
+                targetSource = try await PushSource.read(source, ref: lastGood, includePrivate: pusher.includePrivate, mirrors: pusher.mirrors)
             } else {
                 record.failing = nil
                 record.failures = []
+            }
+            let lock = try pusher.lock(timeout: 30)
+            defer { lock.release() }
+            let target = try pusher.preview(targetSource, base: base, now: now)
+            // The last good commit may not validate on today's /etc/pve (a storage removed by hand): nothing is written.
+            guard target.errors.isEmpty else {
+                let targetName = (target.source.revision.commit ?? target.source.revision.digest).prefix(12)
+                if record.error == nil { for error in target.errors { log("\(targetName): \(error.description)") } }
+                record.error = "commit \(targetName) does not validate against \(pusher.root) now: nothing pushed"
+                return record
             }
             let targetCommit = target.source.revision.commit ?? target.source.revision.digest
             let pushed = try pusher.record()?.revision
             let alreadyPushed = pushed.map { ($0.commit ?? $0.digest) == targetCommit } ?? false
             let drifted = target.plan.changes.map(\.path)
             if target.plan.hasChanges && (!alreadyPushed || selfHeal) {
-                try pusher.write(target.plan, stagedInterfaces: target.stagedInterfaces) { _ in }
+                try pusher.write(target.plan, stagedInterfaces: target.stagedInterfaces, lock: lock) { _ in }
                 let (writes, deletions) = target.plan.summary
                 log(alreadyPushed ? "self-heal: reverted \(drifted.joined(separator: ", ")) to \(targetCommit.prefix(12))"
                     : "pushed \(target.source.revision.summary): \(writes) written, \(deletions) deleted")
@@ -66,12 +76,10 @@ public struct PullMode: Sendable {
                 record.drift = drifted
             } else {
                 // A commit that changes no /etc/pve file is still recorded as the one pushed.
-                if !alreadyPushed, target.errors.isEmpty {
-                    try pusher.write(target.plan, stagedInterfaces: target.stagedInterfaces) { _ in }
-                }
+                if !alreadyPushed { try pusher.write(target.plan, stagedInterfaces: target.stagedInterfaces, lock: lock) { _ in } }
                 record.drift = []
             }
-            if target.errors.isEmpty { record.lastGood = targetCommit }
+            record.lastGood = targetCommit
             // Another node may have pushed this commit: the node's own network file is staged all the same.
             if let interfaces = target.stagedInterfaces, let done = try PushTarget.stageInterfaces(interfaces, live: pusher.interfaces) { log(done) }
             record.error = nil

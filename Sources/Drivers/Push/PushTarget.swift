@@ -1,5 +1,6 @@
 import Foundation
 import Reconciler
+import Synchronization
 
 /// /etc/pve as a push writes it: the files of the push layout, the push's record, its lock, and atomic writes
 /// (a temporary name and a rename, as Proxmox writes on pmxcfs), so a push killed at any point leaves every file
@@ -84,7 +85,11 @@ public struct PushTarget: Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         let onClusterFileSystem = isClusterFileSystem
         while true {
-            if mkdir(path, 0o755) == 0 { return PushLock(path: path) }
+            if mkdir(path, 0o755) == 0 {
+                var info = stat()
+                _ = stat(path, &info)
+                return PushLock(path: path, inode: UInt64(info.st_ino))
+            }
             let failure = errno
             guard failure == EEXIST else { throw Failure(description: "\(path): cannot take the push lock: \(String(cString: strerror(failure)))") }
             var info = stat()
@@ -126,15 +131,25 @@ public struct PushTarget: Sendable {
         let directories = Set(relativePaths.map { (absolute($0) as NSString).deletingLastPathComponent } + [recordDirectory])
         for directory in directories {
             for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
-                guard let range = name.range(of: ".tmp.pvectl."), let pid = Int32(name[range.upperBound...]) else { continue }
+                guard let range = name.range(of: ".tmp.pvectl."),
+                      let pid = Int32(name[range.upperBound...].split(separator: ".").first ?? "") else { continue }
                 if pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH { unlink(directory + "/" + name) }
             }
         }
     }
 
-    func writeAtomically(_ data: Data, to path: String) throws {
-        let temporary = path + ".tmp.pvectl.\(getpid())"
-        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o640)
+    /// A file only root reads (a saved push plan may hold priv/ files), replaced atomically.
+    public static func writePrivately(_ data: Data, to path: String) throws {
+        try PushTarget(root: "/").writeAtomically(data, to: path, mode: 0o600)
+    }
+
+    /// Several threads of one process may write (the loop's watchers stage the same file): each its own temporary.
+    static let temporaryCounter = Atomic<Int>(0)
+
+    func writeAtomically(_ data: Data, to path: String, mode: mode_t = 0o640) throws {
+        let serial = Self.temporaryCounter.add(1, ordering: .relaxed).newValue
+        let temporary = path + ".tmp.pvectl.\(getpid())" + (serial > 1 ? ".\(serial)" : "")
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL, mode)
         guard descriptor >= 0 else { throw Failure(description: "\(temporary): cannot create: \(String(cString: strerror(errno)))") }
         // A write may take less than all (FUSE hands over at most its buffer per call): go on from where it stopped.
         let failure: Int32? = data.withUnsafeBytes { buffer in
@@ -185,6 +200,21 @@ public struct PushTarget: Sendable {
 /// The held push lock; released by `release()` (pmxcfs also expires it after 120 s should the holder die).
 public struct PushLock: Sendable {
     public let path: String
+    /// The lock directory this push made: one another push made after it expired is not this one's to remove.
+    let inode: UInt64
 
-    public func release() { rmdir(path) }
+    /// Keeps it from expiring (a newer mtime, as pmxcfs lets the holder do).
+    public func refresh() {
+        guard isStillOurs else { return }
+        _ = utimensat(AT_FDCWD, path, nil, 0)
+    }
+
+    public func release() {
+        if isStillOurs { rmdir(path) }
+    }
+
+    var isStillOurs: Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && UInt64(info.st_ino) == inode
+    }
 }

@@ -85,20 +85,45 @@ public struct Pusher: Sendable {
     public func lock(timeout: Double = 10) throws -> PushLock { try target.lock(timeout: timeout) }
 
     /// Writes a plan, the push lock held: refused when a file it read changed since (named), then every file in the
-    /// plan's order (each atomically), the node's interfaces staged, and the record last.
-    public func write(_ plan: PushPlan, stagedInterfaces: Data?, progress: (String) -> Void) throws {
+    /// plan's order (each atomically, each checked again just before: a guest the system locked or changed meanwhile
+    /// stops the push there), the record, and the node's interfaces staged last. A push that stops part-way still
+    /// records the files it wrote (ownership and the merge's base), the others as the previous record had them.
+    public func write(_ plan: PushPlan, stagedInterfaces: Data?, lock: PushLock? = nil, progress: (String) -> Void) throws {
         let now = try target.layoutDigests(includePrivate: includePrivate)
         if let stale = plan.staleFile(now: now) { throw Stale(path: target.absolute(stale)) }
         target.removeLeftovers(in: plan.changes.map(\.path) + plan.record.files.keys)
-        for change in plan.changes {
-            try target.apply(change)
-            progress("\(change.action == .delete ? "deleted" : "wrote") \(target.absolute(change.path))")
+        let previous = (try? target.record()) ?? nil
+        var done: Set<String> = []
+        do {
+            for (index, change) in plan.changes.enumerated() {
+                let current = FileManager.default.contents(atPath: target.absolute(change.path)).map { PushRecord.digest($0) }
+                if current != plan.currentDigests[change.path] { throw Stale(path: target.absolute(change.path)) }
+                try target.apply(change)
+                done.insert(change.path)
+                progress("\(change.action == .delete ? "deleted" : "wrote") \(target.absolute(change.path))")
+                // A long push keeps its lock alive (pmxcfs expires one unchanged for 120 s).
+                if index % 200 == 199 { lock?.refresh() }
+            }
+        } catch {
+            if !done.isEmpty { try? target.writeRecord(Self.partial(plan.record, done: done, changes: plan.changes, previous: previous)) }
+            throw error
         }
-        if let stagedInterfaces, let done = try PushTarget.stageInterfaces(stagedInterfaces, live: interfaces) { progress(done) }
-        if plan.hasChanges || (try? target.record()).flatMap({ $0 }).map({ $0.revision != plan.record.revision || $0.files != plan.record.files })
-            ?? true {
+        if plan.hasChanges || previous.map({ $0.revision != plan.record.revision || $0.files != plan.record.files }) ?? true {
             try target.writeRecord(plan.record)
         }
+        if let stagedInterfaces, let staged = try PushTarget.stageInterfaces(stagedInterfaces, live: interfaces) { progress(staged) }
+    }
+
+    /// The record of a push stopped part-way: its revision for what it wrote, the previous record for the rest.
+    static func partial(_ record: PushRecord, done: Set<String>, changes: [PushPlan.FileChange], previous: PushRecord?) -> PushRecord {
+        var partial = record
+        for change in changes where !done.contains(change.path) {
+            partial.files[change.path] = previous?.files[change.path]
+            partial.repositorySystemValues[change.path] = previous?.repositorySystemValues[change.path]
+        }
+        // Provenance stays the previous push's: this one did not finish.
+        if let previous { partial.revision = previous.revision }
+        return partial
     }
 
     /// The last push's record, or nil when nothing was pushed.

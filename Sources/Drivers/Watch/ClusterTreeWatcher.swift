@@ -6,8 +6,9 @@ import Synchronization
 /// change counter is asked for over pmxcfs's IPC service every `interval` (one small request), and when it moved, every
 /// entry's version: each path added, changed or removed is reported, and so is a change of quorum.
 public final class ClusterTreeWatcher: @unchecked Sendable {
-    // @unchecked: the thread owns `versions`; `stopped` and `quorate` are atomic / locked.
-    private let client: IPCClient
+    // @unchecked: after init the thread alone uses `client` and its own state; `stopped` and `quorum` are atomic / locked.
+    private var client: IPCClient
+    private let service: String
     private let root: String
     private let interval: Double
     private let stopped = Atomic<Bool>(false)
@@ -17,9 +18,11 @@ public final class ClusterTreeWatcher: @unchecked Sendable {
     public init?(root: String, service: String, interval: Double = 0.2) {
         guard let client = try? IPCClient(service: service) else { return nil }
         self.client = client
+        self.service = service
         self.root = root.hasSuffix("/") ? String(root.dropLast()) : root
         self.interval = interval
-        guard Self.poll(client, since: 0) != nil else { return nil }
+        guard let first = Self.poll(client, since: 0) else { return nil }
+        quorum.withLock { $0 = first.quorate }
     }
 
     /// Whether the node last had quorum (writes taken), as pmxcfs says.
@@ -51,22 +54,32 @@ public final class ClusterTreeWatcher: @unchecked Sendable {
             var versions: [String: UInt64] = [:]
             var first = true
             while !stopped.load(ordering: .relaxed) {
-                if let answer = Self.poll(client, since: seen) {
-                    let changedQuorum = quorum.withLock { quorate in
-                        defer { quorate = answer.quorate }
-                        return quorate != answer.quorate
+                guard let answer = Self.poll(client, since: seen) else {
+                    // No answer (pmxcfs restarting): quorum unknown counts as none; connect again next time.
+                    let was = quorum.withLock { quorate in
+                        defer { quorate = false }
+                        return quorate
                     }
-                    if changedQuorum && !first { onQuorum(answer.quorate) }
-                    if let entries = answer.entries {
-                        if !first {
-                            for (path, version) in entries where versions[path] != version { onChange(root + "/" + path) }
-                            for path in versions.keys where entries[path] == nil { onChange(root + "/" + path) }
-                        }
-                        versions = entries
-                    }
-                    seen = answer.version
-                    first = false
+                    if was { onQuorum(false) }
+                    if let fresh = try? IPCClient(service: service) { client = fresh }
+                    seen = 0
+                    usleep(UInt32(interval * 1_000_000))
+                    continue
                 }
+                let changedQuorum = quorum.withLock { quorate in
+                    defer { quorate = answer.quorate }
+                    return quorate != answer.quorate
+                }
+                if changedQuorum && !first { onQuorum(answer.quorate) }
+                if let entries = answer.entries {
+                    if !first {
+                        for (path, version) in entries where versions[path] != version { onChange(root + "/" + path) }
+                        for path in versions.keys where entries[path] == nil { onChange(root + "/" + path) }
+                    }
+                    versions = entries
+                }
+                seen = answer.version
+                first = false
                 usleep(UInt32(interval * 1_000_000))
             }
         }
