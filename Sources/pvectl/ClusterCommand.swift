@@ -87,19 +87,6 @@ struct ClusterCommand: AsyncParsableCommand {
         }
     }
 
-    static func guarded(_ body: () async throws -> Void) async throws {
-        do { try await body() } catch let error as ClusterSetup.Failure {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        } catch let error as ClusterMembership.Failure {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        } catch let error as CommandError {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        }
-    }
-
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Make this node a new cluster (pvecm create).")
         @Argument(help: ArgumentHelp("The cluster's name (1-15 letters, digits, '-').", valueName: "NAME")) var name: String
@@ -109,7 +96,7 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(name: .long, help: "This node's votes.") var votes: Int = 1
 
         func run() async throws {
-            try await ClusterCommand.guarded {
+            try await ClusterCommand.failing {
                 try await options.setup.create(name: name, links: try links.links, nodeid: nodeid, votes: votes) { printOut($0 + "\n") }
                 printOut("Cluster \(name) created. Add a node: pvectl cluster add NODE --link0 ADDRESS --out FILE, then on it: "
                          + "pvectl cluster join FILE\n")
@@ -127,7 +114,7 @@ struct ClusterCommand: AsyncParsableCommand {
         @Option(name: .long, help: ArgumentHelp("Where to write the join bundle (mode 0600).", valueName: "FILE")) var out: String
 
         func run() async throws {
-            try await ClusterCommand.guarded {
+            try await ClusterCommand.failing {
                 // The bundle's file is made first (root alone reads it: it holds the key): the nodelist changes only then.
                 let descriptor = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
                 guard descriptor >= 0, fchmod(descriptor, 0o600) == 0 else { throw ClusterSetup.Failure(description: "\(out): cannot create") }
@@ -147,7 +134,7 @@ struct ClusterCommand: AsyncParsableCommand {
         @OptionGroup var options: SetupOptions
 
         func run() async throws {
-            try await ClusterCommand.guarded {
+            try await ClusterCommand.failing {
                 guard let text = try? String(contentsOfFile: bundle, encoding: .utf8) else {
                     throw ClusterSetup.Failure(description: "cannot read \(bundle)")
                 }
@@ -164,7 +151,7 @@ struct ClusterCommand: AsyncParsableCommand {
         @OptionGroup var options: SetupOptions
 
         func run() async throws {
-            try await ClusterCommand.guarded { try options.setup.delnode(name) { printOut($0 + "\n") } }
+            try await ClusterCommand.failing { try options.setup.delnode(name) { printOut($0 + "\n") } }
         }
     }
 
@@ -174,11 +161,22 @@ struct ClusterCommand: AsyncParsableCommand {
         return String(decoding: try encoder.encode(value), as: UTF8.self) + "\n"
     }
 
+    /// Runs a cluster operation; what it refuses or fails at is said as an error (exit 1), not a trace.
+    @discardableResult
     static func failing<T>(_ body: () async throws -> T) async throws -> T {
         do { return try await body() } catch let error as ClusterManager.NotRunning {
             printError("error: \(error)")
             throw ExitCode(1)
         } catch let error as MissingExecutable {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        } catch let error as ClusterSetup.Failure {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        } catch let error as ClusterMembership.Failure {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        } catch let error as CommandError {
             printError("error: \(error)")
             throw ExitCode(1)
         }

@@ -34,13 +34,7 @@ public struct HostCorosyncDriver: CorosyncDriver {
     public func install(_ text: String) async throws {
         let directory = (installedPath as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let temporary = installedPath + ".tmp.pvectl.\(getpid())"
-        try Data(text.utf8).write(to: URL(fileURLWithPath: temporary))
-        guard rename(temporary, installedPath) == 0 else {
-            let failure = String(cString: strerror(errno))
-            unlink(temporary)
-            throw CommandError(command: ["rename", temporary, installedPath], result: CommandResult(status: 1, output: "", error: failure))
-        }
+        try PushTarget(root: "/").writeAtomically(Data(text.utf8), to: installedPath, mode: 0o644)
     }
 
     public func reload() async throws {

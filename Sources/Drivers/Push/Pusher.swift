@@ -41,11 +41,6 @@ public struct Pusher: Sendable {
     var target: PushTarget { PushTarget(root: root) }
 
     /// Everything a push would do, nothing written. `base` reads /etc/pve (plain files, or pmxcfs's IPC service).
-    public func preview(_ sourcePath: String, ref: String?, base: any TreeSource, now: Date = Date()) async throws -> Preview {
-        let source = try await PushSource.read(sourcePath, ref: ref, includePrivate: includePrivate, mirrors: mirrors)
-        return try preview(source, base: base, now: now)
-    }
-
     public func preview(_ source: PushSource, base: any TreeSource, now: Date = Date()) throws -> Preview {
         let current = try target.layoutFiles(includePrivate: includePrivate)
         let record = try target.record()
