@@ -1,5 +1,10 @@
 import Foundation
 import Subprocess
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
 
 /// A finished command: a non-zero exit is a result, not a thrown error.
 public struct CommandResult: Sendable {
@@ -21,6 +26,14 @@ public struct CommandError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// The file that holds a command's input could not be made (a full or read-only temporary directory).
+public struct CommandInputError: Error, CustomStringConvertible, Sendable {
+    public var reason: String
+    public var code: Int32
+
+    public var description: String { "\(reason): \(String(cString: strerror(code)))" }
+}
+
 /// A tool pvectl needs is not on this machine: said as such, with the
 /// Debian package that has it, instead of a failure of the tool.
 public struct MissingExecutable: Error, CustomStringConvertible, Sendable {
@@ -32,9 +45,12 @@ public struct MissingExecutable: Error, CustomStringConvertible, Sendable {
         "mount.nfs": "nfs-common", "mount.cifs": "cifs-utils", "lvs": "lvm2", "lvcreate": "lvm2", "lvextend": "lvm2",
         "vgchange": "lvm2", "lvchange": "lvm2", "mkfs.ext4": "e2fsprogs", "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs",
         "btrfs": "btrfs-progs", "mount": "mount", "umount": "mount", "findmnt": "util-linux",
-        "lxc-start": "lxc", "lxc-stop": "lxc", "lxc-info": "lxc", "lxc-attach": "lxc", "lxc-monitor": "lxc", "lxc-usernsexec": "lxc", "tc": "iproute2",
+        "lxc-start": "lxc", "lxc-stop": "lxc", "lxc-info": "lxc", "lxc-attach": "lxc", "lxc-monitor": "lxc", "lxc-usernsexec": "lxc",
+        "tc": "iproute2",
         "zstd": "zstd", "xz": "xz-utils", "bzip2": "bzip2", "gzip": "gzip",
         "corosync-cfgtool": "corosync", "corosync-cmapctl": "corosync", "corosync-quorumtool": "corosync", "corosync-keygen": "corosync",
+        "corosync-qdevice": "corosync-qdevice", "corosync-qdevice-tool": "corosync-qdevice", "corosync-qdevice-net-certutil": "corosync-qdevice",
+        "certutil": "libnss3-tools",
     ]
 
     public var description: String {
@@ -73,7 +89,7 @@ public enum Command {
             executable,
             arguments: Arguments(Array(arguments.dropFirst())),
             environment: env,
-            input: .string(input ?? ""),
+            input: .fileDescriptor(try inputFile(input), closeAfterSpawningProcess: true),
             output: .string(limit: outputLimit),
             error: .string(limit: outputLimit)
         )
@@ -84,13 +100,41 @@ public enum Command {
         return CommandResult(status: status, output: result.standardOutput, error: result.standardError)
     }
 
+    /// A command's standard input, as an unlinked file rather than a pipe: a command that stops reading early (`ip -batch`
+    /// at its first error, with more lines than a pipe holds) cannot fail pvectl's write with EPIPE or kill it with
+    /// SIGPIPE; it reads what it reads and its exit status says the rest.
+    static func inputFile(_ text: String?) throws -> FileDescriptor {
+        guard let text, !text.isEmpty else {
+            // No input: the empty file every machine has, so a full or read-only temporary directory stops nothing.
+            let descriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            guard descriptor >= 0 else { throw CommandInputError(reason: "cannot open /dev/null", code: errno) }
+            return FileDescriptor(rawValue: descriptor)
+        }
+        var template = Array((FileManager.default.temporaryDirectory.path + "/pvectl-input-XXXXXX").utf8CString)
+        let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard descriptor >= 0 else { throw CommandInputError(reason: "cannot make a file for a command's input", code: errno) }
+        unlink(template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        // Not inherited by commands other threads start meanwhile: only this one gets it, as its standard input.
+        _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        let file = FileDescriptor(rawValue: descriptor)
+        do {
+            _ = try file.writeAll(Array(text.utf8))
+            guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw Errno(rawValue: errno) }
+        } catch {
+            try? file.close()
+            throw CommandInputError(reason: "cannot write a command's input", code: (error as? Errno)?.rawValue ?? EIO)
+        }
+        return file
+    }
+
     /// Runs and returns standard output as bytes (file contents from `git cat-file`, which need not be text); throws
     /// `CommandError` unless the command exits 0.
     public static func bytes(_ arguments: [String], input: String? = nil) async throws -> [UInt8] {
         precondition(!arguments.isEmpty)
         if let missing = programs(arguments).first(where: { locate($0) == nil }) { throw MissingExecutable(name: missing) }
         let executable: Executable = arguments[0].hasPrefix("/") ? .path(.init(arguments[0])) : .name(arguments[0])
-        let result = try await Subprocess.run(executable, arguments: Arguments(Array(arguments.dropFirst())), input: .string(input ?? ""),
+        let result = try await Subprocess.run(executable, arguments: Arguments(Array(arguments.dropFirst())),
+                                              input: .fileDescriptor(try inputFile(input), closeAfterSpawningProcess: true),
                                               output: .bytes(limit: outputLimit), error: .string(limit: outputLimit))
         let status: Int32 = switch result.terminationStatus {
         case .exited(let code): code
