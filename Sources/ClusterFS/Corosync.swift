@@ -30,17 +30,21 @@ public struct GroupMember: Hashable, Sendable, Comparable, CustomStringConvertib
 
 /// Waits on a descriptor in a thread of its own and runs `dispatch` when it is readable, until stopped (a pipe wakes it).
 final class DispatchThread: @unchecked Sendable {
-    // @unchecked: the pipe is set in init; the thread only reads it.
+    // @unchecked: the pipe is set in init and closed in deinit; the thread only reads it, `stop()` only writes it.
     private let wake: (read: Int32, write: Int32)
 
     /// `onLost` runs when `dispatch` fails (corosync went away), not when stopped.
     init(name: String, descriptor: Int32, dispatch: @escaping @Sendable () -> Bool, onLost: @escaping @Sendable () -> Void = {}) {
         var fds: [Int32] = [0, 0]
         pipe(&fds)
+        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
         wake = (fds[0], fds[1])
-        let wakeRead = fds[0]
-        let thread = Thread {
-            var polled = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+        // The thread holds the object, so both ends stay open until it has ended and the owner let go: a `stop()`
+        // after the thread ended by itself (corosync lost) writes into a pipe that still has its reader, where a closed
+        // reader would raise SIGPIPE and kill the process.
+        let thread = Thread { [self] in
+            var polled = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
             while true {
                 let ready = poll(&polled, 2, -1)
                 if ready < 0 && errno == EINTR { continue }
@@ -50,16 +54,19 @@ final class DispatchThread: @unchecked Sendable {
                     break
                 }
             }
-            close(wakeRead)
         }
         thread.name = name
         thread.start()
     }
 
+    deinit {
+        close(wake.read)
+        close(wake.write)
+    }
+
     func stop() {
         var byte: UInt8 = 1
         _ = write(wake.write, &byte, 1)
-        close(wake.write)
     }
 }
 
