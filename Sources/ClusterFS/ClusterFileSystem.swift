@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Resources
+import Synchronization
 
 public enum EntryType: UInt8, Sendable {
     case directory = 4
@@ -24,6 +25,10 @@ final class Entry {
     /// How many children are directories: a directory's link count, asked on every GETATTR of it (the kernel asks
     /// for the parent's attributes after each change in it), so it is kept instead of counted.
     private(set) var subdirectories = 0
+    /// Changed since the kernel was last given its attributes: the kernel holds its size as unknown (a write, a
+    /// truncation or a rename through the mount invalidates it; a change from another node is invalidated by notify).
+    /// See `ClusterFileSystem.readBypassesPageCache(node:)`.
+    var attributesStaleInKernel = false
 
     init(inode: UInt64, parent: UInt64, version: UInt64, writer: UInt32, mtime: UInt32, type: EntryType, name: String, data: [UInt8] = []) {
         self.inode = inode
@@ -57,6 +62,47 @@ public struct CacheInvalidation: Sendable, Equatable {
     public var attributes: Set<UInt64> = []
     public var contents: Set<UInt64> = []
     public var isEmpty: Bool { attributes.isEmpty && contents.isEmpty }
+}
+
+/// The FUSE node ids the kernel holds: its lookup count per node (every LOOKUP, CREATE, MKDIR and MKNOD
+/// answer adds one, a FORGET takes its count away). Only these can have names, attributes or pages cached, so a change
+/// from another node notifies the kernel about these alone (a notify about any other answers ENOENT, a system call
+/// for nothing: most of a receiving node's changes are to files its kernel never looked up). The count is raised
+/// before the answer is sent and lowered after the kernel forgot, so it never misses a node the kernel holds.
+public final class KernelNodeTable: Sendable {
+    private let lookups = Mutex<[UInt64: UInt64]>([:])
+
+    public init() {}
+
+    /// An answer naming `node` is about to be sent.
+    public func learned(_ node: UInt64) {
+        lookups.withLock { $0[node, default: 0] += 1 }
+    }
+
+    /// The kernel dropped `count` of its references to `node`.
+    public func forgot(_ node: UInt64, count: UInt64) {
+        lookups.withLock { table in
+            guard let held = table[node] else { return }
+            table[node] = held > count ? held - count : nil
+        }
+    }
+
+    /// Whether the kernel may hold `node` (the root always).
+    public func holds(_ node: UInt64) -> Bool {
+        lookups.withLock { Self.holds(node, in: $0) }
+    }
+
+    /// What of `stale` the kernel may hold (one lock for the whole set).
+    func held(_ stale: CacheInvalidation) -> CacheInvalidation {
+        lookups.withLock { table in
+            let holds = { (node: UInt64) in Self.holds(node, in: table) }
+            return CacheInvalidation(attributes: stale.attributes.filter(holds), contents: stale.contents.filter(holds))
+        }
+    }
+
+    private static func holds(_ node: UInt64, in table: [UInt64: UInt64]) -> Bool {
+        node == ClusterFileSystem.rootNodeID || table[node] != nil
+    }
 }
 
 /// What `stat` shows.
@@ -122,6 +168,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
         set { modeLock.withLock { invalidator = newValue } }
     }
     private var invalidator: (@Sendable (CacheInvalidation) -> Void)?
+    /// The node ids the kernel holds (kept by the mount): what a change it did not see can have left stale there.
+    public let kernelNodes = KernelNodeTable()
 
     struct GuestInfo {
         var node: String
@@ -292,6 +340,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
         path.utf8.split(separator: UInt8(ascii: "/")).map { String(Substring($0)) }
     }
 
+    /// The path of `name` in `directory` (an absolute path, "/" for the root).
+    static func childPath(_ directory: String, _ name: String) -> String {
+        directory == "/" ? "/" + name : directory + "/" + name
+    }
+
     private func resolve(_ parts: [String]) -> Entry? {
         var current = entries[Self.rootInode]!
         for part in parts {
@@ -305,8 +358,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
         parts.first == "priv" || (parts.count >= 3 && parts[0] == "nodes" && parts[2] == "priv")
     }
 
-    private func isLockDirectory(_ parts: [String]) -> Bool {
-        parts.count == 3 && parts[0] == "priv" && parts[1] == "lock"
+    private func isLockDirectory(_ parts: some Collection<String>) -> Bool {
+        parts.count == 3 && parts.starts(with: ["priv", "lock"])
     }
 
     private func symlinkTarget(_ parts: [String]) -> String? {
@@ -374,9 +427,14 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     private func recordChange(_ parts: [String]) {
+        // Most changes are to files `.version` does not count: their names say so without a joined path.
+        guard let last = parts.last, Self.trackedNames.contains(last) else { return }
         let path = parts.joined(separator: "/")
         if let counter = changeCounters[path] { changeCounters[path] = counter &+ 1 }
     }
+
+    /// The last names of `trackedFiles`.
+    private static let trackedNames = Set(trackedFiles.map { String($0.split(separator: "/").last!) })
 
     // MARK: persistence
 
@@ -422,15 +480,34 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     private func attributes(_ entry: Entry, parts: [String]) -> Attributes {
-        var attributes = baseAttributes(entry, parts: parts)
+        attributes(entry, privateEntry: isPrivate(parts), cacheable: !(parts.count >= 2 && parts[0] == "priv" && parts[1] == "lock"))
+    }
+
+    /// The same for an entry the kernel names by its id: what its path decides (private, cacheable) is read from its
+    /// first three names, found by walking up, so that GETATTR and LOOKUP build no path (the kernel asks often).
+    private func attributes(_ entry: Entry) -> Attributes? {
+        var depth = 0
+        // The last three names seen walking up: nearest the root last (the path's first, second and third names).
+        var (third, second, first): (String?, String?, String?) = (nil, nil, nil)
+        var current = entry
+        while current.inode != Self.rootInode {
+            (third, second, first) = (second, first, current.name)
+            depth += 1
+            guard let parent = entries[current.parent] else { return nil }
+            current = parent
+        }
+        let privateEntry = first == "priv" || (depth >= 3 && first == "nodes" && third == "priv")
+        return attributes(entry, privateEntry: privateEntry, cacheable: !(depth >= 2 && first == "priv" && second == "lock"))
+    }
+
+    private func attributes(_ entry: Entry, privateEntry: Bool, cacheable: Bool) -> Attributes {
+        var attributes = baseAttributes(entry, privateEntry: privateEntry, cacheable: cacheable)
         // Without quorum the tree is read-only, as the original shows it (tools check the modes).
         if !isWritable { attributes.mode &= ~0o222 }
         return attributes
     }
 
-    private func baseAttributes(_ entry: Entry, parts: [String]) -> Attributes {
-        let privateEntry = isPrivate(parts)
-        let cacheable = !(parts.count >= 2 && parts[0] == "priv" && parts[1] == "lock")
+    private func baseAttributes(_ entry: Entry, privateEntry: Bool, cacheable: Bool) -> Attributes {
         if entry.type == .directory {
             let root = entry.inode == Self.rootInode
             return Attributes(inode: root ? 1 : entry.inode, kind: .directory, mode: privateEntry ? 0o700 : 0o755,
@@ -457,12 +534,6 @@ public final class ClusterFileSystem: @unchecked Sendable {
         defer { lock.unlock() }
         guard let entry = entry(ofNode: node), let parts = components(of: entry) else { return nil }
         return "/" + parts.joined(separator: "/")
-    }
-
-    /// Whether a node id still names something (OPEN needs no path unless it truncates).
-    public func holds(node: UInt64) -> Bool {
-        guard Self.isTreeNode(node) else { return path(ofNode: node) != nil }
-        return lock.withLock { entry(ofNode: node) != nil }
     }
 
     /// Whether a node id is the tree's (an entry's), not a status file's or a symlink's.
@@ -498,29 +569,48 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
         lock.lock()
         defer { lock.unlock() }
-        guard let entry = entry(ofNode: node), let parts = components(of: entry) else { return (-ESTALE, nil) }
-        return (0, attributes(entry, parts: parts))
+        guard let entry = entry(ofNode: node), let attributes = attributes(entry) else { return (-ESTALE, nil) }
+        entry.attributesStaleInKernel = false
+        return (0, attributes)
     }
 
     /// LOOKUP: `name` in the directory a node id names, resolved under one lock (no path built or split). For a missing
     /// name, whether the kernel may remember it is missing (see `cachesMissingNames`).
     public func lookup(parent: UInt64, name: String) -> (result: Int32, attributes: Attributes?, cacheMissing: Bool) {
-        guard parent != Self.rootNodeID, Self.isTreeNode(parent) else {
+        let virtual = parent == Self.rootNodeID && (Self.statusFiles.contains(name) || Self.symlinkNames.contains(name))
+        guard !virtual, Self.isTreeNode(parent) else {
             // The root holds the status files and symlinks; other virtual entries are no directories.
             guard let directory = path(ofNode: parent) else { return (-ESTALE, nil, false) }
-            let (result, attributes) = getattr(directory == "/" ? "/" + name : directory + "/" + name)
+            let (result, attributes) = getattr(Self.childPath(directory, name))
             return (result, attributes, cachesMissingNames(in: directory))
         }
         lock.lock()
         defer { lock.unlock() }
-        guard let directory = entry(ofNode: parent), var parts = components(of: directory) else { return (-ESTALE, nil, false) }
+        guard let directory = entry(ofNode: parent) else { return (-ESTALE, nil, false) }
         guard directory.type == .directory else { return (-ENOTDIR, nil, false) }
         guard let inode = directory.children[name], let child = entries[inode] else {
-            return (-ENOENT, nil, !collecting && parts != ["priv", "lock"])
+            // priv/lock's missing names are never remembered (a lock may appear from anywhere at any time).
+            let inLock = directory.name == "lock" && entries[directory.parent].map { $0.name == "priv" && $0.parent == Self.rootInode } == true
+            return (-ENOENT, nil, !collecting && !inLock)
         }
-        parts.append(name)
-        return (0, attributes(child, parts: parts), false)
+        guard let attributes = attributes(child) else { return (-ESTALE, nil, false) }
+        child.attributesStaleInKernel = false
+        return (0, attributes, false)
     }
+
+    /// Whether a read through the page cache would cost more than a direct one, nil when the node id names nothing.
+    /// After a write through the mount the kernel holds the file's size as unknown and its last page, if partly
+    /// written, as not up to date: a cached read of a small file is then a GETATTR and a READ, a direct one (as the
+    /// original opens every file) a READ only. Otherwise the cache serves repeated reads without the daemon.
+    public func readBypassesPageCache(node: UInt64) -> Bool? {
+        guard Self.isTreeNode(node) else { return path(ofNode: node) == nil ? nil : false }
+        lock.lock()
+        defer { lock.unlock() }
+        guard let entry = entry(ofNode: node) else { return nil }
+        return entry.attributesStaleInKernel && entry.data.count % Self.pageSize != 0
+    }
+
+    private static let pageSize = Int(getpagesize())
 
     /// READ on a node id: that entry's bytes (see `getattr(node:)`), or a status file's.
     public func read(node: UInt64, size: Int, offset: Int) -> (Int32, [UInt8]) {
@@ -657,7 +747,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
             defer { pendingInvalidation = CacheInvalidation() }
             return pendingInvalidation
         }
-        if let work { invalidateKernelCache?(work) }
+        guard let work else { return }
+        let held = kernelNodes.held(work)
+        if !held.isEmpty { invalidateKernelCache?(held) }
     }
 
     /// Quorum came or went: every mode shown changes (read-only without quorum), so no cached attribute holds.
@@ -665,7 +757,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let all: CacheInvalidation = lock.withLock {
             CacheInvalidation(attributes: Set(entries.values.map(\.nodeID)), contents: [])
         }
-        invalidateKernelCache?(all)
+        invalidateKernelCache?(kernelNodes.held(all))
     }
 
     public func attach(_ replicator: Replicator) { modeLock.withLock { replication = replicator } }
@@ -704,16 +796,41 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     private func createEntry(_ path: String, type: EntryType, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
-        guard let name = parts.last else { return type == .file ? -EACCES : -EEXIST }
+        guard !parts.isEmpty else { return type == .file ? -EACCES : -EEXIST }
         lock.lock()
         defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let parent = resolve(Array(parts.dropLast())) else { return -ENOENT }
+        return createEntry(parts, in: parent, type: type, stamp)
+    }
+
+    /// CREATE in local mode, by the parent's node id: no path built and split again (see `write(node:bytes:offset:)`).
+    /// Returns the new file's attributes with the result, as the reply needs them.
+    public func create(parent node: UInt64, name: String) -> (Int32, Attributes?) {
+        guard node != Self.rootNodeID || !isSpecial([name]), !isClusterMode, Self.isTreeNode(node) else {
+            guard let directory = path(ofNode: node) else { return (-ESTALE, nil) }
+            let path = Self.childPath(directory, name)
+            let result = create(path)
+            return result == 0 ? getattr(path) : (result, nil)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        guard let parent = entry(ofNode: node), let directory = components(of: parent) else { return (-ESTALE, nil) }
+        let parts = directory + [name]
+        let result = createEntry(parts, in: parent, type: .file, Stamp(writer: 0, time: now()))
+        guard result == 0, let child = parent.children[name].flatMap({ entries[$0] }) else { return (result, nil) }
+        return (0, attributes(child, parts: parts))
+    }
+
+    /// Under `lock`: `parts` names the new entry, `parent` is its directory.
+    private func createEntry(_ parts: [String], in parent: Entry, type: EntryType, _ stamp: Stamp) -> Int32 {
+        let name = parts[parts.count - 1]
         guard parent.type == .directory else { return -ENOTDIR }
         if parent.children[name] != nil { return -EEXIST }
         if type == .file {
             // Locks are directories; priv/lock holds nothing else.
-            if isLockDirectory(Array(parts.dropLast())) || parts.dropLast() == ["priv", "lock"] { return -EACCES }
+            let directory = parts.dropLast()
+            if isLockDirectory(directory) || directory.elementsEqual(["priv", "lock"]) { return -EACCES }
             let vmidCheck = checkVMID(parts)
             if vmidCheck != 0 { return vmidCheck }
         }
@@ -722,7 +839,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             recordChange(parts)
             registerGuest(parts)
         }
-        if result == 0, isLockDirectory(parts), let entry = resolve(parts) { sawLock(entry) }
+        if result == 0, isLockDirectory(parts), let entry = parent.children[name].flatMap({ entries[$0] }) { sawLock(entry) }
         return result
     }
 
@@ -764,12 +881,31 @@ public final class ClusterFileSystem: @unchecked Sendable {
         defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
+        return bytes.withUnsafeBytes { writeData(entry, parts: parts, $0, offset: offset, stamp) }
+    }
+
+    /// WRITE by node id. In local mode the change is applied here at once, on the entry the id names: no path built
+    /// and split again (the kernel sends a WRITE for every write, and that work showed in a profile beside the
+    /// original's). In cluster mode the change travels by path (see `perform`).
+    public func write(node: UInt64, bytes: UnsafeRawBufferPointer, offset: Int) -> Int32 {
+        guard !isClusterMode, Self.isTreeNode(node) else {
+            guard let path = path(ofNode: node) else { return -ESTALE }
+            return write(path, bytes: bytes, offset: offset)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        guard let entry = entry(ofNode: node), let parts = components(of: entry) else { return -ESTALE }
+        return writeData(entry, parts: parts, bytes, offset: offset, Stamp(writer: 0, time: now()))
+    }
+
+    /// Under `lock`.
+    private func writeData(_ entry: Entry, parts: [String], _ bytes: UnsafeRawBufferPointer, offset: Int, _ stamp: Stamp) -> Int32 {
         guard entry.type == .file else { return -EISDIR }
         let end = offset + bytes.count
         if end > Self.maxFileSize { return -EFBIG }
         var data = entry.data
-        if data.count < end { data += [UInt8](repeating: 0, count: end - data.count) }
-        data.replaceSubrange(offset..<end, with: bytes)
+        if data.count < end { data += repeatElement(0, count: end - data.count) }
+        data.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[offset..<end]).copyMemory(from: bytes) }
         let result = update(entry, data: data, stamp)
         guard result == 0 else { return result }
         recordChange(parts)
@@ -811,6 +947,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             version -= 1
             return -EIO
         }
+        entry.attributesStaleInKernel = true
         stale(entry, contents: entry.type == .file)
         return 0
     }
@@ -886,6 +1023,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
         oldParent.unlink(entry, name: source.last!)
         newParent.link(entry)
+        entry.attributesStaleInKernel = true
         stale(oldParent)
         stale(newParent)
         stale(entry)

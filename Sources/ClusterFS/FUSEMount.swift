@@ -50,11 +50,7 @@ public enum FUSEMount {
     /// The path of a child name under a directory node.
     private static func childPath(_ fs: ClusterFileSystem, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) -> String? {
         guard let directory = fs.path(ofNode: UInt64(parent)), let name else { return nil }
-        return childPath(directory, name)
-    }
-
-    private static func childPath(_ directory: String, _ name: UnsafePointer<CChar>) -> String {
-        directory == "/" ? "/" + String(cString: name) : directory + "/" + String(cString: name)
+        return ClusterFileSystem.childPath(directory, String(cString: name))
     }
 
     /// What LOOKUP, MKNOD, MKDIR and CREATE answer for an entry.
@@ -74,6 +70,7 @@ public enum FUSEMount {
             return
         }
         var entry = entryParameters(attributes)
+        fs.kernelNodes.learned(attributes.nodeID)
         fuse_reply_entry(request, &entry)
     }
 
@@ -89,6 +86,9 @@ public enum FUSEMount {
             // keeps trusting the daemon's sizes (status files change size
             // without a write; with writeback the kernel would keep its own).
             connection?.pointee.want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
+            // Every change the kernel does not see is invalidated by notify (cluster mode): no GETATTR before each
+            // cached read to learn whether the pages still hold.
+            connection?.pointee.want &= ~UInt32(FUSE_CAP_AUTO_INVAL_DATA)
         }
         operations.lookup = { request, parent, name in
             guard let name else { return FUSEMount.replyResult(request, -ENOENT) }
@@ -102,10 +102,18 @@ public enum FUSEMount {
             }
             guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
             var entry = FUSEMount.entryParameters(attributes)
+            FUSEMount.fileSystem(request).kernelNodes.learned(attributes.nodeID)
             fuse_reply_entry(request, &entry)
         }
-        operations.forget = { request, _, _ in fuse_reply_none(request) }
-        operations.forget_multi = { request, _, _ in fuse_reply_none(request) }
+        operations.forget = { request, node, count in
+            FUSEMount.fileSystem(request).kernelNodes.forgot(UInt64(node), count: UInt64(count))
+            fuse_reply_none(request)
+        }
+        operations.forget_multi = { request, count, forgets in
+            let nodes = FUSEMount.fileSystem(request).kernelNodes
+            for forget in UnsafeBufferPointer(start: forgets, count: count) { nodes.forgot(UInt64(forget.ino), count: UInt64(forget.nlookup)) }
+            fuse_reply_none(request)
+        }
         operations.getattr = { request, node, _ in
             let (result, attributes) = FUSEMount.fileSystem(request).getattr(node: UInt64(node))
             guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
@@ -184,18 +192,20 @@ public enum FUSEMount {
             guard let info else { return FUSEMount.replyResult(request, -EINVAL) }
             // libfuse asks for atomic O_TRUNC: the truncation comes with OPEN
             // instead of a separate SETATTR.
+            let writing = info.pointee.flags & O_ACCMODE != O_RDONLY
+            var direct = false
             if info.pointee.flags & O_TRUNC != 0 {
                 guard let path = fs.path(ofNode: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
                 let truncated = fs.truncate(path, size: 0)
                 if truncated != 0 { return FUSEMount.replyResult(request, truncated) }
-            } else if !fs.holds(node: UInt64(node)) {
-                return FUSEMount.replyResult(request, -ESTALE)
+            } else {
+                guard let bypass = fs.readBypassesPageCache(node: UInt64(node)) else { return FUSEMount.replyResult(request, -ESTALE) }
+                direct = bypass && !writing
             }
             // Status files are made per read: never cached. In cluster mode a file opened for writing bypasses the page
             // cache, so that no page lock is held while its write waits for the cluster (the kernel's invalidation of a
             // change from another node waits for page locks), and what was read stays cached until such a change.
-            let writing = info.pointee.flags & O_ACCMODE != O_RDONLY
-            if (node >= ClusterFileSystem.statusNodeBase && node < ClusterFileSystem.symlinkNodeBase) || (writing && fs.isClusterMode) {
+            if direct || (node >= ClusterFileSystem.statusNodeBase && node < ClusterFileSystem.symlinkNodeBase) || (writing && fs.isClusterMode) {
                 info.pointee.direct_io = 1
             } else {
                 info.pointee.keep_cache = 1
@@ -205,17 +215,16 @@ public enum FUSEMount {
         }
         operations.create = { request, parent, name, _, info in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name), let info else { return FUSEMount.replyResult(request, -ESTALE) }
-            let result = fs.create(path)
-            guard result == 0 else { return FUSEMount.replyResult(request, result) }
-            let (found, attributes) = fs.getattr(path)
-            guard found == 0, let attributes else { return FUSEMount.replyResult(request, found) }
+            guard let name, let info else { return FUSEMount.replyResult(request, -EINVAL) }
+            let (result, attributes) = fs.create(parent: UInt64(parent), name: String(cString: name))
+            guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
             var entry = FUSEMount.entryParameters(attributes)
             if fs.isClusterMode && info.pointee.flags & O_ACCMODE != O_RDONLY {
                 info.pointee.direct_io = 1
             } else {
                 info.pointee.keep_cache = 1
             }
+            fs.kernelNodes.learned(attributes.nodeID)
             fuse_reply_create(request, &entry, info)
         }
         operations.read = { request, node, size, offset, _ in
@@ -224,9 +233,9 @@ public enum FUSEMount {
             _ = bytes.withUnsafeBytes { fuse_reply_buf(request, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
         }
         operations.write = { request, node, buffer, size, offset, _ in
-            let fs = FUSEMount.fileSystem(request)
-            guard let path = fs.path(ofNode: UInt64(node)), let buffer else { return FUSEMount.replyResult(request, -ESTALE) }
-            let result = fs.write(path, bytes: UnsafeRawBufferPointer(start: buffer, count: size), offset: Int(offset))
+            guard let buffer else { return FUSEMount.replyResult(request, -EINVAL) }
+            let result = FUSEMount.fileSystem(request).write(node: UInt64(node), bytes: UnsafeRawBufferPointer(start: buffer, count: size),
+                                                             offset: Int(offset))
             guard result >= 0 else { return FUSEMount.replyResult(request, result) }
             fuse_reply_write(request, Int(result))
         }

@@ -48,6 +48,30 @@ struct ClusterFileSystemTests {
         #expect(info.st_mode & 0o777 == 0o600)
     }
 
+    @Test("a read right after a change of a small file bypasses the page cache until the kernel has its attributes again")
+    func readAfterChange() throws {
+        let directory = try TemporaryDirectory()
+        let fs = try ClusterFileSystem(databasePath: directory.path + "/config.db", node: "pve1")
+        #expect(write(fs, "/small.cfg", String(repeating: "x", count: 512)) == 0)
+        #expect(write(fs, "/paged.cfg", String(repeating: "x", count: 4096)) == 0)
+        let small = try #require(fs.getattr("/small.cfg").1?.nodeID)
+        let paged = try #require(fs.getattr("/paged.cfg").1?.nodeID)
+        // Written: the kernel holds the size as unknown and a partial last page as not up to date.
+        #expect(fs.readBypassesPageCache(node: small) == true)
+        // Whole pages are up to date after the write: the cache answers.
+        #expect(fs.readBypassesPageCache(node: paged) == false)
+        // GETATTR gave the kernel the attributes: cached reads from now on, until the next change.
+        #expect(fs.getattr(node: small).0 == 0)
+        #expect(fs.readBypassesPageCache(node: small) == false)
+        #expect(fs.rename("/small.cfg", "/moved.cfg") == 0)
+        #expect(fs.readBypassesPageCache(node: small) == true)
+        let root = try #require(fs.getattr("/").1?.nodeID)
+        #expect(fs.lookup(parent: root, name: "moved.cfg").result == 0)
+        #expect(fs.readBypassesPageCache(node: small) == false)
+        #expect(fs.unlink("/moved.cfg") == 0)
+        #expect(fs.readBypassesPageCache(node: small) == nil)
+    }
+
     @Test("a corrupt tree (missing parent) is refused at startup")
     func corruptTree() throws {
         let directory = try TemporaryDirectory()

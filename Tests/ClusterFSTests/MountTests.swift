@@ -91,6 +91,44 @@ struct MountTests {
         #expect(names == ["storage-local"])
     }
 
+    @Test("reads right after a write (direct) and later ones (page cache) see every change, of any size and offset")
+    func readsAcrossCacheModes() throws {
+        let daemon = try PMXCFSProcess()
+        try daemon.start()
+        let path = daemon.path("mixed.cfg")
+        var expected: [UInt8] = []
+        func check(_ step: String) {
+            let bytes = FileManager.default.contents(atPath: path).map(Array.init)
+            #expect(bytes == expected, "\(step): \(bytes?.count ?? -1) bytes read, \(expected.count) expected")
+        }
+        func pwrite(_ data: [UInt8], at offset: Int, truncate: Bool = false) {
+            let fd = open(path, O_CREAT | O_WRONLY | (truncate ? O_TRUNC : 0), 0o640)
+            #expect(fd >= 0)
+            #expect(data.withUnsafeBytes { Glibc.pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) } == data.count)
+            close(fd)
+            if truncate { expected = [] }
+            if expected.count < offset + data.count { expected += [UInt8](repeating: 0, count: offset + data.count - expected.count) }
+            expected.replaceSubrange(offset..<(offset + data.count), with: data)
+        }
+        for (round, size) in [512, 4096, 5000, 100, 8192, 3].enumerated() {
+            let fill = UInt8(ascii: "a") + UInt8(round)
+            pwrite([UInt8](repeating: fill, count: size), at: 0, truncate: true)
+            check("written \(size) bytes, read at once")
+            check("read again")
+            var info = stat()
+            #expect(stat(path, &info) == 0 && info.st_size == expected.count)
+            check("read after stat")
+            check("read from the cache")
+            pwrite(Array("middle".utf8), at: size / 2)
+            check("changed in the middle")
+            #expect(stat(path, &info) == 0 && info.st_size == expected.count)
+            pwrite(Array("end".utf8), at: expected.count)
+            check("grown at the end")
+            #expect(stat(path, &info) == 0 && info.st_size == expected.count)
+            check("grown, after stat")
+        }
+    }
+
     @Test("SIGTERM unmounts cleanly; the data is there after a restart; a second instance refuses the same database")
     func lifecycle() throws {
         let daemon = try PMXCFSProcess()

@@ -1,5 +1,6 @@
 @testable import ClusterFS
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -86,6 +87,31 @@ struct ReplicaTests {
             let noise = (0..<Int.random(in: 0...40, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
             _ = try? TreeOperation(decoding: noise)
         }
+    }
+
+    @Test("another node's change notifies the kernel only about node ids it holds: looked up and not forgotten, or the root")
+    func notifiesOnlyHeldNodes() throws {
+        let replica = try Replica()
+        let fs = replica.fs
+        fs.enterClusterMode()
+        let notified = Mutex<[CacheInvalidation]>([])
+        fs.invalidateKernelCache = { stale in notified.withLock { $0.append(stale) } }
+        func change(_ operation: TreeOperation) -> [CacheInvalidation] {
+            notified.withLock { $0.removeAll() }
+            #expect(fs.apply(operation, stamp: Stamp(writer: 2, time: 1_700_000_100), seenByKernel: false) >= 0)
+            return notified.withLock { $0 }
+        }
+        #expect(change(.create("/a.conf")) == [CacheInvalidation(attributes: [ClusterFileSystem.rootNodeID], contents: [])])
+        let node = try #require(fs.getattr("/a.conf").1?.nodeID)
+        #expect(change(.write("/a.conf", offset: 0, data: Array("x".utf8))).isEmpty, "never looked up: nothing to tell the kernel")
+        fs.kernelNodes.learned(node)
+        fs.kernelNodes.learned(node)
+        #expect(change(.write("/a.conf", offset: 0, data: Array("y".utf8))) == [CacheInvalidation(attributes: [node], contents: [node])])
+        fs.kernelNodes.forgot(node, count: 1)
+        #expect(!change(.write("/a.conf", offset: 0, data: Array("z".utf8))).isEmpty, "one of two lookups is still held")
+        fs.kernelNodes.forgot(node, count: 1)
+        #expect(!fs.kernelNodes.holds(node))
+        #expect(change(.write("/a.conf", offset: 0, data: Array("w".utf8))).isEmpty)
     }
 
     @Test("a lagging replica takes another's whole tree in one transaction: memory, database and guest list")
