@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Resources
 
 /// Cluster mode: every change to the tree is multicast through a corosync process group and applied by every member
 /// in the one order the group delivers, stamped with the sender's node id and the sender's time; the writing call
@@ -632,8 +633,8 @@ public final class Replicator: @unchecked Sendable {
 
     /// The `config_version:` in a corosync.conf's totem section (the first one in the file).
     static func configVersion(_ bytes: [UInt8]) -> UInt64? {
-        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-            let trimmed = line.trimmingCharacters(in: .whitespaces)
+        for line in splitLines(String(decoding: bytes, as: UTF8.self)) {
+            let trimmed = line.trimmingCharacters(in: .whitespacesAndNewlines)
             guard trimmed.hasPrefix("config_version:") else { continue }
             return UInt64(trimmed.dropFirst("config_version:".count).trimmingCharacters(in: .whitespaces))
         }

@@ -103,7 +103,7 @@ extension Array where Element == Diagnostic {
 /// Swift treats "\r\n" as one Character, so CRLF files would read as a single
 /// line. A carriage return stays at the end of its line, so joining the
 /// pieces with "\n" gives back the exact text.
-func splitLines(_ text: String) -> [Substring] {
+public func splitLines(_ text: String) -> [Substring] {
     let scalars = text.unicodeScalars
     var result: [Substring] = []
     var start = scalars.startIndex

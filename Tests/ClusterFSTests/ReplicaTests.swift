@@ -114,6 +114,14 @@ struct ReplicaTests {
         #expect(change(.write("/a.conf", offset: 0, data: Array("w".utf8))).isEmpty)
     }
 
+    @Test("corosync.conf's config_version is read with Unix or Windows line endings, the first one in the file")
+    func corosyncConfigVersion() {
+        let unix = "totem {\n  version: 2\n  config_version: 7\n}\nnodelist {\n  config_version: 9\n}\n"
+        #expect(Replicator.configVersion(Array(unix.utf8)) == 7)
+        #expect(Replicator.configVersion(Array(unix.replacingOccurrences(of: "\n", with: "\r\n").utf8)) == 7)
+        #expect(Replicator.configVersion(Array("totem {\n}\n".utf8)) == nil)
+    }
+
     @Test("a lagging replica takes another's whole tree in one transaction: memory, database and guest list")
     func takeSnapshot() throws {
         let leader = try Replica(), lagging = try Replica()

@@ -200,5 +200,22 @@ struct PushPlannerTests {
         """)
         #expect(UnifiedDiff.render(old: old, new: old, oldName: "a", newName: "b").isEmpty)
         #expect(UnifiedDiff.render(old: "", new: "x\n", oldName: "/dev/null", newName: "b").contains("@@ -0,0 +1,1 @@\n+x\n"))
+        // Windows line endings: lines by "\n" byte (Swift takes "\r\n" as one Character), and such a file ends in a newline.
+        let crlf = UnifiedDiff.render(old: "a\r\nb\r\n", new: "a\r\nc\r\n", oldName: "a", newName: "b")
+        #expect(crlf == "--- a\n+++ b\n@@ -1,2 +1,2 @@\n a\r\n-b\r\n+c\r\n")
+    }
+
+    @Test("Windows line endings: what the system wrote goes into the main section; pushing the merged file again changes nothing")
+    func windowsLineEndings() {
+        let merge = GuestConfigMerge(kind: .qemu)
+        let repository = "memory: 512\r\n\r\n[before]\r\nmemory: 256\r\n"
+        let current = GuestConfig.parse("memory: 512\nvmgenid: 9c8b7a6d-5e4f-4321-8fed-cba987654321\n", file: "100.conf", kind: .qemu).0
+        let first = merge.merge(repository: repository, file: "100.conf", current: current, lastPushed: [:])
+        #expect(first.text == "memory: 512\r\nvmgenid: 9c8b7a6d-5e4f-4321-8fed-cba987654321\n\r\n[before]\r\nmemory: 256\r\n")
+        #expect(first.sourceLines == [1, nil, 2, 3, 4])
+        let merged = GuestConfig.parse(first.text, file: "100.conf", kind: .qemu).0
+        #expect(merged.main["vmgenid"] == "9c8b7a6d-5e4f-4321-8fed-cba987654321")
+        let second = merge.merge(repository: repository, file: "100.conf", current: merged, lastPushed: first.repositorySystemValues)
+        #expect(second.text == first.text)
     }
 }

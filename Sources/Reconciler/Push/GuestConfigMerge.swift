@@ -33,7 +33,8 @@ public struct GuestConfigMerge: Sendable {
     ///   - lastPushed: the system-owned values the last push took from the repository.
     public func merge(repository text: String, file: String, current: GuestConfig?, lastPushed: [String: String]) -> Result {
         let (repository, _) = GuestConfig.parse(text, file: file, kind: kind)
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        // By "\n" byte, as the parser numbers lines (Swift would take "\r\n" as one Character, no line break).
+        var lines = splitLines(text).map(String.init)
         let trailingNewline = lines.last == ""
         if trailingNewline { lines.removeLast() }
         var rows: [(text: String, source: Int?)] = lines.enumerated().map { ($0.element, $0.offset + 1) }
@@ -70,15 +71,15 @@ public struct GuestConfigMerge: Sendable {
         if !insertions.isEmpty {
             let firstSection = repository.sections.filter { $0.role != .main }.map(\.location.line).min()
             var at = firstSection.flatMap { line in rows.firstIndex { $0.source == line } } ?? rows.count
-            while at > 0, rows[at - 1].text.trimmingCharacters(in: .whitespaces).isEmpty { at -= 1 }
+            while at > 0, rows[at - 1].text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { at -= 1 }
             rows.insert(contentsOf: insertions.map { ($0, nil) }, at: at)
         }
 
         // Sections the system wrote ([PENDING], snapshots, cloud-init's) that the repository does not have, after it.
         let repositoryRoles = Set(repository.sections.map(\.role))
         for section in current.sections where !repositoryRoles.contains(section.role) && ownsSection(section.role) {
-            let sectionLines = section.losslessText().split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-            if rows.last.map({ !$0.text.trimmingCharacters(in: .whitespaces).isEmpty }) ?? false { rows.append(("", nil)) }
+            let sectionLines = splitLines(section.losslessText()).map(String.init)
+            if rows.last.map({ !$0.text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }) ?? false { rows.append(("", nil)) }
             rows.append(contentsOf: sectionLines.map { ($0, nil) })
             kept.append(Self.describe(section.role))
         }

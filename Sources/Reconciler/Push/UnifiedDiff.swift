@@ -1,3 +1,5 @@
+import Resources
+
 /// A unified diff of two texts (the standard library's difference of their lines, shown as `diff -u` shows it).
 public enum UnifiedDiff {
     public static func render(old: String, new: String, oldName: String, newName: String, context: Int = 3, colors: Bool = false) -> String {
@@ -52,12 +54,14 @@ public enum UnifiedDiff {
             }
             hunkStart = hunkEnd + 1
         }
-        if !old.isEmpty && !old.hasSuffix("\n") || !new.isEmpty && !new.hasSuffix("\n") { out += "\\ No newline at end of file\n" }
+        // By byte: a text ending in "\r\n" ends in one Character that is not "\n".
+        func endsWithNewline(_ text: String) -> Bool { text.utf8.last == UInt8(ascii: "\n") }
+        if !old.isEmpty && !endsWithNewline(old) || !new.isEmpty && !endsWithNewline(new) { out += "\\ No newline at end of file\n" }
         return out
     }
 
     public static func lines(_ text: String) -> [Substring] {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        var lines = splitLines(text)
         if lines.last == "" { lines.removeLast() }
         return lines
     }

@@ -28,9 +28,9 @@ public struct QemuCommandLine {
         // qemu-server reads `boot:` with nothing after it as "boot from nothing";
         // the config parser drops empty values, so look at the main section's lines.
         if conf["boot"] == nil {
-            for line in config.losslessText().split(separator: "\n", omittingEmptySubsequences: false) {
+            for line in splitLines(config.losslessText()) {
                 if line.hasPrefix("[") { break }
-                if line.trimmingCharacters(in: .whitespaces) == "boot:" { conf["boot"] = "" }
+                if line.trimmingCharacters(in: .whitespacesAndNewlines) == "boot:" { conf["boot"] = "" }
             }
         }
         self.conf = conf
