@@ -116,7 +116,7 @@ struct LxcConfigTests {
         try Self.compare("features.config", output)
     }
 
-    @Test("refusals: no ostype, no rootfs, an MTU above the bridge's, an unknown device, SLAAC on a host-managed NIC")
+    @Test("refusals: no ostype, no rootfs, an MTU above the bridge's, an unknown device, SLAAC on a host-managed NIC, limits past 2^63")
     func refusals() {
         let base = "arch: amd64\nostype: debian\nrootfs: local:200/subvol-200-disk-0.subvol,size=8G\n"
         let host = Self.host(.v2)
@@ -133,6 +133,12 @@ struct LxcConfigTests {
         #expect(error(base + "dev0: /dev/nothing\n") == "dev0: /dev/nothing is not a device on this node")
         #expect(error(base + "net0: name=eth0,bridge=vmbr0,host-managed=1,ip6=auto\n")
                 == "net0: SLAAC is not supported for host-managed network configuration")
+        // Found by the fuzzer: a number past what a cgroup limit holds was a crash converting to Int.
+        #expect(error(base + "memory: 99999999999999\n") == "memory 99999999999999 MiB is more than a cgroup limit can hold")
+        #expect(error(base + "memory: 8796093022207\nswap: 8796093022207\n") == "memory plus swap is more than a cgroup limit can hold")
+        #expect(error(base + "cpulimit: 1e300\n") == "cpulimit 1e300 is more than a cgroup limit can hold")
+        #expect(error(base + "swap: nan\n") == "swap: 'nan' is not a non-negative number")
+        #expect(error(base + "memory: 8796093022207\n") == nil)
         #expect(LxcConfig.cpuList([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8")
     }
 }

@@ -148,11 +148,11 @@ struct LxcReconcilerTests {
     }
 
     @Test("growing memory raises the memory+swap limit first; v2 hosts get memory.max, memory.high, memory.swap.max, cpu.max")
-    func limitFiles() {
-        let grow = LxcLimits.files(["memory": "1024", "swap": "512"], layout: .v1, current: ["memory/memory.limit_in_bytes": "536870912"])
+    func limitFiles() throws {
+        let grow = try LxcLimits(["memory": "1024", "swap": "512"]).files(layout: .v1, current: ["memory/memory.limit_in_bytes": "536870912"])
         #expect(grow.prefix(2).map(\.file) == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"])
         #expect(grow.first?.value == "1610612736")
-        let v2 = LxcLimits.files(["memory": "512", "cpulimit": "2", "cpuunits": "200"], layout: .v2)
+        let v2 = try LxcLimits(["memory": "512", "cpulimit": "2", "cpuunits": "200"]).files(layout: .v2)
         #expect(v2.map { "\($0.file)=\($0.value)" } == ["memory.max=536870912", "memory.high=532676608", "memory.swap.max=0",
                                                        "cpu.max=200000 100000", "cpu.weight=200"])
     }
@@ -262,6 +262,19 @@ struct LxcReconcilerTests {
         let plan = try await node.plan()
         #expect(Set(plan.findings.filter { $0.location.file.hasSuffix("lxc/300.conf") }.map(\.description)).isSuperset(of: messages))
         #expect(resource(plan, "lxc/300")?.action == .blocked)
+    }
+
+    @Test("memory past what a cgroup limit holds: validate and plan report it at the value, the container is blocked")
+    func limitOutOfRange() async throws {
+        let config = Self.container.replacingOccurrences(of: "memory: 256", with: "memory: 99999999999999")
+        let node = EngineTests.Node(Self.files(config))
+        let messages = TreeValidator.validate(node.load()).filter { $0.location.file.hasSuffix("lxc/300.conf") }.map(\.description)
+        let expected = "error: memory 99999999999999 MiB is more than a cgroup limit can hold"
+        #expect(messages.filter { $0.contains(expected) }.count == 1)
+        let plan = try await node.plan()
+        #expect(plan.findings.filter { $0.description.contains(expected) }.count == 1)
+        #expect(resource(plan, "lxc/300")?.action == .blocked)
+        #expect(resource(plan, "lxc/300")?.message?.contains("its limits cannot be set") == true)
     }
 
     @Test("starts follow startup order: an up= wait after its container, side by side within one order otherwise")

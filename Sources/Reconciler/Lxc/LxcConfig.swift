@@ -204,27 +204,27 @@ public struct LxcConfig: Sendable, Hashable {
         line("lxc.environment", "TERM=linux")
         line("lxc.uts.name", value("hostname") ?? "CT\(vmid)")
 
-        let memory = value("memory").flatMap { Double($0) } ?? 512
-        let swap = value("swap").flatMap { Double($0) } ?? 0
-        let cpulimit = value("cpulimit").flatMap { Double($0) } ?? 0
-        let cpuunits = value("cpuunits").flatMap { Int($0) }
+        let limits: LxcLimits
+        do {
+            limits = try LxcLimits(value)
+        } catch {
+            throw GenerationError(error.description)
+        }
         switch host.cgroupLayout {
         case .v2:
-            let memoryMax = Int(memory * 1024 * 1024)
-            let memoryHigh = memory >= 16 * 1024 ? Int((memory - 128) * 1024 * 1024) : Int(memory * 1024 * 1016)
-            line("lxc.cgroup2.memory.max", memoryMax)
-            line("lxc.cgroup2.memory.high", memoryHigh)
-            line("lxc.cgroup2.memory.swap.max", Int(swap * 1024 * 1024))
-            if cpulimit > 0 { line("lxc.cgroup2.cpu.max", "\(Int(100_000 * cpulimit)) 100000") }
-            if let cpuunits { line("lxc.cgroup2.cpu.weight", min(cpuunits, 10_000)) }
+            line("lxc.cgroup2.memory.max", limits.memoryBytes)
+            line("lxc.cgroup2.memory.high", limits.memoryHighBytes)
+            line("lxc.cgroup2.memory.swap.max", limits.swapBytes)
+            if let quota = limits.cpuQuota { line("lxc.cgroup2.cpu.max", "\(quota) 100000") }
+            if let cpuunits = limits.cpuunits { line("lxc.cgroup2.cpu.weight", min(cpuunits, 10_000)) }
         case .v1:
-            line("lxc.cgroup.memory.limit_in_bytes", Int(memory * 1024 * 1024))
-            line("lxc.cgroup.memory.memsw.limit_in_bytes", Int((memory + swap) * 1024 * 1024))
-            if cpulimit > 0 {
+            line("lxc.cgroup.memory.limit_in_bytes", limits.memoryBytes)
+            line("lxc.cgroup.memory.memsw.limit_in_bytes", limits.memoryAndSwapBytes)
+            if let quota = limits.cpuQuota {
                 line("lxc.cgroup.cpu.cfs_period_us", 100_000)
-                line("lxc.cgroup.cpu.cfs_quota_us", Int(100_000 * cpulimit))
+                line("lxc.cgroup.cpu.cfs_quota_us", quota)
             }
-            line("lxc.cgroup.cpu.shares", max(cpuunits ?? 1024, 2))
+            line("lxc.cgroup.cpu.shares", max(limits.cpuunits ?? 1024, 2))
         }
 
         guard value("rootfs") != nil else { throw GenerationError("missing 'rootfs' configuration") }

@@ -14,34 +14,84 @@ public struct LxcRecords: Codable, Sendable {
     public init() {}
 }
 
-/// The limit cgroup files a config sets, as pve-container writes them on a live change.
-public enum LxcLimits {
-    /// `(controller, file, value)` in writing order; `current` (by `controller/file`) decides the order of the memory
-    /// limits on a v1 host, where the memory+swap limit may never be below the memory limit.
-    public static func files(_ config: [String: String], layout: LxcHostFacts.CgroupLayout,
-                             current: [String: String] = [:]) -> [(controller: String, file: String, value: String)] {
-        let memory = config["memory"].flatMap { Double($0) } ?? 512
-        let swap = config["swap"].flatMap { Double($0) } ?? 0
-        let cpulimit = config["cpulimit"].flatMap { Double($0) } ?? 0
-        let cpuunits = config["cpuunits"].flatMap { Int($0) }
+/// A container's resource limits, parsed once from its config into what the cgroup files take. A value no cgroup file can
+/// hold (memory beyond 2^63 bytes, a non-finite number) is an error here, where upstream would write a number the kernel
+/// refuses at start.
+public struct LxcLimits: Sendable, Hashable {
+    public var memoryBytes: Int
+    /// memory.high on a v2 host: 128 MiB below the limit from 16 GiB up, else 1016/1024 of it.
+    public var memoryHighBytes: Int
+    public var swapBytes: Int
+    /// memory.memsw.limit_in_bytes on a v1 host.
+    public var memoryAndSwapBytes: Int
+    /// CPU time per 100 ms period in microseconds; nil is unlimited.
+    public var cpuQuota: Int?
+    public var cpuunits: Int?
+
+    public struct InvalidLimit: Error, CustomStringConvertible {
+        /// The key whose value cannot be used.
+        public var key: String
+        public var description: String
+        /// A number, but one no cgroup file holds (the spec's checks do not catch it; a non-number they do).
+        public var outOfRange: Bool
+    }
+
+    /// `value` looks a key up in the config (pve-container's defaults: 512 MiB memory, no swap, no CPU limit).
+    public init(_ value: (String) -> String?) throws(InvalidLimit) {
+        func number(_ key: String, default fallback: Double) throws(InvalidLimit) -> Double {
+            guard let text = value(key) else { return fallback }
+            guard let number = Double(text), number.isFinite, number >= 0 else {
+                throw InvalidLimit(key: key, description: "\(key): '\(text)' is not a non-negative number", outOfRange: false)
+            }
+            return number
+        }
+        func scaled(_ number: Double, by factor: Double, _ key: String, _ what: String) throws(InvalidLimit) -> Int {
+            let scaled = (number * factor).rounded(.towardZero)
+            // Int(exactly:) is nil past Int.max; Double(Int.max) rounds up to 2^63, hence the strict bound.
+            guard scaled < Double(Int.max), let result = Int(exactly: scaled) else {
+                throw InvalidLimit(key: key, description: "\(what) is more than a cgroup limit can hold", outOfRange: true)
+            }
+            return result
+        }
         let mib = 1024.0 * 1024
+        let memory = try number("memory", default: 512)
+        let swap = try number("swap", default: 0)
+        let cpulimit = try number("cpulimit", default: 0)
+        let memoryText = "memory \(value("memory") ?? "") MiB"
+        memoryBytes = try scaled(memory, by: mib, "memory", memoryText)
+        swapBytes = try scaled(swap, by: mib, "swap", "swap \(value("swap") ?? "") MiB")
+        memoryAndSwapBytes = try scaled(memory + swap, by: mib, "swap", "memory plus swap")
+        memoryHighBytes = memory >= 16 * 1024 ? try scaled(memory - 128, by: mib, "memory", memoryText)
+            : try scaled(memory, by: 1024 * 1016, "memory", memoryText)
+        cpuQuota = cpulimit > 0 ? try scaled(cpulimit, by: 100_000, "cpulimit", "cpulimit \(value("cpulimit") ?? "")") : nil
+        cpuunits = value("cpuunits").flatMap { Int($0) }
+    }
+
+    public init(_ config: [String: String]) throws(InvalidLimit) {
+        try self.init { config[$0] }
+    }
+
+    /// `(controller, file, value)` in writing order, as pve-container writes them on a live change; `current` (by
+    /// `controller/file`) decides the order of the memory limits on a v1 host, where the memory+swap limit may never be
+    /// below the memory limit.
+    public func files(layout: LxcHostFacts.CgroupLayout,
+                      current: [String: String] = [:]) -> [(controller: String, file: String, value: String)] {
         switch layout {
         case .v1:
-            let limit = ("memory", "memory.limit_in_bytes", String(Int(memory * mib)))
-            let withSwap = ("memory", "memory.memsw.limit_in_bytes", String(Int((memory + swap) * mib)))
-            let growing = (current["memory/memory.limit_in_bytes"].flatMap { Int($0) } ?? 0) < Int(memory * mib)
+            let limit = ("memory", "memory.limit_in_bytes", String(memoryBytes))
+            let withSwap = ("memory", "memory.memsw.limit_in_bytes", String(memoryAndSwapBytes))
+            let growing = (current["memory/memory.limit_in_bytes"].flatMap { Int($0) } ?? 0) < memoryBytes
             return (growing ? [withSwap, limit] : [limit, withSwap]) + [
                 ("cpu", "cpu.cfs_period_us", "100000"),
-                ("cpu", "cpu.cfs_quota_us", cpulimit > 0 ? String(Int(100_000 * cpulimit)) : "-1"),
+                ("cpu", "cpu.cfs_quota_us", cpuQuota.map(String.init) ?? "-1"),
                 ("cpu", "cpu.shares", String(max(cpuunits ?? 1024, 2))),
             ]
         case .v2:
-            let high = memory >= 16 * 1024 ? Int((memory - 128) * mib) : Int(memory * 1024 * 1016)
             return [
-                ("", "memory.max", String(Int(memory * mib))),
-                ("", "memory.high", String(high)),
-                ("", "memory.swap.max", String(Int(swap * mib))),
-                ("", "cpu.max", cpulimit > 0 ? "\(Int(100_000 * cpulimit)) 100000" : "max 100000"),
+                ("", "memory.max", String(memoryBytes)),
+                ("", "memory.high", String(memoryHighBytes)),
+                ("", "memory.swap.max", String(swapBytes)),
+                ("", "cpu.max", "\(cpuQuota.map(String.init) ?? "max") 100000"),
                 ("", "cpu.weight", String(min(cpuunits ?? 100, 10_000))),
             ]
         }
@@ -145,6 +195,12 @@ public struct LxcReconciler: Sendable {
                                        code: .invalidValue))
             }
         }
+        do {
+            _ = try LxcLimits(QemuReconciler.effectiveConfig(guest.config))
+        } catch where error.outOfRange {
+            let location = guest.config.pending?.entry(error.key)?.valueLocation ?? main.entry(error.key)?.valueLocation ?? file
+            problems.append(.error(location, "\(error.description)", code: .invalidValue))
+        } catch {}
         if let template = osTemplate(main) {
             let storageID = String(template.prefix { $0 != ":" })
             let volname = template.dropFirst(storageID.count + 1)
@@ -250,8 +306,16 @@ public struct LxcReconciler: Sendable {
                     facts?.bridgeMTUs[nic.bridge] = declared.compactMap { $0["mtu"].flatMap { Int($0) } }.last ?? 1500
                 }
             }
+            let limits: LxcLimits
+            do {
+                limits = try LxcLimits(desired)
+            } catch {
+                // `check` reported it (or the spec's checks did, for a value that is no number).
+                add(.blocked, "its limits cannot be set (\(error)); the container is left as it is")
+                continue
+            }
             let limitFiles = facts.map { facts in
-                LxcLimits.files(desired, layout: facts.cgroupLayout).map { $0.controller.isEmpty ? $0.file : "\($0.controller)/\($0.file)" }
+                limits.files(layout: facts.cgroupLayout).map { $0.controller.isEmpty ? $0.file : "\($0.controller)/\($0.file)" }
             } ?? []
             let observed = await driver.observe(vmid: vmid, limits: limitFiles, nics: nics.map(\.veth))
             computed.statuses.append(ContainerStatus(vmid: vmid, state: observed.state, intent: intent.text, hostname: desired["hostname"]))
@@ -421,7 +485,7 @@ public struct LxcReconciler: Sendable {
             // Limits: whatever the limit cgroup holds that the config does not say, including changes made behind pvectl's back.
             var limitSteps: [LxcLiveStep] = []
             if let facts {
-                for file in LxcLimits.files(desired, layout: facts.cgroupLayout, current: observed.limits) {
+                for file in limits.files(layout: facts.cgroupLayout, current: observed.limits) {
                     let name = file.controller.isEmpty ? file.file : "\(file.controller)/\(file.file)"
                     if let current = observed.limits[name], current != file.value {
                         limitSteps.append(.setLimit(controller: file.controller, file: file.file, value: file.value))
