@@ -13,6 +13,8 @@ public final class ClusterTreeWatcher: @unchecked Sendable {
     private let interval: Double
     private let stopped = Atomic<Bool>(false)
     private let quorum = Mutex<Bool>(true)
+    /// The tree as init found it: every change after init is reported, even one made before the thread first asks.
+    private let baseline: (version: UInt64, entries: [String: UInt64]?)
 
     /// Connects to the service; nil when it does not answer.
     public init?(root: String, service: String, interval: Double = 0.2) {
@@ -23,6 +25,7 @@ public final class ClusterTreeWatcher: @unchecked Sendable {
         self.interval = interval
         guard let first = Self.poll(client, since: 0) else { return nil }
         quorum.withLock { $0 = first.quorate }
+        baseline = (first.version, first.entries)
     }
 
     /// Whether the node last had quorum (writes taken), as pmxcfs says.
@@ -50,9 +53,9 @@ public final class ClusterTreeWatcher: @unchecked Sendable {
     /// Starts the thread: `onChange` gets the absolute path of every entry that changed, `onQuorum` the new quorum.
     public func start(onChange: @escaping @Sendable (String) -> Void, onQuorum: @escaping @Sendable (Bool) -> Void) {
         let thread = Thread { [self] in
-            var seen: UInt64 = 0
-            var versions: [String: UInt64] = [:]
-            var first = true
+            var seen = baseline.entries == nil ? 0 : baseline.version
+            var versions = baseline.entries ?? [:]
+            var first = baseline.entries == nil
             while !stopped.load(ordering: .relaxed) {
                 guard let answer = Self.poll(client, since: seen) else {
                     // No answer (pmxcfs restarting): quorum unknown counts as none; connect again next time.
