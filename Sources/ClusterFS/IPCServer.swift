@@ -258,4 +258,20 @@ public final class IPCClient: @unchecked Sendable {
     public func config(_ path: String) -> (Int32, [UInt8]) {
         request(.getConfig, body: Array(path.utf8) + [0])
     }
+
+    /// A name in one of the wire's fixed, zero-padded name fields (longer names are cut).
+    static func nameField(_ name: String) -> [UInt8] {
+        let bytes = Array(name.utf8.prefix(Wire.statusName - 1))
+        return bytes + [UInt8](repeating: 0, count: Wire.statusName - bytes.count)
+    }
+
+    /// Sets this node's status key (SET_STATUS), replicated to every node; returns 0 or -errno.
+    public func setStatus(_ name: String, value: [UInt8]) -> Int32 {
+        request(.setStatus, body: Self.nameField(name) + value).0
+    }
+
+    /// A node's status key (GET_STATUS).
+    public func status(_ name: String, node: String) -> (Int32, [UInt8]) {
+        request(.getStatus, body: Self.nameField(name) + Self.nameField(node))
+    }
 }

@@ -180,6 +180,11 @@ public struct LoopRecord: Codable, Sendable {
     public var startedAt: Date
     public var stoppedAt: Date?
     public var kinds: [String: KindRecord] = [:]
+    /// The kinds the loop follows: one without a record has not had its first pass yet (nil in older records).
+    public var followed: [String]?
+
+    /// Every followed kind has had a pass.
+    public var passedEveryKind: Bool { (followed ?? []).allSatisfy { kinds[$0] != nil } }
 
     public init(pid: Int32, startedAt: Date) {
         self.pid = pid

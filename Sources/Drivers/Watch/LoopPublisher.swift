@@ -22,9 +22,9 @@ public struct LoopPublisher: Sendable {
             self.publishedAt = publishedAt
         }
 
-        /// Every followed kind's last pass ended with nothing left to do (converged or applied).
+        /// Every followed kind has had a pass, and each last pass ended with nothing left to do (converged or applied).
         public var converged: Bool {
-            !loop.kinds.isEmpty && loop.kinds.values.allSatisfy { ["converged", "applied"].contains($0.outcome) }
+            !loop.kinds.isEmpty && loop.passedEveryKind && loop.kinds.values.allSatisfy { ["converged", "applied"].contains($0.outcome) }
         }
     }
 
@@ -49,10 +49,7 @@ public struct LoopPublisher: Sendable {
         for (kind, record) in trimmed.loop.kinds where (record.message?.count ?? 0) > 512 {
             trimmed.loop.kinds[kind]?.message = String(record.message!.prefix(512)) + "…"
         }
-        let client = try IPCClient(service: service)
-        var body = [UInt8](repeating: 0, count: 256)
-        body.replaceSubrange(0..<Self.key.utf8.count, with: Array(Self.key.utf8))
-        let (status, _) = client.request(.setStatus, body: body + Array(try Self.encoder().encode(trimmed)))
+        let status = try IPCClient(service: service).setStatus(Self.key, value: Array(try Self.encoder().encode(trimmed)))
         guard status == 0 else { throw PublishError(description: "set_status \(Self.key): \(String(cString: strerror(-status)))") }
     }
 
@@ -63,10 +60,7 @@ public struct LoopPublisher: Sendable {
         decoder.dateDecodingStrategy = .iso8601
         var reports: [String: Report] = [:]
         for node in nodes {
-            var body = [UInt8](repeating: 0, count: 512)
-            body.replaceSubrange(0..<Self.key.utf8.count, with: Array(Self.key.utf8))
-            body.replaceSubrange(256..<(256 + min(node.utf8.count, 255)), with: Array(node.utf8.prefix(255)))
-            let (status, payload) = client.request(.getStatus, body: body)
+            let (status, payload) = client.status(Self.key, node: node)
             if status == 0, let report = try? decoder.decode(Report.self, from: Data(payload)) { reports[node] = report }
         }
         return reports

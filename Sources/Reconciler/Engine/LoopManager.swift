@@ -33,6 +33,7 @@ public struct LoopManager: Sendable {
         nextResync = clock.now().addingTimeInterval(resync)
         queue = WorkQueue(baseDelay: baseDelay, maximumDelay: maximumDelay, minimumInterval: minimumInterval, order: engine.precedes)
         record = LoopRecord(pid: pid, startedAt: clock.now())
+        record.followed = engine.plannedKinds(selectors)
     }
 
     /// The kinds the loop reconciles: those the operator selected.
