@@ -39,8 +39,9 @@ struct ClusterCommand: AsyncParsableCommand {
           pvectl cluster nodes --json
           pvectl cluster delnode pve3
           pvectl cluster expected 1
+          pvectl cluster qdevice setup 192.0.2.10
         """,
-        subcommands: [Create.self, Add.self, Join.self, Delnode.self, Status.self, Nodes.self, Expected.self]
+        subcommands: [Create.self, Add.self, Join.self, Delnode.self, Status.self, Nodes.self, Expected.self, Qdevice.self]
     )
 
     /// What the membership commands share.
@@ -155,6 +156,53 @@ struct ClusterCommand: AsyncParsableCommand {
         }
     }
 
+    struct Qdevice: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A QDevice (corosync-qnetd) as an extra vote (pvecm qdevice setup/remove).",
+            discussion: """
+            `setup ADDRESS` reaches the QNetd host with ssh as root (key login and host key set up first, as pvecm needs) or
+            --qnetd-command, initialises its database if it has none, has it sign this cluster's certificate, keeps the
+            certificates in /etc/pve/priv/qdevice, adds `quorum { device { model: net ... } }` to corosync.conf and starts
+            corosync-qdevice here. Every other node's `pvectl run` (or `pvectl apply --only corosync`) imports the
+            certificates and starts its own: the device is desired state like the rest of corosync.conf. An odd number
+            of nodes needs --force (algorithm lms instead of ffsplit), as does replacing this node's QDevice database.
+            `remove` takes it out again.
+            """,
+            subcommands: [Setup.self, Remove.self])
+
+        struct Setup: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a QDevice at ADDRESS (the host running corosync-qnetd).")
+            @Argument(help: ArgumentHelp("The QNetd server's address.", valueName: "ADDRESS")) var address: String
+            @OptionGroup var options: SetupOptions
+            @Option(name: .customLong("qnetd-command"),
+                    help: ArgumentHelp("Command that runs a shell on the QNetd host, reading its script from standard input "
+                                       + "(default: ssh -o BatchMode=yes -o ConnectTimeout=10 root@ADDRESS).", valueName: "COMMAND"))
+            var qnetdCommand: String?
+            @Flag(name: .long, help: "Set it up for an odd number of nodes too (algorithm lms); replace this node's QDevice database.")
+            var force = false
+
+            func validate() throws {
+                let hostName = !address.isEmpty && address.allSatisfy { $0.isLetter || $0.isNumber || "-.".contains($0) }
+                guard IPAddress.parse(address) != nil || hostName else { throw ValidationError("ADDRESS \(address): an IP address or a host name") }
+            }
+
+            func run() async throws {
+                try await ClusterCommand.failing {
+                    try await options.setup.qdeviceSetup(address: address, qnetdCommand: qnetdCommand, force: force) { printOut($0 + "\n") }
+                }
+            }
+        }
+
+        struct Remove: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Remove the QDevice.")
+            @OptionGroup var options: SetupOptions
+
+            func run() async throws {
+                try await ClusterCommand.failing { try await options.setup.qdeviceRemove { printOut($0 + "\n") } }
+            }
+        }
+    }
+
     static func json<T: Encodable>(_ value: T) throws -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -164,22 +212,16 @@ struct ClusterCommand: AsyncParsableCommand {
     /// Runs a cluster operation; what it refuses or fails at is said as an error (exit 1), not a trace.
     @discardableResult
     static func failing<T>(_ body: () async throws -> T) async throws -> T {
-        do { return try await body() } catch let error as ClusterManager.NotRunning {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        } catch let error as MissingExecutable {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        } catch let error as ClusterSetup.Failure {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        } catch let error as ClusterMembership.Failure {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        } catch let error as CommandError {
+        do { return try await body() } catch let error where isSaid(error) {
             printError("error: \(error)")
             throw ExitCode(1)
         }
+    }
+
+    /// The failures the cluster commands say in a line (anything else is a bug, and shows as such).
+    static func isSaid(_ error: any Error) -> Bool {
+        error is ClusterManager.NotRunning || error is MissingExecutable || error is ClusterSetup.Failure
+            || error is ClusterMembership.Failure || error is CommandError || error is HostCorosyncDriver.Failure
     }
 
     struct Status: AsyncParsableCommand {
@@ -307,7 +349,8 @@ extension StatusCommand {
             } else if outcomes.contains("blocked") {
                 loop = "Blocked"
             }
-            let detail = kinds.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.outcome)" }.joined(separator: ", ")
+            let waiting = (report.loop.followed ?? []).filter { kinds[$0] == nil }.map { "\($0): first pass to come" }
+            let detail = (kinds.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.outcome)" } + waiting).joined(separator: ", ")
             let converged = report.converged && (current == nil || report.pushed == current) && report.loop.stoppedAt == nil
             let lastPass: Date? = kinds.values.map { $0.lastPassAt }.max()
             return ClusterRow(node: node, loop: loop, lastPassAt: lastPass, pushed: report.pushed,

@@ -8,6 +8,8 @@ struct KindSettings {
     var qemuAcceleration: String
     /// Guests (VMs and containers) `apply --restart` restarts for pending changes; nil without --restart.
     var restartGuests: Set<Int>?
+    /// The cluster file system's root: the corosync kind finds the cluster's QDevice certificates under it.
+    var root = "/etc/pve"
 }
 
 enum Kinds {
@@ -25,7 +27,7 @@ enum Kinds {
                            restart: settings.restartGuests),
             LxcReconciler(driver: LxcToolDriver(), store: settings.store, restart: settings.restartGuests),
             FirewallReconciler(driver: NftablesFirewallDriver(), store: settings.store),
-            CorosyncReconciler(driver: HostCorosyncDriver()),
+            CorosyncReconciler(driver: HostCorosyncDriver(root: settings.root)),
         ]
     }
 

@@ -49,7 +49,8 @@ struct ReconcileOptions: ParsableArguments {
         get throws {
             let named = Set(only.compactMap(ResourceSelector.init).filter { [QemuReconciler.name, LxcReconciler.name].contains($0.kind) }
                 .compactMap { $0.name.flatMap { Int($0) } })
-            let settings = KindSettings(store: StateStore(directory: stateDir), qemuAcceleration: qemuAccel, restartGuests: restart ? named : nil)
+            let settings = KindSettings(store: StateStore(directory: stateDir), qemuAcceleration: qemuAccel, restartGuests: restart ? named : nil,
+                                        root: tree.root)
             return try ReconcileEngine(kinds: Kinds.registered(settings))
         }
     }

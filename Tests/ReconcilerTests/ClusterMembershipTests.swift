@@ -51,4 +51,33 @@ struct ClusterMembershipTests {
         #expect(throws: ClusterMembership.Failure.self) { try ClusterMembership.removing(node: "pve1", from: two, standingOn: "pve1") }
         #expect(throws: ClusterMembership.Failure.self) { try ClusterMembership.removing(node: "pve9", from: two, standingOn: "pve1") }
     }
+
+    @Test("a QDevice as pvecm adds it: model net, TLS, one vote, ffsplit for two nodes; an odd count only forced (lms); removed again")
+    func quorumDevice() throws {
+        let one = CorosyncConfig.parse(try ClusterMembership.newCluster(name: "prod", node: "pve1",
+                                                                        links: [ClusterMembership.Link(number: 0, address: "192.0.2.11")]),
+                                       file: "corosync.conf").0
+        let two = CorosyncConfig.parse(try ClusterMembership.adding(node: "pve2", links: [ClusterMembership.Link(number: 0, address: "192.0.2.12")],
+                                                                   nodeid: nil, votes: 1, to: one, standingOn: "pve1"), file: "c").0
+        let text = try ClusterMembership.addingQuorumDevice(host: "192.0.2.10", force: false, to: two, standingOn: "pve1")
+        #expect(text.contains("quorum {\n  device {\n    model: net\n    net {\n      algorithm: ffsplit\n      host: 192.0.2.10\n"
+                              + "      tls: on\n    }\n    votes: 1\n  }\n  provider: corosync_votequorum\n}"), "\(text)")
+        let device = try #require(ClusterMembership.QuorumDevice(CorosyncConfig.parse(text, file: "c").0))
+        #expect(device.model == "net" && device.host == "192.0.2.10" && device.algorithm == "ffsplit")
+        #expect(CorosyncConfig.parse(text, file: "c").0.totem?["config_version"] == "3")
+        #expect(throws: ClusterMembership.Failure.self, "configured already") {
+            try ClusterMembership.addingQuorumDevice(host: "192.0.2.9", force: true, to: CorosyncConfig.parse(text, file: "c").0, standingOn: "pve1")
+        }
+        #expect(throws: ClusterMembership.Failure.self, "an odd number of nodes, not forced") {
+            try ClusterMembership.addingQuorumDevice(host: "192.0.2.10", force: false, to: one, standingOn: "pve1")
+        }
+        let forced = try ClusterMembership.addingQuorumDevice(host: "192.0.2.10", force: true, to: one, standingOn: "pve1")
+        #expect(ClusterMembership.QuorumDevice(CorosyncConfig.parse(forced, file: "c").0)?.algorithm == "lms")
+        #expect(!forced.contains("votes: 1\n  }"), "lms takes corosync's default votes (nodes - 1): \(forced)")
+        let removed = CorosyncConfig.parse(try ClusterMembership.removingQuorumDevice(from: CorosyncConfig.parse(text, file: "c").0,
+                                                                                      standingOn: "pve1"), file: "c").0
+        #expect(ClusterMembership.QuorumDevice(removed) == nil && removed.totem?["config_version"] == "4")
+        #expect(removed.root.sections("quorum").first?["provider"] == "corosync_votequorum")
+        #expect(throws: ClusterMembership.Failure.self) { try ClusterMembership.removingQuorumDevice(from: removed, standingOn: "pve1") }
+    }
 }

@@ -99,4 +99,66 @@ struct CorosyncKindTests {
         let resource = try #require(plan.resources.first { $0.kind == "corosync" })
         #expect(resource.action == .unavailable && resource.message == "unavailable: corosync-cfgtool is not installed (Debian package corosync)")
     }
+
+    static func qdevice(_ engine: ReconcileEngine, _ state: DesiredState) async throws -> ResourcePlan? {
+        try await engine.plan(state, scope: [], named: []).plan.resources.first { $0.id == "corosync/qdevice" }
+    }
+
+    static let device = "quorum {\n  device {\n    model: net\n    net {\n      algorithm: ffsplit\n      host: 192.0.2.10\n      tls: on\n"
+        + "    }\n    votes: 1\n  }\n  provider: corosync_votequorum\n}\n"
+
+    @Test("a QDevice: certificates imported, corosync-qdevice started, restarted for another host, stopped when it goes; blocked, missing")
+    func qdevice() async throws {
+        let withDevice = Self.config(version: 2).replacingOccurrences(of: "quorum {\n  provider: corosync_votequorum\n}\n", with: Self.device)
+        #expect(withDevice.contains("host: 192.0.2.10"))
+        let driver = InMemoryCorosyncDriver(CorosyncObservation(installed: withDevice, runningVersion: 2, localAddresses: Self.here,
+                                                                qdevice: QdeviceObservation(certificatesShared: true)))
+        let engine = try Self.engine(driver)
+        let state = Self.state(withDevice)
+        let computation = try await engine.plan(state, scope: [], named: [])
+        let resource = try #require(computation.plan.resources.first { $0.id == "corosync/qdevice" })
+        #expect(resource.action == .create && resource.source?.line == 17)
+        #expect(resource.operations == ["import the cluster's QDevice certificate into /etc/corosync/qdevice/net/nssdb",
+                                        "start corosync-qdevice (QNetd 192.0.2.10)"])
+        #expect(try await engine.apply(computation, reload: { state }, progress: { _ in }).failures.isEmpty)
+        #expect(driver.state.withLock { $0.qdevice.running && $0.qdevice.runningHost == "192.0.2.10" })
+        #expect(try await engine.plan(state, scope: [], named: []).plan.resources.allSatisfy { $0.kind != "corosync" }, "converged")
+
+        // Another QNetd host: corosync-qdevice restarted for it.
+        let moved = withDevice.replacingOccurrences(of: "192.0.2.10", with: "192.0.2.9")
+        driver.state.withLock { $0.installed = moved }
+        let restart = try #require(try await Self.qdevice(engine, Self.state(moved)))
+        #expect(restart.action == .update && restart.operations == ["restart corosync-qdevice (QNetd 192.0.2.10 → 192.0.2.9)"])
+
+        // A new setup's certificates (the database no longer matches them): imported, and corosync-qdevice restarted.
+        driver.state.withLock { $0.qdevice.databaseReady = false }
+        let renewed = try #require(try await Self.qdevice(engine, Self.state(moved)))
+        #expect(renewed.operations == ["import the cluster's QDevice certificate into /etc/corosync/qdevice/net/nssdb",
+                                       "restart corosync-qdevice (with the certificates of the latest setup)"])
+
+        // The device gone from the config: stopped, its database removed.
+        let without = Self.config(version: 3)
+        driver.state.withLock { $0.installed = without }
+        let gone = try await engine.plan(Self.state(without), scope: [], named: [])
+        #expect(gone.plan.resources.first { $0.id == "corosync/qdevice" }?.action == .delete)
+        #expect(try await engine.apply(gone, reload: { Self.state(without) }, progress: { _ in }).failures.isEmpty)
+        #expect(driver.state.withLock { !$0.qdevice.running && !$0.qdevice.databaseReady })
+        // corosync-qdevice gone by itself: its database stays while the shared certificates do (a setup may be under way),
+        // and goes after them.
+        driver.state.withLock { $0.qdevice = QdeviceObservation(certificatesShared: true, databaseReady: true) }
+        #expect(try await Self.qdevice(engine, Self.state(without)) == nil)
+        driver.state.withLock { $0.qdevice = QdeviceObservation(certificatesShared: false, databaseReady: true) }
+        #expect(try await Self.qdevice(engine, Self.state(without))?.action == .delete)
+
+        // No certificates shared yet; corosync-qdevice not installed.
+        let fresh = InMemoryCorosyncDriver(CorosyncObservation(installed: withDevice, runningVersion: 2, localAddresses: Self.here))
+        let blocked = try #require(try await Self.qdevice(Self.engine(fresh), state))
+        #expect(blocked.action == .blocked && blocked.message?.contains("pvectl cluster qdevice setup") == true)
+        await #expect(throws: InMemoryCorosyncDriver.NoCertificates.self) { try await fresh.startQdevice(host: "192.0.2.10") }
+        let bare = InMemoryCorosyncDriver(CorosyncObservation(installed: withDevice, runningVersion: 2, localAddresses: Self.here,
+            qdevice: QdeviceObservation(missing: "corosync-qdevice is not installed (Debian package corosync-qdevice)")))
+        let missing = try #require(try await Self.qdevice(Self.engine(bare), state))
+        #expect(missing.action == .unavailable
+                && missing.message == "unavailable: corosync-qdevice is not installed (Debian package corosync-qdevice)")
+    }
 }

@@ -434,6 +434,20 @@ public final class InMemoryCorosyncDriver: CorosyncDriver {
                 .flatMap { UInt64($0) }
         }
     }
+    /// The device's host as the installed file names it: what a started corosync-qdevice talks to.
+    public struct NoCertificates: Error {}
+
+    public func startQdevice(host: String?) async throws {
+        try state.withLock { observed in
+            guard observed.qdevice.certificatesShared || observed.qdevice.databaseReady else { throw NoCertificates() }
+            observed.qdevice.databaseReady = true
+            observed.qdevice.running = true
+            observed.qdevice.runningHost = host
+        }
+    }
+    public func stopQdevice() async throws {
+        state.withLock { $0.qdevice = QdeviceObservation(certificatesShared: $0.qdevice.certificatesShared) }
+    }
 }
 
 extension InMemoryHost {

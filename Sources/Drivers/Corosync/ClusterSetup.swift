@@ -82,7 +82,7 @@ public struct ClusterSetup: Sendable {
     func startCorosync(progress: (String) -> Void) async throws {
         if let command = startCorosync {
             try await Command.check(["/bin/sh", "-c", command])
-        } else if FileManager.default.fileExists(atPath: "/run/systemd/system") {
+        } else if HostCorosyncDriver.underSystemd {
             try await Command.check(["systemctl", "restart", "corosync"])
         } else {
             try await Command.check(["corosync"])
@@ -129,13 +129,9 @@ public struct ClusterSetup: Sendable {
         throw Failure(description: "pmxcfs did not come back in cluster mode within 30 s (\(log): \(said))")
     }
 
-    /// Whether something is mounted exactly at `path` (this process's mount table).
+    /// Whether something is mounted exactly at `path` (this process's mount table, its escapes undone).
     static func isMounted(_ path: String) -> Bool {
-        guard let table = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
-        return table.split(separator: "\n").contains { line in
-            let fields = line.split(separator: " ")
-            return fields.count > 4 && fields[4] == Substring(path)
-        }
+        HostStorageDriver.mounts().contains { $0.target == path }
     }
 
     /// Running, not a zombie its parent has yet to reap.
@@ -166,17 +162,22 @@ public struct ClusterSetup: Sendable {
         try await restartPmxcfs(running, between: {}, progress: progress)
     }
 
+    /// The cluster's corosync.conf from the tree; `missing` says what to do when there is none.
+    func clusterConfig(missing: String = "not a cluster") throws -> CorosyncConfig {
+        guard let text = try? String(contentsOfFile: root + "/corosync.conf", encoding: .utf8) else {
+            throw Failure(description: "\(root)/corosync.conf does not exist: \(missing)")
+        }
+        return CorosyncConfig.parse(text, file: root + "/corosync.conf").0
+    }
+
     /// `pvecm add`, the member's half: the node written into the nodelist (replicated, reloaded by corosync everywhere),
     /// and the bundle the new node joins with.
     public func add(node newNode: String, links: [ClusterMembership.Link], nodeid: Int?, votes: Int,
                     progress: (String) -> Void) throws -> JoinBundle {
-        guard let text = try? String(contentsOfFile: root + "/corosync.conf", encoding: .utf8) else {
-            throw Failure(description: "\(root)/corosync.conf does not exist: create the cluster first")
-        }
+        let config = try clusterConfig(missing: "create the cluster first")
         guard let key = FileManager.default.contents(atPath: root + "/priv/authkey.key") else {
             throw Failure(description: "\(root)/priv/authkey.key is missing: the cluster's key is needed to join")
         }
-        let (config, _) = CorosyncConfig.parse(text, file: root + "/corosync.conf")
         let updated = try ClusterMembership.adding(node: newNode, links: links, nodeid: nodeid, votes: votes, to: config, standingOn: node)
         try write(Data(updated.utf8), to: root + "/corosync.conf", mode: 0o640)
         progress("added \(newNode) to \(root)/corosync.conf")
@@ -217,12 +218,108 @@ public struct ClusterSetup: Sendable {
 
     /// `pvecm delnode`: the node out of the nodelist (it should be off for good).
     public func delnode(_ name: String, progress: (String) -> Void) throws {
-        guard let text = try? String(contentsOfFile: root + "/corosync.conf", encoding: .utf8) else {
-            throw Failure(description: "\(root)/corosync.conf does not exist: not a cluster")
-        }
-        let (config, _) = CorosyncConfig.parse(text, file: root + "/corosync.conf")
+        let config = try clusterConfig()
         let updated = try ClusterMembership.removing(node: name, from: config, standingOn: node)
         try write(Data(updated.utf8), to: root + "/corosync.conf", mode: 0o640)
         progress("removed \(name) from \(root)/corosync.conf; its files stay in \(root)/nodes/\(name) until you remove them")
+    }
+
+    /// `pvecm qdevice setup`: the QNetd server's CA fetched (its database made if it has none), this node's client
+    /// certificate requested, signed by the QNetd server and imported; the CA and the client certificate kept in
+    /// `priv/qdevice` (every node's corosync kind imports them from there), the device written into corosync.conf
+    /// (replicated, reloaded), and this node's corosync-qdevice started. `qnetdCommand` runs a shell on the QNetd host, the
+    /// script on its standard input (default: ssh as root, by key and with its host key known, as pvecm needs too after
+    /// its ssh-copy-id). This node's certificate database, when it has one, is replaced only with `force`, as pvecm does.
+    public func qdeviceSetup(address: String, qnetdCommand: String?, force: Bool, progress: (String) -> Void) async throws {
+        let config = try clusterConfig()
+        let updated = try ClusterMembership.addingQuorumDevice(host: address, force: force, to: config, standingOn: node)
+        guard let cluster = config.totem?["cluster_name"], ClusterMembership.isValidClusterName(cluster) else {
+            throw Failure(description: "\(root)/corosync.conf names no usable cluster_name")
+        }
+        for tool in ["corosync-qdevice", "corosync-qdevice-net-certutil"] where Command.locate(tool) == nil { throw MissingExecutable(name: tool) }
+        if FileManager.default.fileExists(atPath: HostCorosyncDriver.qdeviceDatabase) && !force {
+            throw Failure(description: "\(HostCorosyncDriver.qdeviceDatabase) exists (a QDevice was set up here before): --force replaces it")
+        }
+        let remote = qnetdCommand ?? "ssh -o BatchMode=yes -o ConnectTimeout=10 root@\(address)"
+        let qnetdDatabase = "/etc/corosync/qnetd/nssdb"
+        let authority = try await onQnetd(remote, """
+            set -e
+            [ -f \(qnetdDatabase)/qnetd-cacert.crt ] || corosync-qnetd-certutil -i >/dev/null
+            """, returning: "\(qnetdDatabase)/qnetd-cacert.crt")
+        progress("QNetd at \(address): its CA fetched")
+
+        // This node's loop leaves the QDevice alone meanwhile (it waits for this lock).
+        try await HostCorosyncDriver.exclusively {
+            var template = Array((FileManager.default.temporaryDirectory.path + "/pvectl-qdevice.XXXXXX").utf8CString)
+            guard let made = mkdtemp(&template) else { throw Failure(description: "cannot make a private scratch directory") }
+            let scratch = String(cString: made)
+            defer { try? FileManager.default.removeItem(atPath: scratch) }
+            try authority.write(to: URL(fileURLWithPath: scratch + "/qnetd-cacert.crt"))
+            let database = HostCorosyncDriver.qdeviceDatabase
+            try? FileManager.default.removeItem(atPath: database)
+            try await Command.check(["corosync-qdevice-net-certutil", "-i", "-c", scratch + "/qnetd-cacert.crt"])
+            try await Command.check(["corosync-qdevice-net-certutil", "-r", "-n", cluster])
+            guard let request = FileManager.default.contents(atPath: database + "/qdevice-net-node.crq") else {
+                throw Failure(description: "\(database)/qdevice-net-node.crq was not made")
+            }
+            let signed = try await onQnetd(remote, """
+                set -e
+                scratch=$(mktemp -d)
+                trap 'rm -rf "$scratch"' EXIT
+                base64 -d > "$scratch/qdevice-net-node.crq" <<'REQUEST'
+                \(request.base64EncodedString(options: [.lineLength76Characters, .endLineWithLineFeed]))
+                REQUEST
+                corosync-qnetd-certutil -s -c "$scratch/qdevice-net-node.crq" -n \(cluster) >/dev/null
+                """, returning: "\(qnetdDatabase)/cluster-\(cluster).crt")
+            progress("QNetd signed the certificate of cluster \(cluster)")
+            try signed.write(to: URL(fileURLWithPath: scratch + "/cluster-\(cluster).crt"))
+            // The tool goes on (and exits 0) when its pk12util fails: the file it should have made tells.
+            let imported = try await Command.run(["corosync-qdevice-net-certutil", "-M", "-c", scratch + "/cluster-\(cluster).crt"])
+            guard imported.succeeded, let client = FileManager.default.contents(atPath: database + "/" + HostCorosyncDriver.clientCertificate) else {
+                let said = (imported.output + imported.error).trimmingCharacters(in: .whitespacesAndNewlines)
+                throw Failure(description: "\(database)/\(HostCorosyncDriver.clientCertificate) was not made: \(said)")
+            }
+            let shared = root + "/priv/qdevice"
+            try write(authority, to: shared + "/" + HostCorosyncDriver.qnetdCertificate, mode: 0o600)
+            try write(client, to: shared + "/" + HostCorosyncDriver.clientCertificate, mode: 0o600)
+            try write(Data(updated.utf8), to: root + "/corosync.conf", mode: 0o640)
+            progress("added the quorum device (QNetd \(address)) to \(root)/corosync.conf; its certificates are in \(shared)")
+            do {
+                try await HostCorosyncDriver(root: root).startHoldingLock(host: address)
+            } catch {
+                throw Failure(description: "the device is configured (corosync.conf, \(shared)) but corosync-qdevice did not start here: \(error); "
+                              + "every node's pvectl run (or pvectl apply --only corosync) tries again")
+            }
+        }
+        progress("corosync-qdevice runs on \(node); every other node starts its own at its next pvectl run pass (or pvectl apply --only corosync)")
+    }
+
+    /// `pvecm qdevice remove`: the device out of corosync.conf, this node's corosync-qdevice stopped, the shared
+    /// certificates removed (every other node's corosync kind stops its own).
+    public func qdeviceRemove(progress: (String) -> Void) async throws {
+        let config = try clusterConfig()
+        let updated = try ClusterMembership.removingQuorumDevice(from: config, standingOn: node)
+        try write(Data(updated.utf8), to: root + "/corosync.conf", mode: 0o640)
+        progress("removed the quorum device from \(root)/corosync.conf")
+        // The shared certificates go whatever happens next: the device is out of the configuration already.
+        defer { try? FileManager.default.removeItem(atPath: root + "/priv/qdevice") }
+        try await HostCorosyncDriver.exclusively {
+            await HostCorosyncDriver.waitForDeviceGone()
+            try await HostCorosyncDriver(root: root).stopHoldingLock()
+        }
+        progress("corosync-qdevice stopped on \(node); the other nodes stop theirs at their next pvectl run pass")
+    }
+
+    /// Runs `script` in a shell on the QNetd host, then returns the file `returning` there (certificates are binary: they
+    /// come back in base64 after a marker line, whatever the tools printed before).
+    func onQnetd(_ remote: String, _ script: String, returning file: String) async throws -> Data {
+        let marker = "----- pvectl: \(file) -----"
+        let result = try await Command.run(["/bin/sh", "-c", remote + " sh -s"], input: script + "\necho '\(marker)'\nbase64 -w0 \(file)\n")
+        let encoded = result.output.range(of: marker + "\n").map { result.output[$0.upperBound...].trimmingCharacters(in: .whitespacesAndNewlines) }
+        guard result.succeeded, let data = encoded.flatMap({ Data(base64Encoded: $0) }), !data.isEmpty else {
+            let said = (result.error.isEmpty ? result.output : result.error).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw Failure(description: "on the QNetd host (\(remote)): exit \(result.status): \(said)")
+        }
+        return data
     }
 }

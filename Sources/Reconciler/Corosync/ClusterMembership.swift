@@ -46,9 +46,25 @@ public enum ClusterMembership {
                                + links.map { value("ring\($0.number)_addr", $0.address) })
     }
 
+    /// A cluster name as pvecm takes it: 1 to 15 letters, digits or '-'.
+    public static func isValidClusterName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 15 && name.allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" }
+    }
+
+    /// The config with the top-level sections named `name` changed by `edit`.
+    static func editing(_ config: CorosyncConfig, section name: String, _ edit: (inout CorosyncConfig.Section) -> Void) -> CorosyncConfig {
+        var updated = config
+        updated.root.items = updated.root.items.map { item in
+            guard case .section(var section) = item, section.name == name else { return item }
+            edit(&section)
+            return .section(section)
+        }
+        return updated
+    }
+
     /// A cluster of this node alone, as `pvecm create` writes it (knet, secauth, votequorum).
     public static func newCluster(name: String, node: String, links: [Link], nodeid: Int = 1, votes: Int = 1) throws -> String {
-        guard !name.isEmpty, name.count <= 15, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
+        guard isValidClusterName(name) else {
             throw Failure(description: "cluster name '\(name)': 1 to 15 letters, digits or '-'")
         }
         guard !links.isEmpty else { throw Failure(description: "give this node's address on link 0: --link0 ADDRESS") }
@@ -77,11 +93,8 @@ public enum ClusterMembership {
         let used = Set(config.nodes.compactMap { $0["nodeid"].flatMap { Int($0) } })
         let id = nodeid ?? (1...).first { !used.contains($0) }!
         if used.contains(id) { throw Failure(description: "node id \(id) is taken") }
-        var updated = config
-        updated.root.items = updated.root.items.map { item in
-            guard case .section(var section) = item, section.name == "nodelist" else { return item }
-            section.items.append(.section(nodeSection(name: node, nodeid: id, votes: votes, links: links)))
-            return .section(section)
+        let updated = editing(config, section: "nodelist") {
+            $0.items.append(.section(nodeSection(name: node, nodeid: id, votes: votes, links: links)))
         }
         return try checked(bumped(updated).canonicalText(), node: me)
     }
@@ -90,19 +103,65 @@ public enum ClusterMembership {
     public static func removing(node: String, from config: CorosyncConfig, standingOn me: String) throws -> String {
         guard node != me else { throw Failure(description: "\(node) is this node: remove it from another node of the cluster") }
         guard config.nodes.contains(where: { $0["name"] == node }) else { throw Failure(description: "node \(node) is not in the cluster") }
+        let updated = editing(config, section: "nodelist") { nodelist in
+            nodelist.items.removeAll { if case .section(let child) = $0 { child.name == "node" && child["name"] == node } else { false } }
+        }
+        return try checked(bumped(updated).canonicalText(), node: me)
+    }
+
+    /// The quorum device a config names (`quorum { device { model: net; net { host: … } } }`), nil without one.
+    public struct QuorumDevice: Sendable, Equatable {
+        public var model: String
+        public var host: String?
+        public var algorithm: String?
+        public var location: SourceLocation
+
+        public init?(_ config: CorosyncConfig) {
+            guard let device = config.root.sections("quorum").first?.sections("device").first else { return nil }
+            let net = device.sections("net").first
+            self.model = device["model"] ?? ""
+            self.host = net?["host"]
+            self.algorithm = net?["algorithm"]
+            self.location = device.location
+        }
+    }
+
+    /// The config with a QDevice (model net, TLS) at `host`, as `pvecm qdevice setup` writes it: ffsplit with one vote
+    /// for an even number of nodes; an odd number only with `force`, then lms with corosync's default votes (nodes - 1:
+    /// one node and the device make quorum).
+    public static func addingQuorumDevice(host: String, force: Bool, to config: CorosyncConfig, standingOn me: String) throws -> String {
+        if QuorumDevice(config) != nil {
+            throw Failure(description: "a quorum device is configured already: remove it first (pvectl cluster qdevice remove)")
+        }
+        let odd = config.nodes.count % 2 == 1
+        if odd && !force {
+            throw Failure(description: "clusters with an odd node count (\(config.nodes.count)) gain nothing from ffsplit and are "
+                          + "not supported by Proxmox VE: --force sets the QDevice up with the lms algorithm")
+        }
+        let device = CorosyncConfig.Section(name: "device", items: [
+            value("model", "net"),
+            .section(CorosyncConfig.Section(name: "net", items: [value("algorithm", odd ? "lms" : "ffsplit"), value("host", host),
+                                                                 value("tls", "on")])),
+        ] + (odd ? [] : [value("votes", "1")]))
         var updated = config
-        updated.root.items = updated.root.items.map { item in
-            guard case .section(var section) = item, section.name == "nodelist" else { return item }
-            section.items.removeAll { if case .section(let child) = $0 { child.name == "node" && child["name"] == node } else { false } }
-            return .section(section)
+        if !updated.root.items.contains(where: { if case .section(let section) = $0 { section.name == "quorum" } else { false } }) {
+            updated.root.items.append(.section(CorosyncConfig.Section(name: "quorum", items: [value("provider", "corosync_votequorum")])))
+        }
+        updated = editing(updated, section: "quorum") { $0.items.insert(.section(device), at: 0) }
+        return try checked(bumped(updated).canonicalText(), node: me)
+    }
+
+    /// The config without its quorum device.
+    public static func removingQuorumDevice(from config: CorosyncConfig, standingOn me: String) throws -> String {
+        guard QuorumDevice(config) != nil else { throw Failure(description: "no quorum device is configured") }
+        let updated = editing(config, section: "quorum") { quorum in
+            quorum.items.removeAll { if case .section(let child) = $0 { child.name == "device" } else { false } }
         }
         return try checked(bumped(updated).canonicalText(), node: me)
     }
 
     static func bumped(_ config: CorosyncConfig) -> CorosyncConfig {
-        var updated = config
-        updated.root.items = updated.root.items.map { item in
-            guard case .section(var totem) = item, totem.name == "totem" else { return item }
+        editing(config, section: "totem") { totem in
             let version = (totem["config_version"].flatMap { UInt64($0) } ?? 0) + 1
             totem.items = totem.items.map { item in
                 if case .value(let key, _, let location) = item, key == "config_version" {
@@ -110,9 +169,7 @@ public enum ClusterMembership {
                 }
                 return item
             }
-            return .section(totem)
         }
-        return updated
     }
 
     /// The text, when the validator finds nothing wrong in it from `node`'s side.

@@ -22,8 +22,16 @@ extension CorosyncReconciler: ResourceKind {
     }
 
     public func statusRows(_ computed: Computed, plan: Plan, scope: [ResourceSelector]) -> [StatusRow] {
-        guard let observation = computed.observation, !plan.resources.contains(where: { $0.kind == Self.name }) else { return [] }
-        let running = observation.runningVersion.map { "corosync runs config_version \($0)" } ?? "corosync does not run"
-        return [StatusRow(id: "corosync/config", condition: "Ready", message: "installed at \(driver.installedPath); \(running)")]
+        guard let observation = computed.observation else { return [] }
+        var rows: [StatusRow] = []
+        if !plan.resources.contains(where: { $0.kind == Self.name && $0.name == "config" }) {
+            let running = observation.runningVersion.map { "corosync runs config_version \($0)" } ?? "corosync does not run"
+            rows.append(StatusRow(id: "corosync/config", condition: "Ready", message: "installed at \(driver.installedPath); \(running)"))
+        }
+        if observation.qdevice.running, !plan.resources.contains(where: { $0.kind == Self.name && $0.name == "qdevice" }) {
+            rows.append(StatusRow(id: "corosync/qdevice", condition: "Ready",
+                                  message: "corosync-qdevice runs (QNetd \(observation.qdevice.runningHost ?? "-"))"))
+        }
+        return rows
     }
 }
