@@ -195,7 +195,8 @@ struct ClusterModeTests {
             outcomes.withLock { $0.append(result) }
         }
         #expect(outcomes.withLock { $0.sorted() } == [0, EEXIST, EEXIST])
-        #expect(Set(nodes.map(Self.tree)).count == 1, "identical trees, inode numbers included")
+        // Each mkdir returned after its own node applied it; the others apply it as the message reaches them.
+        #expect(waitFor(seconds: 10) { Set(nodes.map(Self.tree)).count == 1 }, "identical trees, inode numbers included")
 
         // Locks expire through the lowest node (node 1), judged by when it first saw the lock on its own clock: node 3's
         // request for a fresh lock of node 2's leaves it; a refresh only by its holder, and it starts the time again;
@@ -240,6 +241,8 @@ struct ClusterModeTests {
         _ = waitFor(seconds: 10) { acknowledged.withLock { $0.count } > 50 }
         nodes[1].crash()
         _ = waitFor(seconds: 60) { writer.isFinished }
+        // The writer waits for its own delivery only: node 3 may still be applying the last ones (under load).
+        _ = waitFor(seconds: 30) { acknowledged.withLock { $0 }.allSatisfy { Self.read(nodes[2], "stream-\($0)") == "\($0)" } }
         for index in acknowledged.withLock({ $0 }) {
             #expect(Self.read(nodes[0], "stream-\(index)") == "\(index)" && Self.read(nodes[2], "stream-\(index)") == "\(index)")
         }
@@ -258,6 +261,7 @@ struct ClusterModeTests {
         _ = waitFor(seconds: 10) { acknowledgedAcrossCorosync.withLock { $0.count } > 30 }
         cluster.stop(2, kill: true)
         #expect(waitFor(seconds: 120) { stream.isFinished })
+        _ = waitFor(seconds: 30) { acknowledgedAcrossCorosync.withLock { $0 }.allSatisfy { Self.read(nodes[2], "cs-\($0)") == "\($0)" } }
         for index in acknowledgedAcrossCorosync.withLock({ $0 }) {
             #expect(Self.read(nodes[0], "cs-\(index)") == "\(index)" && Self.read(nodes[2], "cs-\(index)") == "\(index)")
         }
