@@ -214,6 +214,23 @@ public struct ClusterSetup: Sendable {
             }
         }, progress: progress)
         progress("this node's tree before joining is kept in \(backup)")
+        try await waitForClusterTree()
+        progress("the cluster's tree is here")
+    }
+
+    /// Mounted in cluster mode is not yet synced: the tree arrives from the members a moment later, and until then
+    /// this node's tree is the corosync.conf pmxcfs imported from the bundle alone. The cluster's tree always holds
+    /// another node's directory (every member's pmxcfs makes its own), which an imported tree never does; the tree comes
+    /// in one transaction, so the rest (the key in priv) is there with it. As pvecm add waits for quorum, join returns
+    /// only then: a command run next on this node (`cluster add`, `pvectl run`) reads the cluster's files.
+    func waitForClusterTree() async throws {
+        for _ in 0..<600 {
+            let nodes = (try? FileManager.default.contentsOfDirectory(atPath: root + "/nodes")) ?? []
+            if nodes.contains(where: { $0 != node }) { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw Failure(description: "pmxcfs runs in cluster mode but the cluster's tree did not arrive within 60 s (\(root)/nodes holds "
+                      + "no other node): see corosync-quorumtool -s and pmxcfs's log")
     }
 
     /// `pvecm delnode`: the node out of the nodelist (it should be off for good).
