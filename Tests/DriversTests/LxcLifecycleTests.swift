@@ -120,7 +120,10 @@ final class LxcTestNode: @unchecked Sendable {
         // /run/lxc holds the monitor's FIFO (per LXC path): each node has its own, as its own lxc-monitord.
         let binds = ["/var/lib/lxc": directory.path + "/lxc", "/var/lib/vz": directory.path + "/local", "/run/lxc": directory.path + "/run"]
         var script = ""
-        for target in binds.keys.sorted() { script += "mount --bind \(binds[target]!.shellQuoted) \(target.shellQuoted) && " }
+        // A fresh machine has no /run/lxc until LXC first runs (nor /var/lib/vz without Proxmox): made as LXC would.
+        for target in binds.keys.sorted() {
+            script += "mkdir -p \(target.shellQuoted) && mount --bind \(binds[target]!.shellQuoted) \(target.shellQuoted) && "
+        }
         return ["ip", "netns", "exec", namespace.name, "unshare", "-m", "sh", "-c", script + Self.cgroupRemount + "exec \"$0\" \"$@\""]
             + arguments
     }
