@@ -17,6 +17,8 @@ let package = Package(
         .library(name: "Resources", targets: ["Resources"]),
         // For the fuzz package's firewall compiler target.
         .library(name: "Reconciler", targets: ["Reconciler"]),
+        // For the fuzz package's replication-message target.
+        .library(name: "ClusterFS", targets: ["ClusterFS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -19,6 +19,10 @@ let package = Package(
         // gold fails on libFuzzer's objects (internal error in format_file_lineno); lld links them.
         .executableTarget(name: "fuzz-\(format)", dependencies: ["FuzzSupport"], path: "Sources/\(format)",
                           linkerSettings: [.unsafeFlags(["-use-ld=lld"])])
-    },
+    } + [
+        // pmxcfs's replication messages: the only target that links the cluster file system (and its C libraries).
+        .executableTarget(name: "fuzz-wire", dependencies: ["FuzzSupport", .product(name: "ClusterFS", package: "pvectl")],
+                          path: "Sources/wire", linkerSettings: [.unsafeFlags(["-use-ld=lld"])]),
+    ],
     swiftLanguageModes: [.v6]
 )

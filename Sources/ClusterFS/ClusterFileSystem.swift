@@ -340,6 +340,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
         path.utf8.split(separator: UInt8(ascii: "/")).map { String(Substring($0)) }
     }
 
+    /// A name an entry may get: what a kernel could hand the mount (see `TreeOperation.isValidPath`).
+    static func isValidName(_ name: String) -> Bool {
+        !name.utf8.contains(0) && name != "." && name != ".."
+    }
+
     /// The path of `name` in `directory` (an absolute path, "/" for the root).
     static func childPath(_ directory: String, _ name: String) -> String {
         directory == "/" ? "/" + name : directory + "/" + name
@@ -825,6 +830,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Under `lock`: `parts` names the new entry, `parent` is its directory.
     private func createEntry(_ parts: [String], in parent: Entry, type: EntryType, _ stamp: Stamp) -> Int32 {
         let name = parts[parts.count - 1]
+        guard Self.isValidName(name) else { return -EINVAL }
         guard parent.type == .directory else { return -ENOTDIR }
         if parent.children[name] != nil { return -EEXIST }
         if type == .file {
@@ -985,6 +991,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let source = components(from)
         let target = components(to)
         guard !source.isEmpty, !target.isEmpty, let targetName = target.last else { return -EACCES }
+        guard Self.isValidName(targetName) else { return -EINVAL }
         lock.lock()
         defer { lock.unlock() }
         if isSpecial(source) || isSpecial(target) { return -EACCES }

@@ -76,7 +76,7 @@ final class DispatchThread: @unchecked Sendable {
 public final class ProcessGroup: @unchecked Sendable {
     // @unchecked: the handle is set once in init; libcpg serialises calls on it.
     public enum Event: Sendable {
-        case message(from: GroupMember, Data)
+        case message(from: GroupMember, [UInt8])
         case membership(members: [GroupMember], joined: [GroupMember], left: [GroupMember])
     }
 
@@ -104,7 +104,8 @@ public final class ProcessGroup: @unchecked Sendable {
         var callbacks = cpg_callbacks_t()
         callbacks.cpg_deliver_fn = { handle, _, nodeID, pid, message, length in
             guard let group = ProcessGroup.from(handle) else { return }
-            let data = message.map { Data(bytes: $0, count: length) } ?? Data()
+            // Copied once, straight into the bytes the replicator decodes.
+            let data = message.map { Array(UnsafeRawBufferPointer(start: $0, count: length)) } ?? []
             group.onEvent(.message(from: GroupMember(nodeID: nodeID, pid: pid), data))
         }
         callbacks.cpg_confchg_fn = { handle, _, members, memberCount, left, leftCount, joined, joinedCount in

@@ -50,6 +50,12 @@ public enum TreeOperation: Sendable, Hashable {
     /// Little-endian (`WireWriter`): a code byte, then per case its fields; strings and data as a u32 length and the bytes.
     public func encoded() -> [UInt8] {
         var writer = WireWriter()
+        encode(into: &writer)
+        return writer.bytes
+    }
+
+    /// Appended to a message being written (a change's header first), not built apart and copied in.
+    func encode(into writer: inout WireWriter) {
         switch self {
         case .create(let path): writer.u8(Code.create.rawValue); writer.text(path)
         case .mkdir(let path): writer.u8(Code.mkdir.rawValue); writer.text(path)
@@ -69,12 +75,16 @@ public enum TreeOperation: Sendable, Hashable {
             writer.u32(time ?? 0)
         case .unlock(let path, let digest): writer.u8(Code.unlock.rawValue); writer.text(path); writer.blob(digest)
         }
-        return writer.bytes
     }
 
     /// The operation in `bytes`; anything short, too long, unknown or trailing is an error, never a trap.
     public init(decoding bytes: [UInt8]) throws {
         var reader = WireReader(bytes)
+        try self.init(reading: &reader)
+    }
+
+    /// The operation in the rest of `reader`'s message (a delivered change, decoded where it lies): it must end there.
+    init(reading reader: inout WireReader) throws {
         func size() throws -> Int {
             let value = try reader.u64()
             guard value <= UInt64(Int32.max) else { throw DecodeError(description: "an offset or size of \(value)") }
@@ -101,7 +111,28 @@ public enum TreeOperation: Sendable, Hashable {
         } catch let failure as WireReader.Failure {
             throw DecodeError(description: failure.description)
         }
-        guard reader.position == bytes.count else { throw DecodeError(description: "\(bytes.count - reader.position) trailing bytes") }
+        guard reader.isAtEnd else { throw DecodeError(description: "\(reader.remaining) trailing bytes") }
+        for path in paths where !Self.isValidPath(path) {
+            throw DecodeError(description: "a path no mount can name (a NUL byte, or a . or .. component): \(path.debugDescription)")
+        }
+    }
+
+    /// The paths the operation names.
+    var paths: [String] {
+        switch self {
+        case .create(let path), .mkdir(let path), .write(let path, _, _), .truncate(let path, _), .unlink(let path), .rmdir(let path),
+             .mtime(let path, _), .unlock(let path, _):
+            [path]
+        case .rename(let from, let to): [from, to]
+        }
+    }
+
+    /// A path a kernel could hand the mount: no NUL byte (SQLite would keep the name only up to it, and two entries would
+    /// share one name on disk), no "." or ".." component (the kernel resolves those itself). Another node's change is
+    /// checked here, before anything of it is applied.
+    static func isValidPath(_ path: String) -> Bool {
+        !path.utf8.contains(0)
+            && !path.utf8.split(separator: UInt8(ascii: "/")).contains { $0.elementsEqual(".".utf8) || $0.elementsEqual("..".utf8) }
     }
 }
 

@@ -390,7 +390,7 @@ public final class Replicator: @unchecked Sendable {
             startSync(members: list.sorted())
         case .message(let from, let data):
             do {
-                try receive(from: from, Array(data))
+                try receive(from: from, data)
             } catch {
                 log("ignored a message from \(from): \(error)")
             }
@@ -437,7 +437,7 @@ public final class Replicator: @unchecked Sendable {
         case .change:
             let id = try reader.u64()
             let time = try reader.u32()
-            let change = Change(from: from, time: time, counter: id, operation: try TreeOperation(decoding: reader.rest()))
+            let change = Change(from: from, time: time, counter: id, operation: try TreeOperation(reading: &reader))
             let now: Bool = condition.withLock {
                 if !synced { queued.append(change) }
                 return synced
@@ -646,7 +646,7 @@ public final class Replicator: @unchecked Sendable {
         Self.encode(kind: .change) { writer in
             writer.u64(id)
             writer.u32(clock())
-            writer.bytes(operation.encoded())
+            operation.encode(into: &writer)
         }
     }
 
@@ -706,22 +706,41 @@ struct WireReader {
 
     init(_ bytes: [UInt8]) { self.bytes = bytes }
 
-    mutating func take(_ count: Int) throws -> [UInt8] {
+    /// Where the next `count` bytes start, the position moved past them. Fixed-size fields are read from there in
+    /// place: every delivered change is decoded on the dispatch thread, and an array per field showed in its cost.
+    private mutating func advance(_ count: Int) throws -> Int {
         guard count >= 0, bytes.count - position >= count else { throw Failure(description: "truncated message") }
         defer { position += count }
-        return Array(bytes[position..<(position + count)])
+        return position
     }
 
-    mutating func u8() throws -> UInt8 { try take(1)[0] }
-    mutating func u32() throws -> UInt32 { try take(4).reversed().reduce(0) { $0 << 8 | UInt32($1) } }
-    mutating func u64() throws -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+    mutating func take(_ count: Int) throws -> [UInt8] {
+        let start = try advance(count)
+        return Array(bytes[start..<(start + count)])
+    }
+
+    mutating func u8() throws -> UInt8 { bytes[try advance(1)] }
+    mutating func u32() throws -> UInt32 { UInt32(truncatingIfNeeded: try little(4)) }
+    mutating func u64() throws -> UInt64 { try little(8) }
+
+    private mutating func little(_ count: Int) throws -> UInt64 {
+        let start = try advance(count)
+        var value: UInt64 = 0
+        for index in (start..<(start + count)).reversed() { value = value << 8 | UInt64(bytes[index]) }
+        return value
+    }
+
     mutating func blob() throws -> [UInt8] { try take(Int(try u32())) }
     mutating func text() throws -> String {
-        guard let text = String(validating: try blob(), as: UTF8.self) else { throw Failure(description: "a name that is not UTF-8") }
+        let count = Int(try u32())
+        let start = try advance(count)
+        guard let text = String(validating: bytes[start..<(start + count)], as: UTF8.self) else {
+            throw Failure(description: "a name that is not UTF-8")
+        }
         return text
     }
-    mutating func rest() -> [UInt8] {
-        defer { position = bytes.count }
-        return Array(bytes[position...])
-    }
+
+    /// Whether every byte was read.
+    var isAtEnd: Bool { position == bytes.count }
+    var remaining: Int { bytes.count - position }
 }

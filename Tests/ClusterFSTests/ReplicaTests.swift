@@ -82,6 +82,13 @@ struct ReplicaTests {
         #expect(try TreeOperation(decoding: TreeOperation.mtime("/a", nil).encoded()) == .mtime("/a", nil))
         #expect(throws: TreeOperation.DecodeError.self) { try TreeOperation(decoding: [99]) }
         #expect(throws: TreeOperation.DecodeError.self) { try TreeOperation(decoding: [3, 255, 255, 255, 255]) }
+        // Names no kernel hands a mount: a NUL byte (found by the wire fuzzer: SQLite kept "pri" of "pri\0…", and the
+        // database read back had two entries of one name), "." or "..".
+        for path in ["/pri\u{0}x", "/a/../b", "/./a", "/..", "/a/."] {
+            #expect(throws: TreeOperation.DecodeError.self) { try TreeOperation(decoding: TreeOperation.create(path).encoded()) }
+            #expect(throws: TreeOperation.DecodeError.self) { try TreeOperation(decoding: TreeOperation.rename("/a", to: path).encoded()) }
+        }
+        #expect(try TreeOperation(decoding: TreeOperation.create("/a..b/.c").encoded()) == .create("/a..b/.c"))
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<2000 {
             let noise = (0..<Int.random(in: 0...40, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
