@@ -967,7 +967,28 @@ public final class ClusterFileSystem: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
-        guard let entry = resolve(parts), let parent = entries[entry.parent] else { return -ENOENT }
+        guard let entry = resolve(parts) else { return -ENOENT }
+        return remove(entry, parts: parts, directory: directory, stamp)
+    }
+
+    /// UNLINK and RMDIR in local mode, by the parent's node id: no path built and split again (see
+    /// `create(parent:name:)`).
+    public func remove(parent node: UInt64, name: String, directory: Bool) -> Int32 {
+        guard node != Self.rootNodeID || !isSpecial([name]), !isClusterMode, Self.isTreeNode(node) else {
+            guard let parentPath = path(ofNode: node) else { return -ESTALE }
+            let path = Self.childPath(parentPath, name)
+            return directory ? rmdir(path) : unlink(path)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        guard let parent = entry(ofNode: node), let parentParts = components(of: parent) else { return -ESTALE }
+        guard parent.type == .directory, let entry = parent.children[name].flatMap({ entries[$0] }) else { return -ENOENT }
+        return remove(entry, parts: parentParts + [name], directory: directory, Stamp(writer: 0, time: now()))
+    }
+
+    /// Under `lock`: `entry` is at `parts`.
+    private func remove(_ entry: Entry, parts: [String], directory: Bool, _ stamp: Stamp) -> Int32 {
+        guard let parent = entries[entry.parent] else { return -ENOENT }
         if directory && entry.type != .directory { return -ENOTDIR }
         if !directory && entry.type == .directory { return -EISDIR }
         if directory && !entry.children.isEmpty { return -ENOTEMPTY }

@@ -168,14 +168,14 @@ public enum FUSEMount {
             FUSEMount.replyEntry(request, fs, path: path)
         }
         operations.unlink = { request, parent, name in
+            guard let name else { return FUSEMount.replyResult(request, -EINVAL) }
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ESTALE) }
-            FUSEMount.replyResult(request, fs.unlink(path))
+            FUSEMount.replyResult(request, fs.remove(parent: UInt64(parent), name: String(cString: name), directory: false))
         }
         operations.rmdir = { request, parent, name in
+            guard let name else { return FUSEMount.replyResult(request, -EINVAL) }
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ESTALE) }
-            FUSEMount.replyResult(request, fs.rmdir(path))
+            FUSEMount.replyResult(request, fs.remove(parent: UInt64(parent), name: String(cString: name), directory: true))
         }
         operations.rename = { request, parent, name, newParent, newName, flags in
             // RENAME_EXCHANGE and RENAME_NOREPLACE are not part of the original's semantics.

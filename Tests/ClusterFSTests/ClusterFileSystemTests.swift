@@ -72,6 +72,38 @@ struct ClusterFileSystemTests {
         #expect(fs.readBypassesPageCache(node: small) == nil)
     }
 
+    @Test("UNLINK and RMDIR by the parent's node id: the path form's answers, persisted, the vmlist kept")
+    func removeByNodeID() throws {
+        let directory = try TemporaryDirectory()
+        let db = directory.path + "/config.db"
+        do {
+            let fs = try ClusterFileSystem(databasePath: db, node: "pve1")
+            let root = ClusterFileSystem.rootNodeID
+            #expect(fs.mkdir("/firewall") == 0)
+            #expect(write(fs, "/firewall/cluster.fw", "[OPTIONS]\n") == 0)
+            #expect(write(fs, "/nodes/pve1/qemu-server/100.conf", "memory: 512\n") == 0)
+            let firewall = try #require(fs.getattr("/firewall").1?.nodeID)
+            let guests = try #require(fs.getattr("/nodes/pve1/qemu-server").1?.nodeID)
+            #expect(fs.remove(parent: root, name: "firewall", directory: true) == -ENOTEMPTY)
+            #expect(fs.remove(parent: root, name: "firewall", directory: false) == -EISDIR)
+            #expect(fs.remove(parent: firewall, name: "cluster.fw", directory: true) == -ENOTDIR)
+            #expect(fs.remove(parent: firewall, name: "missing.fw", directory: false) == -ENOENT)
+            #expect(fs.remove(parent: root, name: ".members", directory: false) == -EACCES, "a status file, through the path form")
+            #expect(fs.remove(parent: firewall, name: "cluster.fw", directory: false) == 0)
+            #expect(fs.remove(parent: root, name: "firewall", directory: true) == 0)
+            #expect(fs.remove(parent: firewall, name: "cluster.fw", directory: false) == -ESTALE, "the directory is gone")
+            #expect(content(fs, "/.vmlist")?.contains("\"100\"") == true)
+            #expect(fs.remove(parent: guests, name: "100.conf", directory: false) == 0)
+            // Names no kernel gives (another node's change is refused before it gets here too).
+            #expect(fs.create("/pri\u{0}x") == -EINVAL && fs.mkdir("/..") == -EINVAL)
+            #expect(fs.create("/a.cfg") == 0 && fs.rename("/a.cfg", "/.") == -EINVAL)
+            #expect(content(fs, "/.vmlist")?.contains("\"100\"") == false, "the guest left the vmlist")
+        }
+        let reopened = try ClusterFileSystem(databasePath: db, node: "pve1")
+        #expect(reopened.getattr("/firewall").0 == -ENOENT)
+        #expect(reopened.getattr("/nodes/pve1/qemu-server/100.conf").0 == -ENOENT)
+    }
+
     @Test("a corrupt tree (missing parent) is refused at startup")
     func corruptTree() throws {
         let directory = try TemporaryDirectory()
