@@ -25,7 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
-from cluster_lab import Corosync, Original, Ours, run, wait_for  # noqa: E402
+from cluster_lab import Corosync, Original, Ours, cpu_seconds, run, wait_for  # noqa: E402
 WORKLOAD = os.path.join(HERE, "clusterfs-workload.py")
 WRITER = os.path.join(HERE, "clusterfs-writer.py")
 PHASES = ["create+write", "read", "stat", "rewrite", "unlink"]
@@ -106,7 +106,10 @@ def percentile(values, fraction):
 
 
 def writers(targets, directory, files, size):
-    """One writer per target at once (a shared start time); per phase: p50, p99 (us) and files per second."""
+    """One writer per target at once (a shared start time); per phase: p50, p99 (us) and files per second; and the
+    CPU every daemon of the cluster used per file written (ms, both phases)."""
+    daemons = [t.pid() for t in targets[0].cluster]
+    cpu_before = sum(cpu_seconds(pid) for pid in daemons)
     start = time.time() + 1.0
     processes = [subprocess.Popen(t.python() + [WRITER, t.path(f"{directory}-{i}"), str(files), str(size), str(start)],
                                   stdout=subprocess.PIPE) for i, t in enumerate(targets)]
@@ -118,6 +121,7 @@ def writers(targets, directory, files, size):
         latencies = [value for r in results for value in r[phase]["latencies"]]
         span = max(r[phase]["end"] for r in results) - min(r[phase]["start"] for r in results)
         figures[phase] = (percentile(latencies, 0.5), percentile(latencies, 0.99), len(latencies) / span)
+    figures["cpu"] = (sum(cpu_seconds(pid) for pid in daemons) - cpu_before) * 1000 / (files * len(targets) * 2)
     return figures
 
 
@@ -131,6 +135,7 @@ def cluster_mode(binary, original, work, files, rounds):
         """Starts the daemons, waits until they take writes, runs one writer and (several) one per node, stops them."""
         for target in targets:
             target.start(local=len(targets) == 1 and getattr(target, "namespace", None) is None)
+            target.cluster = targets
         try:
             wait_for(lambda: all(ready(t) for t in targets), f"{label} to take writes", timeout=90)
             results.setdefault(label + ", one writer", []).append(writers(targets[:1], f"one-{next(runs)}", files, 512))
@@ -175,12 +180,18 @@ def cluster_mode(binary, original, work, files, rounds):
             cluster.down()
     medians = {label: {phase: tuple(statistics.median(r[phase][k] for r in runs) for k in range(3))
                        for phase in ("create+write", "rewrite")} for label, runs in results.items()}
-    print(f"  {'setup':<44}{'create+write p50/p99':>22}{'files/s':>9}{'rewrite p50/p99':>19}{'files/s':>9}  p50 ours/original")
+    for label, runs in results.items():
+        medians[label]["cpu"] = statistics.median(r["cpu"] for r in runs)
+    print(f"  {'setup':<44}{'create+write p50/p99':>22}{'files/s':>9}{'rewrite p50/p99':>19}{'files/s':>9}{'CPU ms':>8}"
+          "  p50 ours/original, CPU")
     for label, figures in medians.items():
         cw, rw = figures["create+write"], figures["rewrite"]
         peer = medians.get(label.replace("ours,", "original,")) if label.startswith("ours,") else None
-        ratio = f"  {cw[0] / peer['create+write'][0]:.2f}x / {rw[0] / peer['rewrite'][0]:.2f}x" if peer else ""
-        print(f"  {label:<44}{cw[0]:>12.0f} / {cw[1]:<7.0f}{cw[2]:>9.0f}{rw[0]:>9.0f} / {rw[1]:<7.0f}{rw[2]:>9.0f}{ratio}")
+        ratio = (f"  {cw[0] / peer['create+write'][0]:.2f}x / {rw[0] / peer['rewrite'][0]:.2f}x, "
+                 f"{figures['cpu'] / max(peer['cpu'], 0.001):.2f}x") if peer else ""
+        print(f"  {label:<44}{cw[0]:>12.0f} / {cw[1]:<7.0f}{cw[2]:>9.0f}{rw[0]:>9.0f} / {rw[1]:<7.0f}{rw[2]:>9.0f}"
+              f"{figures['cpu']:>8.2f}{ratio}")
+    print("  (CPU ms: what every pmxcfs of the cluster used together per file written, create+write and rewrite)")
 
 
 def main():

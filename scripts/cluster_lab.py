@@ -26,6 +26,15 @@ def is_mount(path, enter=None):
     return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
 
 
+def cpu_seconds(pid):
+    """User and system CPU a process has used (seconds), from /proc/PID/stat; 0 when it is gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Ours:
     """Our pmxcfs: a mount in this mount namespace; in cluster mode the daemon runs in its node's network namespace."""
 
@@ -54,6 +63,12 @@ class Ours:
         with open(self.mount + "/corosync.conf", "w") as handle:
             handle.write(corosync_text)
         self.stop()
+
+    def pid(self):
+        try:
+            return int(open(self.base + "/run/pmxcfs.pid").read())
+        except (OSError, ValueError):
+            return None
 
     def stop(self):
         pid_file = self.base + "/run/pmxcfs.pid"
