@@ -327,15 +327,20 @@ struct PushTests {
 
         let broken = try repository.commit("broken", [Self.guest: "name: web\nmemory: lots\n"])
         #expect(waitFor(seconds: 15) { logText().contains("commit \(broken.prefix(12)) is not pushed") }, "\(logText())")
-        #expect(logText().contains("\(repository.path)/\(Self.guest):2:9: error: memory"), "\(logText())")
+        // Logged line by line, and the poll's record saved after: each waited for, not read once.
+        #expect(waitFor(seconds: 15) { logText().contains("\(repository.path)/\(Self.guest):2:9: error: memory") }, "\(logText())")
         #expect(target.read(Self.guest) == "name: web\nmemory: 512\n", "the last good commit stays")
-        let rows = try target.status()
-        #expect(rows.first { $0["id"] as? String == "pull" }?["condition"] as? String == "Blocked", "\(rows)")
+        var rows: [[String: Any]] = []
+        #expect(waitFor(seconds: 15) {
+            rows = (try? target.status()) ?? []
+            return rows.first { $0["id"] as? String == "pull" }?["condition"] as? String == "Blocked"
+        }, "\(rows)")
 
         try repository.commit("fixed", [Self.guest: "name: web\nmemory: 1024\n"])
         #expect(waitFor(seconds: 15) { target.read(Self.guest) == "name: web\nmemory: 1024\n" }, "\(logText())")
         try target.write(Self.guest, "name: web\nmemory: 4096\n")
         #expect(waitFor(seconds: 15) { target.read(Self.guest) == "name: web\nmemory: 1024\n" }, "self-heal: \(logText())")
-        #expect(logText().contains("self-heal: reverted \(Self.guest)"), "\(logText())")
+        // The revert is a rename; the poll logs it once its record is written too, a moment later.
+        #expect(waitFor(seconds: 15) { logText().contains("self-heal: reverted \(Self.guest)") }, "\(logText())")
     }
 }
