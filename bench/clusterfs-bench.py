@@ -105,10 +105,10 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def writers(targets, directory, files, size):
+def writers(targets, cluster, directory, files, size):
     """One writer per target at once (a shared start time); per phase: p50, p99 (us) and files per second; and the
-    CPU every daemon of the cluster used per file written (ms, both phases)."""
-    daemons = [t.pid() for t in targets[0].cluster]
+    CPU every daemon of `cluster` used per file written (ms, both phases)."""
+    daemons = [t.pid() for t in cluster]
     cpu_before = sum(cpu_seconds(pid) for pid in daemons)
     start = time.time() + 1.0
     processes = [subprocess.Popen(t.python() + [WRITER, t.path(f"{directory}-{i}"), str(files), str(size), str(start)],
@@ -135,13 +135,12 @@ def cluster_mode(binary, original, work, files, rounds):
         """Starts the daemons, waits until they take writes, runs one writer and (several) one per node, stops them."""
         for target in targets:
             target.start(local=len(targets) == 1 and getattr(target, "namespace", None) is None)
-            target.cluster = targets
         try:
             wait_for(lambda: all(ready(t) for t in targets), f"{label} to take writes", timeout=90)
-            results.setdefault(label + ", one writer", []).append(writers(targets[:1], f"one-{next(runs)}", files, 512))
+            results.setdefault(label + ", one writer", []).append(writers(targets[:1], targets, f"one-{next(runs)}", files, 512))
             if several:
                 results.setdefault(label + f", {len(targets)} writers at once", []).append(
-                    writers(targets, f"all-{next(runs)}", files, 512))
+                    writers(targets, targets, f"all-{next(runs)}", files, 512))
         finally:
             for target in targets:
                 target.stop()

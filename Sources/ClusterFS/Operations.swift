@@ -30,14 +30,7 @@ public enum TreeOperation: Sendable, Hashable {
     case unlock(String, digest: [UInt8])
 
     /// Whether the operation changes (or moves something onto) `path`.
-    public func touches(_ path: String) -> Bool {
-        switch self {
-        case .create(let target), .mkdir(let target), .write(let target, _, _), .truncate(let target, _), .unlink(let target),
-             .rmdir(let target), .mtime(let target, _), .unlock(let target, _):
-            target == path
-        case .rename(let from, let to): from == path || to == path
-        }
-    }
+    public func touches(_ path: String) -> Bool { paths.contains(path) }
 
     enum Code: UInt8 {
         case create = 1, mkdir, write, truncate, unlink, rmdir, rename, mtime, unlock
@@ -131,8 +124,8 @@ public enum TreeOperation: Sendable, Hashable {
     /// share one name on disk), no "." or ".." component (the kernel resolves those itself). Another node's change is
     /// checked here, before anything of it is applied.
     static func isValidPath(_ path: String) -> Bool {
-        !path.utf8.contains(0)
-            && !path.utf8.split(separator: UInt8(ascii: "/")).contains { $0.elementsEqual(".".utf8) || $0.elementsEqual("..".utf8) }
+        // Split by byte, as the tree splits a path into names.
+        path.utf8.split(separator: UInt8(ascii: "/")).allSatisfy { ClusterFileSystem.isValidName(String(Substring($0))) }
     }
 }
 

@@ -183,8 +183,11 @@ public struct LoopRecord: Codable, Sendable {
     /// The kinds the loop follows: one without a record has not had its first pass yet (nil in older records).
     public var followed: [String]?
 
+    /// The followed kinds without a pass yet.
+    public var kindsAwaitingFirstPass: [String] { (followed ?? []).filter { kinds[$0] == nil } }
+
     /// Every followed kind has had a pass.
-    public var passedEveryKind: Bool { (followed ?? []).allSatisfy { kinds[$0] != nil } }
+    public var passedEveryKind: Bool { kindsAwaitingFirstPass.isEmpty }
 
     public init(pid: Int32, startedAt: Date) {
         self.pid = pid

@@ -349,7 +349,7 @@ extension StatusCommand {
             } else if outcomes.contains("blocked") {
                 loop = "Blocked"
             }
-            let waiting = (report.loop.followed ?? []).filter { kinds[$0] == nil }.map { "\($0): first pass to come" }
+            let waiting = report.loop.kindsAwaitingFirstPass.map { "\($0): first pass to come" }
             let detail = (kinds.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.outcome)" } + waiting).joined(separator: ", ")
             let converged = report.converged && (current == nil || report.pushed == current) && report.loop.stoppedAt == nil
             let lastPass: Date? = kinds.values.map { $0.lastPassAt }.max()

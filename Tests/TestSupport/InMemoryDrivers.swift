@@ -434,7 +434,7 @@ public final class InMemoryCorosyncDriver: CorosyncDriver {
                 .flatMap { UInt64($0) }
         }
     }
-    /// The device's host as the installed file names it: what a started corosync-qdevice talks to.
+    /// Starting without the cluster's certificates (neither shared nor imported), as the host driver refuses it.
     public struct NoCertificates: Error {}
 
     public func startQdevice(host: String?) async throws {

@@ -224,13 +224,10 @@ public struct ClusterSetup: Sendable {
     /// in one transaction, so the rest (the key in priv) is there with it. As pvecm add waits for quorum, join returns
     /// only then: a command run next on this node (`cluster add`, `pvectl run`) reads the cluster's files.
     func waitForClusterTree() async throws {
-        for _ in 0..<600 {
-            let nodes = (try? FileManager.default.contentsOfDirectory(atPath: root + "/nodes")) ?? []
-            if nodes.contains(where: { $0 != node }) { return }
-            try await Task.sleep(for: .milliseconds(100))
+        try await HostCorosyncDriver.poll(seconds: 60, "the cluster's tree (\(root)/nodes to hold another node; see corosync-quorumtool -s "
+                                          + "and pmxcfs's log)") {
+            ((try? FileManager.default.contentsOfDirectory(atPath: root + "/nodes")) ?? []).contains { $0 != node }
         }
-        throw Failure(description: "pmxcfs runs in cluster mode but the cluster's tree did not arrive within 60 s (\(root)/nodes holds "
-                      + "no other node): see corosync-quorumtool -s and pmxcfs's log")
     }
 
     /// `pvecm delnode`: the node out of the nodelist (it should be off for good).
