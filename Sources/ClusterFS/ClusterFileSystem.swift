@@ -21,7 +21,9 @@ final class Entry {
     /// The id the kernel knows this entry by: inode + 1, until a change from another node renames it (then a fresh
     /// one, so that the kernel's name for the old place is stale, see `ClusterFileSystem.path(ofNode:)`).
     var nodeID: UInt64
-    private(set) var children: [String: UInt64] = [:]
+    /// By name. The entries themselves, not their inodes: a path is resolved on every change, and an inode per name would
+    /// be one more table lookup per name.
+    private(set) var children: [String: Entry] = [:]
     /// How many children are directories: a directory's link count, asked on every GETATTR of it (the kernel asks
     /// for the parent's attributes after each change in it), so it is kept instead of counted.
     private(set) var subdirectories = 0
@@ -43,7 +45,7 @@ final class Entry {
     }
 
     func link(_ child: Entry) {
-        children[child.name] = child.inode
+        children[child.name] = child
         if child.type == .directory { subdirectories += 1 }
     }
 
@@ -135,6 +137,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
     // original holds one global mutex).
     private let lock = NSLock()
     private var entries: [UInt64: Entry] = [:]
+    /// `entries[rootInode]`, where every path starts.
+    private var root = Entry(inode: ClusterFileSystem.rootInode, parent: ClusterFileSystem.rootInode, version: 0, writer: 0, mtime: 0,
+                             type: .directory, name: "")
     private var version: UInt64 = 1
     private var versionMTime: UInt32 = 0
     private let database: Database
@@ -274,6 +279,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             parent.link(entry)
         }
         entries = loaded
+        self.root = root
         version = loadedVersion
         versionMTime = root.mtime
     }
@@ -337,12 +343,52 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Split on the bytes: splitting the String itself walks grapheme clusters, which cost every operation more than
     /// the tree lookup it serves (a '/' byte is never part of another UTF-8 character).
     func components(_ path: String) -> [String] {
-        path.utf8.split(separator: UInt8(ascii: "/")).map { String(Substring($0)) }
+        var parts: [String] = []
+        parts.reserveCapacity(6)
+        _ = Self.forEachName(in: path) { name in
+            parts.append(String(decoding: name, as: UTF8.self))
+            return true
+        }
+        return parts
+    }
+
+    /// Calls `body` with the bytes of each name in `path`, in order, while it returns true; returns whether it always
+    /// did. In place: every change (and every lookup by path) splits one, and an array per name showed in its cost.
+    static func forEachName(in path: String, _ body: (UnsafeBufferPointer<UInt8>) -> Bool) -> Bool {
+        var path = path
+        return path.withUTF8 { bytes in
+            var start = 0
+            for index in 0...bytes.count where index == bytes.count || bytes[index] == UInt8(ascii: "/") {
+                if index > start && !body(UnsafeBufferPointer(rebasing: bytes[start..<index])) { return false }
+                start = index + 1
+            }
+            return true
+        }
+    }
+
+    /// Whether `path` names `.debug` (its writes set the log level here and are not replicated). Asked on every write:
+    /// the names are looked at in place, no array is split for it.
+    static func isDebugFile(_ path: String) -> Bool {
+        var names = 0
+        var debug = false
+        _ = forEachName(in: path) { name in
+            names += 1
+            debug = name.elementsEqual(".debug".utf8)
+            return names == 1
+        }
+        return names == 1 && debug
     }
 
     /// A name an entry may get: what a kernel could hand the mount (see `TreeOperation.isValidPath`).
     static func isValidName(_ name: String) -> Bool {
-        !name.utf8.contains(0) && name != "." && name != ".."
+        var name = name
+        return name.withUTF8 { isValidName(utf8: $0) }
+    }
+
+    static func isValidName(utf8 name: UnsafeBufferPointer<UInt8>) -> Bool {
+        let dot = UInt8(ascii: ".")
+        let dots = name.count == 1 ? name[0] == dot : name.count == 2 && name[0] == dot && name[1] == dot
+        return !dots && !name.contains(0)
     }
 
     /// The path of `name` in `directory` (an absolute path, "/" for the root).
@@ -350,11 +396,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
         directory == "/" ? "/" + name : directory + "/" + name
     }
 
-    private func resolve(_ parts: [String]) -> Entry? {
-        var current = entries[Self.rootInode]!
+    private func resolve(_ parts: some Sequence<String>) -> Entry? {
+        var current = root
         for part in parts {
-            guard current.type == .directory, let child = current.children[part], let next = entries[child] else { return nil }
-            current = next
+            guard current.type == .directory, let child = current.children[part] else { return nil }
+            current = child
         }
         return current
     }
@@ -364,8 +410,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     private func isLockDirectory(_ parts: some Collection<String>) -> Bool {
-        parts.count == 3 && parts.starts(with: ["priv", "lock"])
+        parts.count == 3 && parts.starts(with: Self.lockParent)
     }
+
+    /// priv/lock, as names (a constant: an array literal in a check on every change is built every time).
+    private static let lockParent = ["priv", "lock"]
 
     private func symlinkTarget(_ parts: [String]) -> String? {
         guard parts.count == 1 else { return nil }
@@ -391,12 +440,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
     private func scanGuests() -> [Int: (node: String, type: String)] {
         var result: [Int: (String, String)] = [:]
         guard let nodes = resolve(["nodes"]) else { return [:] }
-        for (nodeName, nodeInode) in nodes.children {
-            guard let nodeEntry = entries[nodeInode] else { continue }
+        for (nodeName, nodeEntry) in nodes.children {
             for (directory, type) in Self.guestDirectories {
-                guard let dirInode = nodeEntry.children[directory], let dir = entries[dirInode] else { continue }
-                for (name, inode) in dir.children {
-                    guard let config = guestConfig(["nodes", nodeName, directory, name]), entries[inode]?.type == .file else { continue }
+                guard let dir = nodeEntry.children[directory] else { continue }
+                for (name, entry) in dir.children {
+                    guard let config = guestConfig(["nodes", nodeName, directory, name]), entry.type == .file else { continue }
                     result[config.vmid] = (nodeName, type)
                 }
             }
@@ -433,13 +481,25 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     private func recordChange(_ parts: [String]) {
         // Most changes are to files `.version` does not count: their names say so without a joined path.
-        guard let last = parts.last, Self.trackedNames.contains(last) else { return }
+        guard let last = parts.last, Self.isTrackedName(last) else { return }
         let path = parts.joined(separator: "/")
         if let counter = changeCounters[path] { changeCounters[path] = counter &+ 1 }
     }
 
-    /// The last names of `trackedFiles`.
-    private static let trackedNames = Set(trackedFiles.map { String($0.split(separator: "/").last!) })
+    /// Whether `name` is the last name of one of `trackedFiles`: looked up by its length, then compared (asked on every
+    /// change, where hashing the name cost more than the few comparisons).
+    private static func isTrackedName(_ name: String) -> Bool {
+        let length = name.utf8.count
+        return length < trackedNamesByLength.count && trackedNamesByLength[length].contains(name)
+    }
+
+    /// The last names of `trackedFiles`, at the index of their length in bytes.
+    private static let trackedNamesByLength: [[String]] = {
+        let names = trackedFiles.map { String($0.split(separator: "/").last!) }
+        var table = [[String]](repeating: [], count: (names.map(\.utf8.count).max() ?? 0) + 1)
+        for name in names { table[name.utf8.count].append(name) }
+        return table
+    }()
 
     // MARK: persistence
 
@@ -451,7 +511,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let versionRow = Database.Row(inode: Self.rootInode, parent: Self.rootInode, version: version, writer: 0, mtime: mtime,
                                       type: EntryType.directory.rawValue, name: "__version__", data: [])
         do {
-            try database.apply(replace: replace.map(\.row), delete: delete, version: versionRow)
+            try database.apply(replace: replace.lazy.map(\.row), delete: delete, version: versionRow)
             versionMTime = mtime
             return true
         } catch {
@@ -538,7 +598,14 @@ public final class ClusterFileSystem: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let entry = entry(ofNode: node), let parts = components(of: entry) else { return nil }
-        return "/" + parts.joined(separator: "/")
+        // Built once at its length: every write through the mount in cluster mode names its file by this path.
+        var path = ""
+        path.reserveCapacity(parts.reduce(0) { $0 + 1 + $1.utf8.count })
+        for part in parts {
+            path += "/"
+            path += part
+        }
+        return parts.isEmpty ? "/" : path
     }
 
     /// Whether a node id is the tree's (an entry's), not a status file's or a symlink's.
@@ -556,13 +623,15 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// An entry's path as components, from the root; under `lock`.
     private func components(of entry: Entry) -> [String]? {
         var names: [String] = []
+        names.reserveCapacity(6)
         var current = entry
         while current.inode != Self.rootInode {
             names.append(current.name)
             guard let parent = entries[current.parent] else { return nil }
             current = parent
         }
-        return names.reversed()
+        names.reverse()
+        return names
     }
 
     /// The attributes of what a node id names, resolved by the id alone: the kernel caches what it gets under that id,
@@ -593,7 +662,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         defer { lock.unlock() }
         guard let directory = entry(ofNode: parent) else { return (-ESTALE, nil, false) }
         guard directory.type == .directory else { return (-ENOTDIR, nil, false) }
-        guard let inode = directory.children[name], let child = entries[inode] else {
+        guard let child = directory.children[name] else {
             // priv/lock's missing names are never remembered (a lock may appear from anywhere at any time).
             let inLock = directory.name == "lock" && entries[directory.parent].map { $0.name == "priv" && $0.parent == Self.rootInode } == true
             return (-ENOENT, nil, !collecting && !inLock)
@@ -719,8 +788,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// before are stale, if the file was ever opened for reading here.
     private func stale(_ entry: Entry, contents: Bool = false) {
         guard collecting else { return }
-        if !kernelSawChange { pendingInvalidation.attributes.insert(entry.nodeID) }
-        if contents && (!kernelSawChange || pagesMayBeCached.contains(entry.nodeID)) { pendingInvalidation.contents.insert(entry.nodeID) }
+        let attributes = !kernelSawChange
+        let pages = contents && (!kernelSawChange || pagesMayBeCached.contains(entry.nodeID))
+        // Only what the kernel holds can be stale there; most entries another node's change touches, it never looked up.
+        guard attributes || pages, kernelNodes.holds(entry.nodeID) else { return }
+        if attributes { pendingInvalidation.attributes.insert(entry.nodeID) }
+        if pages { pendingInvalidation.contents.insert(entry.nodeID) }
     }
 
     /// Whether the change being applied came through this mount (see `apply`); under `lock`.
@@ -752,9 +825,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             defer { pendingInvalidation = CacheInvalidation() }
             return pendingInvalidation
         }
-        guard let work else { return }
-        let held = kernelNodes.held(work)
-        if !held.isEmpty { invalidateKernelCache?(held) }
+        if let work { invalidateKernelCache?(work) }
     }
 
     /// Quorum came or went: every mode shown changes (read-only without quorum), so no cached attribute holds.
@@ -805,7 +876,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
-        guard let parent = resolve(Array(parts.dropLast())) else { return -ENOENT }
+        guard let parent = resolve(parts.dropLast()) else { return -ENOENT }
         return createEntry(parts, in: parent, type: type, stamp)
     }
 
@@ -816,14 +887,17 @@ public final class ClusterFileSystem: @unchecked Sendable {
             guard let directory = path(ofNode: node) else { return (-ESTALE, nil) }
             let path = Self.childPath(directory, name)
             let result = create(path)
-            return result == 0 ? getattr(path) : (result, nil)
+            guard result == 0 else { return (result, nil) }
+            // Found by the parent's id and the name, not by the path split again.
+            let created = lookup(parent: node, name: name)
+            return created.result == 0 ? (0, created.attributes) : getattr(path)
         }
         lock.lock()
         defer { lock.unlock() }
         guard let parent = entry(ofNode: node), let directory = components(of: parent) else { return (-ESTALE, nil) }
         let parts = directory + [name]
         let result = createEntry(parts, in: parent, type: .file, Stamp(writer: 0, time: now()))
-        guard result == 0, let child = parent.children[name].flatMap({ entries[$0] }) else { return (result, nil) }
+        guard result == 0, let child = parent.children[name] else { return (result, nil) }
         return (0, attributes(child, parts: parts))
     }
 
@@ -836,7 +910,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         if type == .file {
             // Locks are directories; priv/lock holds nothing else.
             let directory = parts.dropLast()
-            if isLockDirectory(directory) || directory.elementsEqual(["priv", "lock"]) { return -EACCES }
+            if isLockDirectory(directory) || directory.elementsEqual(Self.lockParent) { return -EACCES }
             let vmidCheck = checkVMID(parts)
             if vmidCheck != 0 { return vmidCheck }
         }
@@ -845,7 +919,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             recordChange(parts)
             registerGuest(parts)
         }
-        if result == 0, isLockDirectory(parts), let entry = parent.children[name].flatMap({ entries[$0] }) { sawLock(entry) }
+        if result == 0, isLockDirectory(parts), let entry = parent.children[name] { sawLock(entry) }
         return result
     }
 
@@ -872,7 +946,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     public func write(_ path: String, bytes: UnsafeRawBufferPointer, offset: Int) -> Int32 {
-        if components(path) == [".debug"] {
+        if Self.isDebugFile(path) {
             lock.withLock {
                 debugLevel = Int(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? debugLevel
             }
@@ -920,7 +994,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     public func truncate(_ path: String, size: Int) -> Int32 {
-        components(path) == [".debug"] ? 0 : perform(.truncate(path, size: size))
+        Self.isDebugFile(path) ? 0 : perform(.truncate(path, size: size))
     }
 
     private func truncateEntry(_ path: String, size: Int, _ stamp: Stamp) -> Int32 {
@@ -982,7 +1056,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let parent = entry(ofNode: node), let parentParts = components(of: parent) else { return -ESTALE }
-        guard parent.type == .directory, let entry = parent.children[name].flatMap({ entries[$0] }) else { return -ENOENT }
+        guard parent.type == .directory, let entry = parent.children[name] else { return -ENOENT }
         return remove(entry, parts: parentParts + [name], directory: directory, Stamp(writer: 0, time: now()))
     }
 
@@ -1018,12 +1092,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
         if isSpecial(source) || isSpecial(target) { return -EACCES }
         if isLockDirectory(source) || isLockDirectory(target) { return -EACCES }
         guard let entry = resolve(source), let oldParent = entries[entry.parent] else { return -ENOENT }
-        guard let newParent = resolve(Array(target.dropLast())) else { return -ENOENT }
+        guard let newParent = resolve(target.dropLast()) else { return -ENOENT }
         guard newParent.type == .directory else { return -ENOTDIR }
         if entry.type == .directory && !entry.children.isEmpty { return -EACCES }
         if target.starts(with: source) && target.count > source.count { return -EINVAL }
         var replaced: Entry?
-        if let existingInode = newParent.children[targetName], let existing = entries[existingInode] {
+        if let existing = newParent.children[targetName] {
             if existing.inode == entry.inode { return 0 }
             if existing.type == .directory && entry.type != .directory { return -EISDIR }
             if existing.type != .directory && entry.type == .directory { return -ENOTDIR }
@@ -1176,8 +1250,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
             return
         }
         var seen: [String: (time: UInt32, digest: [UInt8])] = [:]
-        for (name, inode) in directory.children {
-            guard let entry = entries[inode], entry.type == .directory else { continue }
+        for (name, entry) in directory.children {
+            guard entry.type == .directory else { continue }
             let current = digest(of: entry)
             seen[name] = lockSeen[name].flatMap { $0.digest == current ? $0 : nil } ?? (now(), current)
         }

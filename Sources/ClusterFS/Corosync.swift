@@ -151,8 +151,8 @@ public final class ProcessGroup: @unchecked Sendable {
     }
 
     /// Multicasts to every member in total order; corosync's flow control is waited out (100 ms steps, at most 10 s).
-    public func multicast(_ data: Data) throws {
-        try data.withUnsafeBytes { bytes in
+    public func multicast(_ message: [UInt8]) throws {
+        try message.withUnsafeBytes { bytes in
             var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
             try Self.retrying("cpg_mcast_joined") { cpg_mcast_joined(handle, CPG_TYPE_AGREED, &vector, 1) }
         }

@@ -105,7 +105,10 @@ final class Database {
         return rows
     }
 
-    private func bind(_ row: Row) {
+    /// Writes one row through the replace statement. The name and the data are bound where they lie (SQLITE_STATIC, as
+    /// the original binds them: no copy): they stay valid until the step inside these closures has returned, and every
+    /// write binds both anew before it steps.
+    private func write(_ row: Row) throws {
         let s = replaceStatement
         sqlite3_bind_int64(s, 1, Int64(bitPattern: row.inode))
         sqlite3_bind_int64(s, 2, Int64(bitPattern: row.parent))
@@ -113,14 +116,22 @@ final class Database {
         sqlite3_bind_int64(s, 4, Int64(row.writer))
         sqlite3_bind_int64(s, 5, Int64(row.mtime))
         sqlite3_bind_int(s, 6, Int32(row.type))
-        // SQLITE_TRANSIENT: SQLite copies the bytes before this returns.
-        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-        sqlite3_bind_text(s, 7, row.name, -1, transient)
-        if row.type == EntryType.directory.rawValue {
-            sqlite3_bind_null(s, 8)
-        } else {
-            row.data.withUnsafeBytes { bytes in
-                _ = sqlite3_bind_blob(s, 8, bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(bytes.count), transient)
+        var name = row.name
+        try name.withUTF8 { utf8 in
+            try utf8.withMemoryRebound(to: CChar.self) { text in
+                if let start = text.baseAddress {
+                    sqlite3_bind_text(s, 7, start, Int32(text.count), nil)
+                } else {
+                    sqlite3_bind_text(s, 7, "", 0, unsafeBitCast(-1, to: sqlite3_destructor_type.self))
+                }
+                guard row.type != EntryType.directory.rawValue else {
+                    sqlite3_bind_null(s, 8)
+                    return try step(s)
+                }
+                try row.data.withUnsafeBytes { bytes in
+                    sqlite3_bind_blob(s, 8, bytes.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(bytes.count), nil)
+                    try step(s)
+                }
             }
         }
     }
@@ -129,10 +140,8 @@ final class Database {
     func replaceAll(with rows: [Row], version: Row) throws {
         try transaction {
             try execute("DELETE FROM tree")
-            for row in rows + [version] {
-                bind(row)
-                try step(replaceStatement)
-            }
+            for row in rows { try write(row) }
+            try write(version)
         }
     }
 
@@ -150,16 +159,14 @@ final class Database {
 
     /// One durable change: the rows to replace, the inodes to delete, and the
     /// new global version, in a single transaction.
-    func apply(replace rows: [Row], delete inodes: [UInt64], version: Row) throws {
+    func apply(replace rows: some Sequence<Row>, delete inodes: [UInt64], version: Row) throws {
         try transaction {
             for inode in inodes {
                 sqlite3_bind_int64(deleteStatement, 1, Int64(bitPattern: inode))
                 try step(deleteStatement)
             }
-            for row in rows + [version] {
-                bind(row)
-                try step(replaceStatement)
-            }
+            for row in rows { try write(row) }
+            try write(version)
         }
     }
 }

@@ -30,7 +30,11 @@ public enum TreeOperation: Sendable, Hashable {
     case unlock(String, digest: [UInt8])
 
     /// Whether the operation changes (or moves something onto) `path`.
-    public func touches(_ path: String) -> Bool { paths.contains(path) }
+    /// Asked of every change applied (is it corosync.conf's?): answered without building `paths`.
+    public func touches(_ path: String) -> Bool {
+        if case .rename(_, let to) = self, to == path { return true }
+        return firstPath == path
+    }
 
     enum Code: UInt8 {
         case create = 1, mkdir, write, truncate, unlink, rmdir, rename, mtime, unlock
@@ -45,6 +49,17 @@ public enum TreeOperation: Sendable, Hashable {
         var writer = WireWriter()
         encode(into: &writer)
         return writer.bytes
+    }
+
+    /// At least the bytes `encode(into:)` appends (17: the most any case's fixed fields take), to size a message before
+    /// it is written.
+    var encodedSizeEstimate: Int {
+        switch self {
+        case .write(let path, _, let data): 17 + path.utf8.count + data.count
+        case .rename(let from, let to): 17 + from.utf8.count + to.utf8.count
+        case .unlock(let path, let digest): 17 + path.utf8.count + digest.count
+        default: 17 + firstPath.utf8.count
+        }
     }
 
     /// Appended to a message being written (a change's header first), not built apart and copied in.
@@ -112,11 +127,15 @@ public enum TreeOperation: Sendable, Hashable {
 
     /// The paths the operation names.
     var paths: [String] {
+        if case .rename(let from, let to) = self { [from, to] } else { [firstPath] }
+    }
+
+    /// The path the operation acts on (a rename's source).
+    private var firstPath: String {
         switch self {
         case .create(let path), .mkdir(let path), .write(let path, _, _), .truncate(let path, _), .unlink(let path), .rmdir(let path),
-             .mtime(let path, _), .unlock(let path, _):
-            [path]
-        case .rename(let from, let to): [from, to]
+             .mtime(let path, _), .unlock(let path, _), .rename(let path, _):
+            path
         }
     }
 
@@ -124,8 +143,7 @@ public enum TreeOperation: Sendable, Hashable {
     /// share one name on disk), no "." or ".." component (the kernel resolves those itself). Another node's change is
     /// checked here, before anything of it is applied.
     static func isValidPath(_ path: String) -> Bool {
-        // Split by byte, as the tree splits a path into names.
-        path.utf8.split(separator: UInt8(ascii: "/")).allSatisfy { ClusterFileSystem.isValidName(String(Substring($0))) }
+        ClusterFileSystem.forEachName(in: path) { ClusterFileSystem.isValidName(utf8: $0) }
     }
 }
 

@@ -45,9 +45,15 @@ public final class Replicator: @unchecked Sendable {
     private var quorum: QuorumTracker?
     private var me = GroupMember(nodeID: 0, pid: UInt32(getpid()))
     private var counter: UInt64 = 0
-    private var results: [UInt64: Int32] = [:]
-    /// Changes of this node's that came through its mount, until delivered.
-    private var seenByKernel: Set<UInt64> = []
+    /// This node's changes sent and not yet answered, by id: the result once applied (`Int32.min` until then), and
+    /// whether the change came through this node's mount (one table, one lookup per delivery).
+    private var pending: [UInt64: PendingChange] = [:]
+
+    private struct PendingChange {
+        var result = Int32.min
+        var seenByKernel: Bool
+        var isWaiting: Bool { result == Int32.min }
+    }
     /// Membership changes seen (for the log); a sync round is the view it follows, which every member delivers at the
     /// same point of the message stream (CPG's virtual synchrony), so messages need no round number.
     private var round: UInt32 = 0
@@ -263,7 +269,7 @@ public final class Replicator: @unchecked Sendable {
         oldQuorum?.stop()
         condition.withLock {
             synced = true
-            for id in results.keys where results[id] == Int32.min { results[id] = -EBUSY }
+            for id in pending.keys where pending[id]?.isWaiting == true { pending[id]?.result = -EBUSY }
             condition.broadcast()
         }
     }
@@ -305,31 +311,26 @@ public final class Replicator: @unchecked Sendable {
         }
         counter += 1
         let id = counter
-        results[id] = Int32.min
-        if throughMount { seenByKernel.insert(id) }
+        pending[id] = PendingChange(seenByKernel: throughMount)
         let message = changeMessage(id: id, operation)
         condition.unlock()
         do {
             try connection.withLock({ group })?.multicast(message)
         } catch {
-            condition.withLock {
-                results[id] = nil
-                seenByKernel.remove(id)
-            }
+            condition.withLock { pending[id] = nil }
             log("cannot send a change: \(error)")
             return -EBUSY
         }
         condition.lock()
         defer { condition.unlock() }
-        while results[id] == Int32.min {
-            guard condition.wait(until: deadline) || results[id] != Int32.min else {
+        while pending[id]?.isWaiting == true {
+            guard condition.wait(until: deadline) || pending[id]?.isWaiting != true else {
                 // Still delivered later, it then counts as a change the kernel did not see (caches invalidated).
-                results[id] = nil
-                seenByKernel.remove(id)
+                pending[id] = nil
                 return -EBUSY
             }
         }
-        return results.removeValue(forKey: id) ?? -EBUSY
+        return pending.removeValue(forKey: id)?.result ?? -EBUSY
     }
 
     /// Asks the lowest node to release the lock at `path` if it is expired (not waiting: a caller polls for the lock to
@@ -399,7 +400,7 @@ public final class Replicator: @unchecked Sendable {
 
     private func startSync(members list: [GroupMember]) {
         let snapshot = fileSystem.snapshot()
-        let message: Data = condition.withLock {
+        let message: [UInt8] = condition.withLock {
             round &+= 1
             rounds.store(round, ordering: .relaxed)
             members = list
@@ -411,9 +412,8 @@ public final class Replicator: @unchecked Sendable {
             // Changes queued in an earlier view are either in the next leader's tree (a member that was in sync applied
             // them) or applied nowhere: applying them after taking the leader's tree would apply them twice. Their
             // writers learn nothing certain (EBUSY, as a timeout).
-            for change in queued where change.from == me && results[change.counter] == Int32.min {
-                results[change.counter] = -EBUSY
-                seenByKernel.remove(change.counter)
+            for change in queued where change.from == me && pending[change.counter]?.isWaiting == true {
+                pending[change.counter] = PendingChange(result: -EBUSY, seenByKernel: false)
             }
             queued = []
             condition.broadcast()
@@ -478,7 +478,7 @@ public final class Replicator: @unchecked Sendable {
     }
 
     private func receiveState(from: GroupMember, _ state: PeerState) {
-        var rowsToSend: [Data] = []
+        var rowsToSend: [[UInt8]] = []
         var finished = false
         condition.withLock {
             guard !synced, members.contains(from) else { return }
@@ -571,7 +571,7 @@ public final class Replicator: @unchecked Sendable {
     }
 
     private func apply(_ change: Change) {
-        let seen = condition.withLock { change.from == me && seenByKernel.remove(change.counter) != nil }
+        let seen = condition.withLock { change.from == me && pending[change.counter]?.seenByKernel == true }
         let stamp = Stamp(writer: change.from.nodeID, time: change.time)
         let quorate = isQuorate
         if !quorate {
@@ -588,8 +588,8 @@ public final class Replicator: @unchecked Sendable {
         let result = quorate ? fileSystem.apply(change.operation, stamp: stamp, seenByKernel: seen) : -EACCES
         if result >= 0, change.operation.touches("/corosync.conf") { installCorosyncConfig(reload: change.from == me) }
         condition.withLock {
-            if change.from == me, results[change.counter] == Int32.min {
-                results[change.counter] = result
+            if change.from == me, pending[change.counter]?.isWaiting == true {
+                pending[change.counter]?.result = result
                 condition.broadcast()
             }
         }
@@ -642,8 +642,8 @@ public final class Replicator: @unchecked Sendable {
     }
 
     /// A change as multicast: the sender's counter (0: nobody waits for it), the sender's time, the operation.
-    private func changeMessage(id: UInt64, _ operation: TreeOperation) -> Data {
-        Self.encode(kind: .change) { writer in
+    private func changeMessage(id: UInt64, _ operation: TreeOperation) -> [UInt8] {
+        Self.encode(kind: .change, capacity: 13 + operation.encodedSizeEstimate) { writer in
             writer.u64(id)
             writer.u32(clock())
             operation.encode(into: &writer)
@@ -654,7 +654,7 @@ public final class Replicator: @unchecked Sendable {
     /// `condition`.
     private var isSyncedLowestMember: Bool { synced && members.map(\.nodeID).min() == me.nodeID }
 
-    private func send(_ message: Data) {
+    private func send(_ message: [UInt8]) {
         do {
             try connection.withLock({ group })?.multicast(message)
         } catch {
@@ -674,11 +674,14 @@ public final class Replicator: @unchecked Sendable {
         return writer.bytes
     }
 
-    static func encode(kind: Kind, _ body: (inout WireWriter) -> Void) -> Data {
+    /// - Parameter capacity: the bytes the message will take, if known: a change is encoded on every write, and growing
+    ///   its buffer field by field cost more than the encoding.
+    static func encode(kind: Kind, capacity: Int = 0, _ body: (inout WireWriter) -> Void) -> [UInt8] {
         var writer = WireWriter()
+        writer.bytes.reserveCapacity(capacity)
         writer.u8(kind.rawValue)
         body(&writer)
-        return Data(writer.bytes)
+        return writer.bytes
     }
 }
 
@@ -693,7 +696,10 @@ struct WireWriter {
         u32(UInt32(value.count))
         bytes += value
     }
-    mutating func text(_ value: String) { blob(Array(value.utf8)) }
+    mutating func text(_ value: String) {
+        u32(UInt32(value.utf8.count))
+        bytes += value.utf8
+    }
 }
 
 struct WireReader {
@@ -720,24 +726,26 @@ struct WireReader {
     }
 
     mutating func u8() throws -> UInt8 { bytes[try advance(1)] }
-    mutating func u32() throws -> UInt32 { UInt32(truncatingIfNeeded: try little(4)) }
-    mutating func u64() throws -> UInt64 { try little(8) }
+    mutating func u32() throws -> UInt32 { try little(UInt32.self) }
+    mutating func u64() throws -> UInt64 { try little(UInt64.self) }
 
-    private mutating func little(_ count: Int) throws -> UInt64 {
-        let start = try advance(count)
-        var value: UInt64 = 0
-        for index in (start..<(start + count)).reversed() { value = value << 8 | UInt64(bytes[index]) }
-        return value
+    private mutating func little<Value: FixedWidthInteger>(_: Value.Type) throws -> Value {
+        let start = try advance(MemoryLayout<Value>.size)
+        return bytes.withUnsafeBytes { Value(littleEndian: $0.loadUnaligned(fromByteOffset: start, as: Value.self)) }
     }
 
     mutating func blob() throws -> [UInt8] { try take(Int(try u32())) }
     mutating func text() throws -> String {
         let count = Int(try u32())
         let start = try advance(count)
-        guard let text = String(validating: bytes[start..<(start + count)], as: UTF8.self) else {
-            throw Failure(description: "a name that is not UTF-8")
+        return try bytes.withUnsafeBufferPointer { buffer in
+            let field = UnsafeBufferPointer(rebasing: buffer[start..<(start + count)])
+            // ASCII (the paths the tools write) is UTF-8 as it is: made a String directly, without the generic validation
+            // that showed in the cost of every delivered change.
+            if field.allSatisfy({ $0 < 0x80 }) { return String(decoding: field, as: UTF8.self) }
+            guard let text = String(validating: field, as: UTF8.self) else { throw Failure(description: "a name that is not UTF-8") }
+            return text
         }
-        return text
     }
 
     /// Whether every byte was read.

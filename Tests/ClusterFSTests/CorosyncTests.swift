@@ -55,7 +55,7 @@ struct CorosyncTests {
 
         let perSender = 300
         DispatchQueue.concurrentPerform(iterations: 3) { index in
-            for message in 0..<perSender { try? nodes[index].group.multicast(Data("m\(message)".utf8)) }
+            for message in 0..<perSender { try? nodes[index].group.multicast(Array("m\(message)".utf8)) }
         }
         #expect(waitFor(seconds: 60) { nodes.allSatisfy { $0.messages.count == 3 * perSender } },
                 "\(nodes.map { $0.messages.count })")
