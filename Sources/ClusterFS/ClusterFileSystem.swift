@@ -23,7 +23,7 @@ final class Entry {
     var nodeID: UInt64
     /// By name. The entries themselves, not their inodes: a path is resolved on every change, and an inode per name would
     /// be one more table lookup per name.
-    private(set) var children: [String: Entry] = [:]
+    @exclusivity(unchecked) private(set) var children: [String: Entry] = [:]
     /// How many children are directories: a directory's link count, asked on every GETATTR of it (the kernel asks
     /// for the parent's attributes after each change in it), so it is kept instead of counted.
     private(set) var subdirectories = 0
@@ -44,7 +44,13 @@ final class Entry {
         nodeID = inode + 1
     }
 
+    /// The directory this entry is linked into (`parent`'s entry), set by `link`: walking up to the root (the kernel names
+    /// entries by id, the path is rebuilt from there) then needs no table lookup per level. Unowned: a directory holds
+    /// its children, never the other way round.
+    unowned(safe) var parentEntry: Entry?
+
     func link(_ child: Entry) {
+        child.parentEntry = self
         children[child.name] = child
         if child.type == .directory { subdirectories += 1 }
     }
@@ -134,13 +140,16 @@ public struct Attributes: Equatable, Sendable {
 /// symlinks). Methods return 0 or a negative errno, like FUSE.
 public final class ClusterFileSystem: @unchecked Sendable {
     // @unchecked: every access to the mutable state holds `lock` (as the
-    // original holds one global mutex).
+    // original holds one global mutex). The same lock makes the run-time
+    // exclusivity checks on the state every change touches redundant:
+    // those properties are @exclusivity(unchecked) (the checks showed in the
+    // cost of every change).
     private let lock = NSLock()
-    private var entries: [UInt64: Entry] = [:]
+    @exclusivity(unchecked) private var entries: [UInt64: Entry] = [:]
     /// `entries[rootInode]`, where every path starts.
     private var root = Entry(inode: ClusterFileSystem.rootInode, parent: ClusterFileSystem.rootInode, version: 0, writer: 0, mtime: 0,
                              type: .directory, name: "")
-    private var version: UInt64 = 1
+    @exclusivity(unchecked) private var version: UInt64 = 1
     private var versionMTime: UInt32 = 0
     private let database: Database
     public let node: String
@@ -163,10 +172,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Change counters of the files `.version` reports (all 1 after startup).
     private var changeCounters: [String: UInt32] = [:]
     /// Node ids given to entries moved by another node's change (or by a sync): node id → inode.
-    private var movedNodes: [UInt64: UInt64] = [:]
+    @exclusivity(unchecked) private var movedNodes: [UInt64: UInt64] = [:]
     private var nextMovedNode = ClusterFileSystem.movedNodeBase
     /// Cluster mode: what the change being applied made stale in the kernel's caches (collected under `lock`).
-    private var pendingInvalidation = CacheInvalidation()
+    @exclusivity(unchecked) private var pendingInvalidation = CacheInvalidation()
     /// Tells the kernel to forget cached attributes and pages (set by the mount; nil when nothing is mounted).
     public var invalidateKernelCache: (@Sendable (CacheInvalidation) -> Void)? {
         get { modeLock.withLock { invalidator } }
@@ -558,7 +567,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         while current.inode != Self.rootInode {
             (third, second, first) = (second, first, current.name)
             depth += 1
-            guard let parent = entries[current.parent] else { return nil }
+            guard let parent = current.parentEntry else { return nil }
             current = parent
         }
         let privateEntry = first == "priv" || (depth >= 3 && first == "nodes" && third == "priv")
@@ -627,7 +636,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         var current = entry
         while current.inode != Self.rootInode {
             names.append(current.name)
-            guard let parent = entries[current.parent] else { return nil }
+            guard let parent = current.parentEntry else { return nil }
             current = parent
         }
         names.reverse()
@@ -781,7 +790,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     /// Cluster mode: changes applied here collect what the kernel must forget (`pendingInvalidation`).
-    private var collecting = false
+    @exclusivity(unchecked) private var collecting = false
 
     /// Marks an entry's cached attributes (and, for a file whose bytes changed, its pages) stale; under `lock`. A change
     /// through this mount leaves only pages to forget: its writes bypass the page cache (direct I/O), so pages read
@@ -797,10 +806,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     /// Whether the change being applied came through this mount (see `apply`); under `lock`.
-    private var kernelSawChange = true
+    @exclusivity(unchecked) private var kernelSawChange = true
     /// Node ids opened for reading through the page cache (cluster mode): only these can hold pages a write of this
     /// node's leaves stale.
-    private var pagesMayBeCached: Set<UInt64> = []
+    @exclusivity(unchecked) private var pagesMayBeCached: Set<UInt64> = []
 
     /// The mount opens `node` for reading with the page cache kept.
     public func notePagesCached(_ node: UInt64) {

@@ -13,6 +13,8 @@ import Resources
 /// row by row, in one transaction. Changes delivered meanwhile wait, in order, and writers block until the sync ends.
 public final class Replicator: @unchecked Sendable {
     // @unchecked: all mutable state is guarded by `condition`; the group's callbacks run on its dispatch thread.
+    // That lock also makes run-time exclusivity checks redundant on the state every change touches (marked
+    // @exclusivity(unchecked): the checks showed in the cost of every change).
     enum Kind: UInt8 {
         case change = 1, state, row, complete, status, log, unlockRequest, verifyRequest, verifyDigest
     }
@@ -43,11 +45,11 @@ public final class Replicator: @unchecked Sendable {
     private let condition = NSCondition()
     private var group: ProcessGroup?
     private var quorum: QuorumTracker?
-    private var me = GroupMember(nodeID: 0, pid: UInt32(getpid()))
-    private var counter: UInt64 = 0
+    @exclusivity(unchecked) private var me = GroupMember(nodeID: 0, pid: UInt32(getpid()))
+    @exclusivity(unchecked) private var counter: UInt64 = 0
     /// This node's changes sent and not yet answered, by id: the result once applied (`Int32.min` until then), and
     /// whether the change came through this node's mount (one table, one lookup per delivery).
-    private var pending: [UInt64: PendingChange] = [:]
+    @exclusivity(unchecked) private var pending: [UInt64: PendingChange] = [:]
 
     private struct PendingChange {
         var result = Int32.min
@@ -58,11 +60,11 @@ public final class Replicator: @unchecked Sendable {
     /// same point of the message stream (CPG's virtual synchrony), so messages need no round number.
     private var round: UInt32 = 0
     private var members: [GroupMember] = []
-    private var synced = false
+    @exclusivity(unchecked) private var synced = false
     private var states: [GroupMember: PeerState] = [:]
     private var leader: (member: GroupMember, state: PeerState)?
     private var collected: [TreeSnapshot.Row] = []
-    private var queued: [Change] = []
+    @exclusivity(unchecked) private var queued: [Change] = []
     private var syncCount = 0
     private var stopped = false
     /// Guards `group` and `quorum` alone, never held while another lock is taken (the file system asks for quorum while
