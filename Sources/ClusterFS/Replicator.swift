@@ -557,7 +557,7 @@ public final class Replicator: @unchecked Sendable {
             return round
         }
         log("synced (round \(finishedRound))" + (rows.map { ": took the leader's tree, \($0) entries" } ?? ""))
-        installCorosyncConfig(reload: false)
+        installCorosyncConfig()
         // The directories every node has, made now that the tree is the cluster's (never before a sync: a local change
         // would make this node the leader of a stale tree), again after every sync (the leader's tree may lack them).
         let node = fileSystem.node
@@ -588,7 +588,7 @@ public final class Replicator: @unchecked Sendable {
             if isQuorate { rejoinIfPending() }
         }
         let result = quorate ? fileSystem.apply(change.operation, stamp: stamp, seenByKernel: seen) : -EACCES
-        if result >= 0, change.operation.touches("/corosync.conf") { installCorosyncConfig(reload: change.from == me) }
+        if result >= 0, change.operation.touches("/corosync.conf") { installCorosyncConfig() }
         condition.withLock {
             if change.from == me, pending[change.counter]?.isWaiting == true {
                 pending[change.counter]?.result = result
@@ -598,8 +598,10 @@ public final class Replicator: @unchecked Sendable {
     }
 
     /// Copies the tree's corosync.conf to corosync's when its config_version is not lower (and the text differs), as
-    /// the original does; the node whose write it was reloads corosync (`corosync-cfgtool -R`).
-    func installCorosyncConfig(reload: Bool) {
+    /// the original does, then reloads corosync (`corosync-cfgtool -R`, which every node's corosync follows). Every node
+    /// that installs it reloads, not only the one whose write it was (the original's rule): that reload could reach a
+    /// node before its own copy was installed, and that node kept the old nodelist (a node added then never joined).
+    func installCorosyncConfig() {
         guard let target = corosyncConfigPath else { return }
         let (found, attributes) = fileSystem.getattr("/corosync.conf")
         guard found == 0, let attributes else { return }
@@ -620,7 +622,6 @@ public final class Replicator: @unchecked Sendable {
             return
         }
         log("installed corosync.conf (config_version \(treeVersion)) as \(target)")
-        guard reload else { return }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/sbin/corosync-cfgtool")
         process.arguments = ["-R"]
