@@ -1330,15 +1330,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard let replicator, let entry = resolve(["corosync.conf"]) else {
             return Array("{\n\"nodename\": \"\(node)\",\n\"version\": 0\n}\n".utf8)
         }
-        let (config, _) = CorosyncConfig.parse(String(decoding: entry.data, as: UTF8.self), file: "corosync.conf")
+        let cluster = membersCluster(entry)
         let online = Set(replicator.onlineNodeIDs)
-        let nodes = config.nodes.compactMap { section -> (name: String, id: UInt32, ip: String)? in
-            guard let name = section["name"], let id = section["nodeid"].flatMap({ UInt32($0) }) else { return nil }
-            return (name, id, section["ring0_addr"] ?? "")
-        }.sorted { $0.id < $1.id }
+        let nodes = cluster.nodes
         var text = "{\n\"nodename\": \"\(jsonEscaped(node))\",\n\"version\": \(replicator.membershipVersion),\n"
-        text += "\"cluster\": { \"name\": \"\(jsonEscaped(config.totem?["cluster_name"] ?? ""))\", "
-        text += "\"version\": \(config.totem?["config_version"].flatMap { Int($0) } ?? 0), \"nodes\": \(nodes.count), "
+        text += "\"cluster\": { \"name\": \"\(jsonEscaped(cluster.name))\", "
+        text += "\"version\": \(cluster.configVersion), \"nodes\": \(nodes.count), "
         text += "\"quorate\": \(replicator.isQuorate ? 1 : 0) },\n\"nodelist\": {\n"
         text += nodes.map { node in
             "  \"\(jsonEscaped(node.name))\": { \"id\": \(node.id), \"online\": \(online.contains(node.id) ? 1 : 0), "
@@ -1347,6 +1344,30 @@ public final class ClusterFileSystem: @unchecked Sendable {
         text += "\n  }\n}\n"
         return Array(text.utf8)
     }
+
+    /// What `.members` shows of corosync.conf (`entry`): the cluster's name, config_version and nodes by id. Parsed once
+    /// per version of the file: tools poll `.members`, and parsing the file on every read cost more than all the rest
+    /// of the read. Under `lock`.
+    private func membersCluster(_ entry: Entry) -> MembersCluster {
+        if let cached = membersClusterCache, cached.inode == entry.inode, cached.version == entry.version { return cached.cluster }
+        let (config, _) = CorosyncConfig.parse(String(decoding: entry.data, as: UTF8.self), file: "corosync.conf")
+        let nodes = config.nodes.compactMap { section -> (name: String, id: UInt32, ip: String)? in
+            guard let name = section["name"], let id = section["nodeid"].flatMap({ UInt32($0) }) else { return nil }
+            return (name, id, section["ring0_addr"] ?? "")
+        }.sorted { $0.id < $1.id }
+        let cluster = MembersCluster(name: config.totem?["cluster_name"] ?? "",
+                                     configVersion: config.totem?["config_version"].flatMap { Int($0) } ?? 0, nodes: nodes)
+        membersClusterCache = (entry.inode, entry.version, cluster)
+        return cluster
+    }
+
+    private struct MembersCluster {
+        var name: String
+        var configVersion: Int
+        var nodes: [(name: String, id: UInt32, ip: String)]
+    }
+
+    private var membersClusterCache: (inode: UInt64, version: UInt64, cluster: MembersCluster)?
 
     private func clusterLogText(maximum: Int, user: String) -> [UInt8] {
         var lines: [String] = []

@@ -182,6 +182,8 @@ struct ClusterModeTests {
         #expect(waitFor(seconds: 20) { (1...3).allSatisfy { Self.installed(cluster, $0).contains("config_version: 2") } },
                 "installed on every node: \((1...3).map { Self.installed(cluster, $0).contains("config_version: 2") })")
         #expect(waitFor(seconds: 20) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "still quorate after the reload")
+        #expect(waitFor(seconds: 10) { nodes.allSatisfy { Self.read($0, ".members")?.contains("\"version\": 2, \"nodes\": 3") == true } },
+                ".members follows the new file (parsed once per version of it): \(Self.read(nodes[1], ".members") ?? "")")
         #expect(Self.replace(nodes[1], "corosync.conf", cluster.configuration) == 0)
         #expect(waitFor(seconds: 10) { Self.read(nodes[2], "corosync.conf") == cluster.configuration })
         #expect((1...3).allSatisfy { Self.installed(cluster, $0).contains("config_version: 2") }, "a lower config_version is not installed")
