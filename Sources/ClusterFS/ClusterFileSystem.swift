@@ -287,6 +287,17 @@ public final class ClusterFileSystem: @unchecked Sendable {
             }
             parent.link(entry)
         }
+        // Parents that name each other (a cycle) are no missing parent, but their entries hang from nothing: a walk up
+        // from them would never reach the root.
+        var reachable = 0
+        var directories = [root]
+        while let directory = directories.popLast() {
+            reachable += directory.children.count
+            directories += directory.children.values.filter { $0.type == .directory }
+        }
+        guard reachable == loaded.count - 1 else {
+            throw StartupError(description: "\(loaded.count - 1 - reachable) entries are not reachable from the root (parents in a cycle)")
+        }
         entries = loaded
         self.root = root
         version = loadedVersion

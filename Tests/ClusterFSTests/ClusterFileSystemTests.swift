@@ -116,6 +116,19 @@ struct ClusterFileSystemTests {
         #expect(throws: ClusterFileSystem.StartupError.self) { try ClusterFileSystem(databasePath: db, node: "pve1") }
     }
 
+    @Test("a corrupt tree (directories that are each other's parent, hanging from nothing) is refused at startup")
+    func parentCycle() throws {
+        let directory = try TemporaryDirectory()
+        let db = directory.path + "/config.db"
+        _ = try ClusterFileSystem(databasePath: db, node: "pve1")
+        var handle: OpaquePointer?
+        #expect(sqlite3_open(db, &handle) == SQLITE_OK)
+        #expect(sqlite3_exec(handle, "INSERT INTO tree VALUES (998, 999, 998, 0, 0, 4, 'a', NULL)", nil, nil, nil) == SQLITE_OK)
+        #expect(sqlite3_exec(handle, "INSERT INTO tree VALUES (999, 998, 999, 0, 0, 4, 'b', NULL)", nil, nil, nil) == SQLITE_OK)
+        sqlite3_close(handle)
+        #expect(throws: ClusterFileSystem.StartupError.self) { try ClusterFileSystem(databasePath: db, node: "pve1") }
+    }
+
     @Test("ownership root:www-data; priv/ is private; chmod and chown only to what is implied")
     func ownershipAndModes() throws {
         let directory = try TemporaryDirectory()
