@@ -104,6 +104,9 @@ public final class KernelNodeTable: Sendable {
     func held(_ stale: CacheInvalidation) -> CacheInvalidation {
         lookups.withLock { table in
             let holds = { (node: UInt64) in Self.holds(node, in: table) }
+            // Mostly none is (see above): then no set is built.
+            let anyHeld = stale.attributes.contains(where: holds) ? true : stale.contents.contains(where: holds)
+            guard anyHeld else { return CacheInvalidation() }
             return CacheInvalidation(attributes: stale.attributes.filter(holds), contents: stale.contents.filter(holds))
         }
     }
@@ -324,38 +327,44 @@ public final class ClusterFileSystem: @unchecked Sendable {
                                                         mtime: $0.mtime, type: $0.type, name: $0.name, data: $0.data) }
             let versionRow = Database.Row(inode: Self.rootInode, parent: Self.rootInode, version: snapshot.version, writer: 0,
                                           mtime: snapshot.mtime, type: EntryType.directory.rawValue, name: "__version__", data: [])
-            let previous = (entries, version, versionMTime)
+            let previous = (entries, root, version, versionMTime)
             do {
                 try load(rows + [versionRow])
             } catch {
-                (entries, version, versionMTime) = previous
+                (entries, root, version, versionMTime) = previous
                 throw error
             }
             do {
                 try database.replaceAll(with: rows, version: versionRow)
             } catch {
-                (entries, version, versionMTime) = previous
+                (entries, root, version, versionMTime) = previous
                 throw error
             }
-            rememberLocks()
-            for file in Self.trackedFiles { changeCounters[file, default: 0] &+= 1 }
-            vmlistVersion &+= 1
-            vmlist = [:]
-            for (vmid, guest) in scanGuests().sorted(by: { $0.key < $1.key }) {
-                guestVersionCounter += 1
-                vmlist[vmid] = GuestInfo(node: guest.node, type: guest.type, version: guestVersionCounter)
-            }
-            // Whatever the kernel holds of the old tree is stale: every entry gets a fresh node id (the kernel looks
-            // each path up again), and what it cached under the old ones goes.
-            if collecting {
-                kernelSawChange = false
-                for entry in previous.0.values { stale(entry, contents: entry.type == .file) }
-                pagesMayBeCached = []
-                movedNodes = [:]
-                for entry in entries.values where entry.inode != Self.rootInode { renumber(entry) }
-            }
+            treeReplaced(previous: previous.0)
         }
         flushInvalidation()
+    }
+
+    /// Under `lock`, after the tree was loaded anew (`previous`: the entries before): locks, `.version`'s counters and
+    /// the guest list follow it.
+    private func treeReplaced(previous: [UInt64: Entry]) {
+        rememberLocks()
+        for file in Self.trackedFiles { changeCounters[file, default: 0] &+= 1 }
+        vmlistVersion &+= 1
+        vmlist = [:]
+        for (vmid, guest) in scanGuests().sorted(by: { $0.key < $1.key }) {
+            guestVersionCounter += 1
+            vmlist[vmid] = GuestInfo(node: guest.node, type: guest.type, version: guestVersionCounter)
+        }
+        // Whatever the kernel holds of the old tree is stale: every entry gets a fresh node id (the kernel looks
+        // each path up again), and what it cached under the old ones goes.
+        if collecting {
+            kernelSawChange = false
+            for entry in previous.values { stale(entry, contents: entry.type == .file) }
+            pagesMayBeCached = []
+            movedNodes = [:]
+            for entry in entries.values where entry.inode != Self.rootInode { renumber(entry) }
+        }
     }
 
     // MARK: paths
@@ -531,10 +540,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let versionRow = Database.Row(inode: Self.rootInode, parent: Self.rootInode, version: version, writer: 0, mtime: mtime,
                                       type: EntryType.directory.rawValue, name: "__version__", data: [])
         do {
-            try database.apply(replace: replace.lazy.map(\.row), delete: delete, version: versionRow)
+            try database.apply(replace: replace.lazy.map { $0.row }, delete: delete, version: versionRow)
             versionMTime = mtime
             return true
         } catch {
+            if database.inBatch { batchFailed = true }
             return false
         }
     }
@@ -808,12 +818,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// before are stale, if the file was ever opened for reading here.
     private func stale(_ entry: Entry, contents: Bool = false) {
         guard collecting else { return }
-        let attributes = !kernelSawChange
-        let pages = contents && (!kernelSawChange || pagesMayBeCached.contains(entry.nodeID))
-        // Only what the kernel holds can be stale there; most entries another node's change touches, it never looked up.
-        guard attributes || pages, kernelNodes.holds(entry.nodeID) else { return }
-        if attributes { pendingInvalidation.attributes.insert(entry.nodeID) }
-        if pages { pendingInvalidation.contents.insert(entry.nodeID) }
+        if !kernelSawChange { pendingInvalidation.attributes.insert(entry.nodeID) }
+        if contents && (!kernelSawChange || pagesMayBeCached.contains(entry.nodeID)) { pendingInvalidation.contents.insert(entry.nodeID) }
     }
 
     /// Whether the change being applied came through this mount (see `apply`); under `lock`.
@@ -845,7 +851,11 @@ public final class ClusterFileSystem: @unchecked Sendable {
             defer { pendingInvalidation = CacheInvalidation() }
             return pendingInvalidation
         }
-        if let work { invalidateKernelCache?(work) }
+        // What the kernel holds is asked only now, after the lock: an answer naming an entry (LOOKUP, CREATE) is made
+        // under the lock and counted just after it, so asking while the change was applied would miss it.
+        guard let work else { return }
+        let held = kernelNodes.held(work)
+        if !held.isEmpty { invalidateKernelCache?(held) }
     }
 
     /// Quorum came or went: every mode shown changes (read-only without quorum), so no cached attribute holds.
@@ -874,8 +884,77 @@ public final class ClusterFileSystem: @unchecked Sendable {
     ///   node id, so that the kernel's cached name for its old place is not trusted, and every attribute it changed is
     ///   invalidated.
     public func apply(_ operation: TreeOperation, stamp: Stamp, seenByKernel: Bool = true) -> Int32 {
-        lock.withLock { kernelSawChange = seenByKernel }
-        let result = switch operation {
+        let result = lock.withLock { applyLocked(operation, stamp: stamp, seenByKernel: seenByKernel) }
+        flushInvalidation()
+        return result
+    }
+
+    /// A change delivered by the cluster, for `apply(batch:)`.
+    public struct DeliveredChange: Sendable {
+        public var operation: TreeOperation
+        public var stamp: Stamp
+        public var seenByKernel: Bool
+
+        public init(_ operation: TreeOperation, stamp: Stamp, seenByKernel: Bool) {
+            self.operation = operation
+            self.stamp = stamp
+            self.seenByKernel = seenByKernel
+        }
+    }
+
+    /// Applies changes delivered together, in order and each as `apply` does, in one SQLite transaction (group commit):
+    /// the commit, most of what a change costs, is paid once for all of them, and none is answered before it. Returns
+    /// each change's result, and whether the batch was committed. When it was not, none of it stays (the tree is
+    /// reloaded from the database as it was, every result is -EIO) and this node, without changes the others applied,
+    /// must take the cluster's tree again.
+    public func apply(batch changes: [DeliveredChange]) -> (results: [Int32], committed: Bool) {
+        let outcome: ([Int32], Bool) = lock.withLock {
+            let failed = (changes.map { _ in -EIO }, false)
+            do {
+                try database.beginBatch()
+            } catch {
+                return failed
+            }
+            batchFailed = false
+            var results: [Int32] = []
+            results.reserveCapacity(changes.count)
+            for change in changes where !batchFailed {
+                results.append(applyLocked(change.operation, stamp: change.stamp, seenByKernel: change.seenByKernel))
+            }
+            if !batchFailed {
+                do {
+                    try database.commitBatch()
+                    return (results, true)
+                } catch {}
+            } else {
+                database.rollbackBatch()
+            }
+            reloadFromDatabase()
+            return failed
+        }
+        flushInvalidation()
+        return outcome
+    }
+
+    /// A write of the open batch failed (its transaction holds part of a change): the batch is rolled back. Under `lock`.
+    private var batchFailed = false
+
+    /// Under `lock`: the memory back to what the database holds, after a batch was rolled back. If even that cannot be
+    /// read, the memory stays as it is: the resync that follows replaces both.
+    private func reloadFromDatabase() {
+        let previous = entries
+        do {
+            try load(try database.loadAll())
+        } catch {
+            return
+        }
+        treeReplaced(previous: previous)
+    }
+
+    /// Under `lock`.
+    private func applyLocked(_ operation: TreeOperation, stamp: Stamp, seenByKernel: Bool) -> Int32 {
+        kernelSawChange = seenByKernel
+        return switch operation {
         case .create(let path): createEntry(path, type: .file, stamp)
         case .mkdir(let path): createEntry(path, type: .directory, stamp)
         case .write(let path, let offset, let data): writeData(path, data, offset: offset, stamp)
@@ -886,15 +965,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
         case .mtime(let path, let mtime): setMTime(path, mtime: mtime, stamp)
         case .unlock(let path, let digest): unlockEntry(path, digest: digest, stamp)
         }
-        flushInvalidation()
-        return result
     }
 
+    /// Under `lock` (see `apply`).
     private func createEntry(_ path: String, type: EntryType, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
         guard !parts.isEmpty else { return type == .file ? -EACCES : -EEXIST }
-        lock.lock()
-        defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let parent = resolve(parts.dropLast()) else { return -ENOENT }
         return createEntry(parts, in: parent, type: type, stamp)
@@ -975,10 +1051,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return perform(.write(path, offset: offset, data: Array(bytes)))
     }
 
+    /// Under `lock` (see `apply`).
     private func writeData(_ path: String, _ bytes: [UInt8], offset: Int, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
-        lock.lock()
-        defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
         return bytes.withUnsafeBytes { writeData(entry, parts: parts, $0, offset: offset, stamp) }
@@ -1017,10 +1092,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
         Self.isDebugFile(path) ? 0 : perform(.truncate(path, size: size))
     }
 
+    /// Under `lock` (see `apply`).
     private func truncateEntry(_ path: String, size: Int, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
-        lock.lock()
-        defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
         guard entry.type == .file else { return -EISDIR }
@@ -1055,11 +1129,10 @@ public final class ClusterFileSystem: @unchecked Sendable {
     public func unlink(_ path: String) -> Int32 { perform(.unlink(path)) }
     public func rmdir(_ path: String) -> Int32 { perform(.rmdir(path)) }
 
+    /// Under `lock` (see `apply`).
     private func remove(_ path: String, directory: Bool, _ stamp: Stamp) -> Int32 {
         let parts = components(path)
         guard !parts.isEmpty else { return -EBUSY }
-        lock.lock()
-        defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
         return remove(entry, parts: parts, directory: directory, stamp)
@@ -1102,13 +1175,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     public func rename(_ from: String, _ to: String) -> Int32 { perform(.rename(from, to: to)) }
 
+    /// Under `lock` (see `apply`).
     private func renameEntry(_ from: String, _ to: String, _ stamp: Stamp, moved: Bool) -> Int32 {
         let source = components(from)
         let target = components(to)
         guard !source.isEmpty, !target.isEmpty, let targetName = target.last else { return -EACCES }
         guard Self.isValidName(targetName) else { return -EINVAL }
-        lock.lock()
-        defer { lock.unlock() }
         if isSpecial(source) || isSpecial(target) { return -EACCES }
         if isLockDirectory(source) || isLockDirectory(target) { return -EACCES }
         guard let entry = resolve(source), let oldParent = entries[entry.parent] else { return -ENOENT }
@@ -1164,10 +1236,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// refreshes it.
     public func utimens(_ path: String, mtime: UInt32?) -> Int32 { perform(.mtime(path, mtime)) }
 
+    /// Under `lock` (see `apply`).
     private func setMTime(_ path: String, mtime: UInt32?, _ change: Stamp) -> Int32 {
         let parts = components(path)
-        lock.lock()
-        defer { lock.unlock() }
         if isSpecial(parts) { return -EACCES }
         guard let entry = resolve(parts) else { return -ENOENT }
         let stamp = mtime ?? change.time
@@ -1191,9 +1262,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     /// Releases a lock the lowest node found expired, if it is still that lock (same digest); otherwise nothing.
+    /// Under `lock` (see `apply`).
     private func unlockEntry(_ path: String, digest expected: [UInt8], _ change: Stamp) -> Int32 {
-        lock.lock()
-        defer { lock.unlock() }
         guard let entry = lockEntry(path), digest(of: entry) == expected else { return 0 }
         return removeLock(entry, change)
     }

@@ -78,6 +78,8 @@ public final class ProcessGroup: @unchecked Sendable {
     public enum Event: Sendable {
         case message(from: GroupMember, [UInt8])
         case membership(members: [GroupMember], joined: [GroupMember], left: [GroupMember])
+        /// What corosync had for this node is delivered (one dispatch ended): the events before came together.
+        case dispatched
     }
 
     public let name: String
@@ -136,8 +138,10 @@ public final class ProcessGroup: @unchecked Sendable {
     public func startDispatching() {
         guard dispatcher == nil, handle != 0 else { return }
         let joined = handle
+        let onEvent = onEvent
         dispatcher = DispatchThread(name: "cpg-\(name)", descriptor: descriptor, dispatch: {
             let result = cpg_dispatch(joined, CS_DISPATCH_ALL)
+            onEvent(.dispatched)
             return result == CS_OK || result == CS_ERR_TRY_AGAIN
         }, onLost: onLost)
     }

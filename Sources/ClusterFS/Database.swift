@@ -158,15 +158,46 @@ final class Database {
     }
 
     /// One durable change: the rows to replace, the inodes to delete, and the
-    /// new global version, in a single transaction.
+    /// new global version, in a single transaction (or in the open batch's, see `beginBatch`).
     func apply(replace rows: some Sequence<Row>, delete inodes: [UInt64], version: Row) throws {
-        try transaction {
+        let ownTransaction = !inBatch
+        if ownTransaction { try step(begin) }
+        do {
             for inode in inodes {
                 sqlite3_bind_int64(deleteStatement, 1, Int64(bitPattern: inode))
                 try step(deleteStatement)
             }
             for row in rows { try write(row) }
             try write(version)
+            if ownTransaction { try step(commit) }
+        } catch {
+            if ownTransaction { try? step(rollback) }
+            throw error
         }
     }
+
+    /// Changes delivered together go into one transaction (group commit): `apply` joins it until `commitBatch` or
+    /// `rollbackBatch`. The commit is what costs (the WAL frames written), so several changes pay it once.
+    func beginBatch() throws {
+        try step(begin)
+        inBatch = true
+    }
+
+    /// Commits the batch; when that fails, it is rolled back and the error thrown.
+    func commitBatch() throws {
+        inBatch = false
+        do {
+            try step(commit)
+        } catch {
+            try? step(rollback)
+            throw error
+        }
+    }
+
+    func rollbackBatch() {
+        inBatch = false
+        try? step(rollback)
+    }
+
+    private(set) var inBatch = false
 }

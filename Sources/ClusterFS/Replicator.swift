@@ -389,6 +389,8 @@ public final class Replicator: @unchecked Sendable {
     private func handle(_ event: ProcessGroup.Event) {
         switch event {
         case .membership(let list, let joined, let left):
+            // A batch this node could not commit makes it leave the group: this view is then no longer its own.
+            guard applyDelivered() else { return }
             log("membership: \(list.map(\.description).joined(separator: " ")) (joined \(joined.count), left \(left.count))")
             startSync(members: list.sorted())
         case .message(let from, let data):
@@ -397,6 +399,8 @@ public final class Replicator: @unchecked Sendable {
             } catch {
                 log("ignored a message from \(from): \(error)")
             }
+        case .dispatched:
+            _ = applyDelivered()
         }
     }
 
@@ -420,12 +424,14 @@ public final class Replicator: @unchecked Sendable {
             queued = []
             condition.broadcast()
             verifications = [:]
-            // A node that failed a verification must not lead: its version and time count as none.
+            // A diverged node (a failed verification, a batch it could not commit) must not lead: its version and time
+            // count as none. Nor may its digest match: its memory can equal the cluster's while its database lags (a
+            // failed batch whose rollback could not be reloaded), and only the leader's rows rewrite both.
             let diverged = diverged
             return Self.encode(kind: .state) { writer in
                 writer.u64(diverged ? 0 : snapshot.version)
                 writer.u32(diverged ? 0 : snapshot.mtime)
-                writer.bytes(snapshot.digestBytes)
+                writer.bytes(diverged ? [UInt8](repeating: 0, count: 32) : snapshot.digestBytes)
                 writer.blob(Self.viewTag(list))
             }
         }
@@ -435,16 +441,16 @@ public final class Replicator: @unchecked Sendable {
     private func receive(from: GroupMember, _ bytes: [UInt8]) throws {
         var reader = WireReader(bytes)
         guard let kind = Kind(rawValue: try reader.u8()) else { throw WireReader.Failure(description: "unknown message kind") }
+        // Everything else sees the tree with every change delivered before it applied.
+        if kind != .change { _ = applyDelivered() }
         switch kind {
         case .change:
             let id = try reader.u64()
             let time = try reader.u32()
             let change = Change(from: from, time: time, counter: id, operation: try TreeOperation(reading: &reader))
-            let now: Bool = condition.withLock {
-                if !synced { queued.append(change) }
-                return synced
+            condition.withLock {
+                if synced { delivered.append(change) } else { queued.append(change) }
             }
-            if now { apply(change) }
         case .state:
             let state = PeerState(version: try reader.u64(), mtime: try reader.u32(), digest: try reader.take(32))
             // A state sent for an earlier view can arrive after the next view began: it counts only for its own view.
@@ -570,6 +576,62 @@ public final class Replicator: @unchecked Sendable {
                 _ = submit(.mkdir("/" + path), throughMount: false)
             }
         }
+    }
+
+    /// Changes delivered in this dispatch and not applied yet. Under `condition`: after a reconnect, the old group's
+    /// dispatch thread may still be delivering while the new one starts.
+    @exclusivity(unchecked) private var delivered: [Change] = []
+
+    /// Applies the changes delivered together (at the end of a dispatch, and before any other message or a membership
+    /// change, so that the order of the stream holds): several in one transaction, whose commit is paid once. Returns
+    /// false when this node could not commit them and left the group to resync.
+    private func applyDelivered() -> Bool {
+        // One change (one writer at a time) is taken out alone, and the buffer keeps its storage.
+        let (single, changes): (Change?, [Change]) = condition.withLock {
+            switch delivered.count {
+            case 0: return (nil, [])
+            case 1: return (delivered.removeLast(), [])
+            default:
+                defer { delivered = [] }
+                return (nil, delivered)
+            }
+        }
+        if let single {
+            apply(single)
+            return true
+        }
+        guard !changes.isEmpty else { return true }
+        guard isQuorate else {
+            // Without quorum the first is refused, which takes this node out of sync, and the others wait for the
+            // resync, as if delivered after it.
+            apply(changes[0])
+            for change in changes.dropFirst() {
+                let now: Bool = condition.withLock {
+                    if !synced { queued.append(change) }
+                    return synced
+                }
+                if now { apply(change) }
+            }
+            return true
+        }
+        let seen: [Bool] = condition.withLock { changes.map { $0.from == me && pending[$0.counter]?.seenByKernel == true } }
+        let batch = zip(changes, seen).map { change, seen in
+            ClusterFileSystem.DeliveredChange(change.operation, stamp: Stamp(writer: change.from.nodeID, time: change.time), seenByKernel: seen)
+        }
+        let (results, committed) = fileSystem.apply(batch: batch)
+        if zip(changes, results).contains(where: { $1 >= 0 && $0.operation.touches("/corosync.conf") }) { installCorosyncConfig() }
+        condition.withLock {
+            for (change, result) in zip(changes, results) where change.from == me && pending[change.counter]?.isWaiting == true {
+                pending[change.counter]?.result = result
+            }
+            condition.broadcast()
+        }
+        guard !committed else { return true }
+        // The others applied these changes; this node could not make them durable and holds the tree from before them.
+        condition.withLock { diverged = true }
+        log("could not commit \(changes.count) changes delivered together; leaving \(Self.groupName) to resync")
+        reconnect(waitingFirst: false, then: "joined \(Self.groupName) again")
+        return false
     }
 
     private func apply(_ change: Change) {

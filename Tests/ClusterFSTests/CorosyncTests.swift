@@ -31,6 +31,7 @@ struct CorosyncTests {
                     case .message(let from, let data):
                         observed.messages.withLock { $0.append("\(from.nodeID):" + String(decoding: data, as: UTF8.self)) }
                     case .membership(let list, _, _): observed.members.withLock { $0 = list }
+                    case .dispatched: break
                     }
                 }
                 let quorum = try QuorumTracker { isQuorate, _ in observed.quorate.withLock { $0 = isQuorate } }

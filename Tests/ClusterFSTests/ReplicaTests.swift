@@ -151,4 +151,57 @@ struct ReplicaTests {
         #expect(throws: ClusterFileSystem.StartupError.self) { try lagging.fs.replace(with: broken) }
         #expect(lagging.fs.snapshot().digest == leader.fs.snapshot().digest, "a refused snapshot changes nothing")
     }
+
+    @Test("changes delivered together: one transaction, the answers and the tree of applying them one by one, durable")
+    func batch() throws {
+        let single = try Replica(), batched = try Replica()
+        let answers = Self.operations.map { single.fs.apply($0.0, stamp: $0.1, seenByKernel: false) }
+        var batchedAnswers: [Int32] = []
+        for start in stride(from: 0, to: Self.operations.count, by: 4) {
+            let chunk = Self.operations[start..<min(start + 4, Self.operations.count)]
+            let (results, committed) = batched.fs.apply(batch: chunk.map { .init($0.0, stamp: $0.1, seenByKernel: false) })
+            #expect(committed)
+            batchedAnswers += results
+        }
+        #expect(batchedAnswers == answers, "refusals (EEXIST) inside a batch are answered and the batch still commits")
+        #expect(batched.fs.snapshot() == single.fs.snapshot())
+        #expect(try batched.reopened().snapshot() == batched.fs.snapshot(), "the database holds what memory holds")
+    }
+
+    @Test("a batch that cannot be committed (its disk is full) leaves nothing of itself, in memory or in the database",
+          .enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
+    func batchOnFullDisk() throws {
+        let directory = try TemporaryDirectory(prefix: "pvectl-full-batch")
+        let disk = directory.path + "/disk"
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        guard mount("tmpfs", disk, "tmpfs", 0, "size=2m") == 0 else {
+            Issue.record("cannot mount a tmpfs: \(String(cString: strerror(errno)))")
+            return
+        }
+        defer { umount2(disk, Int32(MNT_DETACH)) }
+        let stamp = Stamp(writer: 2, time: 1_700_000_100)
+        let fs = try ClusterFileSystem(databasePath: disk + "/config.db", node: "node1", clock: { 1_700_000_000 })
+        #expect(fs.apply(.create("/kept.cfg"), stamp: stamp, seenByKernel: false) == 0)
+        let before = fs.snapshot()
+        // The rest of the disk taken, so that the batch's commit (its WAL frames) finds no room.
+        #expect(FileManager.default.createFile(atPath: disk + "/filler", contents: nil))
+        let filler = try #require(FileHandle(forWritingAtPath: disk + "/filler"))
+        let chunk = Data(count: 64 * 1024)
+        while (try? filler.write(contentsOf: chunk)) != nil {}
+        try filler.close()
+        let big = [UInt8](repeating: 7, count: 512 * 1024)
+        let (results, committed) = fs.apply(batch: [
+            .init(.create("/a.cfg"), stamp: stamp, seenByKernel: false),
+            .init(.write("/a.cfg", offset: 0, data: big), stamp: stamp, seenByKernel: false),
+            .init(.create("/b.cfg"), stamp: stamp, seenByKernel: false),
+            .init(.write("/b.cfg", offset: 0, data: big), stamp: stamp, seenByKernel: false),
+        ])
+        #expect(!committed)
+        #expect(results == [-EIO, -EIO, -EIO, -EIO])
+        #expect(fs.snapshot() == before, "memory is back to the tree before the batch")
+        try FileManager.default.removeItem(atPath: disk + "/filler")
+        let reopened = try ClusterFileSystem(databasePath: disk + "/config.db", node: "node1", clock: { 1_700_000_000 })
+        #expect(reopened.snapshot() == before, "and so is the database")
+        #expect(fs.apply(.create("/after.cfg"), stamp: stamp, seenByKernel: false) == 0, "with room again, changes go on")
+    }
 }
