@@ -160,6 +160,8 @@ final class Database {
     /// One durable change: the rows to replace, the inodes to delete, and the
     /// new global version, in a single transaction (or in the open batch's, see `beginBatch`).
     func apply(replace rows: some Sequence<Row>, delete inodes: [UInt64], version: Row) throws {
+        // Begun and ended here rather than through `transaction`: a closure over the generic rows was not specialized,
+        // and the rows went through a run-time key path lookup each.
         let ownTransaction = !inBatch
         if ownTransaction { try step(begin) }
         do {
