@@ -544,7 +544,6 @@ public final class ClusterFileSystem: @unchecked Sendable {
             versionMTime = mtime
             return true
         } catch {
-            if database.inBatch { batchFailed = true }
             return false
         }
     }
@@ -694,7 +693,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard directory.type == .directory else { return (-ENOTDIR, nil, false) }
         guard let child = directory.children[name] else {
             // priv/lock's missing names are never remembered (a lock may appear from anywhere at any time).
-            let inLock = directory.name == "lock" && entries[directory.parent].map { $0.name == "priv" && $0.parent == Self.rootInode } == true
+            let inLock = directory.name == "lock" && directory.parentEntry.map { $0.name == "priv" && $0.parent == Self.rootInode } == true
             return (-ENOENT, nil, !collecting && !inLock)
         }
         guard let attributes = attributes(child) else { return (-ESTALE, nil, false) }
@@ -915,29 +914,19 @@ public final class ClusterFileSystem: @unchecked Sendable {
             } catch {
                 return failed
             }
-            batchFailed = false
-            var results: [Int32] = []
-            results.reserveCapacity(changes.count)
-            for change in changes where !batchFailed {
-                results.append(applyLocked(change.operation, stamp: change.stamp, seenByKernel: change.seenByKernel))
+            let results = changes.map { applyLocked($0.operation, stamp: $0.stamp, seenByKernel: $0.seenByKernel) }
+            do {
+                try database.commitBatch()
+                return (results, true)
+            } catch {
+                // Rolled back (a write of the batch or its commit failed): what memory applied is undone by reloading.
+                reloadFromDatabase()
+                return failed
             }
-            if !batchFailed {
-                do {
-                    try database.commitBatch()
-                    return (results, true)
-                } catch {}
-            } else {
-                database.rollbackBatch()
-            }
-            reloadFromDatabase()
-            return failed
         }
         flushInvalidation()
         return outcome
     }
-
-    /// A write of the open batch failed (its transaction holds part of a change): the batch is rolled back. Under `lock`.
-    private var batchFailed = false
 
     /// Under `lock`: the memory back to what the database holds, after a batch was rolled back. If even that cannot be
     /// read, the memory stays as it is: the resync that follows replaces both.
@@ -1155,7 +1144,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// Under `lock`: `entry` is at `parts`.
     private func remove(_ entry: Entry, parts: [String], directory: Bool, _ stamp: Stamp) -> Int32 {
-        guard let parent = entries[entry.parent] else { return -ENOENT }
+        guard let parent = entry.parentEntry else { return -ENOENT }
         if directory && entry.type != .directory { return -ENOTDIR }
         if !directory && entry.type == .directory { return -EISDIR }
         if directory && !entry.children.isEmpty { return -ENOTEMPTY }
@@ -1183,7 +1172,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard Self.isValidName(targetName) else { return -EINVAL }
         if isSpecial(source) || isSpecial(target) { return -EACCES }
         if isLockDirectory(source) || isLockDirectory(target) { return -EACCES }
-        guard let entry = resolve(source), let oldParent = entries[entry.parent] else { return -ENOENT }
+        guard let entry = resolve(source), let oldParent = entry.parentEntry else { return -ENOENT }
         guard let newParent = resolve(target.dropLast()) else { return -ENOENT }
         guard newParent.type == .directory else { return -ENOTDIR }
         if entry.type == .directory && !entry.children.isEmpty { return -EACCES }
@@ -1270,7 +1259,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// Under `lock`.
     private func removeLock(_ entry: Entry, _ change: Stamp) -> Int32 {
-        guard entry.children.isEmpty, let parent = entries[entry.parent] else { return 0 }
+        guard entry.children.isEmpty, let parent = entry.parentEntry else { return 0 }
         version += 1
         guard persist(replace: [], delete: [entry.inode], mtime: change.time) else {
             version -= 1

@@ -173,22 +173,25 @@ final class Database {
             try write(version)
             if ownTransaction { try step(commit) }
         } catch {
-            if ownTransaction { try? step(rollback) }
+            if ownTransaction { try? step(rollback) } else { batchFailed = true }
             throw error
         }
     }
 
-    /// Changes delivered together go into one transaction (group commit): `apply` joins it until `commitBatch` or
-    /// `rollbackBatch`. The commit is what costs (the WAL frames written), so several changes pay it once.
+    /// Changes delivered together go into one transaction (group commit): `apply` joins it until `commitBatch`. The
+    /// commit is what costs (the WAL frames written), so several changes pay it once.
     func beginBatch() throws {
         try step(begin)
         inBatch = true
+        batchFailed = false
     }
 
-    /// Commits the batch; when that fails, it is rolled back and the error thrown.
+    /// Commits the batch. When one of its writes failed (the transaction holds part of a change) or the commit fails,
+    /// it is rolled back instead and an error thrown.
     func commitBatch() throws {
         inBatch = false
         do {
+            guard !batchFailed else { throw SQLiteError(code: SQLITE_ABORT, message: "a write of the batch failed") }
             try step(commit)
         } catch {
             try? step(rollback)
@@ -196,10 +199,6 @@ final class Database {
         }
     }
 
-    func rollbackBatch() {
-        inBatch = false
-        try? step(rollback)
-    }
-
-    private(set) var inBatch = false
+    private var inBatch = false
+    private var batchFailed = false
 }

@@ -604,8 +604,7 @@ public final class Replicator: @unchecked Sendable {
         guard isQuorate else {
             // Without quorum the first is refused, which takes this node out of sync, and the others wait for the
             // resync, as if delivered after it.
-            apply(changes[0])
-            for change in changes.dropFirst() {
+            for change in changes {
                 let now: Bool = condition.withLock {
                     if !synced { queued.append(change) }
                     return synced
@@ -614,18 +613,12 @@ public final class Replicator: @unchecked Sendable {
             }
             return true
         }
-        let seen: [Bool] = condition.withLock { changes.map { $0.from == me && pending[$0.counter]?.seenByKernel == true } }
-        let batch = zip(changes, seen).map { change, seen in
-            ClusterFileSystem.DeliveredChange(change.operation, stamp: Stamp(writer: change.from.nodeID, time: change.time), seenByKernel: seen)
+        let batch: [ClusterFileSystem.DeliveredChange] = condition.withLock {
+            changes.map { .init($0.operation, stamp: Stamp(writer: $0.from.nodeID, time: $0.time), seenByKernel: cameThroughMount($0)) }
         }
         let (results, committed) = fileSystem.apply(batch: batch)
         if zip(changes, results).contains(where: { $1 >= 0 && $0.operation.touches("/corosync.conf") }) { installCorosyncConfig() }
-        condition.withLock {
-            for (change, result) in zip(changes, results) where change.from == me && pending[change.counter]?.isWaiting == true {
-                pending[change.counter]?.result = result
-            }
-            condition.broadcast()
-        }
+        answer(zip(changes, results))
         guard !committed else { return true }
         // The others applied these changes; this node could not make them durable and holds the tree from before them.
         condition.withLock { diverged = true }
@@ -634,8 +627,25 @@ public final class Replicator: @unchecked Sendable {
         return false
     }
 
+    /// Whether `change` is this node's and came through its mount (see `submit`); under `condition`.
+    private func cameThroughMount(_ change: Change) -> Bool {
+        change.from == me && pending[change.counter]?.seenByKernel == true
+    }
+
+    /// Hands this node's writers waiting for these changes their results.
+    private func answer(_ results: some Sequence<(Change, Int32)>) {
+        condition.withLock {
+            var answered = false
+            for (change, result) in results where change.from == me && pending[change.counter]?.isWaiting == true {
+                pending[change.counter]?.result = result
+                answered = true
+            }
+            if answered { condition.broadcast() }
+        }
+    }
+
     private func apply(_ change: Change) {
-        let seen = condition.withLock { change.from == me && pending[change.counter]?.seenByKernel == true }
+        let seen = condition.withLock { cameThroughMount(change) }
         let stamp = Stamp(writer: change.from.nodeID, time: change.time)
         let quorate = isQuorate
         if !quorate {
@@ -651,12 +661,7 @@ public final class Replicator: @unchecked Sendable {
         }
         let result = quorate ? fileSystem.apply(change.operation, stamp: stamp, seenByKernel: seen) : -EACCES
         if result >= 0, change.operation.touches("/corosync.conf") { installCorosyncConfig() }
-        condition.withLock {
-            if change.from == me, pending[change.counter]?.isWaiting == true {
-                pending[change.counter]?.result = result
-                condition.broadcast()
-            }
-        }
+        answer(CollectionOfOne((change, result)))
     }
 
     /// Copies the tree's corosync.conf to corosync's when its config_version is not lower (and the text differs), as
