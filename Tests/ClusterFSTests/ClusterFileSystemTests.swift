@@ -46,6 +46,9 @@ struct ClusterFileSystemTests {
         var info = stat()
         #expect(stat(db, &info) == 0)
         #expect(info.st_mode & 0o777 == 0o600)
+        // Made with 2 KiB pages (see Database.init): the page size sits in the file's header, bytes 16-17.
+        let header = try #require(FileHandle(forReadingAtPath: db)).readData(ofLength: 18)
+        #expect(header.count == 18 && Int(header[16]) << 8 | Int(header[17]) == 2048)
     }
 
     @Test("a read right after a change of a small file bypasses the page cache until the kernel has its attributes again")
