@@ -23,7 +23,7 @@ final class Entry {
     var nodeID: UInt64
     /// By name. The entries themselves, not their inodes: a path is resolved on every change, and an inode per name would
     /// be one more table lookup per name.
-    @exclusivity(unchecked) private(set) var children: [String: Entry] = [:]
+    @exclusivity(unchecked) private(set) var children: [EntryName: Entry] = [:]
     /// How many children are directories: a directory's link count, asked on every GETATTR of it (the kernel asks
     /// for the parent's attributes after each change in it), so it is kept instead of counted.
     private(set) var subdirectories = 0
@@ -51,13 +51,15 @@ final class Entry {
 
     func link(_ child: Entry) {
         child.parentEntry = self
-        children[child.name] = child
+        children[EntryName(child.name)] = child
         if child.type == .directory { subdirectories += 1 }
     }
 
     func unlink(_ child: Entry, name: String) {
-        if children.removeValue(forKey: name) != nil && child.type == .directory { subdirectories -= 1 }
+        if children.removeValue(forKey: EntryName(name)) != nil && child.type == .directory { subdirectories -= 1 }
     }
+
+    func child(named name: String) -> Entry? { children[EntryName(name)] }
 
     var row: Database.Row {
         Database.Row(inode: inode, parent: parent, version: version, writer: writer, mtime: mtime, type: type.rawValue, name: name, data: data)
@@ -78,20 +80,20 @@ public struct CacheInvalidation: Sendable, Equatable {
 /// for nothing: most of a receiving node's changes are to files its kernel never looked up). The count is raised
 /// before the answer is sent and lowered after the kernel forgot, so it never misses a node the kernel holds.
 public final class KernelNodeTable: Sendable {
-    private let lookups = Mutex<[UInt64: UInt64]>([:])
+    private let lookups = Mutex<[NumberKey: UInt64]>([:])
 
     public init() {}
 
     /// An answer naming `node` is about to be sent.
     public func learned(_ node: UInt64) {
-        lookups.withLock { $0[node, default: 0] += 1 }
+        lookups.withLock { $0[NumberKey(node), default: 0] += 1 }
     }
 
     /// The kernel dropped `count` of its references to `node`.
     public func forgot(_ node: UInt64, count: UInt64) {
         lookups.withLock { table in
-            guard let held = table[node] else { return }
-            table[node] = held > count ? held - count : nil
+            guard let held = table[NumberKey(node)] else { return }
+            table[NumberKey(node)] = held > count ? held - count : nil
         }
     }
 
@@ -111,8 +113,8 @@ public final class KernelNodeTable: Sendable {
         }
     }
 
-    private static func holds(_ node: UInt64, in table: [UInt64: UInt64]) -> Bool {
-        node == ClusterFileSystem.rootNodeID || table[node] != nil
+    private static func holds(_ node: UInt64, in table: [NumberKey: UInt64]) -> Bool {
+        node == ClusterFileSystem.rootNodeID || table[NumberKey(node)] != nil
     }
 }
 
@@ -148,7 +150,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     // those properties are @exclusivity(unchecked) (the checks showed in the
     // cost of every change).
     private let lock = NSLock()
-    @exclusivity(unchecked) private var entries: [UInt64: Entry] = [:]
+    @exclusivity(unchecked) private var entries: [NumberKey: Entry] = [:]
     /// `entries[rootInode]`, where every path starts.
     private var root = Entry(inode: ClusterFileSystem.rootInode, parent: ClusterFileSystem.rootInode, version: 0, writer: 0, mtime: 0,
                              type: .directory, name: "")
@@ -175,7 +177,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Change counters of the files `.version` reports (all 1 after startup).
     private var changeCounters: [String: UInt32] = [:]
     /// Node ids given to entries moved by another node's change (or by a sync): node id → inode.
-    @exclusivity(unchecked) private var movedNodes: [UInt64: UInt64] = [:]
+    @exclusivity(unchecked) private var movedNodes: [NumberKey: UInt64] = [:]
     private var nextMovedNode = ClusterFileSystem.movedNodeBase
     /// Cluster mode: what the change being applied made stale in the kernel's caches (collected under `lock`).
     @exclusivity(unchecked) private var pendingInvalidation = CacheInvalidation()
@@ -270,7 +272,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// The tree from database rows (row 0 is `__version__`); duplicate names and missing parents are refused.
     private func load(_ rows: [Database.Row]) throws {
         let root = Entry(inode: Self.rootInode, parent: Self.rootInode, version: 0, writer: 0, mtime: startTime, type: .directory, name: "")
-        var loaded: [UInt64: Entry] = [Self.rootInode: root]
+        var loaded: [NumberKey: Entry] = [NumberKey(Self.rootInode): root]
         var loadedVersion: UInt64 = 1
         for row in rows where row.inode == Self.rootInode {
             loadedVersion = row.version
@@ -278,14 +280,14 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
         for row in rows where row.inode != Self.rootInode {
             guard let type = EntryType(rawValue: row.type) else { throw StartupError(description: "inode \(row.inode): unknown type \(row.type)") }
-            loaded[row.inode] = Entry(inode: row.inode, parent: row.parent, version: row.version, writer: row.writer,
+            loaded[NumberKey(row.inode)] = Entry(inode: row.inode, parent: row.parent, version: row.version, writer: row.writer,
                                       mtime: row.mtime, type: type, name: row.name, data: row.data)
         }
         for entry in loaded.values where entry.inode != Self.rootInode {
-            guard let parent = loaded[entry.parent], parent.type == .directory else {
+            guard let parent = loaded[NumberKey(entry.parent)], parent.type == .directory else {
                 throw StartupError(description: "inode \(entry.inode) (\(entry.name)): missing parent \(entry.parent)")
             }
-            if parent.children[entry.name] != nil {
+            if parent.child(named: entry.name) != nil {
                 throw StartupError(description: "duplicate name '\(entry.name)' in directory inode \(entry.parent)")
             }
             parent.link(entry)
@@ -347,7 +349,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// Under `lock`, after the tree was loaded anew (`previous`: the entries before): locks, `.version`'s counters and
     /// the guest list follow it.
-    private func treeReplaced(previous: [UInt64: Entry]) {
+    private func treeReplaced(previous: [NumberKey: Entry]) {
         rememberLocks()
         for file in Self.trackedFiles { changeCounters[file, default: 0] &+= 1 }
         vmlistVersion &+= 1
@@ -428,7 +430,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     private func resolve(_ parts: some Sequence<String>) -> Entry? {
         var current = root
         for part in parts {
-            guard current.type == .directory, let child = current.children[part] else { return nil }
+            guard current.type == .directory, let child = current.child(named: part) else { return nil }
             current = child
         }
         return current
@@ -469,11 +471,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
     private func scanGuests() -> [Int: (node: String, type: String)] {
         var result: [Int: (String, String)] = [:]
         guard let nodes = resolve(["nodes"]) else { return [:] }
-        for (nodeName, nodeEntry) in nodes.children {
+        for nodeEntry in nodes.children.values {
+            let nodeName = nodeEntry.name
             for (directory, type) in Self.guestDirectories {
-                guard let dir = nodeEntry.children[directory] else { continue }
-                for (name, entry) in dir.children {
-                    guard let config = guestConfig(["nodes", nodeName, directory, name]), entry.type == .file else { continue }
+                guard let dir = nodeEntry.child(named: directory) else { continue }
+                for entry in dir.children.values {
+                    guard let config = guestConfig(["nodes", nodeName, directory, entry.name]), entry.type == .file else { continue }
                     result[config.vmid] = (nodeName, type)
                 }
             }
@@ -644,8 +647,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// moved it, a sync replaced the tree) is stale: the mount answers ESTALE and the kernel looks the path up again.
     /// Under `lock`; tree entries only (not the status files and symlinks).
     private func entry(ofNode node: UInt64) -> Entry? {
-        let inode = node >= Self.movedNodeBase ? movedNodes[node] : node - 1
-        guard let inode, let entry = entries[inode], entry.nodeID == node else { return nil }
+        let inode = node >= Self.movedNodeBase ? movedNodes[NumberKey(node)] : node - 1
+        guard let inode, let entry = entries[NumberKey(inode)], entry.nodeID == node else { return nil }
         return entry
     }
 
@@ -691,7 +694,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         defer { lock.unlock() }
         guard let directory = entry(ofNode: parent) else { return (-ESTALE, nil, false) }
         guard directory.type == .directory else { return (-ENOTDIR, nil, false) }
-        guard let child = directory.children[name] else {
+        guard let child = directory.child(named: name) else {
             // priv/lock's missing names are never remembered (a lock may appear from anywhere at any time).
             let inLock = directory.name == "lock" && directory.parentEntry.map { $0.name == "priv" && $0.parent == Self.rootInode } == true
             return (-ENOENT, nil, !collecting && !inLock)
@@ -755,7 +758,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     private func childNames(_ parts: [String]) -> (Int32, [String]) {
         guard let entry = resolve(parts) else { return (-ENOENT, []) }
         guard entry.type == .directory else { return (-ENOTDIR, []) }
-        var names = entry.children.keys.sorted()
+        var names = entry.children.values.map(\.name).sorted()
         if parts.isEmpty { names += Self.statusFiles + Self.symlinkNames }
         return (0, names)
     }
@@ -818,27 +821,27 @@ public final class ClusterFileSystem: @unchecked Sendable {
     private func stale(_ entry: Entry, contents: Bool = false) {
         guard collecting else { return }
         if !kernelSawChange { pendingInvalidation.attributes.insert(entry.nodeID) }
-        if contents && (!kernelSawChange || pagesMayBeCached.contains(entry.nodeID)) { pendingInvalidation.contents.insert(entry.nodeID) }
+        if contents && (!kernelSawChange || pagesMayBeCached.contains(NumberKey(entry.nodeID))) { pendingInvalidation.contents.insert(entry.nodeID) }
     }
 
     /// Whether the change being applied came through this mount (see `apply`); under `lock`.
     @exclusivity(unchecked) private var kernelSawChange = true
     /// Node ids opened for reading through the page cache (cluster mode): only these can hold pages a write of this
     /// node's leaves stale.
-    @exclusivity(unchecked) private var pagesMayBeCached: Set<UInt64> = []
+    @exclusivity(unchecked) private var pagesMayBeCached: Set<NumberKey> = []
 
     /// The mount opens `node` for reading with the page cache kept.
     public func notePagesCached(_ node: UInt64) {
         lock.withLock {
-            if collecting { pagesMayBeCached.insert(node) }
+            if collecting { pagesMayBeCached.insert(NumberKey(node)) }
         }
     }
 
     /// Gives an entry a fresh node id (its old one reads as stale); under `lock`.
     private func renumber(_ entry: Entry) {
-        if entry.nodeID >= Self.movedNodeBase { movedNodes[entry.nodeID] = nil }
+        if entry.nodeID >= Self.movedNodeBase { movedNodes[NumberKey(entry.nodeID)] = nil }
         entry.nodeID = nextMovedNode
-        movedNodes[nextMovedNode] = entry.inode
+        movedNodes[NumberKey(nextMovedNode)] = entry.inode
         nextMovedNode += 1
     }
 
@@ -982,7 +985,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard let parent = entry(ofNode: node), let directory = components(of: parent) else { return (-ESTALE, nil) }
         let parts = directory + [name]
         let result = createEntry(parts, in: parent, type: .file, Stamp(writer: 0, time: now()))
-        guard result == 0, let child = parent.children[name] else { return (result, nil) }
+        guard result == 0, let child = parent.child(named: name) else { return (result, nil) }
         return (0, attributes(child, parts: parts))
     }
 
@@ -991,7 +994,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let name = parts[parts.count - 1]
         guard Self.isValidName(name) else { return -EINVAL }
         guard parent.type == .directory else { return -ENOTDIR }
-        if parent.children[name] != nil { return -EEXIST }
+        if parent.child(named: name) != nil { return -EEXIST }
         if type == .file {
             // Locks are directories; priv/lock holds nothing else.
             let directory = parts.dropLast()
@@ -1004,7 +1007,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             recordChange(parts)
             registerGuest(parts)
         }
-        if result == 0, isLockDirectory(parts), let entry = parent.children[name] { sawLock(entry) }
+        if result == 0, isLockDirectory(parts), let entry = parent.child(named: name) { sawLock(entry) }
         return result
     }
 
@@ -1016,7 +1019,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
             version -= 1
             return -EIO
         }
-        entries[entry.inode] = entry
+        entries[NumberKey(entry.inode)] = entry
         parent.link(entry)
         stale(parent)
         return 0
@@ -1025,9 +1028,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// Drops a removed entry; its node id reads as stale from now on. Under `lock`.
     private func forget(_ entry: Entry) {
         stale(entry, contents: entry.type == .file)
-        pagesMayBeCached.remove(entry.nodeID)
-        entries[entry.inode] = nil
-        if entry.nodeID >= Self.movedNodeBase { movedNodes[entry.nodeID] = nil }
+        pagesMayBeCached.remove(NumberKey(entry.nodeID))
+        entries[NumberKey(entry.inode)] = nil
+        if entry.nodeID >= Self.movedNodeBase { movedNodes[NumberKey(entry.nodeID)] = nil }
     }
 
     public func write(_ path: String, bytes: UnsafeRawBufferPointer, offset: Int) -> Int32 {
@@ -1138,7 +1141,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let parent = entry(ofNode: node), let parentParts = components(of: parent) else { return -ESTALE }
-        guard parent.type == .directory, let entry = parent.children[name] else { return -ENOENT }
+        guard parent.type == .directory, let entry = parent.child(named: name) else { return -ENOENT }
         return remove(entry, parts: parentParts + [name], directory: directory, Stamp(writer: 0, time: now()))
     }
 
@@ -1178,7 +1181,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         if entry.type == .directory && !entry.children.isEmpty { return -EACCES }
         if target.starts(with: source) && target.count > source.count { return -EINVAL }
         var replaced: Entry?
-        if let existing = newParent.children[targetName] {
+        if let existing = newParent.child(named: targetName) {
             if existing.inode == entry.inode { return 0 }
             if existing.type == .directory && entry.type != .directory { return -EISDIR }
             if existing.type != .directory && entry.type == .directory { return -ENOTDIR }
@@ -1329,8 +1332,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
             return
         }
         var seen: [String: (time: UInt32, digest: [UInt8])] = [:]
-        for (name, entry) in directory.children {
+        for entry in directory.children.values {
             guard entry.type == .directory else { continue }
+            let name = entry.name
             let current = digest(of: entry)
             seen[name] = lockSeen[name].flatMap { $0.digest == current ? $0 : nil } ?? (now(), current)
         }

@@ -49,7 +49,7 @@ public final class Replicator: @unchecked Sendable {
     @exclusivity(unchecked) private var counter: UInt64 = 0
     /// This node's changes sent and not yet answered, by id: the result once applied (`Int32.min` until then), and
     /// whether the change came through this node's mount (one table, one lookup per delivery).
-    @exclusivity(unchecked) private var pending: [UInt64: PendingChange] = [:]
+    @exclusivity(unchecked) private var pending: [NumberKey: PendingChange] = [:]
 
     private struct PendingChange {
         var result = Int32.min
@@ -271,7 +271,7 @@ public final class Replicator: @unchecked Sendable {
         oldQuorum?.stop()
         condition.withLock {
             synced = true
-            for id in pending.keys where pending[id]?.isWaiting == true { pending[id]?.result = -EBUSY }
+            for key in pending.keys where pending[key]?.isWaiting == true { pending[key]?.result = -EBUSY }
             condition.broadcast()
         }
     }
@@ -313,26 +313,27 @@ public final class Replicator: @unchecked Sendable {
         }
         counter += 1
         let id = counter
-        pending[id] = PendingChange(seenByKernel: throughMount)
+        let key = NumberKey(id)
+        pending[key] = PendingChange(seenByKernel: throughMount)
         let message = changeMessage(id: id, operation)
         condition.unlock()
         do {
             try connection.withLock({ group })?.multicast(message)
         } catch {
-            condition.withLock { pending[id] = nil }
+            condition.withLock { pending[key] = nil }
             log("cannot send a change: \(error)")
             return -EBUSY
         }
         condition.lock()
         defer { condition.unlock() }
-        while pending[id]?.isWaiting == true {
-            guard condition.wait(until: deadline) || pending[id]?.isWaiting != true else {
+        while pending[key]?.isWaiting == true {
+            guard condition.wait(until: deadline) || pending[key]?.isWaiting != true else {
                 // Still delivered later, it then counts as a change the kernel did not see (caches invalidated).
-                pending[id] = nil
+                pending[key] = nil
                 return -EBUSY
             }
         }
-        return pending.removeValue(forKey: id)?.result ?? -EBUSY
+        return pending.removeValue(forKey: key)?.result ?? -EBUSY
     }
 
     /// Asks the lowest node to release the lock at `path` if it is expired (not waiting: a caller polls for the lock to
@@ -418,8 +419,8 @@ public final class Replicator: @unchecked Sendable {
             // Changes queued in an earlier view are either in the next leader's tree (a member that was in sync applied
             // them) or applied nowhere: applying them after taking the leader's tree would apply them twice. Their
             // writers learn nothing certain (EBUSY, as a timeout).
-            for change in queued where change.from == me && pending[change.counter]?.isWaiting == true {
-                pending[change.counter] = PendingChange(result: -EBUSY, seenByKernel: false)
+            for change in queued where change.from == me && pending[NumberKey(change.counter)]?.isWaiting == true {
+                pending[NumberKey(change.counter)] = PendingChange(result: -EBUSY, seenByKernel: false)
             }
             queued = []
             condition.broadcast()
@@ -629,15 +630,15 @@ public final class Replicator: @unchecked Sendable {
 
     /// Whether `change` is this node's and came through its mount (see `submit`); under `condition`.
     private func cameThroughMount(_ change: Change) -> Bool {
-        change.from == me && pending[change.counter]?.seenByKernel == true
+        change.from == me && pending[NumberKey(change.counter)]?.seenByKernel == true
     }
 
     /// Hands this node's writers waiting for these changes their results.
     private func answer(_ results: some Sequence<(Change, Int32)>) {
         condition.withLock {
             var answered = false
-            for (change, result) in results where change.from == me && pending[change.counter]?.isWaiting == true {
-                pending[change.counter]?.result = result
+            for (change, result) in results where change.from == me && pending[NumberKey(change.counter)]?.isWaiting == true {
+                pending[NumberKey(change.counter)]?.result = result
                 answered = true
             }
             if answered { condition.broadcast() }

@@ -109,7 +109,8 @@ struct ClusterFileSystemTests {
 
     @Test("a corrupt tree is refused at startup: a missing parent; directories that are each other's parent",
           arguments: [["INSERT INTO tree VALUES (999, 12345, 999, 0, 0, 8, 'orphan', x'00')"],
-                      ["INSERT INTO tree VALUES (998, 999, 998, 0, 0, 4, 'a', NULL)", "INSERT INTO tree VALUES (999, 998, 999, 0, 0, 4, 'b', NULL)"]])
+                      ["INSERT INTO tree VALUES (998, 999, 998, 0, 0, 4, 'a', NULL)",
+                       "INSERT INTO tree VALUES (999, 998, 999, 0, 0, 4, 'b', NULL)"]])
     func corruptTree(rows: [String]) throws {
         let directory = try TemporaryDirectory()
         let db = directory.path + "/config.db"
@@ -176,6 +177,33 @@ struct ClusterFileSystemTests {
         #expect(fs.rename("/a", "/full") == -EISDIR)
     }
 
+
+    @Test("names are bytes: one name precomposed and decomposed is two files, as on every Linux file system")
+    func namesAreBytes() throws {
+        let directory = try TemporaryDirectory()
+        let database = directory.path + "/config.db"
+        let precomposed = "/caf\u{E9}.cfg", decomposed = "/cafe\u{301}.cfg"
+        // Swift's String calls these two equal (canonical equivalence); the kernel and the original do not.
+        #expect(precomposed == decomposed && Array(precomposed.utf8) != Array(decomposed.utf8))
+        do {
+            let fs = try ClusterFileSystem(databasePath: database, node: "pve1")
+            #expect(fs.create(precomposed) == 0)
+            #expect(fs.create(decomposed) == 0)
+            #expect(write(fs, precomposed, "one") == 0)
+            #expect(write(fs, decomposed, "two") == 0)
+            #expect(content(fs, precomposed) == "one")
+            #expect(fs.rename(decomposed, "/other.cfg") == 0)
+            #expect(content(fs, precomposed) == "one")
+            #expect(fs.rename("/other.cfg", decomposed) == 0)
+        }
+        let reopened = try ClusterFileSystem(databasePath: database, node: "pve1")
+        let names = reopened.readdir("/").1.filter { $0.hasSuffix(".cfg") }.map { Array($0.utf8) }
+        #expect(Set(names) == [Array(precomposed.dropFirst().utf8), Array(decomposed.dropFirst().utf8)])
+        #expect(content(reopened, decomposed) == "two")
+        #expect(reopened.unlink(precomposed) == 0)
+        #expect(content(reopened, decomposed) == "two")
+        #expect(reopened.getattr(precomposed).0 == -ENOENT)
+    }
     @Test("locks are directories under priv/lock, released on request only after 120 s")
     func locks() throws {
         let directory = try TemporaryDirectory()
