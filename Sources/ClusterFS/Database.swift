@@ -43,9 +43,6 @@ final class Database {
         // (instructions counted with callgrind); 1 KiB pages needed more pages per change and gained less.
         try execute("PRAGMA page_size=2048")
         try execute("PRAGMA journal_mode=WAL")
-        // Checkpoint (and sync) when the WAL holds about 4 MB, as the original does: SQLite's default is a count of
-        // pages, 1000, which with 2 KiB pages would checkpoint twice as often.
-        try execute("PRAGMA wal_autocheckpoint=\(4 << 20 / max(512, try integerPragma("page_size")))")
         try execute("PRAGMA synchronous=NORMAL")
         try execute("""
             CREATE TABLE IF NOT EXISTS tree (
@@ -78,17 +75,6 @@ final class Database {
 
     private func execute(_ sql: String) throws {
         try check(sqlite3_exec(handle, sql, nil, nil, nil))
-    }
-
-    private func integerPragma(_ name: String) throws -> Int {
-        let statement = try prepare("PRAGMA \(name)")
-        defer { sqlite3_finalize(statement) }
-        let code = sqlite3_step(statement)
-        guard code == SQLITE_ROW else {
-            try check(code)
-            throw SQLiteError(code: code, message: "PRAGMA \(name) returned no value")
-        }
-        return Int(sqlite3_column_int64(statement, 0))
     }
 
     private func prepare(_ sql: String) throws -> OpaquePointer? {
