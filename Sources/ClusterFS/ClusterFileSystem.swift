@@ -281,7 +281,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         for row in rows where row.inode != Self.rootInode {
             guard let type = EntryType(rawValue: row.type) else { throw StartupError(description: "inode \(row.inode): unknown type \(row.type)") }
             loaded[NumberKey(row.inode)] = Entry(inode: row.inode, parent: row.parent, version: row.version, writer: row.writer,
-                                      mtime: row.mtime, type: type, name: row.name, data: row.data)
+                                                 mtime: row.mtime, type: type, name: row.name, data: row.data)
         }
         for entry in loaded.values where entry.inode != Self.rootInode {
             guard let parent = loaded[NumberKey(entry.parent)], parent.type == .directory else {
@@ -758,7 +758,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
     private func childNames(_ parts: [String]) -> (Int32, [String]) {
         guard let entry = resolve(parts) else { return (-ENOENT, []) }
         guard entry.type == .directory else { return (-ENOTDIR, []) }
-        var names = entry.children.values.map(\.name).sorted()
+        // By bytes: a String order calls a name precomposed and decomposed equal, and their order could then change
+        // between two READDIR calls that continue one listing by index.
+        var names = entry.children.values.map(\.name).sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
         if parts.isEmpty { names += Self.statusFiles + Self.symlinkNames }
         return (0, names)
     }
@@ -1179,7 +1181,12 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard let newParent = resolve(target.dropLast()) else { return -ENOENT }
         guard newParent.type == .directory else { return -ENOTDIR }
         if entry.type == .directory && !entry.children.isEmpty { return -EACCES }
-        if target.starts(with: source) && target.count > source.count { return -EINVAL }
+        // Into itself: by identity up the new parent's chain (names compare as bytes, paths as Strings would not).
+        var ancestor: Entry? = newParent
+        while let current = ancestor, current !== root {
+            if current === entry { return -EINVAL }
+            ancestor = current.parentEntry
+        }
         var replaced: Entry?
         if let existing = newParent.child(named: targetName) {
             if existing.inode == entry.inode { return 0 }
@@ -1271,7 +1278,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         parent.unlink(entry, name: entry.name)
         forget(entry)
         stale(parent)
-        lockSeen[entry.name] = nil
+        lockSeen[EntryName(entry.name)] = nil
         return 0
     }
 
@@ -1280,7 +1287,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     /// When this node first saw each lock (by name under priv/lock; its own clock) and the lock's digest then: a lock
     /// is expired once it stayed the same entry for longer than the expiry, as seen here. Any change to the entry
     /// starts it again.
-    private var lockSeen: [String: (time: UInt32, digest: [UInt8])] = [:]
+    private var lockSeen: [EntryName: (time: UInt32, digest: [UInt8])] = [:]
 
     /// The lock directory at `path`, nil when there is none; under `lock`.
     private func lockEntry(_ path: String) -> Entry? {
@@ -1290,7 +1297,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
     }
 
     /// A lock made or refreshed: first seen now, as it is; under `lock`.
-    private func sawLock(_ entry: Entry) { lockSeen[entry.name] = (now(), digest(of: entry)) }
+    private func sawLock(_ entry: Entry) { lockSeen[EntryName(entry.name)] = (now(), digest(of: entry)) }
 
     /// A lock entry's identity: a refresh (mtime, writer, version) or a new lock of the same name differs.
     private func digest(of entry: Entry) -> [UInt8] {
@@ -1304,9 +1311,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     /// Under `lock`; records the lock when first seen (or seen changed).
     private func lockExpired(_ entry: Entry) -> Bool {
-        let current = digest(of: entry), time = now()
-        guard let seen = lockSeen[entry.name], seen.digest == current else {
-            lockSeen[entry.name] = (time, current)
+        let current = digest(of: entry), time = now(), name = EntryName(entry.name)
+        guard let seen = lockSeen[name], seen.digest == current else {
+            lockSeen[name] = (time, current)
             return false
         }
         return time > seen.time && time - seen.time > lockTimeout
@@ -1331,10 +1338,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
             lockSeen = [:]
             return
         }
-        var seen: [String: (time: UInt32, digest: [UInt8])] = [:]
-        for entry in directory.children.values {
-            guard entry.type == .directory else { continue }
-            let name = entry.name
+        var seen: [EntryName: (time: UInt32, digest: [UInt8])] = [:]
+        for (name, entry) in directory.children where entry.type == .directory {
             let current = digest(of: entry)
             seen[name] = lockSeen[name].flatMap { $0.digest == current ? $0 : nil } ?? (now(), current)
         }

@@ -47,10 +47,19 @@ public enum FUSEMount {
         attributes.cacheable ? cacheTimeout : 0
     }
 
-    /// The path of a child name under a directory node.
-    private static func childPath(_ fs: ClusterFileSystem, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) -> String? {
-        guard let directory = fs.path(ofNode: UInt64(parent)), let name else { return nil }
-        return ClusterFileSystem.childPath(directory, String(cString: name))
+    /// A name the kernel sends, if it is UTF-8. Names are kept, compared and replicated as strings, and decoding other
+    /// bytes would repair them (each bad byte becoming U+FFFD): two different names would be one. They are refused.
+    private static func name(_ raw: UnsafePointer<CChar>) -> String? {
+        String(validatingCString: raw)
+    }
+
+    /// The path of a child name under a directory node, or the error to answer: EILSEQ for a name that is not UTF-8,
+    /// ESTALE for a directory node that names nothing any more.
+    private static func childPath(_ fs: ClusterFileSystem, _ parent: fuse_ino_t, _ raw: UnsafePointer<CChar>?) -> (String?, Int32) {
+        guard let raw else { return (nil, -EINVAL) }
+        guard let name = name(raw) else { return (nil, -EILSEQ) }
+        guard let directory = fs.path(ofNode: UInt64(parent)) else { return (nil, -ESTALE) }
+        return (ClusterFileSystem.childPath(directory, name), 0)
     }
 
     /// What LOOKUP, MKNOD, MKDIR and CREATE answer for an entry.
@@ -91,8 +100,9 @@ public enum FUSEMount {
             connection?.pointee.want &= ~UInt32(FUSE_CAP_AUTO_INVAL_DATA)
         }
         operations.lookup = { request, parent, name in
-            guard let name else { return FUSEMount.replyResult(request, -ENOENT) }
-            let (result, attributes, cacheMissing) = FUSEMount.fileSystem(request).lookup(parent: UInt64(parent), name: String(cString: name))
+            // A name that is not UTF-8 cannot have been made here.
+            guard let raw = name, let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -ENOENT) }
+            let (result, attributes, cacheMissing) = FUSEMount.fileSystem(request).lookup(parent: UInt64(parent), name: name)
             if result == -ENOENT {
                 // A negative entry: the kernel remembers the name is missing (when it may).
                 var entry = fuse_entry_param()
@@ -154,7 +164,8 @@ public enum FUSEMount {
         }
         operations.mknod = { request, parent, name, mode, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ESTALE) }
+            let (path, error) = FUSEMount.childPath(fs, parent, name)
+            guard let path else { return FUSEMount.replyResult(request, error) }
             guard mode & S_IFMT == S_IFREG else { return FUSEMount.replyResult(request, -EPERM) }
             let result = fs.create(path)
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
@@ -162,28 +173,30 @@ public enum FUSEMount {
         }
         operations.mkdir = { request, parent, name, _ in
             let fs = FUSEMount.fileSystem(request)
-            guard let path = FUSEMount.childPath(fs, parent, name) else { return FUSEMount.replyResult(request, -ESTALE) }
+            let (path, error) = FUSEMount.childPath(fs, parent, name)
+            guard let path else { return FUSEMount.replyResult(request, error) }
             let result = fs.mkdir(path)
             guard result == 0 else { return FUSEMount.replyResult(request, result) }
             FUSEMount.replyEntry(request, fs, path: path)
         }
         operations.unlink = { request, parent, name in
-            guard let name else { return FUSEMount.replyResult(request, -EINVAL) }
+            guard let raw = name else { return FUSEMount.replyResult(request, -EINVAL) }
+            guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -ENOENT) }
             let fs = FUSEMount.fileSystem(request)
-            FUSEMount.replyResult(request, fs.remove(parent: UInt64(parent), name: String(cString: name), directory: false))
+            FUSEMount.replyResult(request, fs.remove(parent: UInt64(parent), name: name, directory: false))
         }
         operations.rmdir = { request, parent, name in
-            guard let name else { return FUSEMount.replyResult(request, -EINVAL) }
+            guard let raw = name else { return FUSEMount.replyResult(request, -EINVAL) }
+            guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -ENOENT) }
             let fs = FUSEMount.fileSystem(request)
-            FUSEMount.replyResult(request, fs.remove(parent: UInt64(parent), name: String(cString: name), directory: true))
+            FUSEMount.replyResult(request, fs.remove(parent: UInt64(parent), name: name, directory: true))
         }
         operations.rename = { request, parent, name, newParent, newName, flags in
             // RENAME_EXCHANGE and RENAME_NOREPLACE are not part of the original's semantics.
             if flags != 0 { return FUSEMount.replyResult(request, -EINVAL) }
             let fs = FUSEMount.fileSystem(request)
-            guard let from = FUSEMount.childPath(fs, parent, name), let to = FUSEMount.childPath(fs, newParent, newName) else {
-                return FUSEMount.replyResult(request, -ESTALE)
-            }
+            let (from, fromError) = FUSEMount.childPath(fs, parent, name), (to, toError) = FUSEMount.childPath(fs, newParent, newName)
+            guard let from, let to else { return FUSEMount.replyResult(request, from == nil ? fromError : toError) }
             FUSEMount.replyResult(request, fs.rename(from, to))
         }
         operations.link = { request, _, _, _ in FUSEMount.replyResult(request, -EPERM) }
@@ -215,8 +228,9 @@ public enum FUSEMount {
         }
         operations.create = { request, parent, name, _, info in
             let fs = FUSEMount.fileSystem(request)
-            guard let name, let info else { return FUSEMount.replyResult(request, -EINVAL) }
-            let (result, attributes) = fs.create(parent: UInt64(parent), name: String(cString: name))
+            guard let raw = name, let info else { return FUSEMount.replyResult(request, -EINVAL) }
+            guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -EILSEQ) }
+            let (result, attributes) = fs.create(parent: UInt64(parent), name: name)
             guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
             var entry = FUSEMount.entryParameters(attributes)
             if fs.isClusterMode && info.pointee.flags & O_ACCMODE != O_RDONLY {

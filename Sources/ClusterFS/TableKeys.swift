@@ -12,7 +12,8 @@ struct NumberKey: Hashable {
 
     func hash(into hasher: inout Hasher) { hasher.combine(value) }
 
-    /// What Dictionary and Set call for a bucket (the per-table seed keeps the iteration order per table).
+    /// What Dictionary and Set bucket by (not `hash(into:)`). The seed differs per table and per size; it must go into
+    /// the mix, or copying one table into another of a different size turns quadratic.
     func _rawHashValue(seed: Int) -> Int {
         var mixed = value ^ UInt64(bitPattern: Int64(seed))
         mixed ^= mixed >> 33
@@ -20,7 +21,7 @@ struct NumberKey: Hashable {
         mixed ^= mixed >> 33
         mixed &*= 0xc4ce_b9fe_1a85_ec53
         mixed ^= mixed >> 33
-        return Int(bitPattern: UInt(mixed))
+        return Int(truncatingIfNeeded: mixed)
     }
 }
 
@@ -28,7 +29,8 @@ struct NumberKey: Hashable {
 /// original compare names (a String compares by canonical equivalence, so "café" precomposed and decomposed were one
 /// name: the second could not be created and opened the first). Hashed by FNV-1a over the bytes once, when the key is
 /// made, then mixed as `NumberKey` is, in place of SipHash: names are looked up several times per change, and a table
-/// rehashes its keys when it deletes or grows.
+/// rehashes its keys when it deletes or grows. Names are chosen by whoever may write /etc/pve, so FNV starts from a
+/// basis drawn per process: names that collide in one daemon do not in another.
 struct EntryName: Hashable {
     let string: String
     private let bytesHash: UInt64
@@ -37,9 +39,11 @@ struct EntryName: Hashable {
         var bytes = string
         self.string = string
         bytesHash = bytes.withUTF8 { utf8 in
-            utf8.reduce(0xcbf2_9ce4_8422_2325 as UInt64) { hash, byte in (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+            utf8.reduce(Self.basis) { hash, byte in (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
         }
     }
+
+    private static let basis = UInt64.random(in: 1...UInt64.max)
 
     static func == (left: EntryName, right: EntryName) -> Bool {
         guard left.bytesHash == right.bytesHash else { return false }

@@ -177,8 +177,7 @@ struct ClusterFileSystemTests {
         #expect(fs.rename("/a", "/full") == -EISDIR)
     }
 
-
-    @Test("names are bytes: one name precomposed and decomposed is two files, as on every Linux file system")
+    @Test("names are bytes: one name precomposed and decomposed is two files, as on every Linux file system and in the original")
     func namesAreBytes() throws {
         let directory = try TemporaryDirectory()
         let database = directory.path + "/config.db"
@@ -204,6 +203,7 @@ struct ClusterFileSystemTests {
         #expect(content(reopened, decomposed) == "two")
         #expect(reopened.getattr(precomposed).0 == -ENOENT)
     }
+
     @Test("locks are directories under priv/lock, released on request only after 120 s")
     func locks() throws {
         let directory = try TemporaryDirectory()
@@ -224,6 +224,12 @@ struct ClusterFileSystemTests {
         #expect(fs.utimens("/priv/lock/ha_agent_pve1_lock", mtime: 0) == 0)
         #expect(fs.getattr("/priv/lock/ha_agent_pve1_lock").0 == -ENOENT, "an expired lock goes on request")
         #expect(fs.mkdir("/priv/lock/ha_agent_pve1_lock") == 0)
+        // Two locks whose names differ in their bytes only (precomposed, decomposed) keep a clock each.
+        let precomposed = "/priv/lock/caf\u{E9}", decomposed = "/priv/lock/cafe\u{301}"
+        #expect(fs.mkdir(precomposed) == 0 && fs.mkdir(decomposed) == 0)
+        clock.advance(121)
+        #expect(fs.utimens(precomposed, mtime: 0) == 0 && fs.utimens(decomposed, mtime: 0) == 0)
+        #expect(fs.getattr(precomposed).0 == -ENOENT && fs.getattr(decomposed).0 == -ENOENT, "both expired")
     }
 
     @Test("VMIDs are unique across nodes and types; moving a guest between nodes is allowed")

@@ -89,6 +89,18 @@ struct MountTests {
         #expect(mkdir(daemon.path("priv/lock/storage-local"), 0o755) == 0)
         let names = try FileManager.default.contentsOfDirectory(atPath: daemon.path("priv/lock"))
         #expect(names == ["storage-local"])
+
+        // Names are bytes: one name precomposed and decomposed is two files. A name that is not UTF-8 is refused (it
+        // would be decoded into another one).
+        #expect(writeFile(daemon.path("caf\u{E9}"), "one") == 0 && writeFile(daemon.path("cafe\u{301}"), "two") == 0)
+        #expect(readFile(daemon.path("caf\u{E9}")) == "one" && readFile(daemon.path("cafe\u{301}")) == "two")
+        let notUTF8 = Array(daemon.path("caf").utf8CString.dropLast()).map(UInt8.init(bitPattern:)) + [0xE9, 0]
+        let refused = notUTF8.withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_CREAT | O_WRONLY, 0o640) }
+        }
+        #expect(refused == -1 && errno == EILSEQ)
+        #expect(notUTF8.withUnsafeBufferPointer { bytes in bytes.withMemoryRebound(to: CChar.self) { access($0.baseAddress!, F_OK) } } == -1
+                && errno == ENOENT)
     }
 
     @Test("reads right after a write (direct) and later ones (page cache) see every change, of any size and offset")
