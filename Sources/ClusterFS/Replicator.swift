@@ -419,8 +419,8 @@ public final class Replicator: @unchecked Sendable {
             // Changes queued in an earlier view are either in the next leader's tree (a member that was in sync applied
             // them) or applied nowhere: applying them after taking the leader's tree would apply them twice. Their
             // writers learn nothing certain (EBUSY, as a timeout).
-            for change in queued where change.from == me && pending[NumberKey(change.counter)]?.isWaiting == true {
-                pending[NumberKey(change.counter)] = PendingChange(result: -EBUSY, seenByKernel: false)
+            for change in queued {
+                if let key = waitingWriter(of: change) { pending[key] = PendingChange(result: -EBUSY, seenByKernel: false) }
             }
             queued = []
             condition.broadcast()
@@ -633,12 +633,19 @@ public final class Replicator: @unchecked Sendable {
         change.from == me && pending[NumberKey(change.counter)]?.seenByKernel == true
     }
 
+    /// The pending-table key of the writer on this node still waiting for `change`, if there is one; under `condition`.
+    private func waitingWriter(of change: Change) -> NumberKey? {
+        let key = NumberKey(change.counter)
+        return change.from == me && pending[key]?.isWaiting == true ? key : nil
+    }
+
     /// Hands this node's writers waiting for these changes their results.
     private func answer(_ results: some Sequence<(Change, Int32)>) {
         condition.withLock {
             var answered = false
-            for (change, result) in results where change.from == me && pending[NumberKey(change.counter)]?.isWaiting == true {
-                pending[NumberKey(change.counter)]?.result = result
+            for (change, result) in results {
+                guard let key = waitingWriter(of: change) else { continue }
+                pending[key]?.result = result
                 answered = true
             }
             if answered { condition.broadcast() }
