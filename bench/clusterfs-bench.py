@@ -201,10 +201,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cluster-files", type=int, default=500)
     parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument("--skip-local", action="store_true", help="cluster figures only")
     options = parser.parse_args()
     work = tempfile.mkdtemp(prefix="pmxcfs-bench-")
     try:
-        local_mode(options.pmxcfs, options.original, work, options.files, options.rounds)
+        if not options.skip_local:
+            local_mode(options.pmxcfs, options.original, work, options.files, options.rounds)
         if not options.skip_cluster:
             cluster_mode(options.pmxcfs, options.original, work, options.cluster_files, options.rounds)
     finally:
