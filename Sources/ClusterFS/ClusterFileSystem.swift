@@ -803,6 +803,59 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return replicator.submit(operation)
     }
 
+    /// `perform`, answered through `reply`: in cluster mode by the thread that applies the change here (see
+    /// `Replicator.submit(_:throughMount:reply:)`), in local mode at once.
+    func perform(_ operation: TreeOperation, reply: @escaping Replicator.Reply) {
+        let (cluster, replicator) = modeLock.withLock { (clusterMode, replication) }
+        guard cluster, let replicator else { return reply(perform(operation)) }
+        // mtime 0 may be an unlock request, which `perform` sends without waiting.
+        if case .mtime(_, 0) = operation { return reply(perform(operation)) }
+        replicator.submit(operation, reply: reply)
+    }
+
+    // MARK: calls answered later (FUSE requests in cluster mode)
+
+    /// CREATE, answered through `reply` with the new file's attributes (see `perform(_:reply:)`).
+    public func create(parent node: UInt64, name: String, reply: @escaping @Sendable (Int32, Attributes?) -> Void) {
+        guard isClusterMode, let directory = path(ofNode: node) else {
+            let (result, attributes) = create(parent: node, name: name)
+            return reply(result, attributes)
+        }
+        let path = Self.childPath(directory, name)
+        perform(.create(path)) { [self] result in
+            guard result == 0 else { return reply(result, nil) }
+            let created = lookup(parent: node, name: name)
+            let (found, attributes) = created.result == 0 ? (0, created.attributes) : getattr(path)
+            reply(found, attributes)
+        }
+    }
+
+    /// MKNOD and MKDIR, answered through `reply` with the new entry's attributes.
+    public func create(_ path: String, type: EntryType, reply: @escaping @Sendable (Int32, Attributes?) -> Void) {
+        perform(type == .directory ? .mkdir(path) : .create(path)) { [self] result in
+            let (found, attributes) = result == 0 ? getattr(path) : (result, nil)
+            reply(found, attributes)
+        }
+    }
+
+    /// WRITE, answered through `reply` with the bytes written.
+    public func write(node: UInt64, bytes: UnsafeRawBufferPointer, offset: Int, reply: @escaping Replicator.Reply) {
+        guard isClusterMode, let path = path(ofNode: node), !Self.isDebugFile(path) else {
+            return reply(write(node: node, bytes: bytes, offset: offset))
+        }
+        perform(.write(path, offset: offset, data: Array(bytes)), reply: reply)
+    }
+
+    /// UNLINK and RMDIR, answered through `reply`.
+    public func remove(parent node: UInt64, name: String, directory: Bool, reply: @escaping Replicator.Reply) {
+        guard isClusterMode, let parentPath = path(ofNode: node) else { return reply(remove(parent: node, name: name, directory: directory)) }
+        let path = Self.childPath(parentPath, name)
+        perform(directory ? .rmdir(path) : .unlink(path), reply: reply)
+    }
+
+    /// RENAME, answered through `reply`.
+    public func rename(_ from: String, _ to: String, reply: @escaping Replicator.Reply) { perform(.rename(from, to: to), reply: reply) }
+
     private let modeLock = NSLock()
     private var clusterMode = false
     private var replication: Replicator?

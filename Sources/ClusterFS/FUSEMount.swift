@@ -72,8 +72,15 @@ public enum FUSEMount {
         return entry
     }
 
-    private static func replyEntry(_ request: fuse_req_t?, _ fs: ClusterFileSystem, path: String) {
-        let (result, attributes) = fs.getattr(path)
+    /// A request answered after its handler returned, by the thread that applied its change (cluster mode: the
+    /// replicator's dispatch thread; libfuse's replies may come from any thread). The handler's own arguments are gone
+    /// by then: what the answer needs is copied.
+    struct LaterRequest: @unchecked Sendable {
+        let request: fuse_req_t?
+    }
+
+    /// What MKNOD and MKDIR answer.
+    private static func replyEntry(_ request: fuse_req_t?, _ fs: ClusterFileSystem, _ result: Int32, _ attributes: Attributes?) {
         guard result == 0, let attributes else {
             fuse_reply_err(request, -result)
             return
@@ -167,29 +174,27 @@ public enum FUSEMount {
             let (path, error) = FUSEMount.childPath(fs, parent, name)
             guard let path else { return FUSEMount.replyResult(request, error) }
             guard mode & S_IFMT == S_IFREG else { return FUSEMount.replyResult(request, -EPERM) }
-            let result = fs.create(path)
-            guard result == 0 else { return FUSEMount.replyResult(request, result) }
-            FUSEMount.replyEntry(request, fs, path: path)
+            let later = LaterRequest(request: request)
+            fs.create(path, type: .file) { FUSEMount.replyEntry(later.request, fs, $0, $1) }
         }
         operations.mkdir = { request, parent, name, _ in
             let fs = FUSEMount.fileSystem(request)
             let (path, error) = FUSEMount.childPath(fs, parent, name)
             guard let path else { return FUSEMount.replyResult(request, error) }
-            let result = fs.mkdir(path)
-            guard result == 0 else { return FUSEMount.replyResult(request, result) }
-            FUSEMount.replyEntry(request, fs, path: path)
+            let later = LaterRequest(request: request)
+            fs.create(path, type: .directory) { FUSEMount.replyEntry(later.request, fs, $0, $1) }
         }
         operations.unlink = { request, parent, name in
             guard let raw = name else { return FUSEMount.replyResult(request, -EINVAL) }
             guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -ENOENT) }
-            let fs = FUSEMount.fileSystem(request)
-            FUSEMount.replyResult(request, fs.remove(parent: UInt64(parent), name: name, directory: false))
+            let later = LaterRequest(request: request)
+            FUSEMount.fileSystem(request).remove(parent: UInt64(parent), name: name, directory: false) { FUSEMount.replyResult(later.request, $0) }
         }
         operations.rmdir = { request, parent, name in
             guard let raw = name else { return FUSEMount.replyResult(request, -EINVAL) }
             guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -ENOENT) }
-            let fs = FUSEMount.fileSystem(request)
-            FUSEMount.replyResult(request, fs.remove(parent: UInt64(parent), name: name, directory: true))
+            let later = LaterRequest(request: request)
+            FUSEMount.fileSystem(request).remove(parent: UInt64(parent), name: name, directory: true) { FUSEMount.replyResult(later.request, $0) }
         }
         operations.rename = { request, parent, name, newParent, newName, flags in
             // RENAME_EXCHANGE and RENAME_NOREPLACE are not part of the original's semantics.
@@ -197,7 +202,8 @@ public enum FUSEMount {
             let fs = FUSEMount.fileSystem(request)
             let (from, fromError) = FUSEMount.childPath(fs, parent, name), (to, toError) = FUSEMount.childPath(fs, newParent, newName)
             guard let from, let to else { return FUSEMount.replyResult(request, from == nil ? fromError : toError) }
-            FUSEMount.replyResult(request, fs.rename(from, to))
+            let later = LaterRequest(request: request)
+            fs.rename(from, to) { FUSEMount.replyResult(later.request, $0) }
         }
         operations.link = { request, _, _, _ in FUSEMount.replyResult(request, -EPERM) }
         operations.open = { request, node, info in
@@ -230,16 +236,18 @@ public enum FUSEMount {
             let fs = FUSEMount.fileSystem(request)
             guard let raw = name, let info else { return FUSEMount.replyResult(request, -EINVAL) }
             guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -EILSEQ) }
-            let (result, attributes) = fs.create(parent: UInt64(parent), name: name)
-            guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
-            var entry = FUSEMount.entryParameters(attributes)
-            if fs.isClusterMode && info.pointee.flags & O_ACCMODE != O_RDONLY {
-                info.pointee.direct_io = 1
-            } else {
-                info.pointee.keep_cache = 1
+            let later = LaterRequest(request: request), opened = info.pointee
+            fs.create(parent: UInt64(parent), name: name) { result, attributes in
+                guard result == 0, let attributes else { return FUSEMount.replyResult(later.request, result) }
+                var entry = FUSEMount.entryParameters(attributes), file = opened
+                if fs.isClusterMode && file.flags & O_ACCMODE != O_RDONLY {
+                    file.direct_io = 1
+                } else {
+                    file.keep_cache = 1
+                }
+                fs.kernelNodes.learned(attributes.nodeID)
+                fuse_reply_create(later.request, &entry, &file)
             }
-            fs.kernelNodes.learned(attributes.nodeID)
-            fuse_reply_create(request, &entry, info)
         }
         operations.read = { request, node, size, offset, _ in
             let (result, bytes) = FUSEMount.fileSystem(request).read(node: UInt64(node), size: size, offset: Int(offset))
@@ -248,10 +256,11 @@ public enum FUSEMount {
         }
         operations.write = { request, node, buffer, size, offset, _ in
             guard let buffer else { return FUSEMount.replyResult(request, -EINVAL) }
-            let result = FUSEMount.fileSystem(request).write(node: UInt64(node), bytes: UnsafeRawBufferPointer(start: buffer, count: size),
-                                                             offset: Int(offset))
-            guard result >= 0 else { return FUSEMount.replyResult(request, result) }
-            fuse_reply_write(request, Int(result))
+            let later = LaterRequest(request: request)
+            FUSEMount.fileSystem(request).write(node: UInt64(node), bytes: UnsafeRawBufferPointer(start: buffer, count: size),
+                                                offset: Int(offset)) { result in
+                result >= 0 ? _ = fuse_reply_write(later.request, Int(result)) : FUSEMount.replyResult(later.request, result)
+            }
         }
         operations.statfs = { request, _ in
             var info = statvfs()

@@ -54,8 +54,14 @@ public final class Replicator: @unchecked Sendable {
     private struct PendingChange {
         var result = Int32.min
         var seenByKernel: Bool
+        /// A writer that does not wait (see `submit(_:throughMount:reply:)`): whoever takes the entry out of `pending`
+        /// calls it once with the result, outside `condition`.
+        var reply: Reply?
         var isWaiting: Bool { result == Int32.min }
     }
+
+    /// A writer's answer, given on the thread that learned the result.
+    public typealias Reply = @Sendable (Int32) -> Void
     /// Membership changes seen (for the log); a sync round is the view it follows, which every member delivers at the
     /// same point of the message stream (CPG's virtual synchrony), so messages need no round number.
     private var round: UInt32 = 0
@@ -80,10 +86,13 @@ public final class Replicator: @unchecked Sendable {
     /// Joins the group on this node's corosync (the caller must be in the node's network namespace).
     /// - Parameter verifyInterval: how often the lowest member asks every member to compare its tree's digest (the
     ///   original: hourly).
+    /// - Parameter writeTimeout: how long a writer waits before EBUSY (see `defaultWriteTimeout`).
     public init(fileSystem: ClusterFileSystem, corosyncConfig: String? = "/etc/corosync/corosync.conf", verifyInterval: TimeInterval = 3600,
-                clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+                writeTimeout: TimeInterval = defaultWriteTimeout, clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) },
+                log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.fileSystem = fileSystem
         self.verifyInterval = verifyInterval
+        self.writeTimeout = writeTimeout
         corosyncConfigPath = corosyncConfig
         self.clock = clock
         self.log = log
@@ -106,6 +115,7 @@ public final class Replicator: @unchecked Sendable {
             var waited: TimeInterval = 0
             while let self, !self.condition.withLock({ self.stopped }) {
                 sleep(1)
+                self.expireReplies()
                 waited += 1
                 guard waited >= self.verifyInterval else { continue }
                 waited = 0
@@ -194,6 +204,8 @@ public final class Replicator: @unchecked Sendable {
             $0.quorate = quorate
             $0.seen += 1
         }
+        // Writers waiting for a sync are refused now (see `send`).
+        if !quorate { condition.withLock { condition.broadcast() } }
         settleQuorumView()
         if quorate { rejoinIfPending() }
     }
@@ -269,11 +281,13 @@ public final class Replicator: @unchecked Sendable {
         let (oldGroup, oldQuorum): (ProcessGroup?, QuorumTracker?) = connection.withLock { (group, quorum) }
         oldGroup?.stop()
         oldQuorum?.stop()
-        condition.withLock {
+        let replies: [Reply] = condition.withLock {
             synced = true
-            for key in pending.keys where pending[key]?.isWaiting == true { pending[key]?.result = -EBUSY }
+            let replies = pending.keys.compactMap { settle($0, -EBUSY) }
             condition.broadcast()
+            return replies
         }
+        for reply in replies { reply(-EBUSY) }
     }
 
     public var isQuorate: Bool { quorumView.withLock { $0.quorate } }
@@ -292,37 +306,18 @@ public final class Replicator: @unchecked Sendable {
 
     /// How long a writer waits for a sync to end, or for its change to come back, before it gets EBUSY (the change may
     /// still be applied later: its outcome is then unknown to the caller, as with any timeout).
-    static let writeTimeout: TimeInterval = 60
+    public static let defaultWriteTimeout: TimeInterval = 60
+    let writeTimeout: TimeInterval
 
     /// Sends a change and waits until it was applied here; -EACCES without quorum, -EBUSY when it cannot be sent.
     /// - Parameter throughMount: the change is a file system call through this node's mount (the kernel saw it happen and
     ///   keeps its own caches right); false for changes the daemon makes itself.
     public func submit(_ operation: TreeOperation, throughMount: Bool = true) -> Int32 {
-        condition.lock()
-        let deadline = Date().addingTimeInterval(Self.writeTimeout)
-        while !synced {
-            guard condition.wait(until: deadline) || synced else {
-                condition.unlock()
-                return -EBUSY
-            }
-        }
-        guard isQuorate else {
-            condition.unlock()
-            settleQuorumView()
-            return -EACCES
-        }
-        counter += 1
-        let id = counter
-        let key = NumberKey(id)
-        pending[key] = PendingChange(seenByKernel: throughMount)
-        let message = changeMessage(id: id, operation)
-        condition.unlock()
-        do {
-            try connection.withLock({ group })?.multicast(message)
-        } catch {
-            condition.withLock { pending[key] = nil }
-            log("cannot send a change: \(error)")
-            return -EBUSY
+        let deadline = Date().addingTimeInterval(writeTimeout)
+        let key: NumberKey
+        switch send(operation, throughMount: throughMount, until: deadline, reply: nil) {
+        case .refused(let result): return result
+        case .sent(let sent): key = sent
         }
         condition.lock()
         defer { condition.unlock() }
@@ -334,6 +329,86 @@ public final class Replicator: @unchecked Sendable {
             }
         }
         return pending.removeValue(forKey: key)?.result ?? -EBUSY
+    }
+
+    /// `submit`, answered through `reply` instead of waiting: the calling thread goes back to its work (a FUSE worker, to
+    /// the next request) and the dispatch thread that applies the change answers at once, one thread wake-up less per
+    /// change. While a sync runs the caller waits for it as `submit` does; no answer within `writeTimeout` is EBUSY.
+    public func submit(_ operation: TreeOperation, throughMount: Bool = true, reply: @escaping Reply) {
+        if case .refused(let result) = send(operation, throughMount: throughMount, until: Date().addingTimeInterval(writeTimeout),
+                                            reply: reply) {
+            reply(result)
+        }
+    }
+
+    private enum Sending {
+        case refused(Int32)
+        /// In `pending` under this key (or already answered there, by `stop`).
+        case sent(NumberKey)
+    }
+
+    /// Multicasts a change once this node is in sync and quorate, its writer entered in `pending` first.
+    private func send(_ operation: TreeOperation, throughMount: Bool, until deadline: Date, reply: Reply?) -> Sending {
+        condition.lock()
+        // Without quorum the tree is read-only, in sync or not: refused at once, never after waiting for a sync that
+        // cannot come before quorum does.
+        while !synced && isQuorate {
+            guard condition.wait(until: deadline) || synced else {
+                condition.unlock()
+                return .refused(-EBUSY)
+            }
+        }
+        guard isQuorate else {
+            condition.unlock()
+            settleQuorumView()
+            return .refused(-EACCES)
+        }
+        counter += 1
+        let key = NumberKey(counter)
+        pending[key] = PendingChange(seenByKernel: throughMount, reply: reply)
+        if reply != nil { replyDeadlines.append((key, deadline)) }
+        let message = changeMessage(id: counter, operation)
+        condition.unlock()
+        do {
+            try connection.withLock({ group })?.multicast(message)
+        } catch {
+            log("cannot send a change: \(error)")
+            // Never sent, so never answered by a delivery.
+            if condition.withLock({ pending.removeValue(forKey: key) }) != nil { return .refused(-EBUSY) }
+        }
+        return .sent(key)
+    }
+
+    /// Writers that do not wait, in the order they sent (so by deadline): checked every second.
+    @exclusivity(unchecked) private var replyDeadlines: [(key: NumberKey, deadline: Date)] = []
+
+    /// Answers EBUSY to the writers that do not wait whose change did not come back in time (the change may still be
+    /// applied later: it then counts as one the kernel did not see, as for a waiting writer that gave up).
+    private func expireReplies() {
+        let now = Date()
+        let expired: [Reply] = condition.withLock {
+            var expired: [Reply] = []
+            // Answered ones leave from the front too, up to the first still in time and unanswered.
+            let done = replyDeadlines.prefix { $0.deadline <= now || pending[$0.key] == nil }
+            for (key, deadline) in done where deadline <= now {
+                if let reply = settle(key, -EBUSY) { expired.append(reply) }
+            }
+            replyDeadlines.removeFirst(done.count)
+            return expired
+        }
+        for reply in expired { reply(-EBUSY) }
+    }
+
+    /// Hands `result` to the writer of `key` if it still waits; under `condition`. A writer that does not wait leaves
+    /// `pending` and its reply is returned, for the caller to call once `condition` is released.
+    private func settle(_ key: NumberKey, _ result: Int32) -> Reply? {
+        guard pending[key]?.isWaiting == true else { return nil }
+        if let reply = pending[key]?.reply {
+            pending[key] = nil
+            return reply
+        }
+        pending[key]?.result = result
+        return nil
     }
 
     /// Asks the lowest node to release the lock at `path` if it is expired (not waiting: a caller polls for the lock to
@@ -407,6 +482,7 @@ public final class Replicator: @unchecked Sendable {
 
     private func startSync(members list: [GroupMember]) {
         let snapshot = fileSystem.snapshot()
+        var droppedReplies: [Reply] = []
         let message: [UInt8] = condition.withLock {
             round &+= 1
             rounds.store(round, ordering: .relaxed)
@@ -420,7 +496,9 @@ public final class Replicator: @unchecked Sendable {
             // them) or applied nowhere: applying them after taking the leader's tree would apply them twice. Their
             // writers learn nothing certain (EBUSY, as a timeout).
             for change in queued {
-                if let key = waitingWriter(of: change) { pending[key] = PendingChange(result: -EBUSY, seenByKernel: false) }
+                if let key = waitingWriter(of: change) {
+                    if let reply = settle(key, -EBUSY) { droppedReplies.append(reply) } else { pending[key]?.seenByKernel = false }
+                }
             }
             queued = []
             condition.broadcast()
@@ -436,6 +514,7 @@ public final class Replicator: @unchecked Sendable {
                 writer.blob(Self.viewTag(list))
             }
         }
+        for reply in droppedReplies { reply(-EBUSY) }
         send(message)
     }
 
@@ -639,17 +718,19 @@ public final class Replicator: @unchecked Sendable {
         return change.from == me && pending[key]?.isWaiting == true ? key : nil
     }
 
-    /// Hands this node's writers waiting for these changes their results.
+    /// Hands this node's writers waiting for these changes their results: a waiting writer is woken, one that does not
+    /// wait is answered from here.
     private func answer(_ results: some Sequence<(Change, Int32)>) {
+        var replies: [(Reply, Int32)] = []
         condition.withLock {
-            var answered = false
+            var woken = false
             for (change, result) in results {
                 guard let key = waitingWriter(of: change) else { continue }
-                pending[key]?.result = result
-                answered = true
+                if let reply = settle(key, result) { replies.append((reply, result)) } else { woken = true }
             }
-            if answered { condition.broadcast() }
+            if woken { condition.broadcast() }
         }
+        for (reply, result) in replies { reply(result) }
     }
 
     private func apply(_ change: Change) {

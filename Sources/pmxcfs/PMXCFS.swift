@@ -52,6 +52,10 @@ struct PMXCFS: ParsableCommand {
     @Option(name: .long, help: .hidden)
     var lockExpiry: UInt32 = ClusterFileSystem.lockExpiry
 
+    /// Seconds a writer waits for its change to come back before EBUSY (60): tests shorten it.
+    @Option(name: .long, help: .hidden)
+    var writeTimeout: Double = Replicator.defaultWriteTimeout
+
     func run() throws {
         // A blocked SIGTERM inherited from the parent would make the daemon unstoppable.
         var stopSignals = sigset_t()
@@ -91,7 +95,7 @@ struct PMXCFS: ParsableCommand {
                 } catch {
                     FileHandle.standardError.write(Data("pmxcfs: IPC service not available: \(error)\n".utf8))
                 }
-                if fileSystem.isClusterMode { Self.joinCluster(fileSystem, corosyncConfig: corosyncConf) }
+                if fileSystem.isClusterMode { Self.joinCluster(fileSystem, corosyncConfig: corosyncConf, writeTimeout: writeTimeout) }
                 try? Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: pidFile))
             }
         } catch {
@@ -102,13 +106,13 @@ struct PMXCFS: ParsableCommand {
     }
 
     /// Joins corosync's process group, again every second until corosync answers (writes are refused until then).
-    static func joinCluster(_ fileSystem: ClusterFileSystem, corosyncConfig: String) {
+    static func joinCluster(_ fileSystem: ClusterFileSystem, corosyncConfig: String, writeTimeout: TimeInterval) {
         let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data("pmxcfs: \($0)\n".utf8)) }
         Thread.detachNewThread {
             var reported = false
             while true {
                 do {
-                    let replicator = try Replicator(fileSystem: fileSystem, corosyncConfig: corosyncConfig, log: log)
+                    let replicator = try Replicator(fileSystem: fileSystem, corosyncConfig: corosyncConfig, writeTimeout: writeTimeout, log: log)
                     fileSystem.attach(replicator)
                     log("cluster mode: joined \(Replicator.groupName) as node \(replicator.nodeID)")
                     return

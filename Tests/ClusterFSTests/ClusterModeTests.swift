@@ -14,9 +14,14 @@ struct ClusterModeTests {
     /// Seconds a lock lives unchanged before an unlock request releases it, in these tests (upstream: 120).
     static let lockExpiry = 3
 
+    /// Seconds node 3's writers wait for their change to come back before EBUSY, in these tests (upstream: none, the
+    /// original waits as long as it takes; ours: 60).
+    static let writeTimeout = 5
+
     /// A daemon per node, its database first made in local mode holding the cluster's corosync.conf.
-    static func node(_ cluster: CorosyncCluster, _ index: Int, directory: TemporaryDirectory? = nil) throws -> PMXCFSProcess {
-        try cluster.pmxcfs(index, directory: directory, arguments: ["--lock-expiry", "\(lockExpiry)"])
+    static func node(_ cluster: CorosyncCluster, _ index: Int, directory: TemporaryDirectory? = nil,
+                     arguments: [String] = []) throws -> PMXCFSProcess {
+        try cluster.pmxcfs(index, directory: directory, arguments: ["--lock-expiry", "\(lockExpiry)"] + arguments)
     }
 
     /// Every file and directory under a mount: path, inode number and content (the tree as a node serves it).
@@ -75,7 +80,7 @@ struct ClusterModeTests {
     func cluster() throws {
         let cluster = try CorosyncCluster()
         #expect(waitFor(seconds: 60) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "a quorate corosync cluster")
-        let nodes = try (1...3).map { try Self.node(cluster, $0) }
+        let nodes = try (1...3).map { try Self.node(cluster, $0, arguments: $0 == 3 ? ["--write-timeout", "\(Self.writeTimeout)"] : []) }
         defer { nodes.forEach { $0.stop() } }
         // Synced: each node's own directories made through the cluster, on every node.
         #expect(waitFor(seconds: 60) {
@@ -217,6 +222,29 @@ struct ClusterModeTests {
             return waitFor(seconds: 0.5) { nodes.allSatisfy { !FileManager.default.fileExists(atPath: $0.path(expiring)) } }
         }, "an expired lock goes on request")
         #expect(Date().timeIntervalSince(refreshed) >= Double(Self.lockExpiry), "not before the expiry")
+
+        // A change that does not come back: node 3's corosync stops answering (node 3 cannot tell), and a create there
+        // gets EBUSY after the write timeout, while the mount goes on serving reads. Once corosync runs again, the cluster
+        // holds one tree (with the create or without it: its outcome was unknown to the writer, as with any timeout).
+        cluster.signal(3, SIGSTOP)
+        do {
+            defer { cluster.signal(3, SIGCONT) }
+            let unanswered = Mutex<(result: Int32, seconds: Double)?>(nil)
+            let writer = Thread {
+                let started = Date()
+                let result = Self.put(nodes[2], "nodes/node3/unanswered", "x")
+                unanswered.withLock { $0 = (result, Date().timeIntervalSince(started)) }
+            }
+            writer.start()
+            #expect(!waitFor(seconds: 1) { unanswered.withLock { $0 } != nil }, "the create waits for its change")
+            #expect(Self.read(nodes[2], "storage.cfg") == "dir: local\n\tpath /var/lib/vz\n", "reads are served meanwhile")
+            #expect(waitFor(seconds: 60) { unanswered.withLock { $0 } != nil })
+            let (result, seconds) = unanswered.withLock { $0 } ?? (0, 0)
+            #expect(result == EBUSY && seconds >= Double(Self.writeTimeout) && seconds < Double(Self.writeTimeout) + 20,
+                    "EBUSY after the write timeout: \(result) after \(seconds) s")
+        }
+        #expect(waitFor(seconds: 60) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "quorate again")
+        #expect(waitFor(seconds: 60) { Set(nodes.map(Self.tree)).count == 1 }, "one tree again after corosync went on")
 
         // A cut node goes read-only; the majority keeps writing after the detection pause.
         try cluster.cut(3)

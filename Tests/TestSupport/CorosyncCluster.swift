@@ -125,6 +125,13 @@ public final class CorosyncCluster: @unchecked Sendable {
         }
     }
 
+    /// Sends `signal` to node's corosync: SIGSTOP makes it stop answering (its node's pmxcfs cannot tell), SIGCONT
+    /// lets it go on.
+    public func signal(_ node: Int, _ signal: Int32) {
+        guard let pid = lock.withLock({ launchers[node] }) else { return }
+        kill(pid, signal)
+    }
+
     /// Drops all of node's cluster traffic (nftables in its namespace), or lets it through again.
     public func cut(_ node: Int) throws {
         let rules = """
