@@ -289,7 +289,8 @@ struct ClusterFileSystemTests {
             {
             "data": [
             {"uid": 2, "time": 1700000000, "pri": 5, "tag": "test", "pid": 42, "node": "pve1", "user": "root@pam", "msg": "say \\"hi\\""},
-            {"uid": 1, "time": 1700000000, "pri": 6, "tag": "cluster", "pid": \(getpid()), "node": "pve1", "user": "root", "msg": "starting cluster log"}
+            {"uid": 1, "time": 1700000000, "pri": 6, "tag": "cluster", "pid": \(getpid()), \
+            "node": "pve1", "user": "root", "msg": "starting cluster log"}
             ]
             }
 
