@@ -1,5 +1,6 @@
 import CFuse3
 import Foundation
+import Synchronization
 
 /// Serves a `ClusterFileSystem` through libfuse3's low-level (inode-based) API.
 ///
@@ -19,9 +20,43 @@ public enum FUSEMount {
     /// How long the kernel may trust cached names and attributes (seconds).
     static let cacheTimeout = 86_400.0
 
-    private static func fileSystem(_ request: fuse_req_t?) -> ClusterFileSystem {
-        Unmanaged<ClusterFileSystem>.fromOpaque(fuse_req_userdata(request)!).takeUnretainedValue()
+    /// What every handler finds through `fuse_req_userdata`.
+    final class MountContext: Sendable {
+        let fileSystem: ClusterFileSystem
+        let session = SessionGate()
+
+        init(_ fileSystem: ClusterFileSystem) { self.fileSystem = fileSystem }
     }
+
+    /// Answers given after their handler returned, and notifications, come from other threads (the replicator's
+    /// dispatch thread) and use the session, which is destroyed once its loop ends: from then on none is given (the
+    /// process is exiting, and a request still unanswered goes with the mount).
+    final class SessionGate: Sendable {
+        private let users = Atomic<Int>(0)
+        private let closed = Atomic<Bool>(false)
+
+        func pass(_ use: () -> Void) {
+            users.add(1, ordering: .sequentiallyConsistent)
+            defer { users.subtract(1, ordering: .sequentiallyConsistent) }
+            guard !closed.load(ordering: .sequentiallyConsistent) else { return }
+            use()
+        }
+
+        /// Lets nobody in any more, and waits for whoever is inside: an answer is one write to /dev/fuse, but a
+        /// notification can wait in the kernel for a page lock that a READ nobody will serve any more holds, so the wait
+        /// is bounded (that thread goes with the process).
+        func close() {
+            closed.store(true, ordering: .sequentiallyConsistent)
+            let deadline = ContinuousClock.now + .seconds(2)
+            while users.load(ordering: .sequentiallyConsistent) > 0 && ContinuousClock.now < deadline { usleep(1000) }
+        }
+    }
+
+    private static func context(_ request: fuse_req_t?) -> MountContext {
+        Unmanaged<MountContext>.fromOpaque(fuse_req_userdata(request)!).takeUnretainedValue()
+    }
+
+    private static func fileSystem(_ request: fuse_req_t?) -> ClusterFileSystem { context(request).fileSystem }
 
     static func fill(_ stat: inout stat, _ attributes: Attributes) {
         stat = Glibc.stat()
@@ -76,7 +111,15 @@ public enum FUSEMount {
     /// replicator's dispatch thread; libfuse's replies may come from any thread). The handler's own arguments are gone
     /// by then: what the answer needs is copied.
     struct LaterRequest: @unchecked Sendable {
-        let request: fuse_req_t?
+        private let request: fuse_req_t?
+        private let session: SessionGate
+
+        init(_ request: fuse_req_t?) {
+            self.request = request
+            session = FUSEMount.context(request).session
+        }
+
+        func answer(_ reply: (fuse_req_t?) -> Void) { session.pass { reply(request) } }
     }
 
     /// What MKNOD and MKDIR answer.
@@ -174,27 +217,31 @@ public enum FUSEMount {
             let (path, error) = FUSEMount.childPath(fs, parent, name)
             guard let path else { return FUSEMount.replyResult(request, error) }
             guard mode & S_IFMT == S_IFREG else { return FUSEMount.replyResult(request, -EPERM) }
-            let later = LaterRequest(request: request)
-            fs.create(path, type: .file) { FUSEMount.replyEntry(later.request, fs, $0, $1) }
+            let later = LaterRequest(request)
+            fs.create(path, type: .file) { result, attributes in later.answer { FUSEMount.replyEntry($0, fs, result, attributes) } }
         }
         operations.mkdir = { request, parent, name, _ in
             let fs = FUSEMount.fileSystem(request)
             let (path, error) = FUSEMount.childPath(fs, parent, name)
             guard let path else { return FUSEMount.replyResult(request, error) }
-            let later = LaterRequest(request: request)
-            fs.create(path, type: .directory) { FUSEMount.replyEntry(later.request, fs, $0, $1) }
+            let later = LaterRequest(request)
+            fs.create(path, type: .directory) { result, attributes in later.answer { FUSEMount.replyEntry($0, fs, result, attributes) } }
         }
         operations.unlink = { request, parent, name in
             guard let raw = name else { return FUSEMount.replyResult(request, -EINVAL) }
             guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -ENOENT) }
-            let later = LaterRequest(request: request)
-            FUSEMount.fileSystem(request).remove(parent: UInt64(parent), name: name, directory: false) { FUSEMount.replyResult(later.request, $0) }
+            let later = LaterRequest(request)
+            FUSEMount.fileSystem(request).remove(parent: UInt64(parent), name: name, directory: false) { result in
+                later.answer { FUSEMount.replyResult($0, result) }
+            }
         }
         operations.rmdir = { request, parent, name in
             guard let raw = name else { return FUSEMount.replyResult(request, -EINVAL) }
             guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -ENOENT) }
-            let later = LaterRequest(request: request)
-            FUSEMount.fileSystem(request).remove(parent: UInt64(parent), name: name, directory: true) { FUSEMount.replyResult(later.request, $0) }
+            let later = LaterRequest(request)
+            FUSEMount.fileSystem(request).remove(parent: UInt64(parent), name: name, directory: true) { result in
+                later.answer { FUSEMount.replyResult($0, result) }
+            }
         }
         operations.rename = { request, parent, name, newParent, newName, flags in
             // RENAME_EXCHANGE and RENAME_NOREPLACE are not part of the original's semantics.
@@ -202,8 +249,8 @@ public enum FUSEMount {
             let fs = FUSEMount.fileSystem(request)
             let (from, fromError) = FUSEMount.childPath(fs, parent, name), (to, toError) = FUSEMount.childPath(fs, newParent, newName)
             guard let from, let to else { return FUSEMount.replyResult(request, from == nil ? fromError : toError) }
-            let later = LaterRequest(request: request)
-            fs.rename(from, to) { FUSEMount.replyResult(later.request, $0) }
+            let later = LaterRequest(request)
+            fs.rename(from, to) { result in later.answer { FUSEMount.replyResult($0, result) } }
         }
         operations.link = { request, _, _, _ in FUSEMount.replyResult(request, -EPERM) }
         operations.open = { request, node, info in
@@ -236,17 +283,19 @@ public enum FUSEMount {
             let fs = FUSEMount.fileSystem(request)
             guard let raw = name, let info else { return FUSEMount.replyResult(request, -EINVAL) }
             guard let name = FUSEMount.name(raw) else { return FUSEMount.replyResult(request, -EILSEQ) }
-            let later = LaterRequest(request: request), opened = info.pointee
+            let later = LaterRequest(request), opened = info.pointee
             fs.create(parent: UInt64(parent), name: name) { result, attributes in
-                guard result == 0, let attributes else { return FUSEMount.replyResult(later.request, result) }
-                var entry = FUSEMount.entryParameters(attributes), file = opened
-                if fs.isClusterMode && file.flags & O_ACCMODE != O_RDONLY {
-                    file.direct_io = 1
-                } else {
-                    file.keep_cache = 1
+                later.answer { request in
+                    guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
+                    var entry = FUSEMount.entryParameters(attributes), file = opened
+                    if fs.isClusterMode && file.flags & O_ACCMODE != O_RDONLY {
+                        file.direct_io = 1
+                    } else {
+                        file.keep_cache = 1
+                    }
+                    fs.kernelNodes.learned(attributes.nodeID)
+                    fuse_reply_create(request, &entry, &file)
                 }
-                fs.kernelNodes.learned(attributes.nodeID)
-                fuse_reply_create(later.request, &entry, &file)
             }
         }
         operations.read = { request, node, size, offset, _ in
@@ -256,10 +305,10 @@ public enum FUSEMount {
         }
         operations.write = { request, node, buffer, size, offset, _ in
             guard let buffer else { return FUSEMount.replyResult(request, -EINVAL) }
-            let later = LaterRequest(request: request)
+            let later = LaterRequest(request)
             FUSEMount.fileSystem(request).write(node: UInt64(node), bytes: UnsafeRawBufferPointer(start: buffer, count: size),
                                                 offset: Int(offset)) { result in
-                result >= 0 ? _ = fuse_reply_write(later.request, Int(result)) : FUSEMount.replyResult(later.request, result)
+                later.answer { result >= 0 ? _ = fuse_reply_write($0, Int(result)) : FUSEMount.replyResult($0, result) }
             }
         }
         operations.statfs = { request, _ in
@@ -339,15 +388,16 @@ public enum FUSEMount {
         defer { cArguments.forEach { free($0) } }
         var fuseArguments = fuse_args(argc: Int32(cArguments.count), argv: nil, allocated: 0)
         var operations = makeOperations()
-        let context = Unmanaged.passUnretained(fileSystem).toOpaque()
+        let mount = MountContext(fileSystem)
+        let context = Unmanaged.passUnretained(mount).toOpaque()
         let result: Int32 = cArguments.withUnsafeMutableBufferPointer { buffer in
             fuseArguments.argv = buffer.baseAddress
             guard let session = fuse_session_new(&fuseArguments, &operations, MemoryLayout<fuse_lowlevel_ops>.size, context) else {
                 return -1
             }
             defer { fuse_session_destroy(session) }
-            let handle = SessionHandle(session: session)
-            fileSystem.invalidateKernelCache = { stale in handle.invalidate(stale) }
+            let handle = SessionHandle(session: session), gate = mount.session
+            fileSystem.invalidateKernelCache = { stale in gate.pass { handle.invalidate(stale) } }
             defer { fileSystem.invalidateKernelCache = nil }
             guard fuse_set_signal_handlers(session) == 0 else { return -3 }
             defer { fuse_remove_signal_handlers(session) }
@@ -356,8 +406,11 @@ public enum FUSEMount {
             if daemonize { _ = fuse_daemonize(0) }
             ready()
             var config = fuse_loop_config(clone_fd: 0, max_idle_threads: 10)
-            return fuse_session_loop_mt_32(session, &config)
+            let ended = fuse_session_loop_mt_32(session, &config)
+            gate.close()
+            return ended
         }
+        withExtendedLifetime(mount) {}
         switch result {
         case -1: throw MountError(description: "cannot set up FUSE (fuse_session_new)")
         case -2: throw MountError(description: "cannot mount on \(mountPoint)")

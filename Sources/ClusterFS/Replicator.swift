@@ -166,7 +166,7 @@ public final class Replicator: @unchecked Sendable {
         }
         if differs {
             log("verification: this node's tree differs from the cluster's; leaving \(Self.groupName) to resync")
-            reconnect(waitingFirst: false, then: "joined \(Self.groupName) again")
+            reconnect(corosyncGone: false, then: "joined \(Self.groupName) again")
         }
     }
 
@@ -223,19 +223,21 @@ public final class Replicator: @unchecked Sendable {
     /// original re-initialises its services on a timer.
     private func lost() {
         log("corosync is gone: the tree is read-only until it is back")
-        reconnect(waitingFirst: true, then: "corosync is back: joined \(Self.groupName) again")
+        reconnect(corosyncGone: true, then: "corosync is back: joined \(Self.groupName) again")
     }
 
     /// Leaves the group and joins it again: a membership change for every member, so a sync. After this node refused a
     /// delivered change for want of quorum its tree lacks what the others applied; the sync gives it the leader's.
     private func rejoin() {
         log("refused a delivered change without quorum: leaving \(Self.groupName) to resync")
-        reconnect(waitingFirst: false, then: "joined \(Self.groupName) again")
+        reconnect(corosyncGone: false, then: "joined \(Self.groupName) again")
     }
 
-    /// Drops the group and quorum (read-only, out of sync) and connects again on a thread of its own, every second
-    /// until corosync answers.
-    private func reconnect(waitingFirst: Bool, then message: String) {
+    /// Drops the group (out of sync; without quorum too when corosync is gone) and connects again on a thread of its
+    /// own, every second until corosync answers.
+    /// - Parameter corosyncGone: corosync went away (no quorum until it is back, the first try after a second); otherwise
+    ///   this node leaves and joins again by itself, quorum unchanged, and writers wait for the sync that follows.
+    private func reconnect(corosyncGone: Bool, then message: String) {
         let (oldGroup, oldQuorum): (ProcessGroup?, QuorumTracker?) = connection.withLock {
             defer {
                 group = nil
@@ -244,13 +246,13 @@ public final class Replicator: @unchecked Sendable {
             return (group, quorum)
         }
         condition.withLock { synced = false }
-        quorumChanged(false)
+        if corosyncGone { quorumChanged(false) }
         Thread.detachNewThread { [self] in
             oldGroup?.stop()
             oldQuorum?.stop()
             var first = true
             while !condition.withLock({ stopped }) {
-                if waitingFirst || !first { sleep(1) }
+                if corosyncGone || !first { sleep(1) }
                 first = false
                 do {
                     try connect()
@@ -366,7 +368,7 @@ public final class Replicator: @unchecked Sendable {
         counter += 1
         let key = NumberKey(counter)
         pending[key] = PendingChange(seenByKernel: throughMount, reply: reply)
-        if reply != nil { replyDeadlines.append((key, deadline)) }
+        if reply != nil { replyDeadlines.append((key, ContinuousClock.now + .seconds(writeTimeout))) }
         let message = changeMessage(id: counter, operation)
         condition.unlock()
         do {
@@ -379,21 +381,23 @@ public final class Replicator: @unchecked Sendable {
         return .sent(key)
     }
 
-    /// Writers that do not wait, in the order they sent (so by deadline): checked every second.
-    @exclusivity(unchecked) private var replyDeadlines: [(key: NumberKey, deadline: Date)] = []
+    /// Writers that do not wait, and when they get EBUSY (a monotonic clock: a step of the wall clock must not expire
+    /// them all); checked every second.
+    @exclusivity(unchecked) private var replyDeadlines: [(key: NumberKey, deadline: ContinuousClock.Instant)] = []
 
     /// Answers EBUSY to the writers that do not wait whose change did not come back in time (the change may still be
     /// applied later: it then counts as one the kernel did not see, as for a waiting writer that gave up).
     private func expireReplies() {
-        let now = Date()
+        let now = ContinuousClock.now
         let expired: [Reply] = condition.withLock {
             var expired: [Reply] = []
-            // Answered ones leave from the front too, up to the first still in time and unanswered.
-            let done = replyDeadlines.prefix { $0.deadline <= now || pending[$0.key] == nil }
-            for (key, deadline) in done where deadline <= now {
+            // Answered ones leave the list too.
+            replyDeadlines.removeAll { key, deadline in
+                guard pending[key] != nil else { return true }
+                guard deadline <= now else { return false }
                 if let reply = settle(key, -EBUSY) { expired.append(reply) }
+                return true
             }
-            replyDeadlines.removeFirst(done.count)
             return expired
         }
         for reply in expired { reply(-EBUSY) }
@@ -703,7 +707,7 @@ public final class Replicator: @unchecked Sendable {
         // The others applied these changes; this node could not make them durable and holds the tree from before them.
         condition.withLock { diverged = true }
         log("could not commit \(changes.count) changes delivered together; leaving \(Self.groupName) to resync")
-        reconnect(waitingFirst: false, then: "joined \(Self.groupName) again")
+        reconnect(corosyncGone: false, then: "joined \(Self.groupName) again")
         return false
     }
 

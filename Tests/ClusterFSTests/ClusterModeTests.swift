@@ -61,6 +61,15 @@ struct ClusterModeTests {
         return try cluster.inNode(node) { try IPCClient(service: service).request(request, body: body) }
     }
 
+    /// Writes over the start of an existing file (one change: no truncation).
+    static func overwrite(_ daemon: PMXCFSProcess, _ relative: String, _ text: String) -> Int32 {
+        let descriptor = open(daemon.path(relative), O_WRONLY)
+        guard descriptor >= 0 else { return errno }
+        defer { close(descriptor) }
+        let bytes = Array(text.utf8)
+        return pwrite(descriptor, bytes, bytes.count, 0) == bytes.count ? 0 : errno
+    }
+
     /// Writes `relative.new`, then renames it over `relative`.
     static func replace(_ daemon: PMXCFSProcess, _ relative: String, _ text: String) -> Int32 {
         let written = put(daemon, relative + ".new", text)
@@ -223,26 +232,49 @@ struct ClusterModeTests {
         }, "an expired lock goes on request")
         #expect(Date().timeIntervalSince(refreshed) >= Double(Self.lockExpiry), "not before the expiry")
 
-        // A change that does not come back: node 3's corosync stops answering (node 3 cannot tell), and a create there
-        // gets EBUSY after the write timeout, while the mount goes on serving reads. Once corosync runs again, the cluster
-        // holds one tree (with the create or without it: its outcome was unknown to the writer, as with any timeout).
+        // Changes that do not come back: node 3's corosync stops answering (node 3 cannot tell), and writes to twelve
+        // files there and a create wait for their changes, then get EBUSY after the write timeout. Meanwhile the mount
+        // goes on serving: a waiting change holds no libfuse worker (at most 10), the thread that applies it answers.
+        // Once corosync runs again the cluster holds one tree (with those changes or without them: their outcome was
+        // unknown to the writers, as with any timeout).
+        let waiting = (0..<12).map { "nodes/node3/waiting-\($0)" }
+        for name in waiting { #expect(Self.put(nodes[2], name, "before") == 0) }
         cluster.signal(3, SIGSTOP)
         do {
             defer { cluster.signal(3, SIGCONT) }
-            let unanswered = Mutex<(result: Int32, seconds: Double)?>(nil)
-            let writer = Thread {
-                let started = Date()
-                let result = Self.put(nodes[2], "nodes/node3/unanswered", "x")
-                unanswered.withLock { $0 = (result, Date().timeIntervalSince(started)) }
+            let unanswered = Mutex<[(result: Int32, seconds: Double)]>([])
+            let writers = (waiting + ["nodes/node3/unanswered"]).map { name in
+                Thread {
+                    let started = Date()
+                    let result = name.hasSuffix("unanswered") ? Self.put(nodes[2], name, "x") : Self.overwrite(nodes[2], name, "after!")
+                    unanswered.withLock { $0.append((result, Date().timeIntervalSince(started))) }
+                }
             }
-            writer.start()
-            #expect(!waitFor(seconds: 1) { unanswered.withLock { $0 } != nil }, "the create waits for its change")
-            #expect(Self.read(nodes[2], "storage.cfg") == "dir: local\n\tpath /var/lib/vz\n", "reads are served meanwhile")
-            #expect(waitFor(seconds: 60) { unanswered.withLock { $0 } != nil })
-            let (result, seconds) = unanswered.withLock { $0 } ?? (0, 0)
-            #expect(result == EBUSY && seconds >= Double(Self.writeTimeout) && seconds < Double(Self.writeTimeout) + 20,
-                    "EBUSY after the write timeout: \(result) after \(seconds) s")
+            writers.forEach { $0.start() }
+            #expect(!waitFor(seconds: 1) { !unanswered.withLock { $0.isEmpty } }, "the changes wait")
+            let askedAt = Date()
+            #expect(Self.read(nodes[2], ".members")?.contains("\"nodename\": \"node3\"") == true)
+            #expect(Date().timeIntervalSince(askedAt) < 2.5, "served meanwhile, in \(Date().timeIntervalSince(askedAt)) s")
+            #expect(waitFor(seconds: 60) { unanswered.withLock { $0.count } == writers.count })
+            for (result, seconds) in unanswered.withLock({ $0 }) {
+                #expect(result == EBUSY && seconds >= Double(Self.writeTimeout) && seconds < Double(Self.writeTimeout) + 20,
+                        "EBUSY after the write timeout: \(result) after \(seconds) s")
+            }
+
+            // SIGTERM while a change is in flight: the daemon ends cleanly (no answer is given once its FUSE session is
+            // gone), and the writer gets an error, not a hang.
+            let interrupted = Mutex<Int32?>(nil)
+            let inFlight = Thread {
+                let result = Self.put(nodes[2], "nodes/node3/in-flight", "x")
+                interrupted.withLock { $0 = result }
+            }
+            inFlight.start()
+            #expect(!waitFor(seconds: 1) { interrupted.withLock { $0 } != nil }, "the create waits for its change")
+            #expect(nodes[2].stop() == 0, "pmxcfs exits cleanly with a change in flight")
+            #expect(waitFor(seconds: 30) { interrupted.withLock { $0 } != nil }, "the writer is not left hanging")
+            #expect(interrupted.withLock { $0 } != 0)
         }
+        try nodes[2].start()
         #expect(waitFor(seconds: 60) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "quorate again")
         #expect(waitFor(seconds: 60) { Set(nodes.map(Self.tree)).count == 1 }, "one tree again after corosync went on")
 

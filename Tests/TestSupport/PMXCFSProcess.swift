@@ -73,12 +73,15 @@ public final class PMXCFSProcess: @unchecked Sendable {
     }
 
     /// SIGTERM, then wait for the process to exit and the mount to go.
-    public func stop() {
-        guard pid != 0 else { return }
+    /// SIGTERM; returns the daemon's exit status (128 + the signal if one ended it).
+    @discardableResult
+    public func stop() -> Int32? {
+        guard pid != 0 else { return nil }
         kill(pid, SIGTERM)
-        _ = reap(pid)
+        let status = reap(pid)
         pid = 0
         _ = waitFor(seconds: 10) { !self.isMounted }
+        return status
     }
 
     /// kill -9: the mount is left dead; clear it as an operator would.
