@@ -351,6 +351,8 @@ public final class Replicator: @unchecked Sendable {
 
     /// Multicasts a change once this node is in sync and quorate, its writer entered in `pending` first.
     private func send(_ operation: TreeOperation, throughMount: Bool, until deadline: Date, reply: Reply?) -> Sending {
+        // One timeout for the wait for a sync and for the answer, as for a writer that waits.
+        let replyDeadline = ContinuousClock.now + .seconds(writeTimeout)
         condition.lock()
         // Without quorum the tree is read-only, in sync or not: refused at once, never after waiting for a sync that
         // cannot come before quorum does.
@@ -368,7 +370,7 @@ public final class Replicator: @unchecked Sendable {
         counter += 1
         let key = NumberKey(counter)
         pending[key] = PendingChange(seenByKernel: throughMount, reply: reply)
-        if reply != nil { replyDeadlines.append((key, ContinuousClock.now + .seconds(writeTimeout))) }
+        if reply != nil { replyDeadlines.append((key, replyDeadline)) }
         let message = changeMessage(id: counter, operation)
         condition.unlock()
         do {
