@@ -72,8 +72,8 @@ public final class PMXCFSProcess: @unchecked Sendable {
         }
     }
 
-    /// SIGTERM, then wait for the process to exit and the mount to go.
-    /// SIGTERM; returns the daemon's exit status (128 + the signal if one ended it).
+    /// SIGTERM, then waits for the process to exit and the mount to go; returns the daemon's exit status (128 + the
+    /// signal if one ended it).
     @discardableResult
     public func stop() -> Int32? {
         guard pid != 0 else { return nil }
