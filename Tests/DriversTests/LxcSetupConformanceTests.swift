@@ -125,3 +125,34 @@ struct LxcSetupConformanceTests {
         }
     }
 }
+
+/// CentOS 6 (upstart) templates ship their own tty jobs: the setup fixes them as pve-container's do (getty without
+/// hangup, udev not started in the container), the same after a second run. The files here are the test's own.
+@Suite("LXC guest setup: a CentOS 6 template's upstart jobs")
+struct LxcCentOS6SetupTests {
+    @Test("tty.conf's getty gets --nohangup, rc.sysinit's start_udev is commented out; twice is once")
+    func upstartFixup() throws {
+        let scratch = try TemporaryDirectory(prefix: "pvectl-lxc-centos6")
+        let root = scratch.path
+        for directory in ["/etc/init", "/etc/rc.d", "/etc/sysconfig"] {
+            try FileManager.default.createDirectory(atPath: root + directory, withIntermediateDirectories: true)
+        }
+        let files: [String: String] = [
+            "/etc/redhat-release": "CentOS release 6.10 (Final)\n",
+            "/etc/init/tty.conf": "stop on runlevel [S016]\nrespawn\ninstance $TTY\nexec /sbin/mingetty $TTY\n",
+            "/etc/rc.d/rc.sysinit": "#!/bin/bash\n/sbin/start_udev\necho started\n",
+            "/etc/sysconfig/network": "NETWORKING=yes\n",
+        ]
+        for (path, text) in files { try text.write(toFile: root + path, atomically: false, encoding: .utf8) }
+        let config = GuestConfig.parse("hostname: c6\nnet0: name=eth0,bridge=vmbr0,ip=dhcp\n", file: "/lxc/100.conf", kind: .lxc).0.main
+        let setup = try LxcGuestSetup(config: config, files: HostContainerFiles(root: root))
+        for _ in 1...2 {
+            var environment = LxcGuestSetup.Environment(nameservers: ["192.0.2.53"], searchDomains: ["example.com"],
+                                                        days: Int(Date().timeIntervalSince1970 / 86400))
+            try setup.postCreate(&environment)
+            #expect(try String(contentsOfFile: root + "/etc/init/tty.conf", encoding: .utf8)
+                    == "stop on runlevel [S016]\nrespawn\ninstance $TTY\nexec /sbin/mingetty --nohangup $TTY\n")
+            #expect(try String(contentsOfFile: root + "/etc/rc.d/rc.sysinit", encoding: .utf8) == "#!/bin/bash\n#/sbin/start_udev\necho started\n")
+        }
+    }
+}
