@@ -24,7 +24,14 @@ struct ClusterLoopTests {
         let store = scratch.path + "/store"
         let log = scratch.path + "/run.log"
         let second = nodes[1]
-        let pid = try DetachedProcess.spawn(["/usr/sbin/ip", "netns", "exec", cluster.namespace(2), Self.binary, "run", "--root", second.mountPoint,
+        // The storage kind also activates the implicit 'local' (/var/lib/vz): a scratch directory is bound there, in a
+        // mount namespace of the loop's own (the pmxcfs mounts stay visible in it), so nothing lands on the host.
+        let local = scratch.path + "/local"
+        try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "/var/lib/vz", withIntermediateDirectories: true)
+        let pid = try DetachedProcess.spawn(["/usr/sbin/ip", "netns", "exec", cluster.namespace(2), "unshare", "-m", "sh", "-c",
+                                             "mount --bind \(local.shellQuoted) /var/lib/vz && exec \"$0\" \"$@\"",
+                                             Self.binary, "run", "--root", second.mountPoint,
                                              "--node", "node2", "--ipc-service", second.ipcName, "--only", "storage", "--resync", "2",
                                              "--verbose", "--state-dir", scratch.path + "/state", "--interfaces", scratch.path + "/interfaces"],
                                             log: log)
@@ -44,6 +51,7 @@ struct ClusterLoopTests {
         #expect(waitFor(seconds: 5) { logText().contains("changed: \(second.mountPoint)/storage.cfg") }, "\(logText())")
         #expect(Date().timeIntervalSince(written) < 1.0, "seen by node 2 within a second: \(Date().timeIntervalSince(written)) s")
         #expect(waitFor(seconds: 30) { FileManager.default.fileExists(atPath: store) }, "applied on node 2: \(logText())")
+        #expect(waitFor(seconds: 10) { FileManager.default.fileExists(atPath: local + "/template/cache") }, "'local' in the loop's own /var/lib/vz")
 
         // Node 2's network file, written on node 1 (as a push from node 1 writes it): staged on node 2 only.
         let bridge = "auto lo\niface lo inet loopback\n\nauto vmbr9\niface vmbr9 inet manual\n\tbridge-ports none\n"
