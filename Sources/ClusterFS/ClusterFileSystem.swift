@@ -823,9 +823,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
         let path = Self.childPath(directory, name)
         perform(.create(path)) { [self] result in
-            guard result == 0 else { return reply(result, nil) }
-            let created = lookup(parent: node, name: name)
-            let (found, attributes) = created.result == 0 ? (0, created.attributes) : getattr(path)
+            let (found, attributes) = createdFile(parent: node, name: name, path: path, result)
             reply(found, attributes)
         }
     }
@@ -1029,11 +1027,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         guard node != Self.rootNodeID || !isSpecial([name]), !isClusterMode, Self.isTreeNode(node) else {
             guard let directory = path(ofNode: node) else { return (-ESTALE, nil) }
             let path = Self.childPath(directory, name)
-            let result = create(path)
-            guard result == 0 else { return (result, nil) }
-            // Found by the parent's id and the name, not by the path split again.
-            let created = lookup(parent: node, name: name)
-            return created.result == 0 ? (0, created.attributes) : getattr(path)
+            return createdFile(parent: node, name: name, path: path, create(path))
         }
         lock.lock()
         defer { lock.unlock() }
@@ -1042,6 +1036,14 @@ public final class ClusterFileSystem: @unchecked Sendable {
         let result = createEntry(parts, in: parent, type: .file, Stamp(writer: 0, time: now()))
         guard result == 0, let child = parent.child(named: name) else { return (result, nil) }
         return (0, attributes(child, parts: parts))
+    }
+
+    /// What CREATE answers once `result` came back for the file `name` under `node` (at `path`): its attributes, found
+    /// by the parent's id and the name, not by the path split again.
+    private func createdFile(parent node: UInt64, name: String, path: String, _ result: Int32) -> (Int32, Attributes?) {
+        guard result == 0 else { return (result, nil) }
+        let created = lookup(parent: node, name: name)
+        return created.result == 0 ? (0, created.attributes) : getattr(path)
     }
 
     /// Under `lock`: `parts` names the new entry, `parent` is its directory.

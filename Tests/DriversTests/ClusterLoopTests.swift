@@ -28,13 +28,10 @@ struct ClusterLoopTests {
         // mount namespace of the loop's own (the pmxcfs mounts stay visible in it), so nothing lands on the host.
         let local = scratch.path + "/local"
         try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: "/var/lib/vz", withIntermediateDirectories: true)
-        let pid = try DetachedProcess.spawn(["/usr/sbin/ip", "netns", "exec", cluster.namespace(2), "unshare", "-m", "sh", "-c",
-                                             "mount --bind \(local.shellQuoted) /var/lib/vz && exec \"$0\" \"$@\"",
-                                             Self.binary, "run", "--root", second.mountPoint,
-                                             "--node", "node2", "--ipc-service", second.ipcName, "--only", "storage", "--resync", "2",
-                                             "--verbose", "--state-dir", scratch.path + "/state", "--interfaces", scratch.path + "/interfaces"],
-                                            log: log)
+        let pid = try DetachedProcess.spawn(["/usr/bin/env"] + NetworkNamespace.isolated(in: cluster.namespace(2), [
+            Self.binary, "run", "--root", second.mountPoint, "--node", "node2", "--ipc-service", second.ipcName, "--only", "storage",
+            "--resync", "2", "--verbose", "--state-dir", scratch.path + "/state", "--interfaces", scratch.path + "/interfaces",
+        ], binding: ["/var/lib/vz": local]), log: log)
         defer {
             kill(pid, SIGKILL)
             _ = reap(pid)

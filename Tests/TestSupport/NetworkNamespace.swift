@@ -71,6 +71,11 @@ public final class NetworkNamespace: @unchecked Sendable {
 
     /// The command line of `execIsolated`, for starting a long-running program.
     public func isolated(_ arguments: [String], binding binds: [String: String]) -> [String] {
+        Self.isolated(in: name, arguments, binding: binds)
+    }
+
+    /// `isolated` in any network namespace by name (a corosync node's, say).
+    public static func isolated(in namespace: String, _ arguments: [String], binding binds: [String: String]) -> [String] {
         var script = ""
         for target in binds.keys.sorted() {
             try? FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
@@ -78,7 +83,7 @@ public final class NetworkNamespace: @unchecked Sendable {
         }
         // unshare -m makes every mount private: the binds never reach the host.
         // ip netns exec, unshare and sh -c all exec: the pid is the program's.
-        return ["ip", "netns", "exec", name, "unshare", "-m", "sh", "-c", script + "exec \"$0\" \"$@\""] + arguments
+        return ["ip", "netns", "exec", namespace, "unshare", "-m", "sh", "-c", script + "exec \"$0\" \"$@\""] + arguments
     }
 
     public static func run(_ arguments: [String]) -> Int32 { capture(arguments).status }
