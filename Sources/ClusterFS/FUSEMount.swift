@@ -122,7 +122,7 @@ public enum FUSEMount {
         func answer(_ reply: (fuse_req_t?) -> Void) { session.pass { reply(request) } }
     }
 
-    /// What MKNOD and MKDIR answer.
+    /// What LOOKUP (of a name that exists), MKNOD and MKDIR answer.
     private static func replyEntry(_ request: fuse_req_t?, _ fs: ClusterFileSystem, _ result: Int32, _ attributes: Attributes?) {
         guard result == 0, let attributes else {
             fuse_reply_err(request, -result)
@@ -160,10 +160,7 @@ public enum FUSEMount {
                 fuse_reply_entry(request, &entry)
                 return
             }
-            guard result == 0, let attributes else { return FUSEMount.replyResult(request, result) }
-            var entry = FUSEMount.entryParameters(attributes)
-            FUSEMount.fileSystem(request).kernelNodes.learned(attributes.nodeID)
-            fuse_reply_entry(request, &entry)
+            FUSEMount.replyEntry(request, FUSEMount.fileSystem(request), result, attributes)
         }
         operations.forget = { request, node, count in
             FUSEMount.fileSystem(request).kernelNodes.forgot(UInt64(node), count: UInt64(count))
@@ -404,7 +401,15 @@ public enum FUSEMount {
             guard fuse_session_mount(session, mountPoint) == 0 else { return -2 }
             defer { fuse_session_unmount(session) }
             if daemonize { _ = fuse_daemonize(0) }
+            // The threads `ready` starts (IPC, the replicator's) and theirs never take SIGTERM/SIGINT/SIGHUP: libfuse's
+            // handler only marks the session ended, which the loop's thread sees when the signal interrupts its wait.
+            // Taken by another thread, the daemon went on until the next request came (a SIGTERM seen not to stop it).
+            var stopSignals = sigset_t()
+            sigemptyset(&stopSignals)
+            for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&stopSignals, signal) }
+            pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
             ready()
+            pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
             var config = fuse_loop_config(clone_fd: 0, max_idle_threads: 10)
             let ended = fuse_session_loop_mt_32(session, &config)
             gate.close()

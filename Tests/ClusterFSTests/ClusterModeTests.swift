@@ -96,6 +96,17 @@ struct ClusterModeTests {
             nodes.allSatisfy { daemon in (1...3).allSatisfy { FileManager.default.fileExists(atPath: daemon.path("nodes/node\($0)/qemu-server")) } }
         }, "every node's directories everywhere: \(nodes.map { (try? FileManager.default.contentsOfDirectory(atPath: $0.path("nodes"))) ?? [] })")
 
+        // SIGTERM reaches the FUSE loop's thread alone: every other thread of the daemon blocks it.
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(nodes[0].processIdentifier)/task")) ?? []
+        let takingSIGTERM = tasks.filter { task in
+            guard task != "\(nodes[0].processIdentifier)",
+                  let status = try? String(contentsOfFile: "/proc/\(nodes[0].processIdentifier)/task/\(task)/status", encoding: .utf8),
+                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigBlk:") }),
+                  let blocked = UInt64(line.dropFirst("SigBlk:".count).trimmingCharacters(in: .whitespaces), radix: 16) else { return false }
+            return blocked & (1 << (UInt64(SIGTERM) - 1)) == 0
+        }
+        #expect(tasks.count > 3 && takingSIGTERM.isEmpty, "threads that could take SIGTERM: \(takingSIGTERM) of \(tasks)")
+
         // .members: the cluster as corosync sees it, from every node.
         let members = Self.read(nodes[1], ".members") ?? ""
         #expect(members.contains("\"cluster\": { \"name\": \"\(cluster.prefix)\", \"version\": 1, \"nodes\": 3, \"quorate\": 1 }"), "\(members)")
