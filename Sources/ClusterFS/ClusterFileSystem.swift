@@ -342,6 +342,9 @@ public final class ClusterFileSystem: @unchecked Sendable {
                 (entries, root, version, versionMTime) = previous
                 throw error
             }
+            // What waited belonged to the tree just replaced.
+            unpersisted = [:]
+            unpersistedVersion = nil
             treeReplaced(previous: previous.0)
         }
         flushInvalidation()
@@ -537,11 +540,20 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     private func now() -> UInt32 { clock() }
 
-    /// Bumps the global version and persists the change; nothing in memory
-    /// changes unless the transaction committed.
+    /// Persists a change (the global version already bumped); nothing in memory changes unless it committed. Inside
+    /// `apply(batch:persistNow:)` the rows are kept for `persistDeferredLocked` instead, and this cannot fail.
     private func persist(replace: [Entry], delete: [UInt64] = [], mtime: UInt32) -> Bool {
         let versionRow = Database.Row(inode: Self.rootInode, parent: Self.rootInode, version: version, writer: 0, mtime: mtime,
                                       type: EntryType.directory.rawValue, name: "__version__", data: [])
+        if deferringPersistence {
+            for inode in delete { unpersisted[NumberKey(inode)] = .delete }
+            for entry in replace { unpersisted[NumberKey(entry.inode)] = .write(entry.row) }
+            unpersistedVersion = versionRow
+            versionMTime = mtime
+            return true
+        }
+        // What waits is older than this change: the database stays a prefix of the changes applied.
+        guard persistDeferredLocked() else { return false }
         do {
             try database.apply(replace: replace.lazy.map { $0.row }, delete: delete, version: versionRow)
             versionMTime = mtime
@@ -549,6 +561,49 @@ public final class ClusterFileSystem: @unchecked Sendable {
         } catch {
             return false
         }
+    }
+
+    /// What became of an entry in changes applied but not persisted yet.
+    private enum UnpersistedRow {
+        case write(Database.Row)
+        case delete
+    }
+
+    /// Rows of changes applied in memory and not in the database yet (cluster mode, see `apply(batch:persistNow:)`): the
+    /// last state of each entry they touched (an inode number is never used twice), and the global version row after
+    /// the last of them. Under `lock`.
+    private var unpersisted: [NumberKey: UnpersistedRow] = [:]
+    private var unpersistedVersion: Database.Row?
+    /// Set while `apply(batch:persistNow:)` applies; under `lock`.
+    private var deferringPersistence = false
+
+    /// Under `lock`: writes what waits in one transaction. When that fails it is rolled back and everything keeps
+    /// waiting (memory holds the tree as the cluster applied it; the database holds a prefix of it).
+    private func persistDeferredLocked() -> Bool {
+        guard let versionRow = unpersistedVersion else { return true }
+        var replaced: [Database.Row] = []
+        var deleted: [UInt64] = []
+        // In inode order: the rows of one batch of new files land side by side in the table's last pages.
+        for (inode, row) in unpersisted.sorted(by: { $0.key.value < $1.key.value }) {
+            switch row {
+            case .write(let row): replaced.append(row)
+            case .delete: deleted.append(inode.value)
+            }
+        }
+        do {
+            try database.apply(replace: replaced, delete: deleted, version: versionRow)
+        } catch {
+            return false
+        }
+        unpersisted = [:]
+        unpersistedVersion = nil
+        return true
+    }
+
+    /// Writes the changes `apply(batch:persistNow: false)` left in memory only, in one transaction. False when the
+    /// database refused them: they keep waiting, and this node's database must be rewritten from the cluster's tree.
+    public func persistDeferred() -> Bool {
+        lock.withLock { persistDeferredLocked() }
     }
 
     // MARK: operations (FUSE semantics)
@@ -923,6 +978,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     public func attach(_ replicator: Replicator) { modeLock.withLock { replication = replicator } }
 
+
     public var isClusterMode: Bool { modeLock.withLock { clusterMode } }
 
     /// Writable: always in local mode, with quorum in cluster mode.
@@ -957,43 +1013,25 @@ public final class ClusterFileSystem: @unchecked Sendable {
         }
     }
 
-    /// Applies changes delivered together, in order and each as `apply` does, in one SQLite transaction (group commit):
-    /// the commit, most of what a change costs, is paid once for all of them, and none is answered before it. Returns
-    /// each change's result, and whether the batch was committed. When it was not, none of it stays (the tree is
-    /// reloaded from the database as it was, every result is -EIO) and this node, without changes the others applied,
-    /// must take the cluster's tree again.
-    public func apply(batch changes: [DeliveredChange]) -> (results: [Int32], committed: Bool) {
+    /// Applies changes delivered together, in order and each as `apply` does, to memory; their rows go to the database
+    /// together with whatever waits from earlier batches, in one transaction (group commit: a commit's WAL frames are
+    /// most of what a change costs, and an entry changed several times is written once).
+    /// - Parameter persistNow: commit before returning (a writer on this node waits for one of these changes and is
+    ///   answered only once it is durable). Otherwise the rows wait for `persistDeferred()` or the next batch that
+    ///   persists: the database is always a prefix of the changes applied, and each change is in its writer's
+    ///   database before the writer is answered.
+    /// - Returns: each change's result, and whether everything applied so far is in the database. When it could not be
+    ///   committed, the results are -EIO (not known durable here); memory keeps the changes, the others applied them.
+    public func apply(batch changes: [DeliveredChange], persistNow: Bool) -> (results: [Int32], persisted: Bool) {
         let outcome: ([Int32], Bool) = lock.withLock {
-            let failed = (changes.map { _ in -EIO }, false)
-            do {
-                try database.beginBatch()
-            } catch {
-                return failed
-            }
+            deferringPersistence = true
             let results = changes.map { applyLocked($0.operation, stamp: $0.stamp, seenByKernel: $0.seenByKernel) }
-            do {
-                try database.commitBatch()
-                return (results, true)
-            } catch {
-                // Rolled back (a write of the batch or its commit failed): what memory applied is undone by reloading.
-                reloadFromDatabase()
-                return failed
-            }
+            deferringPersistence = false
+            guard persistNow else { return (results, true) }
+            return persistDeferredLocked() ? (results, true) : (changes.map { _ in -EIO }, false)
         }
         flushInvalidation()
         return outcome
-    }
-
-    /// Under `lock`: the memory back to what the database holds, after a batch was rolled back. If even that cannot be
-    /// read, the memory stays as it is: the resync that follows replaces both.
-    private func reloadFromDatabase() {
-        let previous = entries
-        do {
-            try load(try database.loadAll())
-        } catch {
-            return
-        }
-        treeReplaced(previous: previous)
     }
 
     /// Under `lock`.

@@ -164,13 +164,12 @@ final class Database {
         }
     }
 
-    /// One durable change: the rows to replace, the inodes to delete, and the
-    /// new global version, in a single transaction (or in the open batch's, see `beginBatch`).
+    /// One durable change (or several, their rows merged): the rows to replace, the inodes to delete, and the new
+    /// global version, in a single transaction.
     func apply(replace rows: some Sequence<Row>, delete inodes: [UInt64], version: Row) throws {
         // Begun and ended here rather than through `transaction`: a closure over the generic rows was not specialized,
         // and the rows went through a run-time key path lookup each.
-        let ownTransaction = !inBatch
-        if ownTransaction { try step(begin) }
+        try step(begin)
         do {
             for inode in inodes {
                 sqlite3_bind_int64(deleteStatement, 1, Int64(bitPattern: inode))
@@ -178,34 +177,10 @@ final class Database {
             }
             for row in rows { try write(row) }
             try write(version)
-            if ownTransaction { try step(commit) }
-        } catch {
-            if ownTransaction { try? step(rollback) } else { batchFailed = true }
-            throw error
-        }
-    }
-
-    /// Changes delivered together go into one transaction (group commit): `apply` joins it until `commitBatch`. The
-    /// commit is what costs (the WAL frames written), so several changes pay it once.
-    func beginBatch() throws {
-        try step(begin)
-        inBatch = true
-        batchFailed = false
-    }
-
-    /// Commits the batch. When one of its writes failed (the transaction holds part of a change) or the commit fails,
-    /// it is rolled back instead and an error thrown.
-    func commitBatch() throws {
-        inBatch = false
-        do {
-            guard !batchFailed else { throw SQLiteError(code: SQLITE_ABORT, message: "a write of the batch failed") }
             try step(commit)
         } catch {
             try? step(rollback)
             throw error
         }
     }
-
-    private var inBatch = false
-    private var batchFailed = false
 }

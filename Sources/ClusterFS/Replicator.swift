@@ -87,17 +87,20 @@ public final class Replicator: @unchecked Sendable {
     /// - Parameter verifyInterval: how often the lowest member asks every member to compare its tree's digest (the
     ///   original: hourly).
     /// - Parameter writeTimeout: how long a writer waits before EBUSY (see `defaultWriteTimeout`).
+    /// - Parameter persistDelay: how long other nodes' changes may wait in memory (see `applyDelivered`).
     public init(fileSystem: ClusterFileSystem, corosyncConfig: String? = "/etc/corosync/corosync.conf", verifyInterval: TimeInterval = 3600,
-                writeTimeout: TimeInterval = defaultWriteTimeout, clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) },
-                log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+                writeTimeout: TimeInterval = defaultWriteTimeout, persistDelay: TimeInterval = defaultPersistDelay,
+                clock: @escaping @Sendable () -> UInt32 = { UInt32(time(nil)) }, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         self.fileSystem = fileSystem
         self.verifyInterval = verifyInterval
         self.writeTimeout = writeTimeout
+        self.persistDelay = persistDelay
         corosyncConfigPath = corosyncConfig
         self.clock = clock
         self.log = log
         try connect()
         startVerificationTimer()
+        startPersister()
     }
 
     // MARK: verification (the original's hourly dcdb verify)
@@ -283,6 +286,10 @@ public final class Replicator: @unchecked Sendable {
         let (oldGroup, oldQuorum): (ProcessGroup?, QuorumTracker?) = connection.withLock { (group, quorum) }
         oldGroup?.stop()
         oldQuorum?.stop()
+        persistSignal.withLock {
+            persisterStopped = true
+            persistSignal.signal()
+        }
         let replies: [Reply] = condition.withLock {
             synced = true
             let replies = pending.keys.compactMap { settle($0, -EBUSY) }
@@ -639,7 +646,13 @@ public final class Replicator: @unchecked Sendable {
             defer { queued = [] }
             return queued
         }
-        for change in waiting where !condition.withLock({ refusedSinceSync }) { apply(change) }
+        for change in waiting where !condition.withLock({ refusedSinceSync }) {
+            if isQuorate {
+                guard applyQuorate([change]) else { return }
+            } else {
+                refuse(change)
+            }
+        }
         let finishedRound: UInt32 = condition.withLock {
             // A change refused meanwhile (no quorum) leaves this node out of sync until it rejoined.
             synced = !refusedSinceSync
@@ -669,22 +682,15 @@ public final class Replicator: @unchecked Sendable {
     @exclusivity(unchecked) private var delivered: [Change] = []
 
     /// Applies the changes delivered together (at the end of a dispatch, and before any other message or a membership
-    /// change, so that the order of the stream holds): several in one transaction, whose commit is paid once. Returns
-    /// false when this node could not commit them and left the group to resync.
+    /// change, so that the order of the stream holds). Their rows reach the database at once when a writer on this
+    /// node waits for one of them (it is answered once its change is durable here), else within `persistDelay`,
+    /// together with whatever comes meanwhile: a change another node wrote is durable on that node already, and a
+    /// node that loses what it had not written takes it from the cluster when it rejoins. Returns false when this node
+    /// could not commit and left the group to resync.
     private func applyDelivered() -> Bool {
-        // One change (one writer at a time) is taken out alone, and the buffer keeps its storage.
-        let (single, changes): (Change?, [Change]) = condition.withLock {
-            switch delivered.count {
-            case 0: return (nil, [])
-            case 1: return (delivered.removeLast(), [])
-            default:
-                defer { delivered = [] }
-                return (nil, delivered)
-            }
-        }
-        if let single {
-            apply(single)
-            return true
+        let changes: [Change] = condition.withLock {
+            defer { delivered.removeAll(keepingCapacity: true) }
+            return delivered
         }
         guard !changes.isEmpty else { return true }
         guard isQuorate else {
@@ -695,22 +701,80 @@ public final class Replicator: @unchecked Sendable {
                     if !synced { queued.append(change) }
                     return synced
                 }
-                if now { apply(change) }
+                guard now else { continue }
+                if isQuorate {
+                    guard applyQuorate([change]) else { return false }
+                } else {
+                    refuse(change)
+                }
             }
             return true
         }
-        let batch: [ClusterFileSystem.DeliveredChange] = condition.withLock {
-            changes.map { .init($0.operation, stamp: Stamp(writer: $0.from.nodeID, time: $0.time), seenByKernel: cameThroughMount($0)) }
+        return applyQuorate(changes)
+    }
+
+    private func applyQuorate(_ changes: [Change]) -> Bool {
+        let (batch, answering): ([ClusterFileSystem.DeliveredChange], Bool) = condition.withLock {
+            (changes.map { .init($0.operation, stamp: Stamp(writer: $0.from.nodeID, time: $0.time), seenByKernel: cameThroughMount($0)) },
+             changes.contains { waitingWriter(of: $0) != nil })
         }
-        let (results, committed) = fileSystem.apply(batch: batch)
+        let (results, persisted) = fileSystem.apply(batch: batch, persistNow: answering)
         if zip(changes, results).contains(where: { $1 >= 0 && $0.operation.touches("/corosync.conf") }) { installCorosyncConfig() }
         answer(zip(changes, results))
-        guard !committed else { return true }
-        // The others applied these changes; this node could not make them durable and holds the tree from before them.
-        condition.withLock { diverged = true }
-        log("could not commit \(changes.count) changes delivered together; leaving \(Self.groupName) to resync")
+        guard persisted else {
+            leaveToResync("could not write \(changes.count) delivered changes to the database")
+            return false
+        }
+        if !answering { persistSoon() }
+        return true
+    }
+
+    /// This node's database could not take what memory holds (the cluster's tree): it leaves the group, and the sync
+    /// when it rejoins rewrites its database from the leader's tree (a diverged node never leads). Once: a diverged
+    /// node is rejoining already (the persister and the dispatch thread can both fail on a full disk).
+    private func leaveToResync(_ reason: String) {
+        let rejoining: Bool = condition.withLock {
+            defer { diverged = true }
+            return diverged
+        }
+        guard !rejoining else { return }
+        log("\(reason); leaving \(Self.groupName) to resync")
         reconnect(corosyncGone: false, then: "joined \(Self.groupName) again")
-        return false
+    }
+
+    // MARK: deferred persistence
+
+    /// How long changes other nodes wrote may wait in memory before this node writes them to its database: long
+    /// enough that a stream of them shares commits, short enough that a node killed loses little it must resync.
+    public static let defaultPersistDelay: TimeInterval = 0.1
+    let persistDelay: TimeInterval
+    private let persistSignal = NSCondition()
+    /// Under `persistSignal`: changes wait to be written; the persister is stopped.
+    private var persistDue = false
+    private var persisterStopped = false
+
+    private func persistSoon() {
+        persistSignal.withLock {
+            guard !persistDue else { return }
+            persistDue = true
+            persistSignal.signal()
+        }
+    }
+
+    /// Writes what waits `persistDelay` after the first of it was applied; at `stop()`, at once.
+    private func startPersister() {
+        Thread.detachNewThread { [self] in
+            while true {
+                let stopping: Bool = persistSignal.withLock {
+                    while !persistDue && !persisterStopped { persistSignal.wait() }
+                    if !persisterStopped { _ = persistSignal.wait(until: Date(timeIntervalSinceNow: persistDelay)) }
+                    persistDue = false
+                    return persisterStopped
+                }
+                if !fileSystem.persistDeferred() { leaveToResync("could not write changes of other nodes to the database") }
+                if stopping { return }
+            }
+        }
     }
 
     /// Whether `change` is this node's and came through its mount (see `submit`); under `condition`.
@@ -739,24 +803,18 @@ public final class Replicator: @unchecked Sendable {
         for (reply, result) in replies { reply(result) }
     }
 
-    private func apply(_ change: Change) {
-        let seen = condition.withLock { cameThroughMount(change) }
-        let stamp = Stamp(writer: change.from.nodeID, time: change.time)
-        let quorate = isQuorate
-        if !quorate {
-            settleQuorumView()
-            // Out of sync from here: what follows waits for the resync, which rejoining brings once quorate.
-            condition.withLock {
-                synced = false
-                refusedSinceSync = true
-                rejoinPending = true
-            }
-            // Quorum may be back already (its notification and this delivery come on different channels).
-            if isQuorate { rejoinIfPending() }
+    /// A change delivered while this node has no quorum: refused (EACCES to its writer here), and this node is out of
+    /// sync from here; what follows waits for the resync, which rejoining brings once quorate.
+    private func refuse(_ change: Change) {
+        settleQuorumView()
+        condition.withLock {
+            synced = false
+            refusedSinceSync = true
+            rejoinPending = true
         }
-        let result = quorate ? fileSystem.apply(change.operation, stamp: stamp, seenByKernel: seen) : -EACCES
-        if result >= 0, change.operation.touches("/corosync.conf") { installCorosyncConfig() }
-        answer(CollectionOfOne((change, result)))
+        // Quorum may be back already (its notification and this delivery come on different channels).
+        if isQuorate { rejoinIfPending() }
+        answer(CollectionOfOne((change, -EACCES)))
     }
 
     /// Copies the tree's corosync.conf to corosync's when its config_version is not lower (and the text differs), as

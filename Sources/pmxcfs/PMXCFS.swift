@@ -56,6 +56,11 @@ struct PMXCFS: ParsableCommand {
     @Option(name: .long, help: .hidden)
     var writeTimeout: Double = Replicator.defaultWriteTimeout
 
+    /// Seconds another node's change may wait in memory before this node writes it to its database (0.1): tests
+    /// lengthen it, to see what is durable when.
+    @Option(name: .long, help: .hidden)
+    var persistDelay: Double = Replicator.defaultPersistDelay
+
     func run() throws {
         // A blocked SIGTERM inherited from the parent would make the daemon unstoppable.
         var stopSignals = sigset_t()
@@ -86,6 +91,13 @@ struct PMXCFS: ParsableCommand {
         defer { IPCServer.stop() }
         let pidFile = runDir + "/pmxcfs.pid"
         defer { try? FileManager.default.removeItem(atPath: pidFile) }
+        // Other nodes' changes still waiting for their commit go to the database before exit. Only that: leaving the
+        // group would wait on corosync, which may be the very thing that hangs (SIGSTOPped, say).
+        defer {
+            if !fileSystem.persistDeferred() {
+                FileHandle.standardError.write(Data("pmxcfs: could not write the last changes of other nodes to \(db)\n".utf8))
+            }
+        }
         do {
             // The pid file is written once mounted, after detaching, so it names the daemon.
             // Threads do not survive daemonizing (a fork): the IPC loop starts after it.
@@ -95,7 +107,9 @@ struct PMXCFS: ParsableCommand {
                 } catch {
                     FileHandle.standardError.write(Data("pmxcfs: IPC service not available: \(error)\n".utf8))
                 }
-                if fileSystem.isClusterMode { Self.joinCluster(fileSystem, corosyncConfig: corosyncConf, writeTimeout: writeTimeout) }
+                if fileSystem.isClusterMode {
+                    Self.joinCluster(fileSystem, corosyncConfig: corosyncConf, writeTimeout: writeTimeout, persistDelay: persistDelay)
+                }
                 try? Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: pidFile))
             }
         } catch {
@@ -106,13 +120,14 @@ struct PMXCFS: ParsableCommand {
     }
 
     /// Joins corosync's process group, again every second until corosync answers (writes are refused until then).
-    static func joinCluster(_ fileSystem: ClusterFileSystem, corosyncConfig: String, writeTimeout: TimeInterval) {
+    static func joinCluster(_ fileSystem: ClusterFileSystem, corosyncConfig: String, writeTimeout: TimeInterval, persistDelay: TimeInterval) {
         let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data("pmxcfs: \($0)\n".utf8)) }
         Thread.detachNewThread {
             var reported = false
             while true {
                 do {
-                    let replicator = try Replicator(fileSystem: fileSystem, corosyncConfig: corosyncConfig, writeTimeout: writeTimeout, log: log)
+                    let replicator = try Replicator(fileSystem: fileSystem, corosyncConfig: corosyncConfig, writeTimeout: writeTimeout,
+                                                    persistDelay: persistDelay, log: log)
                     fileSystem.attach(replicator)
                     log("cluster mode: joined \(Replicator.groupName) as node \(replicator.nodeID)")
                     return

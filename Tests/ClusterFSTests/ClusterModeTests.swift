@@ -89,7 +89,10 @@ struct ClusterModeTests {
     func cluster() throws {
         let cluster = try CorosyncCluster()
         #expect(waitFor(seconds: 60) { (1...3).allSatisfy { cluster.isQuorate($0) == true } }, "a quorate corosync cluster")
-        let nodes = try (1...3).map { try Self.node(cluster, $0, arguments: $0 == 3 ? ["--write-timeout", "\(Self.writeTimeout)"] : []) }
+        // Node 2 writes other nodes' changes to its database after an hour (default: a tenth of a second), to show when
+        // what is durable; node 3's writers give up after `writeTimeout`.
+        let options = [[], ["--persist-delay", "3600"], ["--write-timeout", "\(Self.writeTimeout)"]]
+        let nodes = try (1...3).map { try Self.node(cluster, $0, arguments: options[$0 - 1]) }
         defer { nodes.forEach { $0.stop() } }
         // Synced: each node's own directories made through the cluster, on every node.
         #expect(waitFor(seconds: 60) {
@@ -131,6 +134,35 @@ struct ClusterModeTests {
         #expect(try Self.ipc(cluster, 1, nodes[0], .logClusterMessage,
                              [6, UInt8(ident.count), UInt8(tag.count)] + ident + tag + Array("hello cluster".utf8) + [0]).0 == 0)
         #expect(waitFor(seconds: 10) { nodes.allSatisfy { Self.read($0, ".clusterlog")?.contains("hello cluster") == true } })
+
+        // Durable when: a change is in its writer's database before the writer is answered; another node keeps it in
+        // memory until one of its own writers is answered (its database takes everything delivered before that), its
+        // delay passes, or it stops. kill -9 loses what waited, and the restarted node takes it from the cluster.
+        func stored(_ daemon: PMXCFSProcess, _ name: String) -> Bool {
+            !NodeDatabase.rows(daemon.database, "SELECT inode FROM tree WHERE name = '\(name)'").isEmpty
+        }
+        #expect(Self.put(nodes[0], "durable-1", "one") == 0)
+        #expect(stored(nodes[0], "durable-1"), "in the writer's database")
+        #expect(waitFor(seconds: 10) { Self.read(nodes[1], "durable-1") == "one" })
+        #expect(!stored(nodes[1], "durable-1"), "in node 2's memory only")
+        #expect(Self.put(nodes[1], "durable-2", "two") == 0)
+        #expect(stored(nodes[1], "durable-2") && stored(nodes[1], "durable-1"), "node 2's own change, and what came before it")
+        #expect(Self.put(nodes[0], "durable-3", "three") == 0)
+        #expect(waitFor(seconds: 10) { Self.read(nodes[1], "durable-3") == "three" })
+        #expect(!stored(nodes[1], "durable-3"))
+        #expect(nodes[1].stop() == 0)
+        #expect(stored(nodes[1], "durable-3"), "written when the daemon stopped")
+        try nodes[1].start()
+        // Synced and quorate again (a write of its own answered): a change delivered before node 2 learned of quorum
+        // would be refused there, and the resync that follows would write it into node 2's database.
+        #expect(waitFor(seconds: 60) { Self.put(nodes[1], "durable-settled", "yes") == 0 })
+        #expect(Self.put(nodes[0], "durable-4", "four") == 0)
+        #expect(waitFor(seconds: 10) { Self.read(nodes[1], "durable-4") == "four" })
+        nodes[1].crash()
+        #expect(!stored(nodes[1], "durable-4"), "lost with the process")
+        try nodes[1].start()
+        #expect(waitFor(seconds: 60) { Self.read(nodes[1], "durable-4") == "four" }, "taken from the cluster")
+        #expect(stored(nodes[1], "durable-4"), "and written with the tree it took")
 
         // A write on one node is read back on the others: at once, the writer returns after its change was applied
         // everywhere it was delivered (the others see it by the time they deliver it).

@@ -152,23 +152,56 @@ struct ReplicaTests {
         #expect(lagging.fs.snapshot().digest == leader.fs.snapshot().digest, "a refused snapshot changes nothing")
     }
 
+    /// `operations` applied in batches of four, each persisted at once or left waiting; the answers.
+    static func applyInBatches(_ replica: Replica, persistNow: Bool) -> [Int32] {
+        var answers: [Int32] = []
+        for start in stride(from: 0, to: operations.count, by: 4) {
+            let chunk = operations[start..<min(start + 4, operations.count)]
+            let (results, persisted) = replica.fs.apply(batch: chunk.map { .init($0.0, stamp: $0.1, seenByKernel: false) },
+                                                        persistNow: persistNow)
+            #expect(persisted)
+            answers += results
+        }
+        return answers
+    }
+
     @Test("changes delivered together: one transaction, the answers and the tree of applying them one by one, durable")
     func batch() throws {
         let single = try Replica(), batched = try Replica()
         let answers = Self.operations.map { single.fs.apply($0.0, stamp: $0.1, seenByKernel: false) }
-        var batchedAnswers: [Int32] = []
-        for start in stride(from: 0, to: Self.operations.count, by: 4) {
-            let chunk = Self.operations[start..<min(start + 4, Self.operations.count)]
-            let (results, committed) = batched.fs.apply(batch: chunk.map { .init($0.0, stamp: $0.1, seenByKernel: false) })
-            #expect(committed)
-            batchedAnswers += results
-        }
-        #expect(batchedAnswers == answers, "refusals (EEXIST) inside a batch are answered and the batch still commits")
+        #expect(Self.applyInBatches(batched, persistNow: true) == answers,
+                "refusals (EEXIST) inside a batch are answered and the batch still commits")
         #expect(batched.fs.snapshot() == single.fs.snapshot())
         #expect(try batched.reopened().snapshot() == batched.fs.snapshot(), "the database holds what memory holds")
     }
 
-    @Test("a batch that cannot be committed (its disk is full) leaves nothing of itself, in memory or in the database",
+    @Test("changes left waiting reach the database together, each entry's last state once; the database stays a prefix")
+    func deferredPersistence() throws {
+        let single = try Replica(), deferred = try Replica()
+        let answers = Self.operations.map { single.fs.apply($0.0, stamp: $0.1, seenByKernel: false) }
+        let before = try deferred.reopened().snapshot()
+        #expect(Self.applyInBatches(deferred, persistNow: false) == answers)
+        #expect(deferred.fs.snapshot() == single.fs.snapshot(), "memory holds every change at once")
+        #expect(try deferred.reopened().snapshot() == before, "the database none of them yet")
+        #expect(deferred.fs.persistDeferred())
+        #expect(try deferred.reopened().snapshot() == single.fs.snapshot(), "then all of them")
+        #expect(try deferred.reopened().snapshot().digest == single.fs.snapshot().digest)
+
+        // A change persisted at once (a writer here waits for it) takes what waits before it along.
+        let stamp = Stamp(writer: 2, time: 1_700_000_300)
+        let waiting: [ClusterFileSystem.DeliveredChange] = [.init(.create("/later.cfg"), stamp: stamp, seenByKernel: false),
+                                                            .init(.write("/later.cfg", offset: 0, data: [1, 2]), stamp: stamp, seenByKernel: false)]
+        #expect(deferred.fs.apply(batch: waiting, persistNow: false) == ([0, 2], true))
+        #expect(try deferred.reopened().getattr("/later.cfg").0 == -ENOENT)
+        #expect(deferred.fs.apply(batch: [.init(.create("/mine.cfg"), stamp: stamp, seenByKernel: true)], persistNow: true) == ([0], true))
+        #expect(try deferred.reopened().snapshot() == deferred.fs.snapshot())
+        // So does a change applied alone (local mode's path).
+        #expect(deferred.fs.apply(batch: [.init(.unlink("/later.cfg"), stamp: stamp, seenByKernel: false)], persistNow: false).persisted)
+        #expect(deferred.fs.apply(.mkdir("/alone"), stamp: stamp) == 0)
+        #expect(try deferred.reopened().snapshot() == deferred.fs.snapshot())
+    }
+
+    @Test("changes the database cannot take (its disk is full) stay in memory and wait; their writers get EIO",
           .enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
     func batchOnFullDisk() throws {
         let directory = try TemporaryDirectory(prefix: "pvectl-full-batch")
@@ -190,18 +223,27 @@ struct ReplicaTests {
         while (try? filler.write(contentsOf: chunk)) != nil {}
         try filler.close()
         let big = [UInt8](repeating: 7, count: 512 * 1024)
-        let (results, committed) = fs.apply(batch: [
+        let batch: [ClusterFileSystem.DeliveredChange] = [
             .init(.create("/a.cfg"), stamp: stamp, seenByKernel: false),
             .init(.write("/a.cfg", offset: 0, data: big), stamp: stamp, seenByKernel: false),
             .init(.create("/b.cfg"), stamp: stamp, seenByKernel: false),
             .init(.write("/b.cfg", offset: 0, data: big), stamp: stamp, seenByKernel: false),
-        ])
-        #expect(!committed)
-        #expect(results == [-EIO, -EIO, -EIO, -EIO])
-        #expect(fs.snapshot() == before, "memory is back to the tree before the batch")
+        ]
+        let (results, persisted) = fs.apply(batch: batch, persistNow: true)
+        #expect(!persisted)
+        #expect(results == [-EIO, -EIO, -EIO, -EIO], "not known durable here")
+        let reference = try Replica()
+        for change in [(TreeOperation.create("/kept.cfg"), stamp)] + batch.map({ ($0.operation, $0.stamp) }) {
+            _ = reference.fs.apply(change.0, stamp: change.1, seenByKernel: false)
+        }
+        #expect(fs.snapshot() == reference.fs.snapshot(), "memory holds the tree as the cluster applied it")
+        #expect(try ClusterFileSystem(databasePath: disk + "/config.db", node: "node1", clock: { 1_700_000_000 }).snapshot() == before,
+                "the database the tree before the batch, whole")
+        #expect(fs.apply(.create("/refused.cfg"), stamp: stamp, seenByKernel: false) == -EIO, "a change alone cannot overtake them")
         try FileManager.default.removeItem(atPath: disk + "/filler")
+        #expect(fs.persistDeferred(), "with room again, what waited is written")
         let reopened = try ClusterFileSystem(databasePath: disk + "/config.db", node: "node1", clock: { 1_700_000_000 })
-        #expect(reopened.snapshot() == before, "and so is the database")
-        #expect(fs.apply(.create("/after.cfg"), stamp: stamp, seenByKernel: false) == 0, "with room again, changes go on")
+        #expect(reopened.snapshot() == fs.snapshot())
+        #expect(fs.apply(.create("/after.cfg"), stamp: stamp, seenByKernel: false) == 0, "and changes go on")
     }
 }
