@@ -1000,7 +1000,7 @@ public final class ClusterFileSystem: @unchecked Sendable {
         return result
     }
 
-    /// A change delivered by the cluster, for `apply(batch:)`.
+    /// A change delivered by the cluster, for `apply(batch:persistNow:)`.
     public struct DeliveredChange: Sendable {
         public var operation: TreeOperation
         public var stamp: Stamp
