@@ -1020,8 +1020,8 @@ public final class ClusterFileSystem: @unchecked Sendable {
     ///   answered only once it is durable). Otherwise the rows wait for `persistDeferred()` or the next batch that
     ///   persists: the database is always a prefix of the changes applied, and each change is in its writer's
     ///   database before the writer is answered.
-    /// - Returns: each change's result, and whether everything applied so far is in the database. When it could not be
-    ///   committed, the results are -EIO (not known durable here); memory keeps the changes, the others applied them.
+    /// - Returns: each change's result, and false when `persistNow` asked for a commit that failed: the results are then
+    ///   -EIO (not known durable here); memory keeps the changes (the others applied them) and their rows keep waiting.
     public func apply(batch changes: [DeliveredChange], persistNow: Bool) -> (results: [Int32], persisted: Bool) {
         let outcome: ([Int32], Bool) = lock.withLock {
             deferringPersistence = true

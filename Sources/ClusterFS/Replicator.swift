@@ -73,6 +73,9 @@ public final class Replicator: @unchecked Sendable {
     @exclusivity(unchecked) private var queued: [Change] = []
     private var syncCount = 0
     private var stopped = false
+    /// Under `connection`: a reconnection is under way (its thread has not installed the new group yet), so another
+    /// request to reconnect (the persister and the dispatch thread can both fail on a full disk) joins it.
+    private var reconnecting = false
     /// Guards `group` and `quorum` alone, never held while another lock is taken (the file system asks for quorum while
     /// holding its own lock; the sync holds `condition` while it reads the tree).
     private let connection = NSLock()
@@ -190,6 +193,7 @@ public final class Replicator: @unchecked Sendable {
         connection.withLock {
             quorum = tracker
             group = joined
+            reconnecting = false
         }
         condition.withLock { me = GroupMember(nodeID: joined.localNodeID, pid: UInt32(getpid())) }
         quorumChanged(tracker.isQuorate)
@@ -241,15 +245,17 @@ public final class Replicator: @unchecked Sendable {
     /// - Parameter corosyncGone: corosync went away (no quorum until it is back, the first try after a second); otherwise
     ///   this node leaves and joins again by itself, quorum unchanged, and writers wait for the sync that follows.
     private func reconnect(corosyncGone: Bool, then message: String) {
-        let (oldGroup, oldQuorum): (ProcessGroup?, QuorumTracker?) = connection.withLock {
+        let (oldGroup, oldQuorum, underWay): (ProcessGroup?, QuorumTracker?, Bool) = connection.withLock {
             defer {
                 group = nil
                 quorum = nil
+                reconnecting = true
             }
-            return (group, quorum)
+            return (group, quorum, reconnecting)
         }
         condition.withLock { synced = false }
         if corosyncGone { quorumChanged(false) }
+        guard !underWay else { return }
         Thread.detachNewThread { [self] in
             oldGroup?.stop()
             oldQuorum?.stop()
@@ -516,9 +522,9 @@ public final class Replicator: @unchecked Sendable {
             queued = []
             condition.broadcast()
             verifications = [:]
-            // A diverged node (a failed verification, a batch it could not commit) must not lead: its version and time
-            // count as none. Nor may its digest match: its memory can equal the cluster's while its database lags (a
-            // failed batch whose rollback could not be reloaded), and only the leader's rows rewrite both.
+            // A diverged node (a failed verification, changes it could not commit) must not lead: its version and time
+            // count as none. Nor may its digest match: its memory equals the cluster's while its database lags (the
+            // commit failed), and only the leader's rows rewrite both.
             let diverged = diverged
             return Self.encode(kind: .state) { writer in
                 writer.u64(diverged ? 0 : snapshot.version)
@@ -646,13 +652,19 @@ public final class Replicator: @unchecked Sendable {
             defer { queued = [] }
             return queued
         }
-        for change in waiting where !condition.withLock({ refusedSinceSync }) {
+        for (index, change) in waiting.enumerated() where !condition.withLock({ refusedSinceSync }) {
             if isQuorate {
-                guard applyQuorate([change]) else { return }
+                guard applyQuorate([change]) else {
+                    // Leaving: the next view's sync answers what is queued (EBUSY) rather than the timeout.
+                    condition.withLock { queued.insert(contentsOf: waiting[(index + 1)...], at: 0) }
+                    return
+                }
             } else {
                 refuse(change)
             }
         }
+        // What waits to be written (a commit that failed before this sync and was not rewritten by it) is tried again.
+        persistSoon()
         let finishedRound: UInt32 = condition.withLock {
             // A change refused meanwhile (no quorum) leaves this node out of sync until it rejoined.
             synced = !refusedSinceSync
@@ -696,14 +708,18 @@ public final class Replicator: @unchecked Sendable {
         guard isQuorate else {
             // Without quorum the first is refused, which takes this node out of sync, and the others wait for the
             // resync, as if delivered after it.
-            for change in changes {
+            for (index, change) in changes.enumerated() {
                 let now: Bool = condition.withLock {
                     if !synced { queued.append(change) }
                     return synced
                 }
                 guard now else { continue }
                 if isQuorate {
-                    guard applyQuorate([change]) else { return false }
+                    guard applyQuorate([change]) else {
+                        // Leaving: the next view's sync answers what is queued (EBUSY) rather than the timeout.
+                        condition.withLock { queued.append(contentsOf: changes[(index + 1)...]) }
+                        return false
+                    }
                 } else {
                     refuse(change)
                 }
@@ -730,14 +746,9 @@ public final class Replicator: @unchecked Sendable {
     }
 
     /// This node's database could not take what memory holds (the cluster's tree): it leaves the group, and the sync
-    /// when it rejoins rewrites its database from the leader's tree (a diverged node never leads). Once: a diverged
-    /// node is rejoining already (the persister and the dispatch thread can both fail on a full disk).
+    /// when it rejoins rewrites its database from the leader's tree (a diverged node never leads).
     private func leaveToResync(_ reason: String) {
-        let rejoining: Bool = condition.withLock {
-            defer { diverged = true }
-            return diverged
-        }
-        guard !rejoining else { return }
+        condition.withLock { diverged = true }
         log("\(reason); leaving \(Self.groupName) to resync")
         reconnect(corosyncGone: false, then: "joined \(Self.groupName) again")
     }

@@ -78,6 +78,8 @@ struct PMXCFS: ParsableCommand {
             FileHandle.standardError.write(Data("pmxcfs: another instance is using \(db) (lock \(lockPath) is held)\n".utf8))
             throw ExitCode(1)
         }
+        // Released last, after the final commit below: a daemon started next must find the database as this one left it.
+        defer { close(lockFD) }
         let fileSystem: ClusterFileSystem
         do {
             // Not in local mode, a database without corosync.conf takes corosync's own (a node that joined a cluster).
@@ -116,7 +118,6 @@ struct PMXCFS: ParsableCommand {
             FileHandle.standardError.write(Data("pmxcfs: \(error)\n".utf8))
             throw ExitCode(1)
         }
-        close(lockFD)
     }
 
     /// Joins corosync's process group, again every second until corosync answers (writes are refused until then).

@@ -337,7 +337,7 @@ struct ClusterModeTests {
         #expect(waitFor(seconds: 30) { Self.put(nodes[2], "nodes/node3/back", "y") == 0 }, "writable again")
 
         // kill -9 of a node's pmxcfs in the middle of a write stream: every acknowledged write is on the survivors; the
-        // restarted node's database holds what it had applied, and it resyncs.
+        // restarted node (node 2, which had committed little of the stream: its delay is an hour) resyncs.
         let acknowledged = Mutex<[Int]>([])
         let writer = Thread {
             for index in 0..<400 where Self.put(nodes[0], "stream-\(index)", "\(index)") == 0 { acknowledged.withLock { $0.append(index) } }
