@@ -978,7 +978,6 @@ public final class ClusterFileSystem: @unchecked Sendable {
 
     public func attach(_ replicator: Replicator) { modeLock.withLock { replication = replicator } }
 
-
     public var isClusterMode: Bool { modeLock.withLock { clusterMode } }
 
     /// Writable: always in local mode, with quorum in cluster mode.
