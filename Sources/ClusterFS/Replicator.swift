@@ -652,16 +652,8 @@ public final class Replicator: @unchecked Sendable {
             defer { queued = [] }
             return queued
         }
-        for (index, change) in waiting.enumerated() where !condition.withLock({ refusedSinceSync }) {
-            if isQuorate {
-                guard applyQuorate([change]) else {
-                    // Leaving: the next view's sync answers what is queued (EBUSY) rather than the timeout.
-                    condition.withLock { queued.insert(contentsOf: waiting[(index + 1)...], at: 0) }
-                    return
-                }
-            } else {
-                refuse(change)
-            }
+        for index in waiting.indices where !condition.withLock({ refusedSinceSync }) {
+            guard applyAlone(waiting, at: index) else { return }
         }
         // What waits to be written (a commit that failed before this sync and was not rewritten by it) is tried again.
         persistSoon()
@@ -714,19 +706,26 @@ public final class Replicator: @unchecked Sendable {
                     return synced
                 }
                 guard now else { continue }
-                if isQuorate {
-                    guard applyQuorate([change]) else {
-                        // Leaving: the next view's sync answers what is queued (EBUSY) rather than the timeout.
-                        condition.withLock { queued.append(contentsOf: changes[(index + 1)...]) }
-                        return false
-                    }
-                } else {
-                    refuse(change)
-                }
+                guard applyAlone(changes, at: index) else { return false }
             }
             return true
         }
         return applyQuorate(changes)
+    }
+
+    /// Applies `changes[index]` alone, or refuses it when quorum is gone at its turn. False when its commit failed and
+    /// this node leaves: the rest of `changes` is queued then, for the next view's sync to answer at once (EBUSY)
+    /// rather than after the writers' timeout (that sync drops the whole queue, so its order does not matter).
+    private func applyAlone(_ changes: [Change], at index: Int) -> Bool {
+        guard isQuorate else {
+            refuse(changes[index])
+            return true
+        }
+        guard applyQuorate([changes[index]]) else {
+            condition.withLock { queued.append(contentsOf: changes[(index + 1)...]) }
+            return false
+        }
+        return true
     }
 
     private func applyQuorate(_ changes: [Change]) -> Bool {
